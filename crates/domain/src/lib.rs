@@ -43,3 +43,10 @@ pub(crate) fn bounded_text(raw: &str, min: usize, max: usize) -> FieldResult<Str
     }
     Ok(trimmed.to_string())
 }
+
+/// The current time at the precision the stores keep (milliseconds), so that a value written and
+/// read back compares equal to the one the caller holds.
+pub fn timestamp_now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(3)
+}

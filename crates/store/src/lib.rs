@@ -1,1 +1,88 @@
-//! placeholder
+//! The catalog store: users, venues, seat maps and events, and the **outbox** — an ordered record
+//! of every change, appended in the same transaction as the change itself. Search, push and caches
+//! follow the catalog by reading the outbox from a position, so they never see a change that was
+//! rolled back and never miss one that was committed.
+//!
+//! One implementation, [`SqlCatalogStore`], serves both engines through `sqlx::Any`: SQLite (the
+//! embedded default, one file in the data dir) and PostgreSQL (the scale-out source of truth).
+//! The schema keeps to a dialect both accept (times as Unix milliseconds, JSON as text), with a
+//! migration set per engine, so the engines cannot drift in behaviour: one conformance suite
+//! (`tests/conformance.rs`) runs against both.
+//!
+//! **Boundary:** this crate knows SQL and the domain types; it knows nothing of HTTP or JSON wire
+//! formats, and it does not validate — it stores values the domain already validated.
+
+mod changes;
+mod error;
+mod rows;
+mod sql;
+
+pub use changes::{ChangeKind, ChangePosition, ChangeRecord, EntityKind};
+pub use error::StoreError;
+pub use sql::{redact_url, Backend, SqlCatalogStore, StoreOptions};
+
+use async_trait::async_trait;
+use marquee_domain::{Email, Event, EventId, EventStatus, User, UserId, Venue, VenueId};
+
+/// A user together with the password hash, which only login needs to see.
+#[derive(Debug, Clone)]
+pub struct StoredCredentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// Which venues to list, in id (creation) order after an optional cursor.
+#[derive(Debug, Clone, Default)]
+pub struct VenueQuery {
+    pub owner: Option<UserId>,
+    pub after: Option<VenueId>,
+    pub limit: u32,
+}
+
+/// Which events to list, in id (creation) order after an optional cursor.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub owner: Option<UserId>,
+    pub status: Option<EventStatus>,
+    pub after: Option<EventId>,
+    pub limit: u32,
+}
+
+/// The catalog. Every mutating method appends to the outbox in the same transaction.
+#[async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
+    /// Which engine answers, for `/readyz` and logs.
+    fn backend(&self) -> Backend;
+
+    /// Answers when the engine can run a query.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Fails with [`StoreError::EmailTaken`] when another account has the email.
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
+    async fn user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+    async fn credentials_by_email(
+        &self,
+        email: &Email,
+    ) -> Result<Option<StoredCredentials>, StoreError>;
+
+    async fn create_venue(&self, venue: &Venue) -> Result<(), StoreError>;
+    async fn venue(&self, id: &VenueId) -> Result<Option<Venue>, StoreError>;
+    async fn list_venues(&self, query: &VenueQuery) -> Result<Vec<Venue>, StoreError>;
+
+    async fn create_event(&self, event: &Event) -> Result<(), StoreError>;
+    async fn event(&self, id: &EventId) -> Result<Option<Event>, StoreError>;
+    /// Writes `event` over the stored row if the stored version is still `event.version`
+    /// (optimistic locking) and returns what was stored, with the version one higher.
+    /// Fails with [`StoreError::VersionConflict`] when someone else wrote first.
+    async fn update_event(&self, event: &Event, change: ChangeKind) -> Result<Event, StoreError>;
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// Changes with a position greater than `after`, oldest first, at most `limit`.
+    async fn read_changes(
+        &self,
+        after: ChangePosition,
+        limit: u32,
+    ) -> Result<Vec<ChangeRecord>, StoreError>;
+    /// The position of the newest change, or zero when there is none.
+    async fn latest_change(&self) -> Result<ChangePosition, StoreError>;
+}

@@ -1,0 +1,89 @@
+//! The records of the outbox: what changed, in which order.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A position in the change stream. Positions only grow; zero is "before the first change".
+pub type ChangePosition = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityKind {
+    User,
+    Venue,
+    Event,
+}
+
+impl EntityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::User => "user",
+            EntityKind::Venue => "venue",
+            EntityKind::Event => "event",
+        }
+    }
+}
+
+/// What happened. The payload of each kind is the entity as it is after the change (for users,
+/// only id, name and role: emails do not travel on the change stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    #[serde(rename = "user.registered")]
+    UserRegistered,
+    #[serde(rename = "venue.created")]
+    VenueCreated,
+    #[serde(rename = "event.created")]
+    EventCreated,
+    #[serde(rename = "event.updated")]
+    EventUpdated,
+    #[serde(rename = "event.published")]
+    EventPublished,
+    #[serde(rename = "event.cancelled")]
+    EventCancelled,
+}
+
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 6] = [
+        ChangeKind::UserRegistered,
+        ChangeKind::VenueCreated,
+        ChangeKind::EventCreated,
+        ChangeKind::EventUpdated,
+        ChangeKind::EventPublished,
+        ChangeKind::EventCancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::UserRegistered => "user.registered",
+            ChangeKind::VenueCreated => "venue.created",
+            ChangeKind::EventCreated => "event.created",
+            ChangeKind::EventUpdated => "event.updated",
+            ChangeKind::EventPublished => "event.published",
+            ChangeKind::EventCancelled => "event.cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<ChangeKind> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == raw)
+    }
+
+    pub fn entity(self) -> EntityKind {
+        match self {
+            ChangeKind::UserRegistered => EntityKind::User,
+            ChangeKind::VenueCreated => EntityKind::Venue,
+            ChangeKind::EventCreated
+            | ChangeKind::EventUpdated
+            | ChangeKind::EventPublished
+            | ChangeKind::EventCancelled => EntityKind::Event,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub position: ChangePosition,
+    pub kind: ChangeKind,
+    pub entity_id: String,
+    pub payload: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}

@@ -1,0 +1,42 @@
+//! What can go wrong in the store, in terms callers branch on.
+
+/// A store failure. `Unavailable` means the engine could not be reached (retrying later may
+/// work); `Database` and `Corrupt` mean a bug or damaged data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("email is already registered")]
+    EmailTaken,
+    #[error("not found")]
+    NotFound,
+    #[error("the record was changed by someone else (expected version {expected})")]
+    VersionConflict { expected: i64 },
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: expected sqlite:… or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("stored data could not be read: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        StoreError::Corrupt(error.to_string())
+    }
+}
