@@ -1,1 +1,143 @@
-//! placeholder
+//! The HTTP contract (`shared/design/api.md`): routes, extractors, wire types, error bodies and
+//! the OpenAPI document, which is generated from the handlers' annotations so it cannot drift
+//! from what the server does.
+//!
+//! **Boundary:** this is the only crate that knows HTTP and JSON wire formats. It receives its
+//! backends as trait objects in [`AppState`] and never chooses one.
+//!
+//! A request passes, outermost first: request id (created, or the client's echoed) → trace span →
+//! request-id scope and metrics → panic guard → body limit → routing → extractors (auth, role,
+//! ownership, JSON) → handler → [`ApiError`] for every failure.
+
+mod access;
+mod error;
+pub mod extract;
+mod middleware;
+mod openapi;
+mod request_context;
+pub mod routes;
+mod state;
+pub mod wire;
+
+pub use error::ApiError;
+pub use request_context::current_request_id;
+pub use state::{ApiSettings, AppState};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::system::healthz))
+        .routes(routes!(routes::system::readyz))
+        .routes(routes!(routes::system::metrics_for_admins))
+        .routes(routes!(routes::accounts::register))
+        .routes(routes!(routes::accounts::login))
+        .routes(routes!(routes::accounts::me))
+        .routes(routes!(
+            routes::venues::create_venue,
+            routes::venues::list_venues
+        ))
+        .routes(routes!(routes::venues::get_venue))
+        .routes(routes!(
+            routes::events::create_event,
+            routes::events::list_events
+        ))
+        .routes(routes!(
+            routes::events::get_event,
+            routes::events::patch_event
+        ))
+        .routes(routes!(routes::events::publish_event))
+        .routes(routes!(routes::events::cancel_event))
+        .routes(routes!(routes::events::event_seats))
+}
+
+/// The public application: every route of the contract with its middleware.
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = api_routes().split_for_parts();
+    let document = Arc::new(document);
+    let routes = routes
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+        });
+    with_middleware(routes, &state).with_state(state)
+}
+
+/// The admin listener: metrics and probes without authentication, for a port only operators
+/// can reach.
+pub fn admin_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/metrics", get(routes::system::render_metrics))
+        .route("/healthz", get(routes::system::healthz))
+        .route("/readyz", get(routes::system::readyz))
+        .fallback(|| async { ApiError::not_found("route").into_response() });
+    with_middleware(routes, &state).with_state(state)
+}
+
+fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let request_id = HeaderName::from_static(middleware::REQUEST_ID_HEADER);
+    let node_id = HeaderValue::from_str(&state.settings.node_id)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-node-id"));
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(request_id))
+            .layer(SetResponseHeaderLayer::overriding(
+                HeaderName::from_static("x-marquee-node"),
+                node_id,
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                HeaderName::from_static("x-content-type-options"),
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(
+                TraceLayer::new_for_http()
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                    .make_span_with(|request: &Request<_>| {
+                        let request_id = request
+                            .headers()
+                            .get(middleware::REQUEST_ID_HEADER)
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            request_id = %request_id,
+                        )
+                    }),
+            )
+            .layer(axum::middleware::from_fn(middleware::observe))
+            .layer(CatchPanicLayer::custom(middleware::panic_response))
+            .layer(DefaultBodyLimit::max(state.settings.body_limit_bytes)),
+    )
+}

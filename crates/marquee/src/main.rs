@@ -1,1 +1,241 @@
-fn main() {}
+//! `marquee`: the command line. Every setting is a flag and a `MARQUEE_*` environment variable.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use marquee::demo::{SeedOutcome, DEMO_ACCOUNTS};
+use marquee::{Server, ServerConfig};
+use marquee_domain::{DisplayName, Email, Password, Role, User, UserId};
+use marquee_telemetry::LogFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Marquee: an open live-events platform. Organizers put on events; fans find them, buy seats
+/// fairly, watch seat maps change live, and watch the show.
+#[derive(Debug, Parser)]
+#[command(
+    name = "marquee",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// Log format: `auto` (pretty on a terminal, JSON otherwise), `json` or `pretty`.
+    #[arg(long, env = "MARQUEE_LOG_FORMAT", default_value = "auto", global = true,
+          value_parser = ["auto", "json", "pretty"])]
+    log_format: String,
+
+    /// Which logs to keep, in RUST_LOG syntax.
+    #[arg(
+        long,
+        env = "MARQUEE_LOG",
+        default_value = "info,sqlx=warn,tower_http=info",
+        global = true
+    )]
+    log_filter: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node of the platform.
+    Serve(NodeArgs),
+    /// Run a node on a data dir seeded with demo venues, events and accounts.
+    Demo(DemoArgs),
+    /// Administrative tasks that are never exposed over HTTP.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Address of the public HTTP listener.
+    #[arg(long, env = "MARQUEE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Address of an operators' listener serving /metrics, /healthz and /readyz without
+    /// authentication. Off unless given.
+    #[arg(long, env = "MARQUEE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+
+    /// Directory for embedded storage and the generated JWT secret.
+    #[arg(long, env = "MARQUEE_DATA_DIR", default_value = "marquee-data")]
+    data_dir: PathBuf,
+
+    #[command(flatten)]
+    store: StoreArgs,
+
+    /// How long a seat hold lasts before its seats are released (e.g. `90s`, `10m`).
+    #[arg(long, env = "MARQUEE_HOLD_TTL", default_value = "10m", value_parser = parse_duration)]
+    hold_ttl: Duration,
+
+    /// Secret for signing access tokens (at least 32 bytes). When absent, a random one is
+    /// generated once and kept in `<data-dir>/jwt-secret` with mode 0600.
+    #[arg(long, env = "MARQUEE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+
+    /// How long an access token stays valid.
+    #[arg(long, env = "MARQUEE_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    token_ttl: Duration,
+
+    /// This node's name, sent in the `x-marquee-node` response header. Defaults to the host name.
+    #[arg(long, env = "MARQUEE_NODE_ID")]
+    node_id: Option<String>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MARQUEE_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    body_limit: usize,
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Database URL: `postgres://…` for many nodes. Default: SQLite at `<data-dir>/marquee.db`.
+    #[arg(long, env = "MARQUEE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// Most database connections this node opens.
+    #[arg(long, env = "MARQUEE_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    database_max_connections: u32,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an admin account (admins are never made over HTTP).
+    Create(AdminCreateArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdminCreateArgs {
+    #[arg(long)]
+    email: String,
+    /// At least 8 characters. Prefer MARQUEE_ADMIN_PASSWORD so it stays out of shell history.
+    #[arg(long, env = "MARQUEE_ADMIN_PASSWORD", hide_env_values = true)]
+    password: String,
+    #[arg(long, default_value = "Administrator")]
+    name: String,
+    /// Directory of the embedded database (ignored with --database-url).
+    #[arg(long, env = "MARQUEE_DATA_DIR", default_value = "marquee-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|error| format!("{error} (try `90s`, `10m`, `1h`)"))
+}
+
+impl NodeArgs {
+    fn into_config(self) -> ServerConfig {
+        let mut config = ServerConfig::new(self.listen, self.data_dir);
+        config.admin_listen = self.admin_listen;
+        config.database_url = self.store.database_url;
+        config.database_max_connections = self.store.database_max_connections;
+        config.hold_ttl = self.hold_ttl;
+        config.jwt_secret = self.jwt_secret;
+        config.token_ttl = self.token_ttl;
+        if let Some(node_id) = self.node_id {
+            config.node_id = node_id;
+        }
+        config.body_limit_bytes = self.body_limit;
+        config
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let format = LogFormat::parse(&cli.log_format).unwrap_or(LogFormat::Auto);
+    marquee_telemetry::init_logging(format, &cli.log_filter)?;
+    match cli.command {
+        Command::Serve(args) => serve(args.into_config()).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Admin(AdminCommand::Create(args)) => create_admin(args).await,
+    }
+}
+
+async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    println!("Marquee is serving on {}", server.url());
+    println!("  API description: {}/api/v1/openapi.json", server.url());
+    server.run_until_signalled().await
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let mut node = args.node;
+    // A demo should not touch a production data dir by accident.
+    if node.data_dir == std::path::Path::new("marquee-data") {
+        node.data_dir = PathBuf::from("marquee-demo");
+    }
+    let config = node.into_config();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = marquee::server::open_store(&config).await?;
+    match marquee::demo::seed(store.as_ref(), true).await? {
+        SeedOutcome::Seeded { venues, events } => {
+            println!(
+                "Seeded {venues} venues and {events} events in {}",
+                config.data_dir.display()
+            )
+        }
+        SeedOutcome::AlreadySeeded => {
+            println!("Reusing the demo data in {}", config.data_dir.display())
+        }
+    }
+    let server = Server::start_with_store(config, store).await?;
+    let url = server.url();
+    println!();
+    println!("Marquee demo is running at {url}");
+    println!("  Events:        {url}/api/v1/events");
+    println!("  API (OpenAPI): {url}/api/v1/openapi.json");
+    println!("  Health:        {url}/healthz");
+    println!();
+    println!("Sign in with POST {url}/api/v1/auth/login as:");
+    for account in &DEMO_ACCOUNTS {
+        println!(
+            "  {:<10} {:<30} password: {}",
+            account.role.as_str(),
+            account.email,
+            account.password
+        );
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+    server.run_until_signalled().await
+}
+
+async fn create_admin(args: AdminCreateArgs) -> anyhow::Result<()> {
+    let email =
+        Email::parse(&args.email).map_err(|message| anyhow::anyhow!("--email {message}"))?;
+    let password = Password::parse(args.password)
+        .map_err(|message| anyhow::anyhow!("--password {message}"))?;
+    let name =
+        DisplayName::parse(&args.name).map_err(|message| anyhow::anyhow!("--name {message}"))?;
+    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), args.data_dir);
+    config.database_url = args.store.database_url;
+    config.database_max_connections = args.store.database_max_connections;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = marquee::server::open_store(&config).await?;
+    let user = User {
+        id: UserId::generate(),
+        email,
+        name,
+        role: Role::Admin,
+        created_at: marquee_domain::timestamp_now(),
+    };
+    let hash = marquee_auth::hash_password(password).await?;
+    store
+        .create_user(&user, &hash)
+        .await
+        .with_context(|| format!("creating admin {}", user.email.as_str()))?;
+    println!("Created admin {} ({})", user.email.as_str(), user.id);
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The one place where failures become HTTP responses with the contract's error body:
+//! `{"error": {"code", "message", "request_id", ...details}}`.
+//!
+//! Every error of the crates below maps here through an exhaustive `match`, so a new variant
+//! cannot silently become a 500. Internal errors are logged once, here, with the request id, and
+//! their details never reach the response body.
+
+use crate::request_context;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use marquee_auth::{PasswordError, TokenError};
+use marquee_domain::{FieldErrors, PricingError, TransitionError};
+use marquee_store::StoreError;
+use serde_json::{json, Map, Value};
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Map<String, Value>,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// Adds a field to the error object beside `code` and `message`.
+    pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    #[cfg(test)]
+    pub(crate) fn details_for_tests(&self) -> &Map<String, Value> {
+        &self.details
+    }
+
+    pub fn invalid_input(fields: FieldErrors) -> Self {
+        let message = fields.to_string();
+        let fields: Map<String, Value> = fields
+            .fields()
+            .iter()
+            .map(|(field, message)| (field.clone(), Value::String(message.clone())))
+            .collect();
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+            .with_detail("fields", fields)
+    }
+
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::invalid_input(FieldErrors::single(field, message))
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "sign in: send Authorization: Bearer <token>",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// The same answer for "does not exist" and "exists but is not yours".
+    pub fn not_found(what: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {limit_bytes} bytes"),
+        )
+        .with_detail("limit_bytes", limit_bytes)
+    }
+
+    pub fn unavailable(dependency: &str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .with_detail("dependency", dependency.to_string())
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; retry later",
+        )
+        .with_detail("retry_after_seconds", retry_after_secs);
+        error.retry_after_secs = Some(retry_after_secs);
+        error
+    }
+
+    /// A failure that is our fault. The cause is logged here and kept out of the body.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side; quote the request id when reporting it",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::String(self.code.to_string()));
+        error.insert("message".into(), Value::String(self.message));
+        if let Some(request_id) = request_context::current_request_id() {
+            error.insert("request_id".into(), Value::String(request_id));
+        }
+        error.extend(self.details);
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<FieldErrors> for ApiError {
+    fn from(fields: FieldErrors) -> Self {
+        ApiError::invalid_input(fields)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::EmailTaken => {
+                ApiError::conflict("email_taken", "an account with this email already exists")
+            }
+            StoreError::NotFound => ApiError::not_found("resource"),
+            StoreError::VersionConflict { expected } => ApiError::conflict(
+                "version_conflict",
+                "the resource was changed by someone else; fetch it and try again",
+            )
+            .with_detail("expected_version", expected),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %error, "store unavailable");
+                ApiError::unavailable("store", "the database is not answering")
+            }
+            StoreError::Database(_)
+            | StoreError::Migration(_)
+            | StoreError::UnsupportedUrl(_)
+            | StoreError::Corrupt(_) => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Expired => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                "the token has expired; sign in again",
+            ),
+            TokenError::Invalid => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not valid",
+            ),
+            TokenError::WeakSecret | TokenError::Signing => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(error: PasswordError) -> Self {
+        match error {
+            PasswordError::Hashing(_) | PasswordError::Cancelled => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(error: TransitionError) -> Self {
+        ApiError::conflict("invalid_state", error.to_string()).with_detail("status", error.from)
+    }
+}
+
+impl From<PricingError> for ApiError {
+    fn from(error: PricingError) -> Self {
+        let message = error.to_string();
+        let base = ApiError::unprocessable("invalid_price_tiers", message);
+        match error {
+            PricingError::SectionUnpriced(section) => base
+                .with_detail("reason", "section_unpriced")
+                .with_detail("section", section),
+            PricingError::SectionPricedTwice(section) => base
+                .with_detail("reason", "section_priced_twice")
+                .with_detail("section", section),
+            PricingError::UnknownSection { tier, section } => base
+                .with_detail("reason", "unknown_section")
+                .with_detail("tier", tier)
+                .with_detail("section", section),
+            PricingError::MixedCurrencies => base.with_detail("reason", "mixed_currencies"),
+        }
+    }
+}

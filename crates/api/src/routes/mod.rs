@@ -1,0 +1,7 @@
+//! Handlers, one module per section of the contract. Each handler is thin: extractors have
+//! already authenticated, authorised and parsed; the handler applies domain rules and stores.
+
+pub mod accounts;
+pub mod events;
+pub mod system;
+pub mod venues;

@@ -1,0 +1,178 @@
+//! Settings of a node, resolved from flags and `MARQUEE_*` environment variables (clap reads
+//! both), with what is not given derived from the data dir: the SQLite file and the JWT signing
+//! secret, which is generated once and kept with mode 0600.
+
+use anyhow::{bail, Context};
+use marquee_auth::SigningSecret;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything `serve` (and `demo`) needs to run a node.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// A second listener for `/metrics` and probes without authentication.
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; `None` means `marquee.db` in the data dir.
+    pub database_url: Option<String>,
+    pub hold_ttl: Duration,
+    /// `None` means the secret kept in the data dir (generated on first start).
+    pub jwt_secret: Option<String>,
+    pub token_ttl: Duration,
+    pub node_id: String,
+    pub body_limit_bytes: usize,
+    pub database_max_connections: u32,
+}
+
+impl ServerConfig {
+    /// Defaults for a node on `data_dir` listening on `listen` (tests pass port 0).
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            listen,
+            admin_listen: None,
+            data_dir,
+            database_url: None,
+            hold_ttl: Duration::from_secs(600),
+            jwt_secret: None,
+            token_ttl: Duration::from_secs(24 * 3600),
+            node_id: default_node_id(),
+            body_limit_bytes: 1024 * 1024,
+            database_max_connections: 16,
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("marquee.db").display()
+            )
+        })
+    }
+
+    /// The signing secret: the configured one, or the one kept in the data dir.
+    pub fn signing_secret(&self) -> anyhow::Result<SigningSecret> {
+        match &self.jwt_secret {
+            Some(secret) => SigningSecret::new(secret.as_bytes().to_vec())
+                .context("MARQUEE_JWT_SECRET / --jwt-secret must be at least 32 bytes"),
+            None => load_or_create_secret(&self.data_dir.join("jwt-secret")),
+        }
+    }
+}
+
+/// The host name, so that `x-marquee-node` tells nodes apart without configuration.
+pub fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|name| name.trim().to_string())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "marquee".to_string())
+}
+
+/// Reads the hex secret at `path`, or creates it (mode 0600, never overwriting a file that
+/// appeared meanwhile).
+fn load_or_create_secret(path: &Path) -> anyhow::Result<SigningSecret> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            check_private(path)?;
+            let bytes = decode_hex(text.trim())
+                .with_context(|| format!("{} is not a hex secret", path.display()))?;
+            SigningSecret::new(bytes)
+                .with_context(|| format!("{} holds a secret under 32 bytes", path.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let secret = SigningSecret::generate();
+            write_private(path, &encode_hex(secret.expose()))?;
+            tracing::info!(path = %path.display(), "generated a new JWT signing secret");
+            Ok(secret)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by others (mode {:o}); run chmod 600 on it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        bail!("odd number of hex digits");
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|index| {
+            text.get(index..index + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .context("not a hex digit")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwt-secret");
+        let first = load_or_create_secret(&path).expect("create");
+        let second = load_or_create_secret(&path).expect("reuse");
+        assert_eq!(first.expose(), second.expose());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            assert!(
+                load_or_create_secret(&path).is_err(),
+                "a readable secret is refused"
+            );
+        }
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes = vec![0u8, 1, 0xab, 0xff];
+        assert_eq!(decode_hex(&encode_hex(&bytes)).expect("decode"), bytes);
+        assert!(decode_hex("abc").is_err());
+        assert!(decode_hex("zz").is_err());
+    }
+}

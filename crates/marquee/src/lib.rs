@@ -1,0 +1,11 @@
+//! The `marquee` binary's library half: configuration, wiring of concrete backends, and the
+//! server's lifecycle. It is the only crate that chooses implementations (SQLite or PostgreSQL
+//! today; Redis, NATS and S3 as later blocks land). Tests start the real server through
+//! [`Server::start`] on port 0, exactly as `marquee serve` does.
+
+pub mod config;
+pub mod demo;
+pub mod server;
+
+pub use config::ServerConfig;
+pub use server::Server;

@@ -1,0 +1,171 @@
+//! A running node: the store opened, the listeners bound, graceful shutdown.
+
+use crate::ServerConfig;
+use anyhow::Context;
+use marquee_api::{ApiSettings, AppState};
+use marquee_auth::TokenIssuer;
+use marquee_store::{redact_url, CatalogStore, SqlCatalogStore, StoreOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A node that is serving. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Opens the store (running migrations), binds the listeners and starts serving.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let store = open_store(&config).await?;
+        Self::start_with_store(config, store).await
+    }
+
+    pub async fn start_with_store(
+        config: ServerConfig,
+        store: Arc<dyn CatalogStore>,
+    ) -> anyhow::Result<Server> {
+        let secret = config.signing_secret()?;
+        let metrics = marquee_telemetry::install_metrics()?;
+        let state = AppState {
+            store,
+            tokens: TokenIssuer::new(&secret, config.token_ttl),
+            metrics: Some(metrics.clone()),
+            settings: Arc::new(ApiSettings {
+                body_limit_bytes: config.body_limit_bytes,
+                hold_ttl: config.hold_ttl,
+                node_id: config.node_id.clone(),
+            }),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        tasks.push(serve(
+            listener,
+            marquee_api::router(state.clone()),
+            stopped.clone(),
+        ));
+
+        let admin_addr = match config.admin_listen {
+            Some(admin_listen) => {
+                let listener = TcpListener::bind(admin_listen)
+                    .await
+                    .with_context(|| format!("binding admin listener {admin_listen}"))?;
+                let admin_addr = listener.local_addr()?;
+                tasks.push(serve(
+                    listener,
+                    marquee_api::admin_router(state.clone()),
+                    stopped.clone(),
+                ));
+                Some(admin_addr)
+            }
+            None => None,
+        };
+
+        // Histograms are summarised lazily; keep them bounded between scrapes.
+        let mut upkeep_stopped = stopped;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => metrics.run_upkeep(),
+                    _ = upkeep_stopped.changed() => break,
+                }
+            }
+        });
+
+        tracing::info!(%addr, admin = ?admin_addr, node = %config.node_id, "serving");
+        Ok(Server {
+            addr,
+            admin_addr,
+            state,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish, and returns when every listener is done.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.context("server task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        self.shutdown().await
+    }
+}
+
+pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn CatalogStore>> {
+    let url = config.database_url();
+    let store = SqlCatalogStore::connect(
+        &url,
+        StoreOptions {
+            max_connections: config.database_max_connections,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("opening the store at {}", redact_url(&url)))?;
+    Ok(Arc::new(store))
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}
