@@ -337,7 +337,8 @@ mod tests {
     fn syntax_errors_are_malformed_json() {
         let error = parse_json::<Sample>(b"{\"name\": ").expect_err("eof");
         assert_eq!(error.code(), "malformed_json");
-        let error = parse_json::<Sample>(b"{} trailing").expect_err("trailing");
+        let error = parse_json::<Sample>(br#"{"name": "x", "nested": {"count": 1}} trailing"#)
+            .expect_err("trailing");
         assert_eq!(error.code(), "malformed_json");
     }
 
