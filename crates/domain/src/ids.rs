@@ -4,6 +4,19 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Mutex;
+
+/// ULIDs from one process-wide generator: within one millisecond `Ulid::new()` is random, so
+/// two ids made in the same millisecond could sort backwards; the generator increments instead.
+/// Id-ordered cursors rely on this to list items in creation order.
+fn monotonic_ulid() -> ulid::Ulid {
+    static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+    let mut guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    guard
+        .get_or_insert_with(ulid::Generator::new)
+        .generate()
+        .unwrap_or_else(|_overflow| ulid::Ulid::new())
+}
 
 macro_rules! entity_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -15,7 +28,7 @@ macro_rules! entity_id {
         impl $name {
             /// A fresh id, later in sort order than every id made before it in this process.
             pub fn generate() -> Self {
-                Self(ulid::Ulid::new().to_string())
+                Self(monotonic_ulid().to_string())
             }
 
             /// Wraps an id received from a client or read from storage. Unknown ids are not an
@@ -73,5 +86,16 @@ impl SeatId {
 impl fmt::Display for SeatId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_in_creation_order_even_within_a_millisecond() {
+        let ids: Vec<EventId> = (0..10_000).map(|_| EventId::generate()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }

@@ -218,7 +218,9 @@ impl EventDraft {
             ends_at: request
                 .ends_at
                 .unwrap_or(request.starts_at + Duration::hours(3)),
-            on_sale_at: request.on_sale_at.unwrap_or(now).min(request.starts_at),
+            on_sale_at: request
+                .on_sale_at
+                .unwrap_or_else(|| now.min(request.starts_at)),
             price_tiers,
             limits,
             waiting_room,

@@ -1,0 +1,254 @@
+//! Accounts: register, login, me, and every way a token can be wrong.
+
+use crate::support::{TestApp, JWT_SECRET};
+use marquee_auth::{SigningSecret, TokenIssuer};
+use marquee_domain::{Role, UserId};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+fn issuer() -> TokenIssuer {
+    let secret = SigningSecret::new(JWT_SECRET.as_bytes().to_vec()).expect("secret");
+    TokenIssuer::new(&secret, Duration::from_secs(3600))
+}
+
+#[tokio::test]
+async fn a_new_account_gets_a_token_that_works() {
+    let app = TestApp::spawn().await;
+    let body = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "Ada@Example.com", "password": "correct horse", "name": "Ada"}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(body["user"]["email"], "ada@example.com");
+    assert_eq!(body["user"]["role"], "fan", "fan is the default role");
+    assert!(body["user"].get("password_hash").is_none());
+    let token = body["token"].as_str().expect("token");
+    let me = app.get("/api/v1/me", Some(token)).await.expect(StatusCode::OK);
+    assert_eq!(me["id"], body["user"]["id"]);
+    assert_eq!(me["name"], "Ada");
+
+    let login = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "ada@example.com", "password": "correct horse"}),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(login["user"]["id"], body["user"]["id"]);
+    app.get("/api/v1/me", login["token"].as_str())
+        .await
+        .expect(StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn organizers_may_sign_up_but_admins_may_not() {
+    let app = TestApp::spawn().await;
+    let organizer = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "o@example.com", "password": "correct horse", "name": "O", "role": "organizer"}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(organizer["user"]["role"], "organizer");
+    let admin = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "a@example.com", "password": "correct horse", "name": "A", "role": "admin"}),
+        )
+        .await;
+    admin.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
+    assert_eq!(admin.field_names(), vec!["role"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_email_is_registered_once_whatever_its_case() {
+    let app = TestApp::spawn().await;
+    let body = json!({"email": "dup@example.com", "password": "correct horse", "name": "D"});
+    app.post("/api/v1/auth/register", None, body)
+        .await
+        .expect(StatusCode::CREATED);
+    let again = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "DUP@example.com", "password": "another pass", "name": "E"}),
+        )
+        .await;
+    again.expect_error(StatusCode::CONFLICT, "email_taken");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn registration_names_every_bad_field() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "not-an-email", "password": "short", "name": "  "}),
+        )
+        .await;
+    response.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
+    assert_eq!(response.field_names(), vec!["email", "name", "password"]);
+
+    let missing = app
+        .post("/api/v1/auth/register", None, json!({"email": "x@example.com"}))
+        .await;
+    missing.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
+    assert!(!missing.field_names().is_empty());
+
+    let wrong_type = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "x@example.com", "password": 12345678, "name": "X"}),
+        )
+        .await;
+    wrong_type.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
+    assert_eq!(wrong_type.field_names(), vec!["password"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_an_unknown_email_look_the_same() {
+    let app = TestApp::spawn().await;
+    app.post(
+        "/api/v1/auth/register",
+        None,
+        json!({"email": "ada@example.com", "password": "correct horse", "name": "Ada"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let wrong_password = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "ada@example.com", "password": "wrong horse"}),
+        )
+        .await;
+    wrong_password.expect_error(StatusCode::UNAUTHORIZED, "invalid_credentials");
+    let unknown = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "nobody@example.com", "password": "correct horse"}),
+        )
+        .await;
+    unknown.expect_error(StatusCode::UNAUTHORIZED, "invalid_credentials");
+    assert_eq!(
+        wrong_password.body["error"]["message"],
+        unknown.body["error"]["message"]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_the_reason() {
+    let app = TestApp::spawn().await;
+    let (token, user_id) = app.register("fan").await;
+
+    app.get("/api/v1/me", None)
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    app.get("/api/v1/me", Some(&forged))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "invalid_token");
+
+    app.get("/api/v1/me", Some("not.a.jwt"))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "invalid_token");
+
+    let foreign_secret = SigningSecret::generate();
+    let foreign = TokenIssuer::new(&foreign_secret, Duration::from_secs(60))
+        .issue(&UserId::from_string(user_id.clone()), Role::Admin)
+        .expect("issue");
+    app.get("/api/v1/me", Some(&foreign))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "invalid_token");
+
+    let expired = issuer()
+        .issue_at(
+            &UserId::from_string(user_id),
+            Role::Fan,
+            chrono::Utc::now().timestamp() - 7200,
+            3600,
+        )
+        .expect("issue");
+    app.get("/api/v1/me", Some(&expired))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "token_expired");
+
+    let basic = app
+        .client
+        .get(format!("{}/api/v1/me", app.url))
+        .header("authorization", "Basic YWRhOnB3")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_for_a_vanished_account_is_refused_on_me() {
+    let app = TestApp::spawn().await;
+    let ghost = issuer()
+        .issue(&UserId::generate(), Role::Fan)
+        .expect("issue");
+    app.get("/api/v1/me", Some(&ghost))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "invalid_token");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn admins_are_made_on_the_command_line() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_marquee"))
+        .args(["admin", "create", "--email", "root@example.com", "--name", "Root"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("MARQUEE_ADMIN_PASSWORD", "correct horse battery")
+        .env("MARQUEE_LOG", "warn")
+        .output()
+        .expect("marquee runs");
+    assert!(
+        output.status.success(),
+        "admin create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dir = data_dir.path().to_path_buf();
+    let app = TestApp::spawn_with(|config| config.data_dir = dir).await;
+    let login = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "root@example.com", "password": "correct horse battery"}),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(login["user"]["role"], "admin");
+
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_marquee"))
+        .args(["admin", "create", "--email", "root@example.com", "--password", "x"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .output()
+        .expect("marquee runs");
+    assert!(!again.status.success(), "a short password is refused");
+    app.stop().await;
+}

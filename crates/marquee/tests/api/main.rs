@@ -1,0 +1,8 @@
+//! End-to-end tests of the HTTP contract: each test starts the real server on port 0 over its
+//! own SQLite file (or its own PostgreSQL schema) and speaks HTTP to it.
+
+mod accounts;
+mod events;
+mod support;
+mod system;
+mod venues;
