@@ -11,7 +11,9 @@ use std::sync::Mutex;
 /// Id-ordered cursors rely on this to list items in creation order.
 fn monotonic_ulid() -> ulid::Ulid {
     static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
-    let mut guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guard = GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     guard
         .get_or_insert_with(ulid::Generator::new)
         .generate()

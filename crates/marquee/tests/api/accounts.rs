@@ -27,7 +27,10 @@ async fn a_new_account_gets_a_token_that_works() {
     assert_eq!(body["user"]["role"], "fan", "fan is the default role");
     assert!(body["user"].get("password_hash").is_none());
     let token = body["token"].as_str().expect("token");
-    let me = app.get("/api/v1/me", Some(token)).await.expect(StatusCode::OK);
+    let me = app
+        .get("/api/v1/me", Some(token))
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(me["id"], body["user"]["id"]);
     assert_eq!(me["name"], "Ada");
 
@@ -102,7 +105,11 @@ async fn registration_names_every_bad_field() {
     assert_eq!(response.field_names(), vec!["email", "name", "password"]);
 
     let missing = app
-        .post("/api/v1/auth/register", None, json!({"email": "x@example.com"}))
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "x@example.com"}),
+        )
         .await;
     missing.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
     assert!(!missing.field_names().is_empty());
@@ -219,7 +226,14 @@ async fn a_token_for_a_vanished_account_is_refused_on_me() {
 async fn admins_are_made_on_the_command_line() {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_marquee"))
-        .args(["admin", "create", "--email", "root@example.com", "--name", "Root"])
+        .args([
+            "admin",
+            "create",
+            "--email",
+            "root@example.com",
+            "--name",
+            "Root",
+        ])
         .arg("--data-dir")
         .arg(data_dir.path())
         .env("MARQUEE_ADMIN_PASSWORD", "correct horse battery")
@@ -244,7 +258,14 @@ async fn admins_are_made_on_the_command_line() {
     assert_eq!(login["user"]["role"], "admin");
 
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_marquee"))
-        .args(["admin", "create", "--email", "root@example.com", "--password", "x"])
+        .args([
+            "admin",
+            "create",
+            "--email",
+            "root@example.com",
+            "--password",
+            "x",
+        ])
         .arg("--data-dir")
         .arg(data_dir.path())
         .output()

@@ -27,7 +27,11 @@ fn id_of(body: &Value) -> String {
 
 #[tokio::test]
 async fn an_organizer_creates_a_draft() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let event = app.create_event(&organizer, &venue_id).await;
     assert_eq!(event["status"], "draft");
     assert_eq!(event["version"], 1);
@@ -43,7 +47,11 @@ async fn an_organizer_creates_a_draft() {
 
 #[tokio::test]
 async fn every_section_must_be_priced_exactly_once() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let tiers = |tiers: Value| {
         let mut body = event_body(&venue_id);
         body["price_tiers"] = tiers;
@@ -74,7 +82,9 @@ async fn every_section_must_be_priced_exactly_once() {
         ),
     ];
     for (price_tiers, reason) in cases {
-        let response = app.post("/api/v1/events", Some(&organizer), tiers(price_tiers)).await;
+        let response = app
+            .post("/api/v1/events", Some(&organizer), tiers(price_tiers))
+            .await;
         response.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_price_tiers");
         assert_eq!(response.body["error"]["reason"], reason);
     }
@@ -83,21 +93,37 @@ async fn every_section_must_be_priced_exactly_once() {
 
 #[tokio::test]
 async fn bad_event_fields_are_named() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let with = |key: &str, value: Value| {
         let mut body = event_body(&venue_id);
         body[key] = value;
         body
     };
     let cases = [
-        (with("ends_at", json!("2031-06-01T18:00:00Z")), vec!["ends_at"]),
+        (
+            with("ends_at", json!("2031-06-01T18:00:00Z")),
+            vec!["ends_at"],
+        ),
         (with("starts_at", json!("next tuesday")), vec!["starts_at"]),
-        (with("on_sale_at", json!("2031-07-01T00:00:00Z")), vec!["on_sale_at"]),
+        (
+            with("on_sale_at", json!("2031-07-01T00:00:00Z")),
+            vec!["on_sale_at"],
+        ),
         (with("title", json!("")), vec!["title"]),
         (with("category", json!("Rock & Roll!")), vec!["category"]),
-        (with("limits", json!({"max_seats_per_order": 0})), vec!["limits.max_seats_per_order"]),
         (
-            with("waiting_room", json!({"enabled": true, "pass_ttl_seconds": 5})),
+            with("limits", json!({"max_seats_per_order": 0})),
+            vec!["limits.max_seats_per_order"],
+        ),
+        (
+            with(
+                "waiting_room",
+                json!({"enabled": true, "pass_ttl_seconds": 5}),
+            ),
             vec!["waiting_room.pass_ttl_seconds"],
         ),
         (
@@ -110,7 +136,9 @@ async fn bad_event_fields_are_named() {
         (with("price_tiers", json!([])), vec!["price_tiers"]),
     ];
     for (body, fields) in cases {
-        let response = app.post("/api/v1/events", Some(&organizer), body.clone()).await;
+        let response = app
+            .post("/api/v1/events", Some(&organizer), body.clone())
+            .await;
         response.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
         assert_eq!(response.field_names(), fields, "body: {body}");
     }
@@ -119,14 +147,22 @@ async fn bad_event_fields_are_named() {
 
 #[tokio::test]
 async fn events_are_created_only_at_your_own_known_venue() {
-    let Fixture { app, organizer: _, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer: _,
+        venue_id,
+    } = fixture().await;
     let (other, _) = app.register("organizer").await;
     app.post("/api/v1/events", Some(&other), event_body(&venue_id))
         .await
         .expect_error(StatusCode::FORBIDDEN, "forbidden");
-    app.post("/api/v1/events", Some(&other), event_body("01ARZ3NDEKTSV4RRFFQ69G5FAV"))
-        .await
-        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.post(
+        "/api/v1/events",
+        Some(&other),
+        event_body("01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+    )
+    .await
+    .expect_error(StatusCode::NOT_FOUND, "not_found");
     let (fan, _) = app.register("fan").await;
     app.post("/api/v1/events", Some(&fan), event_body(&venue_id))
         .await
@@ -136,13 +172,19 @@ async fn events_are_created_only_at_your_own_known_venue() {
 
 #[tokio::test]
 async fn a_draft_is_visible_only_to_its_owner_until_published() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let id = id_of(&app.create_event(&organizer, &venue_id).await);
     let path = format!("/api/v1/events/{id}");
     let (fan, _) = app.register("fan").await;
     let (other, _) = app.register("organizer").await;
 
-    app.get(&path, Some(&organizer)).await.expect(StatusCode::OK);
+    app.get(&path, Some(&organizer))
+        .await
+        .expect(StatusCode::OK);
     for token in [None, Some(fan.as_str()), Some(other.as_str())] {
         app.get(&path, token)
             .await
@@ -176,7 +218,11 @@ async fn a_draft_is_visible_only_to_its_owner_until_published() {
 
 #[tokio::test]
 async fn the_lifecycle_only_moves_forward() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let id = id_of(&app.create_event(&organizer, &venue_id).await);
     let path = format!("/api/v1/events/{id}");
     let token = Some(organizer.as_str());
@@ -207,12 +253,20 @@ async fn the_lifecycle_only_moves_forward() {
 
 #[tokio::test]
 async fn a_patch_changes_only_what_it_names() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let created = app.create_event(&organizer, &venue_id).await;
     let path = format!("/api/v1/events/{}", id_of(&created));
     let token = Some(organizer.as_str());
     let patched = app
-        .patch(&path, token, json!({"title": "Metallica — Night Two", "tags": ["Thrash"]}))
+        .patch(
+            &path,
+            token,
+            json!({"title": "Metallica — Night Two", "tags": ["Thrash"]}),
+        )
         .await
         .expect(StatusCode::OK);
     assert_eq!(patched["title"], "Metallica — Night Two");
@@ -248,7 +302,11 @@ async fn a_patch_changes_only_what_it_names() {
     .await
     .expect_error(StatusCode::CONFLICT, "invalid_state");
     let renamed = app
-        .patch(&path, token, json!({"description": "Now with pyrotechnics."}))
+        .patch(
+            &path,
+            token,
+            json!({"description": "Now with pyrotechnics."}),
+        )
         .await
         .expect(StatusCode::OK);
     assert_eq!(renamed["status"], "published");
@@ -257,7 +315,11 @@ async fn a_patch_changes_only_what_it_names() {
 
 #[tokio::test]
 async fn the_seat_map_lists_every_seat_with_its_price() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let id = id_of(&app.create_event(&organizer, &venue_id).await);
     let venue = app
         .get(&format!("/api/v1/venues/{venue_id}"), None)
@@ -271,7 +333,10 @@ async fn the_seat_map_lists_every_seat_with_its_price() {
     assert!(seats["version"].as_i64().is_some());
     let list = seats["seats"].as_array().expect("seats");
     assert_eq!(list.len(), 42);
-    assert_eq!(list[0]["id"], venue["sections"][0]["rows"][0]["seats"][0]["id"]);
+    assert_eq!(
+        list[0]["id"],
+        venue["sections"][0]["rows"][0]["seats"][0]["id"]
+    );
     assert_eq!(list[0]["section"], "Stalls");
     assert_eq!(list[0]["row"], "A");
     assert_eq!(list[0]["number"], 1);
@@ -287,7 +352,11 @@ async fn the_seat_map_lists_every_seat_with_its_price() {
 
 #[tokio::test]
 async fn lists_show_the_public_only_what_is_published() {
-    let Fixture { app, organizer, venue_id } = fixture().await;
+    let Fixture {
+        app,
+        organizer,
+        venue_id,
+    } = fixture().await;
     let token = Some(organizer.as_str());
     let mut published = Vec::new();
     for index in 0..4 {

@@ -23,7 +23,9 @@ pub struct Response {
 impl Response {
     /// The error code of a contract error body.
     pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
     }
 
     pub fn field_names(&self) -> Vec<String> {
@@ -35,16 +37,26 @@ impl Response {
 
     #[track_caller]
     pub fn expect(self, status: StatusCode) -> Value {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.body
+        );
         self.body
     }
 
     #[track_caller]
     pub fn expect_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.body
+        );
         assert_eq!(self.code(), code, "unexpected code; body: {}", self.body);
         assert!(
-            self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "errors carry a message: {}",
             self.body
         );
@@ -81,10 +93,7 @@ impl TestApp {
     pub async fn spawn_postgres() -> TestApp {
         let schema = format!("api_{}", ulid_lower());
         sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
-        let url = format!(
-            "{}?options=-c%20search_path%3D{schema}",
-            postgres_url()
-        );
+        let url = format!("{}?options=-c%20search_path%3D{schema}", postgres_url());
         let mut app = Self::spawn_with(|config| config.database_url = Some(url)).await;
         app.postgres_schema = Some(schema);
         app

@@ -23,7 +23,10 @@ async fn probes_answer() {
     assert_eq!(health["status"], "ok");
     let ready = app.get("/readyz", None).await.expect(StatusCode::OK);
     assert_eq!(ready["status"], "ready");
-    assert!(ready["checks"]["store"].as_str().expect("store").contains("sqlite"));
+    assert!(ready["checks"]["store"]
+        .as_str()
+        .expect("store")
+        .contains("sqlite"));
     app.stop().await;
 }
 
@@ -75,7 +78,9 @@ async fn metrics_are_for_admins_on_the_public_listener() {
     assert_eq!(metrics.status, StatusCode::OK);
     let text = metrics.body.as_str().expect("text").to_string();
     assert!(
-        text.contains(r#"http_requests_total{method="GET",route="/api/v1/venues/{id}",status="404"}"#),
+        text.contains(
+            r#"http_requests_total{method="GET",route="/api/v1/venues/{id}",status="404"}"#
+        ),
         "per-route counters: {text}"
     );
     assert!(text.contains("http_request_duration_seconds_bucket"));
@@ -112,7 +117,10 @@ async fn the_openapi_document_describes_every_route() {
         .get("/api/v1/openapi.json", None)
         .await
         .expect(StatusCode::OK);
-    assert!(document["openapi"].as_str().expect("version").starts_with("3.1"));
+    assert!(document["openapi"]
+        .as_str()
+        .expect("version")
+        .starts_with("3.1"));
     let expected = [
         ("/healthz", "get"),
         ("/readyz", "get"),
@@ -148,21 +156,38 @@ async fn oversized_and_mistyped_bodies_get_precise_errors() {
     let (organizer, _) = app.register("organizer").await;
     let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(1024 * 1024 + 10));
     let response = app
-        .post_raw("/api/v1/venues", Some(&organizer), "application/json", huge.into_bytes())
+        .post_raw(
+            "/api/v1/venues",
+            Some(&organizer),
+            "application/json",
+            huge.into_bytes(),
+        )
         .await;
     response.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 
     let malformed = app
-        .post_raw("/api/v1/venues", Some(&organizer), "application/json", b"{\"name\":".to_vec())
+        .post_raw(
+            "/api/v1/venues",
+            Some(&organizer),
+            "application/json",
+            b"{\"name\":".to_vec(),
+        )
         .await;
     malformed.expect_error(StatusCode::BAD_REQUEST, "malformed_json");
 
     let not_json = app
-        .post_raw("/api/v1/venues", Some(&organizer), "text/plain", b"{}".to_vec())
+        .post_raw(
+            "/api/v1/venues",
+            Some(&organizer),
+            "text/plain",
+            b"{}".to_vec(),
+        )
         .await;
     not_json.expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
 
-    let array = app.post("/api/v1/venues", Some(&organizer), json!([1, 2])).await;
+    let array = app
+        .post("/api/v1/venues", Some(&organizer), json!([1, 2]))
+        .await;
     array.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
     app.stop().await;
 }
@@ -171,16 +196,23 @@ async fn oversized_and_mistyped_bodies_get_precise_errors() {
 async fn the_contract_works_end_to_end_on_postgres() {
     let app = TestApp::spawn_postgres().await;
     let ready = app.get("/readyz", None).await.expect(StatusCode::OK);
-    assert!(ready["checks"]["store"].as_str().expect("store").contains("postgres"));
+    assert!(ready["checks"]["store"]
+        .as_str()
+        .expect("store")
+        .contains("postgres"));
     let (organizer, _) = app.register("organizer").await;
     let venue = app.create_venue(&organizer).await;
     let event = app
         .create_event(&organizer, venue["id"].as_str().expect("id"))
         .await;
     let id = event["id"].as_str().expect("id");
-    app.post(&format!("/api/v1/events/{id}/publish"), Some(&organizer), json!({}))
-        .await
-        .expect(StatusCode::OK);
+    app.post(
+        &format!("/api/v1/events/{id}/publish"),
+        Some(&organizer),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
     let public = app
         .get(&format!("/api/v1/events/{id}"), None)
         .await
@@ -196,7 +228,9 @@ async fn the_contract_works_end_to_end_on_postgres() {
 
 /// A TCP relay to PostgreSQL that the test can cut, to take the database away from a running
 /// node without touching the shared server.
-async fn start_relay(target: &'static str) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+async fn start_relay(
+    target: &'static str,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (cut, cut_signal) = tokio::sync::watch::channel(false);

@@ -63,7 +63,10 @@ async fn a_bad_venue_names_each_bad_field() {
         (with(venue_body(), "lat", json!(91.0)), &["lat"]),
         (with(venue_body(), "lon", json!(-180.5)), &["lon"]),
         (with(venue_body(), "lat", json!("north")), &["lat"]),
-        (with(venue_body(), "country", json!("Britain")), &["country"]),
+        (
+            with(venue_body(), "country", json!("Britain")),
+            &["country"],
+        ),
         (with(venue_body(), "name", json!("")), &["name"]),
         (with(venue_body(), "sections", json!([])), &["sections"]),
         (
@@ -96,7 +99,9 @@ async fn a_bad_venue_names_each_bad_field() {
         ),
     ];
     for (body, fields) in cases {
-        let response = app.post("/api/v1/venues", Some(&organizer), body.clone()).await;
+        let response = app
+            .post("/api/v1/venues", Some(&organizer), body.clone())
+            .await;
         response.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
         assert_eq!(response.field_names(), fields.to_vec(), "body: {body}");
     }
@@ -115,7 +120,11 @@ async fn a_venue_holds_at_most_100000_seats() {
     let rows: Vec<Value> = (0..101)
         .map(|index| json!({"label": format!("R{index}"), "seats": 1000}))
         .collect();
-    let too_big = with(venue_body(), "sections", json!([{"name": "Bowl", "rows": rows}]));
+    let too_big = with(
+        venue_body(),
+        "sections",
+        json!([{"name": "Bowl", "rows": rows}]),
+    );
     let response = app.post("/api/v1/venues", Some(&organizer), too_big).await;
     response.expect_error(StatusCode::BAD_REQUEST, "invalid_input");
     assert_eq!(response.field_names(), vec!["sections"]);
@@ -123,7 +132,11 @@ async fn a_venue_holds_at_most_100000_seats() {
     let rows: Vec<Value> = (0..100)
         .map(|index| json!({"label": format!("R{index}"), "seats": 1000}))
         .collect();
-    let largest = with(venue_body(), "sections", json!([{"name": "Bowl", "rows": rows}]));
+    let largest = with(
+        venue_body(),
+        "sections",
+        json!([{"name": "Bowl", "rows": rows}]),
+    );
     let venue = app
         .post("/api/v1/venues", Some(&organizer), largest)
         .await
@@ -167,7 +180,12 @@ async fn organizers_list_their_own_venues_in_pages() {
 
     for bad in ["limit=0", "limit=101", "limit=ten", "cursor=%%%"] {
         let response = app.get(&format!("/api/v1/venues?{bad}"), Some(&mine)).await;
-        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{bad}: {}", response.body);
+        assert_eq!(
+            response.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            response.body
+        );
     }
     app.stop().await;
 }

@@ -1,0 +1,63 @@
+//! The demo seeder: believable data once, reused after.
+
+use crate::support::TestApp;
+use marquee::demo::{seed, SeedOutcome, DEMO_ACCOUNTS};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::collections::HashSet;
+
+#[tokio::test]
+async fn the_demo_seeds_once_and_its_accounts_work() {
+    let app = TestApp::spawn().await;
+    let store = app.server.as_ref().expect("server").state.store.clone();
+    let outcome = seed(store.as_ref(), false).await.expect("seed");
+    let SeedOutcome::Seeded { venues, events } = outcome else {
+        panic!("a fresh store is seeded, got {outcome:?}");
+    };
+    assert!(venues >= 20, "venues in at least 20 cities: {venues}");
+    assert!(events >= 200, "a few hundred events: {events}");
+    assert_eq!(
+        seed(store.as_ref(), false).await.expect("reseed"),
+        SeedOutcome::AlreadySeeded
+    );
+
+    for account in &DEMO_ACCOUNTS {
+        let login = app
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": account.email, "password": account.password}),
+            )
+            .await
+            .expect(StatusCode::OK);
+        assert_eq!(login["user"]["role"], account.role.as_str());
+    }
+
+    let mut cities = HashSet::new();
+    let mut categories = HashSet::new();
+    let mut path = "/api/v1/events?limit=100".to_string();
+    let mut listed = 0;
+    loop {
+        let page = app.get(&path, None).await.expect(StatusCode::OK);
+        for event in page["items"].as_array().expect("items") {
+            listed += 1;
+            cities.insert(
+                event["venue"]["city"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            categories.insert(event["category"].as_str().unwrap_or_default().to_string());
+            let lat = event["venue"]["lat"].as_f64().expect("lat");
+            assert!((-90.0..=90.0).contains(&lat));
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/events?limit=100&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert!(listed >= 200, "most demo events are published: {listed}");
+    assert!(cities.len() >= 20, "{cities:?}");
+    assert!(categories.len() >= 5, "{categories:?}");
+    app.stop().await;
+}
