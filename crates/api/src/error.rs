@@ -10,6 +10,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use marquee_auth::{PasswordError, TokenError};
 use marquee_domain::{FieldErrors, PricingError, TransitionError};
+use marquee_inventory::{InventoryError, PaymentError};
+use marquee_lease::LeaseError;
 use marquee_store::StoreError;
 use serde_json::{json, Map, Value};
 
@@ -174,10 +176,88 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %error, "store unavailable");
                 ApiError::unavailable("store", "the database is not answering")
             }
+            StoreError::CapacityExceeded { section } => ApiError::conflict(
+                "seats_unavailable",
+                "not enough general-admission places left",
+            )
+            .with_detail("section", section)
+            .with_detail("seat_ids", Vec::<String>::new()),
+            StoreError::SeatsSold { seat_ids } => {
+                ApiError::conflict("seats_unavailable", "some seats are sold")
+                    .with_detail("seat_ids", seat_ids)
+            }
+            StoreError::HoldNotActive | StoreError::Fenced => {
+                ApiError::conflict("hold_expired", "the hold has expired or ended")
+            }
             StoreError::Database(_)
             | StoreError::Migration(_)
             | StoreError::UnsupportedUrl(_)
             | StoreError::Corrupt(_) => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<InventoryError> for ApiError {
+    fn from(error: InventoryError) -> Self {
+        match error {
+            InventoryError::Invalid(fields) => ApiError::invalid_input(fields),
+            InventoryError::SeatsUnavailable { seat_ids } => {
+                ApiError::conflict("seats_unavailable", "some of those seats are held or sold")
+                    .with_detail("seat_ids", seat_ids)
+            }
+            InventoryError::SoldOut { section } => ApiError::conflict(
+                "seats_unavailable",
+                "not enough general-admission places left",
+            )
+            .with_detail("section", section)
+            .with_detail("seat_ids", Vec::<String>::new()),
+            InventoryError::LimitExceeded(message) => {
+                ApiError::unprocessable("limit_exceeded", message)
+            }
+            InventoryError::NotOnSale(message) => ApiError::unprocessable("not_on_sale", message),
+            InventoryError::HoldNotFound => ApiError::not_found("hold"),
+            InventoryError::HoldExpired => {
+                ApiError::conflict("hold_expired", "the hold has expired or ended")
+            }
+            InventoryError::AlreadyExtended => {
+                ApiError::conflict("already_extended", "a hold can be extended once")
+            }
+            InventoryError::PaymentDeclined => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_declined",
+                "the card was declined; your seats are still held",
+            ),
+            InventoryError::PaymentFailed(PaymentError::InvalidToken) => ApiError::invalid_field(
+                "payment.token",
+                "is not a payment token this provider accepts",
+            ),
+            InventoryError::PaymentFailed(PaymentError::TimedOut | PaymentError::Declined) => {
+                ApiError::unavailable(
+                    "payments",
+                    "the payment provider did not answer in time; your seats are still held",
+                )
+            }
+            InventoryError::Store(error) => error.into(),
+            InventoryError::Lease(error) => error.into(),
+        }
+    }
+}
+
+impl From<LeaseError> for ApiError {
+    fn from(error: LeaseError) -> Self {
+        match error {
+            LeaseError::Taken { keys } => {
+                ApiError::conflict("seats_unavailable", "those seats are held")
+                    .with_detail("seat_ids", keys)
+            }
+            LeaseError::NotHeld => {
+                ApiError::conflict("hold_expired", "the hold has expired or ended")
+            }
+            LeaseError::Unavailable(_) => {
+                tracing::warn!(error = %error, "lease backend unavailable");
+                ApiError::unavailable("leases", "the lease backend is not answering")
+            }
+            LeaseError::Invalid(_) => ApiError::internal(&error),
         }
     }
 }

@@ -12,6 +12,7 @@
 mod access;
 mod error;
 pub mod extract;
+mod idempotency;
 mod middleware;
 mod openapi;
 mod request_context;
@@ -67,6 +68,15 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::events::publish_event))
         .routes(routes!(routes::events::cancel_event))
         .routes(routes!(routes::events::event_seats))
+        .routes(routes!(routes::holds::create_hold))
+        .routes(routes!(
+            routes::holds::get_hold,
+            routes::holds::release_hold
+        ))
+        .routes(routes!(routes::holds::extend_hold))
+        .routes(routes!(routes::orders::create_order))
+        .routes(routes!(routes::orders::get_order))
+        .routes(routes!(routes::orders::my_orders))
 }
 
 /// The public application: every route of the contract with its middleware.

@@ -17,6 +17,8 @@ use utoipa::{Modify, OpenApi};
         (name = "accounts", description = "Register, log in, who am I"),
         (name = "venues", description = "Venues and seat maps (organizers)"),
         (name = "events", description = "Events and their lifecycle"),
+        (name = "holds", description = "Seat holds (leases with a TTL)"),
+        (name = "orders", description = "Orders and tickets"),
     )
 )]
 pub(crate) struct ApiDoc;

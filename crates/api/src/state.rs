@@ -1,6 +1,7 @@
 //! What every handler can reach: the store, the token issuer, metrics and settings.
 
 use marquee_auth::TokenIssuer;
+use marquee_inventory::Inventory;
 use marquee_store::CatalogStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ impl Default for ApiSettings {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn CatalogStore>,
+    pub inventory: Arc<Inventory>,
     pub tokens: TokenIssuer,
     pub metrics: Option<PrometheusHandle>,
     pub settings: Arc<ApiSettings>,

@@ -228,6 +228,16 @@ impl EventDetails {
     /// Times must run in order: on sale no later than the start, the start before the end.
     pub fn check_schedule(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
+        let latest = Self::latest_time();
+        for (field, time) in [
+            ("starts_at", self.starts_at),
+            ("ends_at", self.ends_at),
+            ("on_sale_at", self.on_sale_at),
+        ] {
+            if time > latest {
+                errors.add(field, "must be before the year 2200");
+            }
+        }
         if self.ends_at <= self.starts_at {
             errors.add("ends_at", "must be after starts_at");
         }
@@ -235,6 +245,10 @@ impl EventDetails {
             errors.add("on_sale_at", "must not be after starts_at");
         }
         errors.into_result()
+    }
+
+    fn latest_time() -> DateTime<Utc> {
+        DateTime::from_timestamp(7_258_118_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// Every section of the seat map is priced by exactly one tier, tiers name only real

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 /// ULIDs from one process-wide generator: within one millisecond `Ulid::new()` is random, so
 /// two ids made in the same millisecond could sort backwards; the generator increments instead.
 /// Id-ordered cursors rely on this to list items in creation order.
-fn monotonic_ulid() -> ulid::Ulid {
+pub(crate) fn monotonic_ulid() -> ulid::Ulid {
     static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
     let mut guard = GENERATOR
         .lock()

@@ -8,6 +8,7 @@
 
 mod event;
 mod ids;
+mod inventory;
 mod user;
 mod validation;
 mod venue;
@@ -17,6 +18,10 @@ pub use event::{
     StreamingSettings, TransitionError, WaitingRoomSettings,
 };
 pub use ids::{EventId, SeatId, UserId, VenueId};
+pub use inventory::{
+    GeneralAdmissionQuantity, Hold, HoldId, HoldStatus, Order, OrderId, OrderStatus, Ticket,
+    TicketId,
+};
 pub use user::{DisplayName, Email, Password, Role, User};
 pub use validation::{FieldErrors, FieldResult};
 pub use venue::{

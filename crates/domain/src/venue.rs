@@ -211,6 +211,33 @@ impl SeatMap {
             })
     }
 
+    /// Finds a reserved seat of this map by id, without scanning the map.
+    pub fn locate<'a>(&'a self, venue: &VenueId, seat: &SeatId) -> Option<SeatLayout<'a>> {
+        let rest = seat
+            .as_str()
+            .strip_prefix(venue.as_str())?
+            .strip_prefix('-')?;
+        let mut parts = rest.splitn(3, '-').map(str::parse::<usize>);
+        let (Some(Ok(section_index)), Some(Ok(row_index)), Some(Ok(number))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let section = self.sections.get(section_index)?;
+        let SectionLayout::Reserved { rows } = &section.layout else {
+            return None;
+        };
+        let row = rows.get(row_index)?;
+        let number = u32::try_from(number).ok()?;
+        let id = SeatId::derive(venue, section_index, row_index, number);
+        ((1..=row.seats).contains(&number) && &id == seat).then_some(SeatLayout {
+            id,
+            section: &section.name,
+            row: &row.label,
+            number,
+        })
+    }
+
     pub fn general_admission(&self) -> impl Iterator<Item = GeneralAdmissionArea<'_>> {
         self.sections
             .iter()
@@ -384,6 +411,30 @@ mod tests {
         assert!(Coordinates::new(90.01, 0.0).is_err());
         assert!(Coordinates::new(0.0, -180.5).is_err());
         assert!(Coordinates::new(f64::NAN, 0.0).is_err());
+    }
+
+    #[test]
+    fn seats_are_located_by_id_and_strangers_are_not() {
+        let map = SeatMap::parse(vec![rows("Stalls", &[("A", 3), ("B", 2)])]).expect("map");
+        let venue = VenueId::generate();
+        for seat in map.seats(&venue) {
+            assert_eq!(map.locate(&venue, &seat.id), Some(seat.clone()));
+        }
+        let other = VenueId::generate();
+        for bogus in [
+            format!("{venue}-0-1-3"),
+            format!("{venue}-0-0-0"),
+            format!("{venue}-1-0-1"),
+            format!("{venue}-0-0-01"),
+            format!("{other}-0-0-1"),
+            "garbage".to_string(),
+        ] {
+            assert!(
+                map.locate(&venue, &SeatId::from_string(bogus.clone()))
+                    .is_none(),
+                "{bogus}"
+            );
+        }
     }
 
     proptest! {

@@ -24,6 +24,12 @@ pub struct ServerConfig {
     pub node_id: String,
     pub body_limit_bytes: usize,
     pub database_max_connections: u32,
+    /// `redis://…` selects Redis leases (shared by every node); `None` keeps them in-process.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key this node writes.
+    pub redis_prefix: String,
+    /// How long a payment may take before an order fails with 503 (the hold stays).
+    pub payment_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -40,6 +46,9 @@ impl ServerConfig {
             node_id: default_node_id(),
             body_limit_bytes: 1024 * 1024,
             database_max_connections: 16,
+            redis_url: None,
+            redis_prefix: "marquee:".to_string(),
+            payment_timeout: Duration::from_secs(10),
         }
     }
 

@@ -84,6 +84,19 @@ struct NodeArgs {
     #[arg(long, env = "MARQUEE_NODE_ID")]
     node_id: Option<String>,
 
+    /// Redis for leases shared by every node (`redis://127.0.0.1:6379`). Without it, leases
+    /// live in this process.
+    #[arg(long, env = "MARQUEE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+
+    /// Prefix of every Redis key this node writes, so clusters can share one Redis.
+    #[arg(long, env = "MARQUEE_REDIS_PREFIX", default_value = "marquee:")]
+    redis_prefix: String,
+
+    /// How long a payment may take before the order fails (the hold stays).
+    #[arg(long, env = "MARQUEE_PAYMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    payment_timeout: Duration,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MARQUEE_BODY_LIMIT", default_value_t = 1024 * 1024)]
     body_limit: usize,
@@ -145,6 +158,9 @@ impl NodeArgs {
             config.node_id = node_id;
         }
         config.body_limit_bytes = self.body_limit;
+        config.redis_url = self.redis_url;
+        config.redis_prefix = self.redis_prefix;
+        config.payment_timeout = self.payment_timeout;
         config
     }
 }

@@ -4,6 +4,8 @@ use crate::ServerConfig;
 use anyhow::Context;
 use marquee_api::{ApiSettings, AppState};
 use marquee_auth::TokenIssuer;
+use marquee_inventory::{Inventory, InventorySettings, TestPaymentProvider, TicketSigner};
+use marquee_lease::{InProcessLeases, LeaseStore, RedisLeases};
 use marquee_store::{redact_url, CatalogStore, SqlCatalogStore, StoreOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ pub struct Server {
     pub state: AppState,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    lapse_follower: JoinHandle<()>,
 }
 
 impl Server {
@@ -36,7 +39,20 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let secret = config.signing_secret()?;
         let metrics = marquee_telemetry::install_metrics()?;
+        let leases = open_leases(&config).await?;
+        let inventory = Inventory::new(
+            store.clone(),
+            leases,
+            Arc::new(TestPaymentProvider::default()),
+            TicketSigner::new(&derive_key(&secret, b"marquee ticket codes v1")),
+            InventorySettings {
+                hold_ttl: config.hold_ttl,
+                payment_timeout: config.payment_timeout,
+            },
+        );
+        let lapse_follower = inventory.spawn_lapse_follower();
         let state = AppState {
+            inventory,
             store,
             tokens: TokenIssuer::new(&secret, config.token_ttl),
             metrics: Some(metrics.clone()),
@@ -94,6 +110,7 @@ impl Server {
             state,
             stop,
             tasks,
+            lapse_follower,
         })
     }
 
@@ -107,6 +124,7 @@ impl Server {
         for task in self.tasks {
             task.await.context("server task panicked")??;
         }
+        self.lapse_follower.abort();
         Ok(())
     }
 
@@ -130,6 +148,29 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Catalog
     .await
     .with_context(|| format!("opening the store at {}", redact_url(&url)))?;
     Ok(Arc::new(store))
+}
+
+/// Redis leases when a Redis URL is configured, else in-process ones.
+pub async fn open_leases(config: &ServerConfig) -> anyhow::Result<Arc<dyn LeaseStore>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisLeases::connect(url, &config.redis_prefix)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?,
+        ),
+        None => Arc::new(InProcessLeases::new()),
+    })
+}
+
+/// A key for one purpose derived from the signing secret, so one secret to configure yields
+/// independent keys (a leaked ticket key does not sign tokens).
+fn derive_key(secret: &marquee_auth::SigningSecret, purpose: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(purpose);
+    hasher.update([0]);
+    hasher.update(secret.expose());
+    hasher.finalize().to_vec()
 }
 
 fn serve(

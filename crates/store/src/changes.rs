@@ -12,6 +12,8 @@ pub enum EntityKind {
     User,
     Venue,
     Event,
+    /// Seat inventory of one event; the entity id is the event's.
+    Seats,
 }
 
 impl EntityKind {
@@ -20,6 +22,7 @@ impl EntityKind {
             EntityKind::User => "user",
             EntityKind::Venue => "venue",
             EntityKind::Event => "event",
+            EntityKind::Seats => "seats",
         }
     }
 }
@@ -40,16 +43,26 @@ pub enum ChangeKind {
     EventPublished,
     #[serde(rename = "event.cancelled")]
     EventCancelled,
+    #[serde(rename = "seats.held")]
+    SeatsHeld,
+    /// Seats available again: a hold released or lapsed, or an order refunded.
+    #[serde(rename = "seats.available")]
+    SeatsAvailable,
+    #[serde(rename = "seats.sold")]
+    SeatsSold,
 }
 
 impl ChangeKind {
-    pub const ALL: [ChangeKind; 6] = [
+    pub const ALL: [ChangeKind; 9] = [
         ChangeKind::UserRegistered,
         ChangeKind::VenueCreated,
         ChangeKind::EventCreated,
         ChangeKind::EventUpdated,
         ChangeKind::EventPublished,
         ChangeKind::EventCancelled,
+        ChangeKind::SeatsHeld,
+        ChangeKind::SeatsAvailable,
+        ChangeKind::SeatsSold,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +73,9 @@ impl ChangeKind {
             ChangeKind::EventUpdated => "event.updated",
             ChangeKind::EventPublished => "event.published",
             ChangeKind::EventCancelled => "event.cancelled",
+            ChangeKind::SeatsHeld => "seats.held",
+            ChangeKind::SeatsAvailable => "seats.available",
+            ChangeKind::SeatsSold => "seats.sold",
         }
     }
 
@@ -75,6 +91,9 @@ impl ChangeKind {
             | ChangeKind::EventUpdated
             | ChangeKind::EventPublished
             | ChangeKind::EventCancelled => EntityKind::Event,
+            ChangeKind::SeatsHeld | ChangeKind::SeatsAvailable | ChangeKind::SeatsSold => {
+                EntityKind::Seats
+            }
         }
     }
 }

@@ -16,6 +16,14 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("general admission section {section:?} has fewer places left than asked")]
+    CapacityExceeded { section: String },
+    #[error("seats are already sold: {seat_ids:?}")]
+    SeatsSold { seat_ids: Vec<String> },
+    #[error("the hold is no longer active")]
+    HoldNotActive,
+    #[error("a newer lease has held these seats since this hold was made")]
+    Fenced,
     #[error("unsupported database URL {0:?}: expected sqlite:… or postgres://…")]
     UnsupportedUrl(String),
     #[error("stored data could not be read: {0}")]

@@ -14,11 +14,13 @@
 
 mod changes;
 mod error;
+mod inventory;
 mod rows;
 mod sql;
 
 pub use changes::{ChangeKind, ChangePosition, ChangeRecord, EntityKind};
 pub use error::StoreError;
+pub use inventory::{InventoryStore, SeatSnapshot, StoredResponse};
 pub use sql::{redact_url, Backend, SqlCatalogStore, StoreOptions};
 
 use async_trait::async_trait;
@@ -50,7 +52,7 @@ pub struct EventQuery {
 
 /// The catalog. Every mutating method appends to the outbox in the same transaction.
 #[async_trait]
-pub trait CatalogStore: Send + Sync + 'static {
+pub trait CatalogStore: InventoryStore + Send + Sync + 'static {
     /// Which engine answers, for `/readyz` and logs.
     fn backend(&self) -> Backend;
 

@@ -79,15 +79,15 @@ impl Default for StoreOptions {
 }
 
 pub struct SqlCatalogStore {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
     /// Present for SQLite only; see the module comment.
     sqlite_write_gate: Option<Mutex<()>>,
 }
 
 /// A write transaction and, on SQLite, the gate that keeps it the only writer.
-struct WriteTransaction<'a> {
-    transaction: Transaction<'static, Any>,
+pub(crate) struct WriteTransaction<'a> {
+    pub(crate) transaction: Transaction<'static, Any>,
     _gate: Option<MutexGuard<'a, ()>>,
 }
 
@@ -124,7 +124,7 @@ impl SqlCatalogStore {
         })
     }
 
-    async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {
+    pub(crate) async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {
         let gate = match &self.sqlite_write_gate {
             Some(gate) => Some(gate.lock().await),
             None => None,
@@ -135,7 +135,7 @@ impl SqlCatalogStore {
         })
     }
 
-    async fn append_change(
+    pub(crate) async fn append_change(
         &self,
         write: &mut WriteTransaction<'_>,
         kind: ChangeKind,
@@ -163,7 +163,7 @@ impl SqlCatalogStore {
         Ok(())
     }
 
-    async fn fetch_optional<'q, T>(
+    pub(crate) async fn fetch_optional<'q, T>(
         &self,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
         map: fn(&AnyRow) -> Result<T, StoreError>,
@@ -176,7 +176,7 @@ impl SqlCatalogStore {
             .transpose()
     }
 
-    async fn fetch_all<'q, T>(
+    pub(crate) async fn fetch_all<'q, T>(
         &self,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
         map: fn(&AnyRow) -> Result<T, StoreError>,
@@ -185,7 +185,7 @@ impl SqlCatalogStore {
     }
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .is_some_and(|database| database.is_unique_violation())

@@ -265,5 +265,9 @@ pub async fn event_seats(
     visible: VisibleEvent,
 ) -> Result<Json<SeatsBody>, ApiError> {
     let venue = venue_of(&state, &visible.event).await?;
-    Ok(Json(SeatsBody::all_available(&visible.event, &venue)))
+    let snapshot = state
+        .store
+        .seat_snapshot(&visible.event.id, chrono::Utc::now())
+        .await?;
+    Ok(Json(SeatsBody::new(&visible.event, &venue, &snapshot)))
 }

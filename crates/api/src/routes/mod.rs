@@ -3,5 +3,7 @@
 
 pub mod accounts;
 pub mod events;
+pub mod holds;
+pub mod orders;
 pub mod system;
 pub mod venues;

@@ -2,11 +2,14 @@
 
 use crate::wire::venues::VenueSummary;
 use chrono::{DateTime, Duration, Utc};
+use marquee_domain::SeatId;
 use marquee_domain::{
     Category, Event, EventDetails, EventPatch, FieldErrors, OrderLimits, PriceTier,
     StreamingSettings, Venue, VenueId, WaitingRoomSettings,
 };
+use marquee_store::SeatSnapshot;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use utoipa::ToSchema;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -215,9 +218,11 @@ impl EventDraft {
             tags,
             performers,
             starts_at: request.starts_at,
+            // Checked: a client may send a date at the end of chrono's range (found by fuzzing).
             ends_at: request
                 .ends_at
-                .unwrap_or(request.starts_at + Duration::hours(3)),
+                .or_else(|| request.starts_at.checked_add_signed(Duration::hours(3)))
+                .unwrap_or(request.starts_at),
             on_sale_at: request
                 .on_sale_at
                 .unwrap_or_else(|| now.min(request.starts_at)),
@@ -414,9 +419,10 @@ pub struct GeneralAdmissionBody {
 }
 
 impl SeatsBody {
-    /// Every seat of the event's venue with its price. Until holds and orders exist every seat is
-    /// available and the version is zero.
-    pub fn all_available(event: &Event, venue: &Venue) -> Self {
+    /// Every seat of the event's venue with its price and status.
+    pub fn new(event: &Event, venue: &Venue, snapshot: &SeatSnapshot) -> Self {
+        let held: HashSet<&SeatId> = snapshot.held.iter().collect();
+        let sold: HashSet<&SeatId> = snapshot.sold.iter().collect();
         let tier_of = |section: &str| {
             event
                 .details
@@ -436,7 +442,13 @@ impl SeatsBody {
                     number: seat.number,
                     tier,
                     price_cents,
-                    status: "available",
+                    status: if sold.contains(&seat.id) {
+                        "sold"
+                    } else if held.contains(&seat.id) {
+                        "held"
+                    } else {
+                        "available"
+                    },
                 }
             })
             .collect();
@@ -445,10 +457,15 @@ impl SeatsBody {
             .general_admission()
             .map(|area| {
                 let (tier, price_cents) = tier_of(area.section);
+                let (held, sold) = snapshot
+                    .general_admission
+                    .get(area.section)
+                    .copied()
+                    .unwrap_or_default();
                 GeneralAdmissionBody {
                     section: area.section.to_string(),
                     capacity: area.capacity,
-                    available: area.capacity,
+                    available: area.capacity.saturating_sub(held + sold),
                     tier,
                     price_cents,
                 }
@@ -456,7 +473,7 @@ impl SeatsBody {
             .collect();
         SeatsBody {
             event_id: event.id.to_string(),
-            version: 0,
+            version: snapshot.version,
             seats,
             general_admission,
         }

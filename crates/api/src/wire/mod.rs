@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod events;
+pub mod orders;
 pub mod venues;
 
 use serde::Serialize;

@@ -4,6 +4,7 @@
 mod accounts;
 mod demo;
 mod events;
+mod holds;
 mod support;
 mod system;
 mod venues;

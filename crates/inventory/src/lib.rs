@@ -1,0 +1,630 @@
+//! The seat inventory: holds (explicit seats, best-available, general admission), their release,
+//! extension and lapse, and orders that turn a live hold into tickets.
+//!
+//! How a seat is never sold twice, layer by layer:
+//! 1. **Leases** (`marquee-lease`): a hold acquires one lease over all its seats plus a per-fan key
+//!    for the event, all or nothing; so two fans never hold one seat, and a fan holds at most one
+//!    live hold per event. The lease lapses by itself after the hold TTL.
+//! 2. **Fencing**: each lease has a token larger than every earlier one; creating a hold raises
+//!    each seat's fence to it, and an order commits only while its token is still the fence.
+//!    A fan whose hold lapsed and whose seats were re-held cannot buy them, whatever the timing.
+//! 3. **The database**: one valid ticket per (event, seat) by a unique index, and
+//!    general-admission counters that a CHECK keeps within capacity.
+//!
+//! **Boundary:** no HTTP here. Errors are [`InventoryError`]; the api crate maps them.
+
+mod best_available;
+mod payment;
+mod tickets;
+
+pub use payment::{PaymentError, PaymentProvider, PaymentReceipt, TestPaymentProvider};
+pub use tickets::TicketSigner;
+
+use chrono::{DateTime, Utc};
+use marquee_domain::{
+    Event, EventId, EventStatus, FieldErrors, GeneralAdmissionQuantity, Hold, HoldId, HoldStatus,
+    Order, OrderId, OrderLimits, OrderStatus, SeatId, SectionLayout, Ticket, TicketId, UserId,
+    Venue,
+};
+use marquee_lease::{FencingToken, Lease, LeaseError, LeaseStore};
+use marquee_store::{CatalogStore, StoreError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a fan asks to hold.
+#[derive(Debug, Clone)]
+pub enum HoldRequest {
+    Seats(Vec<String>),
+    BestAvailable {
+        quantity: i64,
+        section: Option<String>,
+    },
+    GeneralAdmission {
+        section: String,
+        quantity: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("invalid hold request: {0}")]
+    Invalid(FieldErrors),
+    #[error("seats are not available: {seat_ids:?}")]
+    SeatsUnavailable { seat_ids: Vec<String> },
+    #[error("not enough places left in {section:?}")]
+    SoldOut { section: String },
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
+    NotOnSale(&'static str),
+    #[error("hold not found")]
+    HoldNotFound,
+    #[error("the hold has expired or ended")]
+    HoldExpired,
+    #[error("the hold was already extended once")]
+    AlreadyExtended,
+    #[error("payment declined")]
+    PaymentDeclined,
+    #[error("payment failed: {0}")]
+    PaymentFailed(PaymentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lease(LeaseError),
+}
+
+#[derive(Debug, Clone)]
+pub struct InventorySettings {
+    pub hold_ttl: Duration,
+    /// How long a payment may take before the order fails (and the hold stays).
+    pub payment_timeout: Duration,
+}
+
+impl Default for InventorySettings {
+    fn default() -> Self {
+        InventorySettings {
+            hold_ttl: Duration::from_secs(600),
+            payment_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Ids in one request beyond this are refused before any lookup.
+pub const MAX_SEAT_IDS_PER_REQUEST: usize = OrderLimits::MAX as usize;
+
+pub struct Inventory {
+    store: Arc<dyn CatalogStore>,
+    leases: Arc<dyn LeaseStore>,
+    payments: Arc<dyn PaymentProvider>,
+    signer: TicketSigner,
+    settings: InventorySettings,
+}
+
+fn seat_key(event: &EventId, seat: &SeatId) -> String {
+    format!("seat:{event}:{seat}")
+}
+
+fn fan_key(event: &EventId, user: &UserId) -> String {
+    format!("fan:{event}:{user}")
+}
+
+fn lease_keys(event: &EventId, user: &UserId, seats: &[SeatId]) -> Vec<String> {
+    let mut keys: Vec<String> = seats.iter().map(|seat| seat_key(event, seat)).collect();
+    keys.push(fan_key(event, user));
+    keys
+}
+
+fn lease_of(hold: &Hold) -> Lease {
+    Lease {
+        keys: lease_keys(&hold.event_id, &hold.user_id, &hold.seat_ids),
+        holder: hold.id.to_string(),
+        token: FencingToken(hold.fencing_token),
+        expires_at: hold.expires_at,
+    }
+}
+
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Inventory {
+    pub fn new(
+        store: Arc<dyn CatalogStore>,
+        leases: Arc<dyn LeaseStore>,
+        payments: Arc<dyn PaymentProvider>,
+        signer: TicketSigner,
+        settings: InventorySettings,
+    ) -> Arc<Inventory> {
+        Arc::new(Inventory {
+            store,
+            leases,
+            payments,
+            signer,
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &InventorySettings {
+        &self.settings
+    }
+
+    pub fn leases(&self) -> &Arc<dyn LeaseStore> {
+        &self.leases
+    }
+
+    pub fn signer(&self) -> &TicketSigner {
+        &self.signer
+    }
+
+    /// Holds seats for `user`, all or nothing.
+    pub async fn hold(
+        &self,
+        event: &Event,
+        venue: &Venue,
+        user: &UserId,
+        request: HoldRequest,
+    ) -> Result<Hold, InventoryError> {
+        let now = Utc::now();
+        match event.status {
+            EventStatus::Published => {}
+            EventStatus::Draft => {
+                return Err(InventoryError::NotOnSale("the event is not published"))
+            }
+            EventStatus::Cancelled => {
+                return Err(InventoryError::NotOnSale("the event is cancelled"))
+            }
+        }
+        if now < event.details.on_sale_at {
+            return Err(InventoryError::NotOnSale("tickets are not on sale yet"));
+        }
+        if now >= event.details.starts_at {
+            return Err(InventoryError::NotOnSale("the event has started"));
+        }
+        let max = event.details.limits.max_seats_per_order;
+        if self
+            .store
+            .live_hold_of(user, &event.id, now)
+            .await?
+            .is_some()
+        {
+            return Err(InventoryError::LimitExceeded(
+                "you already hold seats for this event; release them or buy them first".into(),
+            ));
+        }
+        match request {
+            HoldRequest::Seats(raw) => {
+                let seats = parse_seat_ids(venue, raw, max)?;
+                self.hold_seats(event, user, seats).await
+            }
+            HoldRequest::BestAvailable { quantity, section } => {
+                let quantity = parse_quantity(quantity, max)?;
+                if let Some(name) = &section {
+                    match venue.seat_map.section(name).map(|s| &s.layout) {
+                        Some(SectionLayout::Reserved { .. }) => {}
+                        _ => {
+                            return Err(InventoryError::Invalid(FieldErrors::single(
+                                "section",
+                                "is not a reserved-seating section of this venue",
+                            )))
+                        }
+                    }
+                }
+                self.hold_best_available(event, venue, user, quantity, section.as_deref())
+                    .await
+            }
+            HoldRequest::GeneralAdmission { section, quantity } => {
+                let quantity = parse_quantity(quantity, max)?;
+                let capacity = match venue.seat_map.section(&section).map(|s| &s.layout) {
+                    Some(SectionLayout::GeneralAdmission { capacity }) => *capacity,
+                    _ => {
+                        return Err(InventoryError::Invalid(FieldErrors::single(
+                            "general_admission.section",
+                            "is not a general-admission section of this venue",
+                        )))
+                    }
+                };
+                let general = GeneralAdmissionQuantity { section, quantity };
+                self.acquire_and_record(event, user, Vec::new(), Some((general, capacity)))
+                    .await
+            }
+        }
+    }
+
+    async fn hold_seats(
+        &self,
+        event: &Event,
+        user: &UserId,
+        seats: Vec<SeatId>,
+    ) -> Result<Hold, InventoryError> {
+        let sold = self.store.sold_among(&event.id, &seats).await?;
+        if !sold.is_empty() {
+            return Err(InventoryError::SeatsUnavailable {
+                seat_ids: sold.iter().map(ToString::to_string).collect(),
+            });
+        }
+        self.acquire_and_record(event, user, seats, None).await
+    }
+
+    async fn hold_best_available(
+        &self,
+        event: &Event,
+        venue: &Venue,
+        user: &UserId,
+        quantity: u32,
+        section: Option<&str>,
+    ) -> Result<Hold, InventoryError> {
+        let snapshot = self.store.seat_snapshot(&event.id, Utc::now()).await?;
+        let mut unavailable: HashSet<SeatId> =
+            snapshot.held.into_iter().chain(snapshot.sold).collect();
+        // Others may take the chosen seats between our read and our lease; try again around them.
+        for _ in 0..4 {
+            let Some(seats) = best_available::choose(venue, section, quantity, &unavailable) else {
+                return Err(InventoryError::SeatsUnavailable {
+                    seat_ids: Vec::new(),
+                });
+            };
+            match self.hold_seats(event, user, seats).await {
+                Err(InventoryError::SeatsUnavailable { seat_ids }) if !seat_ids.is_empty() => {
+                    unavailable.extend(seat_ids.into_iter().map(SeatId::from_string));
+                }
+                other => return other,
+            }
+        }
+        Err(InventoryError::SeatsUnavailable {
+            seat_ids: Vec::new(),
+        })
+    }
+
+    async fn acquire_and_record(
+        &self,
+        event: &Event,
+        user: &UserId,
+        seats: Vec<SeatId>,
+        general: Option<(GeneralAdmissionQuantity, u32)>,
+    ) -> Result<Hold, InventoryError> {
+        let hold_id = HoldId::generate();
+        let keys = lease_keys(&event.id, user, &seats);
+        let lease = match self
+            .leases
+            .acquire(&keys, hold_id.as_str(), self.settings.hold_ttl)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(LeaseError::Taken { keys: taken }) => {
+                let fan = fan_key(&event.id, user);
+                if taken.contains(&fan) {
+                    return Err(InventoryError::LimitExceeded(
+                        "you already hold seats for this event".into(),
+                    ));
+                }
+                let prefix = format!("seat:{}:", event.id);
+                return Err(InventoryError::SeatsUnavailable {
+                    seat_ids: taken
+                        .iter()
+                        .filter_map(|key| key.strip_prefix(&prefix).map(str::to_string))
+                        .collect(),
+                });
+            }
+            Err(other) => return Err(InventoryError::Lease(other)),
+        };
+        let now = marquee_domain::timestamp_now();
+        let (general_admission, capacity) = match general {
+            Some((general, capacity)) => (Some(general), Some(capacity)),
+            None => (None, None),
+        };
+        let hold = Hold {
+            id: hold_id,
+            event_id: event.id.clone(),
+            user_id: user.clone(),
+            seat_ids: seats,
+            general_admission,
+            fencing_token: lease.token.0,
+            status: HoldStatus::Active,
+            extended: false,
+            expires_at: now + chrono_duration(self.settings.hold_ttl),
+            created_at: now,
+        };
+        let recorded = async {
+            // A sale may have completed between our check and our lease (its buyer released the
+            // lease after writing the tickets); check again now that we hold the seats.
+            let sold = self.store.sold_among(&event.id, &hold.seat_ids).await?;
+            if !sold.is_empty() {
+                return Err(InventoryError::SeatsUnavailable {
+                    seat_ids: sold.iter().map(ToString::to_string).collect(),
+                });
+            }
+            match self.store.create_hold(&hold, capacity).await {
+                Err(StoreError::CapacityExceeded { section }) => {
+                    Err(InventoryError::SoldOut { section })
+                }
+                other => other.map_err(InventoryError::from),
+            }
+        }
+        .await;
+        if let Err(error) = recorded {
+            let _ = self.leases.release(&lease).await;
+            return Err(error);
+        }
+        Ok(hold)
+    }
+
+    /// The hold, if it exists and belongs to `user`.
+    pub async fn owned_hold(&self, id: &HoldId, user: &UserId) -> Result<Hold, InventoryError> {
+        match self.store.hold(id).await? {
+            Some(hold) if &hold.user_id == user => Ok(hold),
+            _ => Err(InventoryError::HoldNotFound),
+        }
+    }
+
+    pub async fn release(&self, hold: &Hold) -> Result<(), InventoryError> {
+        if !hold.is_live(Utc::now()) {
+            return Err(InventoryError::HoldExpired);
+        }
+        if !self.store.end_hold(&hold.id, HoldStatus::Released).await? {
+            return Err(InventoryError::HoldExpired);
+        }
+        let _ = self.leases.release(&lease_of(hold)).await;
+        Ok(())
+    }
+
+    /// Extends a live hold once, to a full hold TTL from now.
+    pub async fn extend(&self, hold: &Hold) -> Result<Hold, InventoryError> {
+        if !hold.is_live(Utc::now()) {
+            return Err(InventoryError::HoldExpired);
+        }
+        if hold.extended {
+            return Err(InventoryError::AlreadyExtended);
+        }
+        match self
+            .leases
+            .extend(&lease_of(hold), self.settings.hold_ttl)
+            .await
+        {
+            Ok(_) => {}
+            Err(LeaseError::NotHeld) => return Err(InventoryError::HoldExpired),
+            Err(other) => return Err(InventoryError::Lease(other)),
+        }
+        let expires_at = marquee_domain::timestamp_now() + chrono_duration(self.settings.hold_ttl);
+        if !self.store.extend_hold(&hold.id, expires_at).await? {
+            return Err(InventoryError::AlreadyExtended);
+        }
+        Ok(Hold {
+            expires_at,
+            extended: true,
+            ..hold.clone()
+        })
+    }
+
+    /// Charges for a live hold and turns it into an order with tickets.
+    pub async fn confirm(
+        &self,
+        hold: &Hold,
+        event: &Event,
+        venue: &Venue,
+        payment_token: &str,
+    ) -> Result<Order, InventoryError> {
+        let now = marquee_domain::timestamp_now();
+        if !hold.is_live(now) {
+            return Err(InventoryError::HoldExpired);
+        }
+        let lease = lease_of(hold);
+        match self.leases.is_held(&lease.keys, lease.token).await {
+            Ok(true) => {}
+            Ok(false) => return Err(InventoryError::HoldExpired),
+            Err(error) => return Err(InventoryError::Lease(error)),
+        }
+        let order_id = OrderId::generate();
+        let tickets = self.tickets_for(hold, event, venue)?;
+        let total_cents = tickets.iter().map(|ticket| ticket.price_cents).sum();
+        let currency = event
+            .details
+            .min_price()
+            .map(|tier| tier.currency.clone())
+            .unwrap_or_default();
+        let charge = self
+            .payments
+            .charge(payment_token, total_cents, &currency, order_id.as_str());
+        let receipt = match tokio::time::timeout(self.settings.payment_timeout, charge).await {
+            Ok(Ok(receipt)) => receipt,
+            Ok(Err(PaymentError::Declined)) => return Err(InventoryError::PaymentDeclined),
+            Ok(Err(other)) => return Err(InventoryError::PaymentFailed(other)),
+            Err(_) => return Err(InventoryError::PaymentFailed(PaymentError::TimedOut)),
+        };
+        let order = Order {
+            id: order_id,
+            event_id: event.id.clone(),
+            user_id: hold.user_id.clone(),
+            hold_id: hold.id.clone(),
+            status: OrderStatus::Confirmed,
+            total_cents,
+            currency,
+            payment_reference: receipt.reference,
+            tickets,
+            created_at: now,
+        };
+        match self.store.confirm_order(&order, hold).await {
+            Ok(()) => {}
+            Err(StoreError::HoldNotActive | StoreError::Fenced) => {
+                tracing::warn!(order = %order.id, "hold lost before the order committed; the charge must be voided");
+                return Err(InventoryError::HoldExpired);
+            }
+            Err(StoreError::SeatsSold { seat_ids }) => {
+                return Err(InventoryError::SeatsUnavailable { seat_ids })
+            }
+            Err(StoreError::CapacityExceeded { section }) => {
+                return Err(InventoryError::SoldOut { section })
+            }
+            Err(other) => return Err(other.into()),
+        }
+        // The tickets are written: the seats stay unavailable without the lease.
+        let _ = self.leases.release(&lease).await;
+        Ok(order)
+    }
+
+    fn tickets_for(
+        &self,
+        hold: &Hold,
+        event: &Event,
+        venue: &Venue,
+    ) -> Result<Vec<Ticket>, InventoryError> {
+        let price_of = |section: &str| {
+            event
+                .details
+                .tier_for_section(section)
+                .map(|tier| tier.price_cents)
+                .ok_or_else(|| {
+                    InventoryError::Store(StoreError::Corrupt(format!(
+                        "section {section:?} of event {} has no tier",
+                        event.id
+                    )))
+                })
+        };
+        let mut tickets = Vec::new();
+        for seat in &hold.seat_ids {
+            let layout = venue.seat_map.locate(&venue.id, seat).ok_or_else(|| {
+                InventoryError::Store(StoreError::Corrupt(format!(
+                    "held seat {seat} is not in the map"
+                )))
+            })?;
+            let id = TicketId::generate();
+            tickets.push(Ticket {
+                code: self.signer.code(&id, &event.id),
+                id,
+                seat_id: Some(seat.clone()),
+                section: layout.section.to_string(),
+                row: Some(layout.row.to_string()),
+                number: Some(layout.number),
+                price_cents: price_of(layout.section)?,
+                checked_in_at: None,
+            });
+        }
+        if let Some(general) = &hold.general_admission {
+            let price = price_of(&general.section)?;
+            for _ in 0..general.quantity {
+                let id = TicketId::generate();
+                tickets.push(Ticket {
+                    code: self.signer.code(&id, &event.id),
+                    id,
+                    seat_id: None,
+                    section: general.section.clone(),
+                    row: None,
+                    number: None,
+                    price_cents: price,
+                    checked_in_at: None,
+                });
+            }
+        }
+        Ok(tickets)
+    }
+
+    /// Ends holds whose lease lapsed, as lapses are announced, and sweeps holds that expired
+    /// while no process was listening (after a restart). Runs until the lease store is dropped.
+    pub fn spawn_lapse_follower(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let inventory = Arc::clone(self);
+        let mut lapses = self.leases.lapses();
+        tokio::spawn(async move {
+            inventory.sweep_expired().await;
+            loop {
+                match lapses.recv().await {
+                    Ok(lapsed) => {
+                        let hold = HoldId::from_string(lapsed.holder);
+                        match inventory.store.end_hold(&hold, HoldStatus::Lapsed).await {
+                            Ok(_) | Err(StoreError::NotFound) => {}
+                            Err(error) => tracing::warn!(%error, %hold, "could not lapse a hold"),
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "lapse announcements were missed; sweeping");
+                        inventory.sweep_expired().await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    async fn sweep_expired(&self) {
+        loop {
+            let expired = match self.store.expired_holds(Utc::now(), 500).await {
+                Ok(expired) => expired,
+                Err(error) => {
+                    tracing::warn!(%error, "could not sweep expired holds");
+                    return;
+                }
+            };
+            if expired.is_empty() {
+                return;
+            }
+            for hold in expired {
+                if let Err(error) = self.store.end_hold(&hold.id, HoldStatus::Lapsed).await {
+                    tracing::warn!(%error, hold = %hold.id, "could not lapse a hold");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub async fn order(&self, id: &OrderId) -> Result<Option<Order>, InventoryError> {
+        Ok(self.store.order(id).await?)
+    }
+
+    /// The hold's expiry as a wall-clock time, for responses.
+    pub fn expires_at(hold: &Hold) -> DateTime<Utc> {
+        hold.expires_at
+    }
+}
+
+fn parse_quantity(quantity: i64, max: u32) -> Result<u32, InventoryError> {
+    if !(1..=OrderLimits::MAX).contains(&quantity) {
+        return Err(InventoryError::Invalid(FieldErrors::single(
+            "quantity",
+            format!("must be 1..={}", OrderLimits::MAX),
+        )));
+    }
+    let quantity = u32::try_from(quantity).unwrap_or(u32::MAX);
+    if quantity > max {
+        return Err(InventoryError::LimitExceeded(format!(
+            "at most {max} seats per order"
+        )));
+    }
+    Ok(quantity)
+}
+
+fn parse_seat_ids(
+    venue: &Venue,
+    raw: Vec<String>,
+    max: u32,
+) -> Result<Vec<SeatId>, InventoryError> {
+    if raw.is_empty() {
+        return Err(InventoryError::Invalid(FieldErrors::single(
+            "seat_ids",
+            "must name at least one seat",
+        )));
+    }
+    if raw.len() > MAX_SEAT_IDS_PER_REQUEST {
+        return Err(InventoryError::Invalid(FieldErrors::single(
+            "seat_ids",
+            format!("must name at most {MAX_SEAT_IDS_PER_REQUEST} seats"),
+        )));
+    }
+    let mut errors = FieldErrors::new();
+    let mut seen = HashSet::new();
+    let mut seats = Vec::with_capacity(raw.len());
+    for (index, id) in raw.into_iter().enumerate() {
+        let seat = SeatId::from_string(id);
+        if !seen.insert(seat.clone()) {
+            errors.add(format!("seat_ids[{index}]"), "names a seat twice");
+        } else if venue.seat_map.locate(&venue.id, &seat).is_none() {
+            errors.add(format!("seat_ids[{index}]"), "is not a seat of this event");
+        }
+        seats.push(seat);
+    }
+    errors.into_result().map_err(InventoryError::Invalid)?;
+    if seats.len() > max as usize {
+        return Err(InventoryError::LimitExceeded(format!(
+            "at most {max} seats per order"
+        )));
+    }
+    Ok(seats)
+}

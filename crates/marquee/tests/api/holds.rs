@@ -1,0 +1,496 @@
+//! Holds and orders over HTTP: the happy path, every refusal, lapse, fencing, idempotency.
+
+use crate::support::{event_body, Response, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub struct OnSale {
+    pub app: TestApp,
+    pub organizer: String,
+    pub event_id: String,
+    pub seat_ids: Vec<String>,
+}
+
+/// A published event on sale now at the contract's example venue (42 seats, 500 standing).
+pub async fn on_sale(app: TestApp) -> OnSale {
+    let (organizer, _) = app.register("organizer").await;
+    let venue = app.create_venue(&organizer).await;
+    let seat_ids = venue["sections"][0]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
+        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
+        .collect();
+    let mut body = event_body(venue["id"].as_str().expect("id"));
+    body.as_object_mut().expect("object").remove("on_sale_at");
+    body["waiting_room"] = json!({"enabled": false});
+    let event = app
+        .post("/api/v1/events", Some(&organizer), body)
+        .await
+        .expect(StatusCode::CREATED);
+    let event_id = event["id"].as_str().expect("id").to_string();
+    app.post(
+        &format!("/api/v1/events/{event_id}/publish"),
+        Some(&organizer),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    OnSale {
+        app,
+        organizer,
+        event_id,
+        seat_ids,
+    }
+}
+
+impl OnSale {
+    pub async fn hold(&self, token: &str, body: Value) -> Response {
+        self.app
+            .post(
+                &format!("/api/v1/events/{}/holds", self.event_id),
+                Some(token),
+                body,
+            )
+            .await
+    }
+
+    pub async fn order(&self, token: &str, hold_id: &str, card: &str) -> Response {
+        self.app
+            .post(
+                "/api/v1/orders",
+                Some(token),
+                json!({"hold_id": hold_id, "payment": {"method": "card", "token": card}}),
+            )
+            .await
+    }
+
+    pub async fn seat_statuses(&self) -> Value {
+        self.app
+            .get(&format!("/api/v1/events/{}/seats", self.event_id), None)
+            .await
+            .expect(StatusCode::OK)
+    }
+
+    pub async fn status_of(&self, seat: &str) -> String {
+        let seats = self.seat_statuses().await;
+        seats["seats"]
+            .as_array()
+            .expect("seats")
+            .iter()
+            .find(|entry| entry["id"] == seat)
+            .and_then(|entry| entry["status"].as_str())
+            .unwrap_or("missing")
+            .to_string()
+    }
+
+    /// Polls the seat map until `seat` has `status`; the hold TTL drives the change.
+    pub async fn await_status(&self, seat: &str, status: &str) {
+        for _ in 0..200 {
+            if self.status_of(seat).await == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("seat {seat} never became {status}");
+    }
+}
+
+#[tokio::test]
+async fn a_fan_holds_seats_and_buys_them() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let seats = &sale.seat_ids[..2];
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": seats}))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(hold["seat_ids"], json!(seats));
+    assert!(hold["fencing_token"].as_u64().is_some());
+    assert!(hold["expires_at"].is_string());
+    let before = sale.seat_statuses().await;
+    assert_eq!(sale.status_of(&seats[0]).await, "held");
+    assert!(before["version"].as_i64().expect("version") > 0);
+
+    let hold_id = hold["id"].as_str().expect("id");
+    let order = sale
+        .order(&fan, hold_id, "tok_visa")
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(order["total_cents"], 2 * 8900);
+    assert_eq!(order["currency"], "GBP");
+    let tickets = order["tickets"].as_array().expect("tickets");
+    assert_eq!(tickets.len(), 2);
+    assert_eq!(tickets[0]["section"], "Stalls");
+    assert!(tickets[0]["code"].as_str().expect("code").len() > 30);
+    assert_eq!(sale.status_of(&seats[0]).await, "sold");
+    let after = sale.seat_statuses().await;
+    assert!(after["version"].as_i64() > before["version"].as_i64());
+
+    let mine = sale
+        .app
+        .get("/api/v1/me/orders", Some(&fan))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(mine["items"][0]["id"], order["id"]);
+    let order_path = format!("/api/v1/orders/{}", order["id"].as_str().expect("id"));
+    sale.app
+        .get(&order_path, Some(&fan))
+        .await
+        .expect(StatusCode::OK);
+    sale.app
+        .get(&order_path, Some(&sale.organizer))
+        .await
+        .expect(StatusCode::OK);
+    let (stranger, _) = sale.app.register("fan").await;
+    sale.app
+        .get(&order_path, Some(&stranger))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+
+    // Sold seats are never held again.
+    let again = sale.hold(&stranger, json!({"seat_ids": [seats[1]]})).await;
+    again.expect_error(StatusCode::CONFLICT, "seats_unavailable");
+    assert_eq!(again.body["error"]["seat_ids"], json!([seats[1]]));
+    // A hold is bought once.
+    sale.order(&fan, hold_id, "tok_visa")
+        .await
+        .expect_error(StatusCode::CONFLICT, "hold_expired");
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn held_seats_are_refused_to_others_and_named() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (ann, _) = sale.app.register("fan").await;
+    let (bob, _) = sale.app.register("fan").await;
+    sale.hold(
+        &ann,
+        json!({"seat_ids": [sale.seat_ids[0], sale.seat_ids[1]]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let refused = sale
+        .hold(
+            &bob,
+            json!({"seat_ids": [sale.seat_ids[1], sale.seat_ids[2]]}),
+        )
+        .await;
+    refused.expect_error(StatusCode::CONFLICT, "seats_unavailable");
+    assert_eq!(refused.body["error"]["seat_ids"], json!([sale.seat_ids[1]]));
+    // All or nothing: seat 2 was not left held.
+    assert_eq!(sale.status_of(&sale.seat_ids[2]).await, "available");
+    sale.hold(&ann, json!({"seat_ids": [sale.seat_ids[5]]}))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded");
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_hold_requests_get_precise_errors() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let other_venue = sale.app.create_venue(&sale.organizer).await;
+    let foreign_seat = other_venue["sections"][0]["rows"][0]["seats"][0]["id"].clone();
+    let ten_thousand: Vec<String> = (0..10_000).map(|i| format!("seat-{i}")).collect();
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (
+            json!({"seat_ids": ["no-such-seat"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"seat_ids": [foreign_seat]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"seat_ids": [sale.seat_ids[0], sale.seat_ids[0]]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"seat_ids": []}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"seat_ids": ten_thousand}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"quantity": 0}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"quantity": -3}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"quantity": 9}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit_exceeded",
+        ),
+        (
+            json!({"seat_ids": &sale.seat_ids[..9]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit_exceeded",
+        ),
+        (
+            json!({"general_admission": {"section": "Stalls", "quantity": 2}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"quantity": 2, "section": "Standing"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (json!({}), StatusCode::BAD_REQUEST, "invalid_input"),
+        (
+            json!({"quantity": 2, "seat_ids": [sale.seat_ids[0]]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let response = sale.hold(&fan, body.clone()).await;
+        assert_eq!(response.status, status, "{body}: {}", response.body);
+        assert_eq!(response.code(), code, "{body}");
+    }
+    let seats = sale.seat_statuses().await;
+    assert!(seats["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .all(|seat| seat["status"] == "available"));
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn drafts_cancelled_and_future_sales_refuse_holds() {
+    let app = TestApp::spawn().await;
+    let (organizer, _) = app.register("organizer").await;
+    let (fan, _) = app.register("fan").await;
+    let venue = app.create_venue(&organizer).await;
+    let venue_id = venue["id"].as_str().expect("id");
+    let seat = venue["sections"][0]["rows"][0]["seats"][0]["id"].clone();
+    let future = app.create_event(&organizer, venue_id).await;
+    let id = future["id"].as_str().expect("id");
+    let path = format!("/api/v1/events/{id}/holds");
+    app.post(&path, Some(&fan), json!({"seat_ids": [seat]}))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.post(&path, Some(&organizer), json!({"seat_ids": [seat]}))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "not_on_sale");
+    app.post(
+        &format!("/api/v1/events/{id}/publish"),
+        Some(&organizer),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.post(&path, Some(&fan), json!({"seat_ids": [seat]}))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "not_on_sale");
+    app.post(
+        &format!("/api/v1/events/{id}/cancel"),
+        Some(&organizer),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.post(&path, Some(&fan), json!({"seat_ids": [seat]}))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "not_on_sale");
+    app.post(&path, None, json!({"seat_ids": [seat]}))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn best_available_and_general_admission() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (ann, _) = sale.app.register("fan").await;
+    let (bob, _) = sale.app.register("fan").await;
+    let best = sale
+        .hold(&ann, json!({"quantity": 3, "section": "Stalls"}))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(
+        best["seat_ids"],
+        json!(&sale.seat_ids[..3]),
+        "adjacent, front row first"
+    );
+    let standing = sale
+        .hold(
+            &bob,
+            json!({"general_admission": {"section": "Standing", "quantity": 4}}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(standing["general_admission"]["quantity"], 4);
+    let seats = sale.seat_statuses().await;
+    assert_eq!(seats["general_admission"][0]["available"], 496);
+    sale.order(&bob, standing["id"].as_str().expect("id"), "tok_visa")
+        .await
+        .expect(StatusCode::CREATED);
+    let seats = sale.seat_statuses().await;
+    assert_eq!(seats["general_admission"][0]["available"], 496);
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn release_and_extend_follow_the_rules() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let (stranger, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let path = format!("/api/v1/holds/{}", hold["id"].as_str().expect("id"));
+    sale.app
+        .get(&path, Some(&stranger))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    sale.app
+        .request(Method::DELETE, &path, Some(&stranger), None)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    let extended = sale
+        .app
+        .post(&format!("{path}/extend"), Some(&fan), json!({}))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(extended["extended"], true);
+    sale.app
+        .post(&format!("{path}/extend"), Some(&fan), json!({}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "already_extended");
+    let released = sale
+        .app
+        .request(Method::DELETE, &path, Some(&fan), None)
+        .await;
+    assert_eq!(released.status, StatusCode::NO_CONTENT);
+    assert_eq!(sale.status_of(&sale.seat_ids[0]).await, "available");
+    sale.app
+        .request(Method::DELETE, &path, Some(&fan), None)
+        .await
+        .expect_error(StatusCode::CONFLICT, "hold_expired");
+    let read = sale.app.get(&path, Some(&fan)).await.expect(StatusCode::OK);
+    assert_eq!(read["status"], "released");
+    // Released: the fan may hold again.
+    sale.hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_declined_card_keeps_the_hold() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = hold["id"].as_str().expect("id");
+    sale.order(&fan, id, "tok_declined")
+        .await
+        .expect_error(StatusCode::PAYMENT_REQUIRED, "payment_declined");
+    assert_eq!(sale.status_of(&sale.seat_ids[0]).await, "held");
+    sale.order(&fan, id, "not-a-token")
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_input");
+    sale.order(&fan, id, "tok_visa")
+        .await
+        .expect(StatusCode::CREATED);
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_result() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let body = json!({"hold_id": hold["id"], "payment": {"method": "card", "token": "tok_visa"}});
+    let send = |body: Value| {
+        sale.app
+            .client
+            .post(format!("{}/api/v1/orders", sale.app.url))
+            .bearer_auth(&fan)
+            .header("idempotency-key", "order-attempt-1")
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone()).await.expect("sent");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.expect("json");
+    let retry = send(body.clone()).await.expect("sent");
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let retry: Value = retry.json().await.expect("json");
+    assert_eq!(retry["id"], first["id"]);
+    let mut other = body;
+    other["payment"]["token"] = json!("tok_mastercard");
+    let reused = send(other).await.expect("sent");
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let reused: Value = reused.json().await.expect("json");
+    assert_eq!(reused["error"]["code"], "idempotency_key_reused");
+    let orders = sale
+        .app
+        .get("/api/v1/me/orders", Some(&fan))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(orders["items"].as_array().expect("items").len(), 1);
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hold_lapses_by_itself_and_a_lapsed_holder_is_fenced_out() {
+    let app = TestApp::spawn_with(|config| config.hold_ttl = Duration::from_millis(600)).await;
+    let sale = on_sale(app).await;
+    let (ann, _) = sale.app.register("fan").await;
+    let (bob, _) = sale.app.register("fan").await;
+    let seat = sale.seat_ids[0].clone();
+    let stale = sale
+        .hold(&ann, json!({"seat_ids": [seat]}))
+        .await
+        .expect(StatusCode::CREATED);
+    sale.await_status(&seat, "available").await;
+    let read = sale
+        .app
+        .get(
+            &format!("/api/v1/holds/{}", stale["id"].as_str().expect("id")),
+            Some(&ann),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(read["status"], "lapsed");
+    let fresh = sale
+        .hold(&bob, json!({"seat_ids": [seat]}))
+        .await
+        .expect(StatusCode::CREATED);
+    assert!(fresh["fencing_token"].as_u64() > stale["fencing_token"].as_u64());
+    // Ann tries to buy with her lapsed hold, at the same moment Bob buys with his.
+    let (ann_order, bob_order) = tokio::join!(
+        sale.order(&ann, stale["id"].as_str().expect("id"), "tok_visa"),
+        sale.order(&bob, fresh["id"].as_str().expect("id"), "tok_visa"),
+    );
+    ann_order.expect_error(StatusCode::CONFLICT, "hold_expired");
+    bob_order.expect(StatusCode::CREATED);
+    assert_eq!(sale.status_of(&seat).await, "sold");
+    sale.app.stop().await;
+}

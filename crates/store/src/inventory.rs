@@ -1,0 +1,676 @@
+//! The inventory's records: holds, orders, tickets, fences, general-admission counters and
+//! idempotency keys, on the same engines as the catalog.
+//!
+//! Leases decide who holds a seat; these tables are the durable record and the **last guard**:
+//! - a partial unique index allows one valid ticket per (event, seat);
+//! - `general_admission` has a CHECK that held + sold never exceed capacity, and every change to
+//!   it is a conditional UPDATE;
+//! - `seat_fences` keeps the largest fencing token that has held each seat; an order commits
+//!   only if its hold's token is still that largest one, so a hold whose lease lapsed and was
+//!   granted to someone newer cannot sell, however the timing falls.
+
+use crate::rows::millis;
+use crate::sql::{is_unique_violation, SqlCatalogStore, WriteTransaction};
+use crate::{Backend, ChangeKind, ChangePosition, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use marquee_domain::{
+    EventId, GeneralAdmissionQuantity, Hold, HoldId, HoldStatus, Order, OrderId, OrderStatus,
+    SeatId, Ticket, TicketId, UserId,
+};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::collections::HashMap;
+
+/// Every seat that is not available, and how full each general-admission section is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeatSnapshot {
+    /// The seat stream position of the last change included.
+    pub version: ChangePosition,
+    pub held: Vec<SeatId>,
+    pub sold: Vec<SeatId>,
+    /// Section → (held, sold).
+    pub general_admission: HashMap<String, (u32, u32)>,
+}
+
+/// A response kept for an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub request_hash: String,
+    pub status_code: u16,
+    pub body: String,
+}
+
+#[async_trait]
+pub trait InventoryStore: Send + Sync + 'static {
+    /// Records a live hold: raises its seats' fences, reserves general-admission places (with
+    /// `ga_capacity` the section's capacity) and announces the seats as held.
+    async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError>;
+    async fn hold(&self, id: &HoldId) -> Result<Option<Hold>, StoreError>;
+    /// The user's active, unexpired hold for the event, if any.
+    async fn live_hold_of(
+        &self,
+        user: &UserId,
+        event: &EventId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Hold>, StoreError>;
+    /// Moves an active hold to `released` or `lapsed` and announces its seats as available.
+    /// False when the hold was no longer active (someone else ended it first).
+    async fn end_hold(&self, id: &HoldId, status: HoldStatus) -> Result<bool, StoreError>;
+    async fn extend_hold(&self, id: &HoldId, expires_at: DateTime<Utc>)
+        -> Result<bool, StoreError>;
+    /// Active holds whose time has run out, oldest first.
+    async fn expired_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError>;
+    /// Which of `seats` have a valid ticket.
+    async fn sold_among(
+        &self,
+        event: &EventId,
+        seats: &[SeatId],
+    ) -> Result<Vec<SeatId>, StoreError>;
+    async fn seat_snapshot(
+        &self,
+        event: &EventId,
+        now: DateTime<Utc>,
+    ) -> Result<SeatSnapshot, StoreError>;
+
+    /// Writes the order and its tickets and turns the hold into `ordered`, in one transaction,
+    /// if the hold is still active and its fencing token still the newest for every seat.
+    async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError>;
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+    async fn orders_of(
+        &self,
+        user: &UserId,
+        after: Option<&OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError>;
+
+    async fn idempotent_response(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError>;
+    /// Keeps the first response for a key; false when another request stored one first.
+    async fn save_idempotent_response(
+        &self,
+        user: &UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError>;
+}
+
+#[derive(Serialize)]
+struct SeatChange<'a> {
+    event_id: &'a EventId,
+    hold_id: &'a HoldId,
+    seat_ids: &'a [SeatId],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    general_admission: Option<&'a GeneralAdmissionQuantity>,
+    status: &'static str,
+    reason: &'static str,
+}
+
+const HOLD_COLUMNS: &str = "id, event_id, user_id, seat_ids, ga_section, ga_quantity, \
+     fencing_token, status, extended, expires_at, created_at";
+const ORDER_COLUMNS: &str =
+    "id, event_id, user_id, hold_id, status, total_cents, currency, payment_reference, created_at";
+
+fn time(row: &AnyRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
+    let value: i64 = row.try_get(column)?;
+    DateTime::from_timestamp_millis(value)
+        .ok_or_else(|| StoreError::Corrupt(format!("{column} out of range")))
+}
+
+fn hold_row(row: &AnyRow) -> Result<Hold, StoreError> {
+    let seat_ids: String = row.try_get("seat_ids")?;
+    let ga_section: Option<String> = row.try_get("ga_section")?;
+    let ga_quantity: i64 = row.try_get("ga_quantity")?;
+    let status: String = row.try_get("status")?;
+    let token: i64 = row.try_get("fencing_token")?;
+    let extended: i64 = row.try_get("extended")?;
+    Ok(Hold {
+        id: HoldId::from_string(row.try_get::<String, _>("id")?),
+        event_id: EventId::from_string(row.try_get::<String, _>("event_id")?),
+        user_id: UserId::from_string(row.try_get::<String, _>("user_id")?),
+        seat_ids: serde_json::from_str(&seat_ids)?,
+        general_admission: ga_section.map(|section| GeneralAdmissionQuantity {
+            section,
+            quantity: u32::try_from(ga_quantity).unwrap_or(0),
+        }),
+        fencing_token: u64::try_from(token).unwrap_or(0),
+        status: HoldStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("hold status {status:?}")))?,
+        extended: extended != 0,
+        expires_at: time(row, "expires_at")?,
+        created_at: time(row, "created_at")?,
+    })
+}
+
+fn order_row(row: &AnyRow) -> Result<Order, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(Order {
+        id: OrderId::from_string(row.try_get::<String, _>("id")?),
+        event_id: EventId::from_string(row.try_get::<String, _>("event_id")?),
+        user_id: UserId::from_string(row.try_get::<String, _>("user_id")?),
+        hold_id: HoldId::from_string(row.try_get::<String, _>("hold_id")?),
+        status: OrderStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("order status {status:?}")))?,
+        total_cents: row.try_get("total_cents")?,
+        currency: row.try_get("currency")?,
+        payment_reference: row.try_get("payment_reference")?,
+        tickets: Vec::new(),
+        created_at: time(row, "created_at")?,
+    })
+}
+
+fn ticket_row(row: &AnyRow) -> Result<Ticket, StoreError> {
+    let number: Option<i64> = row.try_get("number")?;
+    let checked_in_at: Option<i64> = row.try_get("checked_in_at")?;
+    Ok(Ticket {
+        id: TicketId::from_string(row.try_get::<String, _>("id")?),
+        seat_id: row
+            .try_get::<Option<String>, _>("seat_id")?
+            .map(SeatId::from_string),
+        section: row.try_get("section")?,
+        row: row.try_get("row_label")?,
+        number: number.and_then(|number| u32::try_from(number).ok()),
+        price_cents: row.try_get("price_cents")?,
+        code: row.try_get("code")?,
+        checked_in_at: checked_in_at.and_then(DateTime::from_timestamp_millis),
+    })
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl SqlCatalogStore {
+    async fn change_general_admission(
+        write: &mut WriteTransaction<'_>,
+        event: &EventId,
+        section: &str,
+        held_delta: i64,
+        sold_delta: i64,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE general_admission SET held = held + $1, sold = sold + $2 \
+             WHERE event_id = $3 AND section = $4 \
+             AND held + $1 >= 0 AND sold + $2 >= 0 AND held + $1 + sold + $2 <= capacity",
+        )
+        .bind(held_delta)
+        .bind(sold_delta)
+        .bind(event.as_str())
+        .bind(section)
+        .execute(&mut *write.transaction)
+        .await?;
+        if updated.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::CapacityExceeded {
+                section: section.to_string(),
+            })
+        }
+    }
+
+    async fn tickets_of(&self, order: &mut Order) -> Result<(), StoreError> {
+        let statement = sqlx::query(
+            "SELECT id, seat_id, section, row_label, number, price_cents, code, checked_in_at \
+             FROM tickets WHERE order_id = $1 ORDER BY id",
+        )
+        .bind(order.id.as_str());
+        order.tickets = self.fetch_all(statement, ticket_row).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl InventoryStore for SqlCatalogStore {
+    async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError> {
+        let seat_ids = serde_json::to_string(&hold.seat_ids)?;
+        let token = to_i64(hold.fencing_token);
+        let mut write = self.begin_write().await?;
+        for seat in &hold.seat_ids {
+            sqlx::query(
+                "INSERT INTO seat_fences (event_id, seat_id, token) VALUES ($1, $2, $3) \
+                 ON CONFLICT (event_id, seat_id) DO UPDATE SET token = excluded.token \
+                 WHERE seat_fences.token < excluded.token",
+            )
+            .bind(hold.event_id.as_str())
+            .bind(seat.as_str())
+            .bind(token)
+            .execute(&mut *write.transaction)
+            .await?;
+        }
+        if let (Some(general), Some(capacity)) = (&hold.general_admission, ga_capacity) {
+            sqlx::query(
+                "INSERT INTO general_admission (event_id, section, capacity) VALUES ($1, $2, $3) \
+                 ON CONFLICT (event_id, section) DO NOTHING",
+            )
+            .bind(hold.event_id.as_str())
+            .bind(&general.section)
+            .bind(i64::from(capacity))
+            .execute(&mut *write.transaction)
+            .await?;
+            Self::change_general_admission(
+                &mut write,
+                &hold.event_id,
+                &general.section,
+                i64::from(general.quantity),
+                0,
+            )
+            .await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO holds ({HOLD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(hold.id.as_str())
+        .bind(hold.event_id.as_str())
+        .bind(hold.user_id.as_str())
+        .bind(seat_ids)
+        .bind(hold.general_admission.as_ref().map(|g| g.section.clone()))
+        .bind(hold.general_admission.as_ref().map_or(0, |g| i64::from(g.quantity)))
+        .bind(token)
+        .bind(hold.status.as_str())
+        .bind(i64::from(hold.extended))
+        .bind(millis(hold.expires_at))
+        .bind(millis(hold.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        let change = SeatChange {
+            event_id: &hold.event_id,
+            hold_id: &hold.id,
+            seat_ids: &hold.seat_ids,
+            general_admission: hold.general_admission.as_ref(),
+            status: "held",
+            reason: "held",
+        };
+        self.append_change(
+            &mut write,
+            ChangeKind::SeatsHeld,
+            hold.event_id.as_str(),
+            &change,
+        )
+        .await?;
+        write.transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn hold(&self, id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
+        self.fetch_optional(sqlx::query(&sql).bind(id.as_str()), hold_row)
+            .await
+    }
+
+    async fn live_hold_of(
+        &self,
+        user: &UserId,
+        event: &EventId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Hold>, StoreError> {
+        let sql = format!(
+            "SELECT {HOLD_COLUMNS} FROM holds WHERE user_id = $1 AND event_id = $2 \
+             AND status = 'active' AND expires_at > $3 LIMIT 1"
+        );
+        let statement = sqlx::query(&sql)
+            .bind(user.as_str())
+            .bind(event.as_str())
+            .bind(millis(now));
+        self.fetch_optional(statement, hold_row).await
+    }
+
+    async fn end_hold(&self, id: &HoldId, status: HoldStatus) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&mut *write.transaction)
+            .await?
+        else {
+            return Err(StoreError::NotFound);
+        };
+        let hold = hold_row(&row)?;
+        let ended = sqlx::query("UPDATE holds SET status = $1 WHERE id = $2 AND status = 'active'")
+            .bind(status.as_str())
+            .bind(id.as_str())
+            .execute(&mut *write.transaction)
+            .await?;
+        if ended.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(general) = &hold.general_admission {
+            Self::change_general_admission(
+                &mut write,
+                &hold.event_id,
+                &general.section,
+                -i64::from(general.quantity),
+                0,
+            )
+            .await?;
+        }
+        let change = SeatChange {
+            event_id: &hold.event_id,
+            hold_id: &hold.id,
+            seat_ids: &hold.seat_ids,
+            general_admission: hold.general_admission.as_ref(),
+            status: "available",
+            reason: status.as_str(),
+        };
+        self.append_change(
+            &mut write,
+            ChangeKind::SeatsAvailable,
+            hold.event_id.as_str(),
+            &change,
+        )
+        .await?;
+        write.transaction.commit().await?;
+        Ok(true)
+    }
+
+    async fn extend_hold(
+        &self,
+        id: &HoldId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE holds SET expires_at = $1, extended = 1 \
+             WHERE id = $2 AND status = 'active' AND extended = 0",
+        )
+        .bind(millis(expires_at))
+        .bind(id.as_str())
+        .execute(&mut *write.transaction)
+        .await?;
+        write.transaction.commit().await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn expired_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError> {
+        let sql = format!(
+            "SELECT {HOLD_COLUMNS} FROM holds WHERE status = 'active' AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2"
+        );
+        let statement = sqlx::query(&sql).bind(millis(now)).bind(i64::from(limit));
+        self.fetch_all(statement, hold_row).await
+    }
+
+    async fn sold_among(
+        &self,
+        event: &EventId,
+        seats: &[SeatId],
+    ) -> Result<Vec<SeatId>, StoreError> {
+        if seats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (0..seats.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT seat_id FROM tickets WHERE event_id = $1 AND valid = 1 AND seat_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut statement = sqlx::query(&sql).bind(event.as_str());
+        for seat in seats {
+            statement = statement.bind(seat.as_str());
+        }
+        self.fetch_all(statement, |row| {
+            Ok(SeatId::from_string(row.try_get::<String, _>("seat_id")?))
+        })
+        .await
+    }
+
+    async fn seat_snapshot(
+        &self,
+        event: &EventId,
+        now: DateTime<Utc>,
+    ) -> Result<SeatSnapshot, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *transaction)
+                .await?;
+        }
+        let version_row = sqlx::query(
+            "SELECT COALESCE(MAX(position), 0) AS position FROM outbox \
+             WHERE entity = 'seats' AND entity_id = $1",
+        )
+        .bind(event.as_str())
+        .fetch_one(&mut *transaction)
+        .await?;
+        let mut snapshot = SeatSnapshot {
+            version: version_row.try_get("position")?,
+            ..SeatSnapshot::default()
+        };
+        let holds = sqlx::query(
+            "SELECT seat_ids FROM holds WHERE event_id = $1 AND status = 'active' AND expires_at > $2",
+        )
+        .bind(event.as_str())
+        .bind(millis(now))
+        .fetch_all(&mut *transaction)
+        .await?;
+        for row in holds {
+            let seats: String = row.try_get("seat_ids")?;
+            let seats: Vec<SeatId> = serde_json::from_str(&seats)?;
+            snapshot.held.extend(seats);
+        }
+        let sold = sqlx::query(
+            "SELECT seat_id FROM tickets WHERE event_id = $1 AND valid = 1 AND seat_id IS NOT NULL",
+        )
+        .bind(event.as_str())
+        .fetch_all(&mut *transaction)
+        .await?;
+        for row in sold {
+            snapshot
+                .sold
+                .push(SeatId::from_string(row.try_get::<String, _>("seat_id")?));
+        }
+        let general =
+            sqlx::query("SELECT section, held, sold FROM general_admission WHERE event_id = $1")
+                .bind(event.as_str())
+                .fetch_all(&mut *transaction)
+                .await?;
+        for row in general {
+            let held: i64 = row.try_get("held")?;
+            let sold: i64 = row.try_get("sold")?;
+            snapshot.general_admission.insert(
+                row.try_get("section")?,
+                (
+                    u32::try_from(held).unwrap_or(0),
+                    u32::try_from(sold).unwrap_or(0),
+                ),
+            );
+        }
+        transaction.commit().await?;
+        Ok(snapshot)
+    }
+
+    async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError> {
+        let token = to_i64(hold.fencing_token);
+        let mut write = self.begin_write().await?;
+        let converted = sqlx::query(
+            "UPDATE holds SET status = 'ordered' WHERE id = $1 AND status = 'active' \
+             AND fencing_token = $2 AND expires_at > $3",
+        )
+        .bind(hold.id.as_str())
+        .bind(token)
+        .bind(millis(order.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        if converted.rows_affected() == 0 {
+            return Err(StoreError::HoldNotActive);
+        }
+        for seat in &hold.seat_ids {
+            let fence =
+                sqlx::query("SELECT token FROM seat_fences WHERE event_id = $1 AND seat_id = $2")
+                    .bind(hold.event_id.as_str())
+                    .bind(seat.as_str())
+                    .fetch_optional(&mut *write.transaction)
+                    .await?;
+            let newest: Option<i64> = fence.map(|row| row.try_get("token")).transpose()?;
+            if newest != Some(token) {
+                return Err(StoreError::Fenced);
+            }
+        }
+        if let Some(general) = &hold.general_admission {
+            let quantity = i64::from(general.quantity);
+            Self::change_general_admission(
+                &mut write,
+                &hold.event_id,
+                &general.section,
+                -quantity,
+                quantity,
+            )
+            .await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(order.id.as_str())
+        .bind(order.event_id.as_str())
+        .bind(order.user_id.as_str())
+        .bind(order.hold_id.as_str())
+        .bind(order.status.as_str())
+        .bind(order.total_cents)
+        .bind(&order.currency)
+        .bind(&order.payment_reference)
+        .bind(millis(order.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        for ticket in &order.tickets {
+            let inserted = sqlx::query(
+                "INSERT INTO tickets (id, order_id, event_id, seat_id, section, row_label, number, \
+                 price_cents, code) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(ticket.id.as_str())
+            .bind(order.id.as_str())
+            .bind(order.event_id.as_str())
+            .bind(ticket.seat_id.as_ref().map(|seat| seat.as_str().to_string()))
+            .bind(&ticket.section)
+            .bind(ticket.row.clone())
+            .bind(ticket.number.map(i64::from))
+            .bind(ticket.price_cents)
+            .bind(&ticket.code)
+            .execute(&mut *write.transaction)
+            .await;
+            match inserted {
+                Err(error) if is_unique_violation(&error) => {
+                    return Err(StoreError::SeatsSold {
+                        seat_ids: ticket.seat_id.iter().map(|s| s.to_string()).collect(),
+                    })
+                }
+                other => other?,
+            };
+        }
+        for (sequence, kind) in ["created", "paid"].into_iter().enumerate() {
+            let data = serde_json::json!({
+                "total_cents": order.total_cents,
+                "currency": order.currency,
+                "payment_reference": order.payment_reference,
+                "tickets": order.tickets.len(),
+            });
+            sqlx::query(
+                "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(order.id.as_str())
+            .bind(i64::try_from(sequence).unwrap_or(0) + 1)
+            .bind(kind)
+            .bind(data.to_string())
+            .bind(millis(order.created_at))
+            .execute(&mut *write.transaction)
+            .await?;
+        }
+        let change = SeatChange {
+            event_id: &hold.event_id,
+            hold_id: &hold.id,
+            seat_ids: &hold.seat_ids,
+            general_admission: hold.general_admission.as_ref(),
+            status: "sold",
+            reason: "ordered",
+        };
+        self.append_change(
+            &mut write,
+            ChangeKind::SeatsSold,
+            hold.event_id.as_str(),
+            &change,
+        )
+        .await?;
+        write.transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1");
+        let Some(mut order) = self
+            .fetch_optional(sqlx::query(&sql).bind(id.as_str()), order_row)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.tickets_of(&mut order).await?;
+        Ok(Some(order))
+    }
+
+    async fn orders_of(
+        &self,
+        user: &UserId,
+        after: Option<&OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError> {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND ($2 IS NULL OR id > $2) \
+             ORDER BY id LIMIT $3"
+        );
+        let statement = sqlx::query(&sql)
+            .bind(user.as_str())
+            .bind(after.map(|id| id.as_str().to_string()))
+            .bind(i64::from(limit));
+        let mut orders = self.fetch_all(statement, order_row).await?;
+        for order in &mut orders {
+            self.tickets_of(order).await?;
+        }
+        Ok(orders)
+    }
+
+    async fn idempotent_response(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let statement = sqlx::query(
+            "SELECT request_hash, status_code, response FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user.as_str())
+        .bind(key);
+        self.fetch_optional(statement, |row| {
+            let status: i64 = row.try_get("status_code")?;
+            Ok(StoredResponse {
+                request_hash: row.try_get("request_hash")?,
+                status_code: u16::try_from(status).unwrap_or(500),
+                body: row.try_get("response")?,
+            })
+        })
+        .await
+    }
+
+    async fn save_idempotent_response(
+        &self,
+        user: &UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, key) DO NOTHING",
+        )
+        .bind(user.as_str())
+        .bind(key)
+        .bind(&response.request_hash)
+        .bind(i64::from(response.status_code))
+        .bind(&response.body)
+        .bind(millis(marquee_domain::timestamp_now()))
+        .execute(&mut *write.transaction)
+        .await?;
+        write.transaction.commit().await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+}
