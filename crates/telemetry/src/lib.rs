@@ -84,27 +84,25 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryErro
 
 /// Installs the global Prometheus recorder once and returns the handle that renders it.
 pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(names::HTTP_REQUEST_DURATION_SECONDS.to_string()),
-            LATENCY_BUCKETS,
-        )
-        .map_err(|error| TelemetryError::Metrics(error.to_string()))?
-        .build_recorder();
-    let handle = recorder.handle();
-    // Losing a race with another thread leaves its recorder installed; use its handle.
-    if metrics::set_global_recorder(recorder).is_ok() {
-        describe_metrics();
-        let _ = HANDLE.set(handle);
-    }
+    // One initialiser runs even when many threads ask at once; the others wait for its result.
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
     HANDLE
-        .get()
-        .cloned()
-        .ok_or_else(|| TelemetryError::Metrics("another metrics recorder is installed".into()))
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::HTTP_REQUEST_DURATION_SECONDS.to_string()),
+                    LATENCY_BUCKETS,
+                )
+                .map_err(|error| error.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| "another metrics recorder is installed".to_string())?;
+            describe_metrics();
+            Ok(handle)
+        })
+        .clone()
+        .map_err(TelemetryError::Metrics)
 }
 
 fn describe_metrics() {

@@ -134,6 +134,15 @@ async fn bad_event_fields_are_named() {
             vec!["price_tiers[0].currency", "price_tiers[0].price_cents"],
         ),
         (with("price_tiers", json!([])), vec!["price_tiers"]),
+        // The end of chrono's range once panicked on `starts_at + 3h` (found by fuzzing).
+        (
+            {
+                let mut body = with("starts_at", json!("+262142-12-31T23:59:59Z"));
+                body.as_object_mut().expect("object").remove("ends_at");
+                body
+            },
+            vec!["ends_at", "starts_at"],
+        ),
     ];
     for (body, fields) in cases {
         let response = app

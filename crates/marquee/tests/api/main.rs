@@ -5,6 +5,7 @@ mod accounts;
 mod demo;
 mod events;
 mod holds;
+mod stress;
 mod support;
 mod system;
 mod venues;
