@@ -222,6 +222,25 @@ impl From<InventoryError> for ApiError {
             InventoryError::AlreadyExtended => {
                 ApiError::conflict("already_extended", "a hold can be extended once")
             }
+            InventoryError::AlreadyRefunded => {
+                ApiError::conflict("already_refunded", "the order was already refunded")
+            }
+            InventoryError::RefundWindowClosed => ApiError::unprocessable(
+                "refund_window_closed",
+                "fans can refund only before the event starts; ask the organizer",
+            ),
+            InventoryError::TicketNotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ticket_not_found",
+                "no ticket with that code for this event",
+            ),
+            InventoryError::AlreadyCheckedIn(at) => {
+                ApiError::conflict("already_checked_in", "this ticket was already checked in")
+                    .with_detail("checked_in_at", at.to_rfc3339())
+            }
+            InventoryError::TicketRefunded => {
+                ApiError::conflict("ticket_refunded", "this ticket was refunded")
+            }
             InventoryError::PaymentDeclined => ApiError::new(
                 StatusCode::PAYMENT_REQUIRED,
                 "payment_declined",

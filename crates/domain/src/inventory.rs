@@ -122,6 +122,16 @@ impl OrderStatus {
         }
     }
 
+    /// An order's state is derived from its append-only history: confirmed once paid, refunded
+    /// once a refund is recorded. Check-ins do not change it.
+    pub fn from_history<'a>(kinds: impl IntoIterator<Item = &'a str>) -> Option<OrderStatus> {
+        kinds.into_iter().fold(None, |status, kind| match kind {
+            "paid" => Some(OrderStatus::Confirmed),
+            "refunded" => Some(OrderStatus::Refunded),
+            _ => status,
+        })
+    }
+
     pub fn parse(raw: &str) -> Option<OrderStatus> {
         match raw {
             "confirmed" => Some(OrderStatus::Confirmed),

@@ -27,7 +27,7 @@ use marquee_domain::{
     Venue,
 };
 use marquee_lease::{FencingToken, Lease, LeaseError, LeaseStore};
-use marquee_store::{CatalogStore, StoreError};
+use marquee_store::{CatalogStore, CheckIn, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +64,16 @@ pub enum InventoryError {
     HoldExpired,
     #[error("the hold was already extended once")]
     AlreadyExtended,
+    #[error("the order was already refunded")]
+    AlreadyRefunded,
+    #[error("fans can refund only before the event starts")]
+    RefundWindowClosed,
+    #[error("no ticket with that code for this event")]
+    TicketNotFound,
+    #[error("the ticket was checked in at {0}")]
+    AlreadyCheckedIn(DateTime<Utc>),
+    #[error("the ticket was refunded")]
+    TicketRefunded,
     #[error("payment declined")]
     PaymentDeclined,
     #[error("payment failed: {0}")]
@@ -562,6 +572,74 @@ impl Inventory {
                     return;
                 }
             }
+        }
+    }
+
+    /// Refunds an order: the payment is returned, the tickets void, the places on sale again.
+    /// `by_fan` applies the fans' rule: only before the event starts.
+    pub async fn refund(
+        &self,
+        order: &Order,
+        event: &Event,
+        by_fan: bool,
+        reason: &str,
+    ) -> Result<Order, InventoryError> {
+        if order.status == OrderStatus::Refunded {
+            return Err(InventoryError::AlreadyRefunded);
+        }
+        if by_fan && Utc::now() >= event.details.starts_at {
+            return Err(InventoryError::RefundWindowClosed);
+        }
+        self.payments
+            .refund(&order.payment_reference, order.total_cents)
+            .await
+            .map_err(InventoryError::PaymentFailed)?;
+        if !self.store.refund_order(order, reason).await? {
+            return Err(InventoryError::AlreadyRefunded);
+        }
+        Ok(Order {
+            status: OrderStatus::Refunded,
+            ..order.clone()
+        })
+    }
+
+    /// Refunds every confirmed order of a cancelled event; returns how many were refunded.
+    pub async fn refund_all(&self, event: &Event) -> Result<usize, InventoryError> {
+        let mut refunded = 0;
+        let mut after: Option<OrderId> = None;
+        loop {
+            let page = self
+                .store
+                .orders_of_event(&event.id, after.as_ref(), 200)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for order in page.iter().filter(|o| o.status == OrderStatus::Confirmed) {
+                match self.refund(order, event, false, "event cancelled").await {
+                    Ok(_) => refunded += 1,
+                    Err(InventoryError::AlreadyRefunded) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        Ok(refunded)
+    }
+
+    /// Admits the holder of a ticket code at the door, once.
+    pub async fn check_in(&self, event: &Event, code: &str) -> Result<Ticket, InventoryError> {
+        let ticket = self
+            .signer
+            .verify(code, &event.id)
+            .ok_or(InventoryError::TicketNotFound)?;
+        match self
+            .store
+            .check_in(&event.id, &ticket, marquee_domain::timestamp_now())
+            .await?
+        {
+            CheckIn::Admitted(ticket) => Ok(ticket),
+            CheckIn::AlreadyCheckedIn(at) => Err(InventoryError::AlreadyCheckedIn(at)),
+            CheckIn::Refunded => Err(InventoryError::TicketRefunded),
+            CheckIn::NotFound => Err(InventoryError::TicketNotFound),
         }
     }
 

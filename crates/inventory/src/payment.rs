@@ -32,6 +32,9 @@ pub trait PaymentProvider: Send + Sync + 'static {
         currency: &str,
         reference: &str,
     ) -> Result<PaymentReceipt, PaymentError>;
+
+    /// Returns a charge in full.
+    async fn refund(&self, reference: &str, amount_cents: i64) -> Result<(), PaymentError>;
 }
 
 /// The built-in provider for demos and tests; it moves no money.
@@ -70,5 +73,9 @@ impl PaymentProvider for TestPaymentProvider {
             }),
             _ => Err(PaymentError::InvalidToken),
         }
+    }
+
+    async fn refund(&self, _reference: &str, _amount_cents: i64) -> Result<(), PaymentError> {
+        Ok(())
     }
 }

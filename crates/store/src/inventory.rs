@@ -34,6 +34,25 @@ pub struct SeatSnapshot {
     pub general_admission: HashMap<String, (u32, u32)>,
 }
 
+/// One record of an order's append-only history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderHistoryEntry {
+    pub sequence: i64,
+    /// `created`, `paid`, `refunded` or `checked_in`.
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The outcome of presenting a ticket at the door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckIn {
+    Admitted(Ticket),
+    AlreadyCheckedIn(DateTime<Utc>),
+    Refunded,
+    NotFound,
+}
+
 /// A response kept for an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -84,6 +103,26 @@ pub trait InventoryStore: Send + Sync + 'static {
         after: Option<&OrderId>,
         limit: u32,
     ) -> Result<Vec<Order>, StoreError>;
+
+    /// Orders of an event, in id order after a cursor (for cancellation and dashboards).
+    async fn orders_of_event(
+        &self,
+        event: &EventId,
+        after: Option<&OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError>;
+    /// Refunds a confirmed order: its tickets become invalid and its places available again.
+    /// False when the order was not confirmed (already refunded).
+    async fn refund_order(&self, order: &Order, reason: &str) -> Result<bool, StoreError>;
+    /// The order's history, oldest first.
+    async fn order_history(&self, order: &OrderId) -> Result<Vec<OrderHistoryEntry>, StoreError>;
+    /// Checks a ticket in at the door, once.
+    async fn check_in(
+        &self,
+        event: &EventId,
+        ticket: &TicketId,
+        at: DateTime<Utc>,
+    ) -> Result<CheckIn, StoreError>;
 
     async fn idempotent_response(
         &self,
@@ -178,6 +217,27 @@ fn ticket_row(row: &AnyRow) -> Result<Ticket, StoreError> {
         code: row.try_get("code")?,
         checked_in_at: checked_in_at.and_then(DateTime::from_timestamp_millis),
     })
+}
+
+/// Appends to an order's history with the next sequence number. Within the write transaction
+/// (one writer per order at a time), so sequences never collide.
+async fn append_order_event(
+    write: &mut WriteTransaction<'_>,
+    order: &OrderId,
+    kind: &str,
+    data: serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
+         SELECT $1, COALESCE(MAX(sequence), 0) + 1, $2, $3, $4 FROM order_events WHERE order_id = $1",
+    )
+    .bind(order.as_str())
+    .bind(kind)
+    .bind(data.to_string())
+    .bind(millis(marquee_domain::timestamp_now()))
+    .execute(&mut *write.transaction)
+    .await?;
+    Ok(())
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -558,25 +618,19 @@ impl InventoryStore for SqlCatalogStore {
                 other => other?,
             };
         }
-        for (sequence, kind) in ["created", "paid"].into_iter().enumerate() {
-            let data = serde_json::json!({
-                "total_cents": order.total_cents,
-                "currency": order.currency,
-                "payment_reference": order.payment_reference,
-                "tickets": order.tickets.len(),
-            });
-            sqlx::query(
-                "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(order.id.as_str())
-            .bind(i64::try_from(sequence).unwrap_or(0) + 1)
-            .bind(kind)
-            .bind(data.to_string())
-            .bind(millis(order.created_at))
-            .execute(&mut *write.transaction)
-            .await?;
-        }
+        let totals = serde_json::json!({
+            "total_cents": order.total_cents,
+            "currency": order.currency,
+            "tickets": order.tickets.len(),
+        });
+        append_order_event(&mut write, &order.id, "created", totals).await?;
+        append_order_event(
+            &mut write,
+            &order.id,
+            "paid",
+            serde_json::json!({"payment_reference": order.payment_reference}),
+        )
+        .await?;
         let change = SeatChange {
             event_id: &hold.event_id,
             hold_id: &hold.id,
@@ -605,6 +659,10 @@ impl InventoryStore for SqlCatalogStore {
             return Ok(None);
         };
         self.tickets_of(&mut order).await?;
+        let history = self.order_history(&order.id).await?;
+        if let Some(status) = OrderStatus::from_history(history.iter().map(|e| e.kind.as_str())) {
+            order.status = status;
+        }
         Ok(Some(order))
     }
 
@@ -627,6 +685,164 @@ impl InventoryStore for SqlCatalogStore {
             self.tickets_of(order).await?;
         }
         Ok(orders)
+    }
+
+    async fn orders_of_event(
+        &self,
+        event: &EventId,
+        after: Option<&OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError> {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE event_id = $1 AND ($2 IS NULL OR id > $2) \
+             ORDER BY id LIMIT $3"
+        );
+        let statement = sqlx::query(&sql)
+            .bind(event.as_str())
+            .bind(after.map(|id| id.as_str().to_string()))
+            .bind(i64::from(limit));
+        let mut orders = self.fetch_all(statement, order_row).await?;
+        for order in &mut orders {
+            self.tickets_of(order).await?;
+        }
+        Ok(orders)
+    }
+
+    async fn refund_order(&self, order: &Order, reason: &str) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let refunded = sqlx::query(
+            "UPDATE orders SET status = 'refunded' WHERE id = $1 AND status = 'confirmed'",
+        )
+        .bind(order.id.as_str())
+        .execute(&mut *write.transaction)
+        .await?;
+        if refunded.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE tickets SET valid = 0 WHERE order_id = $1")
+            .bind(order.id.as_str())
+            .execute(&mut *write.transaction)
+            .await?;
+        let seats: Vec<SeatId> = order
+            .tickets
+            .iter()
+            .filter_map(|ticket| ticket.seat_id.clone())
+            .collect();
+        let mut standing: HashMap<&str, u32> = HashMap::new();
+        for ticket in order
+            .tickets
+            .iter()
+            .filter(|ticket| ticket.seat_id.is_none())
+        {
+            *standing.entry(ticket.section.as_str()).or_default() += 1;
+        }
+        for (section, quantity) in &standing {
+            Self::change_general_admission(
+                &mut write,
+                &order.event_id,
+                section,
+                0,
+                -i64::from(*quantity),
+            )
+            .await?;
+        }
+        append_order_event(
+            &mut write,
+            &order.id,
+            "refunded",
+            serde_json::json!({"reason": reason}),
+        )
+        .await?;
+        let general = standing
+            .iter()
+            .next()
+            .map(|(section, quantity)| GeneralAdmissionQuantity {
+                section: (*section).to_string(),
+                quantity: *quantity,
+            });
+        let change = SeatChange {
+            event_id: &order.event_id,
+            hold_id: &order.hold_id,
+            seat_ids: &seats,
+            general_admission: general.as_ref(),
+            status: "available",
+            reason: "refunded",
+        };
+        self.append_change(
+            &mut write,
+            ChangeKind::SeatsAvailable,
+            order.event_id.as_str(),
+            &change,
+        )
+        .await?;
+        write.transaction.commit().await?;
+        Ok(true)
+    }
+
+    async fn order_history(&self, order: &OrderId) -> Result<Vec<OrderHistoryEntry>, StoreError> {
+        let statement = sqlx::query(
+            "SELECT sequence, kind, data, recorded_at FROM order_events WHERE order_id = $1 \
+             ORDER BY sequence",
+        )
+        .bind(order.as_str());
+        self.fetch_all(statement, |row| {
+            let data: String = row.try_get("data")?;
+            Ok(OrderHistoryEntry {
+                sequence: row.try_get("sequence")?,
+                kind: row.try_get("kind")?,
+                data: serde_json::from_str(&data)?,
+                recorded_at: time(row, "recorded_at")?,
+            })
+        })
+        .await
+    }
+
+    async fn check_in(
+        &self,
+        event: &EventId,
+        ticket: &TicketId,
+        at: DateTime<Utc>,
+    ) -> Result<CheckIn, StoreError> {
+        let mut write = self.begin_write().await?;
+        let admitted = sqlx::query(
+            "UPDATE tickets SET checked_in_at = $1 WHERE id = $2 AND event_id = $3 \
+             AND valid = 1 AND checked_in_at IS NULL",
+        )
+        .bind(millis(at))
+        .bind(ticket.as_str())
+        .bind(event.as_str())
+        .execute(&mut *write.transaction)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, order_id, seat_id, section, row_label, number, price_cents, code, \
+             checked_in_at, valid FROM tickets WHERE id = $1 AND event_id = $2",
+        )
+        .bind(ticket.as_str())
+        .bind(event.as_str())
+        .fetch_optional(&mut *write.transaction)
+        .await?;
+        let Some(row) = row else {
+            return Ok(CheckIn::NotFound);
+        };
+        let valid: i64 = row.try_get("valid")?;
+        let stored = ticket_row(&row)?;
+        let outcome = if admitted.rows_affected() == 1 {
+            let order = OrderId::from_string(row.try_get::<String, _>("order_id")?);
+            append_order_event(
+                &mut write,
+                &order,
+                "checked_in",
+                serde_json::json!({"ticket_id": ticket.as_str()}),
+            )
+            .await?;
+            CheckIn::Admitted(stored)
+        } else if valid == 0 {
+            CheckIn::Refunded
+        } else {
+            CheckIn::AlreadyCheckedIn(stored.checked_in_at.unwrap_or(at))
+        };
+        write.transaction.commit().await?;
+        Ok(outcome)
     }
 
     async fn idempotent_response(

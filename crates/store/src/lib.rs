@@ -20,7 +20,7 @@ mod sql;
 
 pub use changes::{ChangeKind, ChangePosition, ChangeRecord, EntityKind};
 pub use error::StoreError;
-pub use inventory::{InventoryStore, SeatSnapshot, StoredResponse};
+pub use inventory::{CheckIn, InventoryStore, OrderHistoryEntry, SeatSnapshot, StoredResponse};
 pub use sql::{redact_url, Backend, SqlCatalogStore, StoreOptions};
 
 use async_trait::async_trait;

@@ -5,6 +5,7 @@ use crate::extract::{JsonBody, MaybeUser, Organizer, PageRequest, QueryParams};
 use crate::wire::events::{
     CreateEventRequest, EventBody, EventDraft, PatchEventRequest, SeatsBody,
 };
+use crate::wire::orders::{CheckInBody, CheckInRequest, TicketBody};
 use crate::wire::{ErrorBody, Page};
 use crate::{ApiError, AppState};
 use axum::extract::State;
@@ -248,6 +249,10 @@ pub async fn cancel_event(
         .store
         .update_event(&event, ChangeKind::EventCancelled)
         .await?;
+    // The cancellation is recorded first, so no new order can start; then every order is
+    // refunded. A failure part-way leaves the rest for a retry of this call to finish.
+    let refunded = state.inventory.refund_all(&stored).await?;
+    tracing::info!(event = %stored.id, refunded, "event cancelled");
     Ok(Json(event_body(&state, &stored).await?))
 }
 
@@ -270,4 +275,30 @@ pub async fn event_seats(
         .seat_snapshot(&visible.event.id, chrono::Utc::now())
         .await?;
     Ok(Json(SeatsBody::new(&visible.event, &venue, &snapshot)))
+}
+
+/// Admit a ticket holder at the door: 200 the first time, 409 `already_checked_in` after.
+#[utoipa::path(
+    post, path = "/api/v1/events/{id}/checkin", tag = "events",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Event id")),
+    request_body = CheckInRequest,
+    responses(
+        (status = 200, description = "Admitted", body = CheckInBody),
+        (status = 404, description = "`ticket_not_found`: no such code for this event", body = ErrorBody),
+        (status = 409, description = "`already_checked_in` or `ticket_refunded`", body = ErrorBody),
+    )
+)]
+pub async fn check_in(
+    State(state): State<AppState>,
+    owned: OwnedEvent,
+    JsonBody(request): JsonBody<CheckInRequest>,
+) -> Result<Json<CheckInBody>, ApiError> {
+    let ticket = state
+        .inventory
+        .check_in(&owned.event, &request.code)
+        .await?;
+    Ok(Json(CheckInBody {
+        ticket: TicketBody::from(&ticket),
+    }))
 }

@@ -1,6 +1,7 @@
 //! Orders: buy what a live hold holds; read orders.
 
 use crate::extract::{CurrentUser, JsonBody, PageRequest};
+use crate::wire::orders::OrderHistoryBody;
 use crate::wire::orders::{CreateOrderRequest, OrderBody};
 use crate::wire::{ErrorBody, Page};
 use crate::{idempotency, ApiError, AppState};
@@ -8,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use marquee_domain::{HoldId, OrderId};
+use marquee_domain::{Event, HoldId, Order, OrderId};
 
 /// Pay for a live hold. *Idempotent* with `Idempotency-Key`.
 #[utoipa::path(
@@ -61,6 +62,42 @@ pub async fn create_order(
     .await
 }
 
+/// Who is looking at an order, and so what they may do with it.
+enum OrderViewer {
+    Buyer,
+    Organizer,
+    Admin,
+}
+
+/// The order if the caller is its buyer, the event's organizer or an admin; 404 otherwise, so
+/// nobody learns whether another fan's order exists.
+async fn visible_order(
+    state: &AppState,
+    caller: &CurrentUser,
+    id: String,
+) -> Result<(Order, Event, OrderViewer), ApiError> {
+    let order = state
+        .inventory
+        .order(&OrderId::from_string(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    let event = state
+        .store
+        .event(&order.event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    let viewer = if caller.is_admin() {
+        OrderViewer::Admin
+    } else if event.owner_id == caller.id {
+        OrderViewer::Organizer
+    } else if order.user_id == caller.id {
+        OrderViewer::Buyer
+    } else {
+        return Err(ApiError::not_found("order"));
+    };
+    Ok((order, event, viewer))
+}
+
 /// An order: for its buyer, the event's organizer and admins.
 #[utoipa::path(
     get, path = "/api/v1/orders/{id}", tag = "orders",
@@ -76,21 +113,64 @@ pub async fn get_order(
     caller: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
-    let order = state
-        .inventory
-        .order(&OrderId::from_string(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("order"))?;
-    let allowed = caller.may_manage(&order.user_id)
-        || state
-            .store
-            .event(&order.event_id)
-            .await?
-            .is_some_and(|event| event.owner_id == caller.id);
-    if !allowed {
-        return Err(ApiError::not_found("order"));
-    }
+    let (order, _, _) = visible_order(&state, &caller, id).await?;
     Ok(Json(OrderBody::from(&order)))
+}
+
+/// The order's append-only history (created, paid, refunded, checked in).
+#[utoipa::path(
+    get, path = "/api/v1/orders/{id}/history", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The history, oldest first", body = Vec<OrderHistoryBody>),
+        (status = 404, description = "No such order, or not yours", body = ErrorBody),
+    )
+)]
+pub async fn order_history(
+    State(state): State<AppState>,
+    caller: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<OrderHistoryBody>>, ApiError> {
+    let (order, _, _) = visible_order(&state, &caller, id).await?;
+    let history = state.store.order_history(&order.id).await?;
+    Ok(Json(
+        history
+            .into_iter()
+            .map(|entry| OrderHistoryBody {
+                sequence: entry.sequence,
+                kind: entry.kind,
+                data: entry.data,
+                recorded_at: entry.recorded_at,
+            })
+            .collect(),
+    ))
+}
+
+/// Refund an order: its buyer before the event starts, the event's organizer or an admin.
+#[utoipa::path(
+    post, path = "/api/v1/orders/{id}/refund", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "Refunded; the seats are on sale again", body = OrderBody),
+        (status = 404, description = "No such order, or not yours", body = ErrorBody),
+        (status = 409, description = "`already_refunded`", body = ErrorBody),
+        (status = 422, description = "`refund_window_closed`", body = ErrorBody),
+    )
+)]
+pub async fn refund_order(
+    State(state): State<AppState>,
+    caller: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<OrderBody>, ApiError> {
+    let (order, event, viewer) = visible_order(&state, &caller, id).await?;
+    let by_fan = matches!(viewer, OrderViewer::Buyer);
+    let refunded = state
+        .inventory
+        .refund(&order, &event, by_fan, "requested")
+        .await?;
+    Ok(Json(OrderBody::from(&refunded)))
 }
 
 /// The caller's orders, oldest first.

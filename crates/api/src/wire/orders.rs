@@ -1,7 +1,7 @@
 //! Holds, orders and tickets on the wire.
 
 use chrono::{DateTime, Utc};
-use marquee_domain::{Hold, Order};
+use marquee_domain::{Hold, Order, Ticket};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -95,6 +95,21 @@ pub struct TicketBody {
     pub checked_in_at: Option<DateTime<Utc>>,
 }
 
+impl From<&Ticket> for TicketBody {
+    fn from(ticket: &Ticket) -> Self {
+        TicketBody {
+            id: ticket.id.to_string(),
+            seat_id: ticket.seat_id.as_ref().map(ToString::to_string),
+            section: ticket.section.clone(),
+            row: ticket.row.clone(),
+            number: ticket.number,
+            price_cents: ticket.price_cents,
+            code: ticket.code.clone(),
+            checked_in_at: ticket.checked_in_at,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderBody {
     pub id: String,
@@ -117,21 +132,29 @@ impl From<&Order> for OrderBody {
             hold_id: order.hold_id.to_string(),
             total_cents: order.total_cents,
             currency: order.currency.clone(),
-            tickets: order
-                .tickets
-                .iter()
-                .map(|ticket| TicketBody {
-                    id: ticket.id.to_string(),
-                    seat_id: ticket.seat_id.as_ref().map(ToString::to_string),
-                    section: ticket.section.clone(),
-                    row: ticket.row.clone(),
-                    number: ticket.number,
-                    price_cents: ticket.price_cents,
-                    code: ticket.code.clone(),
-                    checked_in_at: ticket.checked_in_at,
-                })
-                .collect(),
+            tickets: order.tickets.iter().map(TicketBody::from).collect(),
             created_at: order.created_at,
         }
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderHistoryBody {
+    pub sequence: i64,
+    /// `created`, `paid`, `refunded` or `checked_in`.
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct CheckInRequest {
+    /// The ticket's code, as shown on the ticket.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckInBody {
+    pub ticket: TicketBody,
 }

@@ -494,3 +494,157 @@ async fn a_hold_lapses_by_itself_and_a_lapsed_holder_is_fenced_out() {
     assert_eq!(sale.status_of(&seat).await, "sold");
     sale.app.stop().await;
 }
+
+async fn buy(sale: &OnSale, fan: &str, body: Value) -> Value {
+    let hold = sale.hold(fan, body).await.expect(StatusCode::CREATED);
+    sale.order(fan, hold["id"].as_str().expect("id"), "tok_visa")
+        .await
+        .expect(StatusCode::CREATED)
+}
+
+#[tokio::test]
+async fn a_refund_puts_the_seats_back_on_sale() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let (stranger, _) = sale.app.register("fan").await;
+    let order = buy(&sale, &fan, json!({"seat_ids": [sale.seat_ids[0]]})).await;
+    let path = format!("/api/v1/orders/{}", order["id"].as_str().expect("id"));
+    sale.app
+        .post(&format!("{path}/refund"), Some(&stranger), json!({}))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    let refunded = sale
+        .app
+        .post(&format!("{path}/refund"), Some(&fan), json!({}))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(refunded["status"], "refunded");
+    assert_eq!(sale.status_of(&sale.seat_ids[0]).await, "available");
+    sale.app
+        .post(&format!("{path}/refund"), Some(&fan), json!({}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "already_refunded");
+    let read = sale.app.get(&path, Some(&fan)).await.expect(StatusCode::OK);
+    assert_eq!(read["status"], "refunded", "state derived from the history");
+    let history = sale
+        .app
+        .get(&format!("{path}/history"), Some(&fan))
+        .await
+        .expect(StatusCode::OK);
+    let kinds: Vec<&str> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|entry| entry["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["created", "paid", "refunded"]);
+    // The refunded seat sells again, to someone else.
+    buy(&sale, &stranger, json!({"seat_ids": [sale.seat_ids[0]]})).await;
+    assert_eq!(sale.status_of(&sale.seat_ids[0]).await, "sold");
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_an_event_refunds_every_order() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (ann, _) = sale.app.register("fan").await;
+    let (bob, _) = sale.app.register("fan").await;
+    let first = buy(
+        &sale,
+        &ann,
+        json!({"seat_ids": [sale.seat_ids[0], sale.seat_ids[1]]}),
+    )
+    .await;
+    let second = buy(
+        &sale,
+        &bob,
+        json!({"general_admission": {"section": "Standing", "quantity": 3}}),
+    )
+    .await;
+    sale.app
+        .post(
+            &format!("/api/v1/events/{}/cancel", sale.event_id),
+            Some(&sale.organizer),
+            json!({}),
+        )
+        .await
+        .expect(StatusCode::OK);
+    for (order, fan) in [(&first, &ann), (&second, &bob)] {
+        let read = sale
+            .app
+            .get(
+                &format!("/api/v1/orders/{}", order["id"].as_str().expect("id")),
+                Some(fan),
+            )
+            .await
+            .expect(StatusCode::OK);
+        assert_eq!(read["status"], "refunded");
+    }
+    let seats = sale.seat_statuses().await;
+    assert!(seats["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .all(|seat| seat["status"] == "available"));
+    assert_eq!(seats["general_admission"][0]["available"], 500);
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticket_checks_in_once_and_forged_codes_never() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let order = buy(&sale, &fan, json!({"seat_ids": [sale.seat_ids[0]]})).await;
+    let code = order["tickets"][0]["code"]
+        .as_str()
+        .expect("code")
+        .to_string();
+    let path = format!("/api/v1/events/{}/checkin", sale.event_id);
+    sale.app
+        .post(&path, Some(&fan), json!({"code": code}))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+    let admitted = sale
+        .app
+        .post(&path, Some(&sale.organizer), json!({"code": code}))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(admitted["ticket"]["id"], order["tickets"][0]["id"]);
+    assert!(admitted["ticket"]["checked_in_at"].is_string());
+    let again = sale
+        .app
+        .post(&path, Some(&sale.organizer), json!({"code": code}))
+        .await;
+    again.expect_error(StatusCode::CONFLICT, "already_checked_in");
+
+    let (id, signature) = code.split_once('.').expect("id.signature");
+    let mut tampered = signature.to_string();
+    let last = tampered.pop().expect("char");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for forged in [
+        format!("{id}.{tampered}"),
+        format!("01ARZ3NDEKTSV4RRFFQ69G5FAV.{signature}"),
+        "guess".to_string(),
+    ] {
+        sale.app
+            .post(&path, Some(&sale.organizer), json!({"code": forged}))
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "ticket_not_found");
+    }
+    let history = sale
+        .app
+        .get(
+            &format!(
+                "/api/v1/orders/{}/history",
+                order["id"].as_str().expect("id")
+            ),
+            Some(&fan),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        history.as_array().expect("history").last().expect("entry")["kind"],
+        "checked_in"
+    );
+    sale.app.stop().await;
+}

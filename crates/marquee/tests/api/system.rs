@@ -138,6 +138,16 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/events/{id}/publish", "post"),
         ("/api/v1/events/{id}/cancel", "post"),
         ("/api/v1/events/{id}/seats", "get"),
+        ("/api/v1/events/{id}/holds", "post"),
+        ("/api/v1/events/{id}/checkin", "post"),
+        ("/api/v1/holds/{id}", "get"),
+        ("/api/v1/holds/{id}", "delete"),
+        ("/api/v1/holds/{id}/extend", "post"),
+        ("/api/v1/orders", "post"),
+        ("/api/v1/orders/{id}", "get"),
+        ("/api/v1/orders/{id}/refund", "post"),
+        ("/api/v1/orders/{id}/history", "get"),
+        ("/api/v1/me/orders", "get"),
     ];
     for (path, method) in expected {
         assert!(
