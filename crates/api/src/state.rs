@@ -1,8 +1,9 @@
 //! What every handler can reach: the store, the token issuer, metrics and settings.
 
 use marquee_auth::TokenIssuer;
+use marquee_domain::{Venue, VenueId};
 use marquee_inventory::Inventory;
-use marquee_store::CatalogStore;
+use marquee_store::{CatalogStore, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +29,42 @@ impl Default for ApiSettings {
     }
 }
 
+/// Venues never change once created, so each node keeps the ones it has read. Events do change
+/// and are read from the store every time.
+#[derive(Clone)]
+pub struct VenueCache {
+    venues: moka::future::Cache<VenueId, Arc<Venue>>,
+}
+
+impl Default for VenueCache {
+    fn default() -> Self {
+        VenueCache {
+            venues: moka::future::Cache::new(10_000),
+        }
+    }
+}
+
+impl VenueCache {
+    pub async fn get(
+        &self,
+        store: &Arc<dyn CatalogStore>,
+        id: &VenueId,
+    ) -> Result<Option<Arc<Venue>>, StoreError> {
+        if let Some(venue) = self.venues.get(id).await {
+            return Ok(Some(venue));
+        }
+        let Some(venue) = store.venue(id).await? else {
+            return Ok(None);
+        };
+        let venue = Arc::new(venue);
+        self.venues.insert(id.clone(), venue.clone()).await;
+        Ok(Some(venue))
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
+    pub venues: VenueCache,
     pub store: Arc<dyn CatalogStore>,
     pub inventory: Arc<Inventory>,
     pub tokens: TokenIssuer,

@@ -191,21 +191,13 @@ impl Inventory {
         if now >= event.details.starts_at {
             return Err(InventoryError::NotOnSale("the event has started"));
         }
+        // One live hold per fan is enforced by the per-fan lease key, atomically with the
+        // seats, so this hot path needs no database read before the lease.
         let max = event.details.limits.max_seats_per_order;
-        if self
-            .store
-            .live_hold_of(user, &event.id, now)
-            .await?
-            .is_some()
-        {
-            return Err(InventoryError::LimitExceeded(
-                "you already hold seats for this event; release them or buy them first".into(),
-            ));
-        }
         match request {
             HoldRequest::Seats(raw) => {
                 let seats = parse_seat_ids(venue, raw, max)?;
-                self.hold_seats(event, user, seats).await
+                self.acquire_and_record(event, user, seats, None).await
             }
             HoldRequest::BestAvailable { quantity, section } => {
                 let quantity = parse_quantity(quantity, max)?;
@@ -241,21 +233,6 @@ impl Inventory {
         }
     }
 
-    async fn hold_seats(
-        &self,
-        event: &Event,
-        user: &UserId,
-        seats: Vec<SeatId>,
-    ) -> Result<Hold, InventoryError> {
-        let sold = self.store.sold_among(&event.id, &seats).await?;
-        if !sold.is_empty() {
-            return Err(InventoryError::SeatsUnavailable {
-                seat_ids: sold.iter().map(ToString::to_string).collect(),
-            });
-        }
-        self.acquire_and_record(event, user, seats, None).await
-    }
-
     async fn hold_best_available(
         &self,
         event: &Event,
@@ -274,7 +251,7 @@ impl Inventory {
                     seat_ids: Vec::new(),
                 });
             };
-            match self.hold_seats(event, user, seats).await {
+            match self.acquire_and_record(event, user, seats, None).await {
                 Err(InventoryError::SeatsUnavailable { seat_ids }) if !seat_ids.is_empty() => {
                     unavailable.extend(seat_ids.into_iter().map(SeatId::from_string));
                 }
@@ -336,8 +313,8 @@ impl Inventory {
             created_at: now,
         };
         let recorded = async {
-            // A sale may have completed between our check and our lease (its buyer released the
-            // lease after writing the tickets); check again now that we hold the seats.
+            // Sold seats have no lease (a buyer releases it once the tickets are written), so
+            // they are caught here, once we hold the lease and no sale of them can be running.
             let sold = self.store.sold_among(&event.id, &hold.seat_ids).await?;
             if !sold.is_empty() {
                 return Err(InventoryError::SeatsUnavailable {

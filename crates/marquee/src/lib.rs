@@ -3,6 +3,7 @@
 //! today; Redis, NATS and S3 as later blocks land). Tests start the real server through
 //! [`Server::start`] on port 0, exactly as `marquee serve` does.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod server;

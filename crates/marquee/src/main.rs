@@ -47,6 +47,32 @@ enum Command {
     /// Administrative tasks that are never exposed over HTTP.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Load runs over HTTP against a node started in this process (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Holds and orders on one contended event, for each lease backend, beside
+    /// `redis-benchmark -t set` as the anchor.
+    Booking(BookingArgs),
+}
+
+#[derive(Debug, Args)]
+struct BookingArgs {
+    /// Concurrent fans in the closed loop and in the order burst.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Length of each timed phase.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Offered hold attempts per second in the open-loop phase.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Also run with Redis leases on this server.
+    #[arg(long, env = "MARQUEE_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.into_config()).await,
         Command::Demo(args) => demo(args).await,
         Command::Admin(AdminCommand::Create(args)) => create_admin(args).await,
+        Command::Bench(BenchCommand::Booking(args)) => bench_booking(args).await,
     }
 }
 
@@ -253,5 +280,45 @@ async fn create_admin(args: AdminCreateArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("creating admin {}", user.email.as_str()))?;
     println!("Created admin {} ({})", user.email.as_str(), user.id);
+    Ok(())
+}
+
+async fn bench_booking(args: BookingArgs) -> anyhow::Result<()> {
+    use marquee::bench::{redis_set_anchor, run_booking, BookingBench};
+    let mut runs = vec![None];
+    if let Some(url) = &args.redis_url {
+        runs.push(Some(url.clone()));
+    }
+    let anchor = redis_set_anchor(50);
+    println!(
+        "| lease backend | hold attempts/s ({} clients) | of which granted/s | p50 / p99 at {}/s offered | confirmed orders/s | redis-benchmark SET/s | attempts/s ÷ SET/s |",
+        args.clients, args.rate
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for redis_url in runs {
+        let report = run_booking(&BookingBench {
+            clients: args.clients,
+            duration: args.duration,
+            rate: args.rate,
+            redis_url,
+        })
+        .await?;
+        let ratio = anchor.map_or("n/a".to_string(), |set| {
+            format!("{:.3}", report.hold_attempts_per_sec / set)
+        });
+        println!(
+            "| {} | {:.0} | {:.0} | {:.1} ms / {:.1} ms ({} sent) | {:.0} ({} orders) | {} | {} |",
+            report.backend,
+            report.hold_attempts_per_sec,
+            report.holds_granted_per_sec,
+            report.p50_ms,
+            report.p99_ms,
+            report.open_loop_sent,
+            report.orders_per_sec,
+            report.orders,
+            anchor.map_or("n/a".to_string(), |set| format!("{set:.0}")),
+            ratio,
+        );
+    }
     Ok(())
 }

@@ -60,8 +60,8 @@ pub async fn create_hold(
     idempotency::run(&state, &caller.id, key, &scope, &body, || async {
         let request = parse_request(&body)?;
         let venue = state
-            .store
-            .venue(&visible.event.venue_id)
+            .venues
+            .get(&state.store, &visible.event.venue_id)
             .await?
             .ok_or_else(|| ApiError::not_found("venue"))?;
         let hold = state

@@ -49,8 +49,8 @@ pub async fn create_order(
             .await?
             .ok_or_else(|| ApiError::not_found("event"))?;
         let venue = state
-            .store
-            .venue(&event.venue_id)
+            .venues
+            .get(&state.store, &event.venue_id)
             .await?
             .ok_or_else(|| ApiError::not_found("venue"))?;
         let order = state
