@@ -289,17 +289,25 @@ impl InventoryStore for SqlCatalogStore {
         let seat_ids = serde_json::to_string(&hold.seat_ids)?;
         let token = to_i64(hold.fencing_token);
         let mut write = self.begin_write().await?;
-        for seat in &hold.seat_ids {
-            sqlx::query(
-                "INSERT INTO seat_fences (event_id, seat_id, token) VALUES ($1, $2, $3) \
+        if !hold.seat_ids.is_empty() {
+            // One statement for all seats: each row binds (event, seat, token).
+            let rows: Vec<String> = (0..hold.seat_ids.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO seat_fences (event_id, seat_id, token) VALUES {} \
                  ON CONFLICT (event_id, seat_id) DO UPDATE SET token = excluded.token \
                  WHERE seat_fences.token < excluded.token",
-            )
-            .bind(hold.event_id.as_str())
-            .bind(seat.as_str())
-            .bind(token)
-            .execute(&mut *write.transaction)
-            .await?;
+                rows.join(", ")
+            );
+            let mut statement = sqlx::query(&sql);
+            for seat in &hold.seat_ids {
+                statement = statement
+                    .bind(hold.event_id.as_str())
+                    .bind(seat.as_str())
+                    .bind(token);
+            }
+            statement.execute(&mut *write.transaction).await?;
         }
         if let (Some(general), Some(capacity)) = (&hold.general_admission, ga_capacity) {
             sqlx::query(
@@ -556,15 +564,24 @@ impl InventoryStore for SqlCatalogStore {
         if converted.rows_affected() == 0 {
             return Err(StoreError::HoldNotActive);
         }
-        for seat in &hold.seat_ids {
-            let fence =
-                sqlx::query("SELECT token FROM seat_fences WHERE event_id = $1 AND seat_id = $2")
-                    .bind(hold.event_id.as_str())
-                    .bind(seat.as_str())
-                    .fetch_optional(&mut *write.transaction)
-                    .await?;
-            let newest: Option<i64> = fence.map(|row| row.try_get("token")).transpose()?;
-            if newest != Some(token) {
+        if !hold.seat_ids.is_empty() {
+            let placeholders: Vec<String> = (0..hold.seat_ids.len())
+                .map(|i| format!("${}", i + 3))
+                .collect();
+            let sql = format!(
+                "SELECT COUNT(*) AS current FROM seat_fences WHERE event_id = $1 AND token = $2 \
+                 AND seat_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut statement = sqlx::query(&sql).bind(hold.event_id.as_str()).bind(token);
+            for seat in &hold.seat_ids {
+                statement = statement.bind(seat.as_str());
+            }
+            let current: i64 = statement
+                .fetch_one(&mut *write.transaction)
+                .await?
+                .try_get("current")?;
+            if usize::try_from(current).ok() != Some(hold.seat_ids.len()) {
                 return Err(StoreError::Fenced);
             }
         }
@@ -593,43 +610,64 @@ impl InventoryStore for SqlCatalogStore {
         .bind(millis(order.created_at))
         .execute(&mut *write.transaction)
         .await?;
-        for ticket in &order.tickets {
-            let inserted = sqlx::query(
+        if !order.tickets.is_empty() {
+            const COLUMNS: usize = 9;
+            let rows: Vec<String> = (0..order.tickets.len())
+                .map(|row| {
+                    let cells: Vec<String> = (1..=COLUMNS)
+                        .map(|c| format!("${}", row * COLUMNS + c))
+                        .collect();
+                    format!("({})", cells.join(", "))
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO tickets (id, order_id, event_id, seat_id, section, row_label, number, \
-                 price_cents, code) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(ticket.id.as_str())
-            .bind(order.id.as_str())
-            .bind(order.event_id.as_str())
-            .bind(ticket.seat_id.as_ref().map(|seat| seat.as_str().to_string()))
-            .bind(&ticket.section)
-            .bind(ticket.row.clone())
-            .bind(ticket.number.map(i64::from))
-            .bind(ticket.price_cents)
-            .bind(&ticket.code)
-            .execute(&mut *write.transaction)
-            .await;
-            match inserted {
+                 price_cents, code) VALUES {}",
+                rows.join(", ")
+            );
+            let mut statement = sqlx::query(&sql);
+            for ticket in &order.tickets {
+                statement = statement
+                    .bind(ticket.id.as_str())
+                    .bind(order.id.as_str())
+                    .bind(order.event_id.as_str())
+                    .bind(
+                        ticket
+                            .seat_id
+                            .as_ref()
+                            .map(|seat| seat.as_str().to_string()),
+                    )
+                    .bind(&ticket.section)
+                    .bind(ticket.row.clone())
+                    .bind(ticket.number.map(i64::from))
+                    .bind(ticket.price_cents)
+                    .bind(&ticket.code);
+            }
+            match statement.execute(&mut *write.transaction).await {
                 Err(error) if is_unique_violation(&error) => {
                     return Err(StoreError::SeatsSold {
-                        seat_ids: ticket.seat_id.iter().map(|s| s.to_string()).collect(),
+                        seat_ids: hold.seat_ids.iter().map(ToString::to_string).collect(),
                     })
                 }
                 other => other?,
             };
         }
-        let totals = serde_json::json!({
+        // A new order's history starts at 1: created, then paid.
+        let created = serde_json::json!({
             "total_cents": order.total_cents,
             "currency": order.currency,
             "tickets": order.tickets.len(),
         });
-        append_order_event(&mut write, &order.id, "created", totals).await?;
-        append_order_event(
-            &mut write,
-            &order.id,
-            "paid",
-            serde_json::json!({"payment_reference": order.payment_reference}),
+        let paid = serde_json::json!({"payment_reference": order.payment_reference});
+        sqlx::query(
+            "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
+             VALUES ($1, 1, 'created', $2, $4), ($1, 2, 'paid', $3, $4)",
         )
+        .bind(order.id.as_str())
+        .bind(created.to_string())
+        .bind(paid.to_string())
+        .bind(millis(order.created_at))
+        .execute(&mut *write.transaction)
         .await?;
         let change = SeatChange {
             event_id: &hold.event_id,
