@@ -103,7 +103,6 @@ pub trait InventoryStore: Send + Sync + 'static {
         after: Option<&OrderId>,
         limit: u32,
     ) -> Result<Vec<Order>, StoreError>;
-
     /// Orders of an event, in id order after a cursor (for cancellation and dashboards).
     async fn orders_of_event(
         &self,
@@ -147,6 +146,13 @@ struct SeatChange<'a> {
     general_admission: Option<&'a GeneralAdmissionQuantity>,
     status: &'static str,
     reason: &'static str,
+}
+
+/// Whose orders a page lists.
+#[derive(Clone, Copy)]
+enum OrdersOf {
+    User,
+    Event,
 }
 
 const HOLD_COLUMNS: &str = "id, event_id, user_id, seat_ids, ga_section, ga_quantity, \
@@ -270,6 +276,33 @@ impl SqlCatalogStore {
                 section: section.to_string(),
             })
         }
+    }
+
+    /// A page of orders, with their tickets, of one user or one event.
+    async fn orders_page(
+        &self,
+        of: OrdersOf,
+        id: &str,
+        after: Option<&OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError> {
+        let column = match of {
+            OrdersOf::User => "user_id",
+            OrdersOf::Event => "event_id",
+        };
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE {column} = $1 \
+             AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        );
+        let statement = sqlx::query(&sql)
+            .bind(id)
+            .bind(after.map(|id| id.as_str().to_string()))
+            .bind(i64::from(limit));
+        let mut orders = self.fetch_all(statement, order_row).await?;
+        for order in &mut orders {
+            self.tickets_of(order).await?;
+        }
+        Ok(orders)
     }
 
     async fn tickets_of(&self, order: &mut Order) -> Result<(), StoreError> {
@@ -710,19 +743,8 @@ impl InventoryStore for SqlCatalogStore {
         after: Option<&OrderId>,
         limit: u32,
     ) -> Result<Vec<Order>, StoreError> {
-        let sql = format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND ($2 IS NULL OR id > $2) \
-             ORDER BY id LIMIT $3"
-        );
-        let statement = sqlx::query(&sql)
-            .bind(user.as_str())
-            .bind(after.map(|id| id.as_str().to_string()))
-            .bind(i64::from(limit));
-        let mut orders = self.fetch_all(statement, order_row).await?;
-        for order in &mut orders {
-            self.tickets_of(order).await?;
-        }
-        Ok(orders)
+        self.orders_page(OrdersOf::User, user.as_str(), after, limit)
+            .await
     }
 
     async fn orders_of_event(
@@ -731,19 +753,8 @@ impl InventoryStore for SqlCatalogStore {
         after: Option<&OrderId>,
         limit: u32,
     ) -> Result<Vec<Order>, StoreError> {
-        let sql = format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE event_id = $1 AND ($2 IS NULL OR id > $2) \
-             ORDER BY id LIMIT $3"
-        );
-        let statement = sqlx::query(&sql)
-            .bind(event.as_str())
-            .bind(after.map(|id| id.as_str().to_string()))
-            .bind(i64::from(limit));
-        let mut orders = self.fetch_all(statement, order_row).await?;
-        for order in &mut orders {
-            self.tickets_of(order).await?;
-        }
-        Ok(orders)
+        self.orders_page(OrdersOf::Event, event.as_str(), after, limit)
+            .await
     }
 
     async fn refund_order(&self, order: &Order, reason: &str) -> Result<bool, StoreError> {
