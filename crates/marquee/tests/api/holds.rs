@@ -648,3 +648,73 @@ async fn a_ticket_checks_in_once_and_forged_codes_never() {
     );
     sale.app.stop().await;
 }
+
+#[tokio::test]
+async fn holds_orders_refunds_and_check_in_work_on_postgres() {
+    let sale = on_sale(TestApp::spawn_postgres().await).await;
+    let (ann, _) = sale.app.register("fan").await;
+    let (bob, _) = sale.app.register("fan").await;
+    let seats = json!([sale.seat_ids[0], sale.seat_ids[1]]);
+    let order = buy(&sale, &ann, json!({"seat_ids": seats})).await;
+    sale.hold(&bob, json!({"seat_ids": [sale.seat_ids[1]]}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "seats_unavailable");
+    let standing = buy(
+        &sale,
+        &bob,
+        json!({"general_admission": {"section": "Standing", "quantity": 2}}),
+    )
+    .await;
+    assert_eq!(standing["tickets"].as_array().expect("tickets").len(), 2);
+    let code = order["tickets"][0]["code"].as_str().expect("code");
+    let checkin = format!("/api/v1/events/{}/checkin", sale.event_id);
+    sale.app
+        .post(&checkin, Some(&sale.organizer), json!({"code": code}))
+        .await
+        .expect(StatusCode::OK);
+    sale.app
+        .post(&checkin, Some(&sale.organizer), json!({"code": code}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "already_checked_in");
+    let path = format!("/api/v1/orders/{}", order["id"].as_str().expect("id"));
+    sale.app
+        .post(&format!("{path}/refund"), Some(&sale.organizer), json!({}))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(sale.status_of(&sale.seat_ids[0]).await, "available");
+    buy(&sale, &bob, json!({"seat_ids": [sale.seat_ids[0]]})).await;
+    let history = sale
+        .app
+        .get(&format!("{path}/history"), Some(&ann))
+        .await
+        .expect(StatusCode::OK);
+    let kinds: Vec<&str> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|entry| entry["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["created", "paid", "checked_in", "refunded"]);
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_payment_times_out_and_keeps_the_hold() {
+    let app =
+        TestApp::spawn_with(|config| config.payment_timeout = Duration::from_millis(200)).await;
+    let sale = on_sale(app).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = hold["id"].as_str().expect("id");
+    let slow = sale.order(&fan, id, "tok_slow").await;
+    slow.expect_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(slow.body["error"]["dependency"], "payments");
+    assert_eq!(sale.status_of(&sale.seat_ids[0]).await, "held");
+    sale.order(&fan, id, "tok_visa")
+        .await
+        .expect(StatusCode::CREATED);
+    sale.app.stop().await;
+}

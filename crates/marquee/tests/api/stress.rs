@@ -37,6 +37,11 @@ async fn a_thousand_fans_race_for_500_seats_with_redis_leases() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_fans_race_for_500_seats_on_postgres() {
+    race(TestApp::spawn_postgres().await).await;
+}
+
 async fn race(app: TestApp) {
     let (organizer, _) = app.register("organizer").await;
     let rows: Vec<Value> = (0..10)
