@@ -430,19 +430,29 @@ impl Inventory {
             tickets,
             created_at: now,
         };
-        match self.store.confirm_order(&order, hold).await {
-            Ok(()) => {}
+        let refused = match self.store.confirm_order(&order, hold).await {
+            Ok(()) => None,
             Err(StoreError::HoldNotActive | StoreError::Fenced) => {
-                tracing::warn!(order = %order.id, "hold lost before the order committed; the charge must be voided");
-                return Err(InventoryError::HoldExpired);
+                Some(InventoryError::HoldExpired)
             }
             Err(StoreError::SeatsSold { seat_ids }) => {
-                return Err(InventoryError::SeatsUnavailable { seat_ids })
+                Some(InventoryError::SeatsUnavailable { seat_ids })
             }
             Err(StoreError::CapacityExceeded { section }) => {
-                return Err(InventoryError::SoldOut { section })
+                Some(InventoryError::SoldOut { section })
             }
-            Err(other) => return Err(other.into()),
+            Err(other) => Some(other.into()),
+        };
+        if let Some(error) = refused {
+            // The card was charged but no order exists: give the money back before answering.
+            if let Err(refund) = self
+                .payments
+                .refund(&order.payment_reference, order.total_cents)
+                .await
+            {
+                tracing::error!(order = %order.id, %refund, "a charge without an order could not be refunded");
+            }
+            return Err(error);
         }
         // The tickets are written: the seats stay unavailable without the lease.
         let _ = self.leases.release(&lease).await;
