@@ -97,14 +97,6 @@ impl Hold {
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
         self.status == HoldStatus::Active && self.expires_at > now
     }
-
-    pub fn place_count(&self) -> u32 {
-        u32::try_from(self.seat_ids.len()).unwrap_or(u32::MAX)
-            + self
-                .general_admission
-                .as_ref()
-                .map_or(0, |general| general.quantity)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

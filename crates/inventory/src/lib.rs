@@ -155,16 +155,8 @@ impl Inventory {
         })
     }
 
-    pub fn settings(&self) -> &InventorySettings {
-        &self.settings
-    }
-
     pub fn leases(&self) -> &Arc<dyn LeaseStore> {
         &self.leases
-    }
-
-    pub fn signer(&self) -> &TicketSigner {
-        &self.signer
     }
 
     /// Holds seats for `user`, all or nothing.
@@ -632,11 +624,6 @@ impl Inventory {
 
     pub async fn order(&self, id: &OrderId) -> Result<Option<Order>, InventoryError> {
         Ok(self.store.order(id).await?)
-    }
-
-    /// The hold's expiry as a wall-clock time, for responses.
-    pub fn expires_at(hold: &Hold) -> DateTime<Utc> {
-        hold.expires_at
     }
 }
 

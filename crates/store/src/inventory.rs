@@ -67,13 +67,6 @@ pub trait InventoryStore: Send + Sync + 'static {
     /// `ga_capacity` the section's capacity) and announces the seats as held.
     async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError>;
     async fn hold(&self, id: &HoldId) -> Result<Option<Hold>, StoreError>;
-    /// The user's active, unexpired hold for the event, if any.
-    async fn live_hold_of(
-        &self,
-        user: &UserId,
-        event: &EventId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Hold>, StoreError>;
     /// Moves an active hold to `released` or `lapsed` and announces its seats as available.
     /// False when the hold was no longer active (someone else ended it first).
     async fn end_hold(&self, id: &HoldId, status: HoldStatus) -> Result<bool, StoreError>;
@@ -137,6 +130,7 @@ pub trait InventoryStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
+/// What the seat stream says about some seats of an event.
 #[derive(Serialize)]
 struct SeatChange<'a> {
     event_id: &'a EventId,
@@ -144,8 +138,27 @@ struct SeatChange<'a> {
     seat_ids: &'a [SeatId],
     #[serde(skip_serializing_if = "Option::is_none")]
     general_admission: Option<&'a GeneralAdmissionQuantity>,
+    reason: &'a str,
+}
+
+impl<'a> SeatChange<'a> {
+    fn of_hold(hold: &'a Hold, reason: &'a str) -> Self {
+        SeatChange {
+            event_id: &hold.event_id,
+            hold_id: &hold.id,
+            seat_ids: &hold.seat_ids,
+            general_admission: hold.general_admission.as_ref(),
+            reason,
+        }
+    }
+}
+
+/// The seat status a change announces, derived from its kind so the two cannot disagree.
+#[derive(Serialize)]
+struct SeatChangeRecord<'a> {
+    #[serde(flatten)]
+    change: &'a SeatChange<'a>,
     status: &'static str,
-    reason: &'static str,
 }
 
 /// Whose orders a page lists.
@@ -278,6 +291,28 @@ impl SqlCatalogStore {
         }
     }
 
+    async fn announce_seats(
+        &self,
+        write: &mut WriteTransaction<'_>,
+        kind: ChangeKind,
+        change: &SeatChange<'_>,
+    ) -> Result<(), StoreError> {
+        let status = match kind {
+            ChangeKind::SeatsHeld => "held",
+            ChangeKind::SeatsSold => "sold",
+            ChangeKind::SeatsAvailable
+            | ChangeKind::UserRegistered
+            | ChangeKind::VenueCreated
+            | ChangeKind::EventCreated
+            | ChangeKind::EventUpdated
+            | ChangeKind::EventPublished
+            | ChangeKind::EventCancelled => "available",
+        };
+        let record = SeatChangeRecord { change, status };
+        self.append_change(write, kind, change.event_id.as_str(), &record)
+            .await
+    }
+
     /// A page of orders, with their tickets, of one user or one event.
     async fn orders_page(
         &self,
@@ -377,19 +412,10 @@ impl InventoryStore for SqlCatalogStore {
         .bind(millis(hold.created_at))
         .execute(&mut *write.transaction)
         .await?;
-        let change = SeatChange {
-            event_id: &hold.event_id,
-            hold_id: &hold.id,
-            seat_ids: &hold.seat_ids,
-            general_admission: hold.general_admission.as_ref(),
-            status: "held",
-            reason: "held",
-        };
-        self.append_change(
+        self.announce_seats(
             &mut write,
             ChangeKind::SeatsHeld,
-            hold.event_id.as_str(),
-            &change,
+            &SeatChange::of_hold(hold, "held"),
         )
         .await?;
         write.transaction.commit().await?;
@@ -400,23 +426,6 @@ impl InventoryStore for SqlCatalogStore {
         let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
         self.fetch_optional(sqlx::query(&sql).bind(id.as_str()), hold_row)
             .await
-    }
-
-    async fn live_hold_of(
-        &self,
-        user: &UserId,
-        event: &EventId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Hold>, StoreError> {
-        let sql = format!(
-            "SELECT {HOLD_COLUMNS} FROM holds WHERE user_id = $1 AND event_id = $2 \
-             AND status = 'active' AND expires_at > $3 LIMIT 1"
-        );
-        let statement = sqlx::query(&sql)
-            .bind(user.as_str())
-            .bind(event.as_str())
-            .bind(millis(now));
-        self.fetch_optional(statement, hold_row).await
     }
 
     async fn end_hold(&self, id: &HoldId, status: HoldStatus) -> Result<bool, StoreError> {
@@ -448,19 +457,10 @@ impl InventoryStore for SqlCatalogStore {
             )
             .await?;
         }
-        let change = SeatChange {
-            event_id: &hold.event_id,
-            hold_id: &hold.id,
-            seat_ids: &hold.seat_ids,
-            general_admission: hold.general_admission.as_ref(),
-            status: "available",
-            reason: status.as_str(),
-        };
-        self.append_change(
+        self.announce_seats(
             &mut write,
             ChangeKind::SeatsAvailable,
-            hold.event_id.as_str(),
-            &change,
+            &SeatChange::of_hold(&hold, status.as_str()),
         )
         .await?;
         write.transaction.commit().await?;
@@ -702,19 +702,10 @@ impl InventoryStore for SqlCatalogStore {
         .bind(millis(order.created_at))
         .execute(&mut *write.transaction)
         .await?;
-        let change = SeatChange {
-            event_id: &hold.event_id,
-            hold_id: &hold.id,
-            seat_ids: &hold.seat_ids,
-            general_admission: hold.general_admission.as_ref(),
-            status: "sold",
-            reason: "ordered",
-        };
-        self.append_change(
+        self.announce_seats(
             &mut write,
             ChangeKind::SeatsSold,
-            hold.event_id.as_str(),
-            &change,
+            &SeatChange::of_hold(hold, "ordered"),
         )
         .await?;
         write.transaction.commit().await?;
@@ -809,19 +800,16 @@ impl InventoryStore for SqlCatalogStore {
                 section: (*section).to_string(),
                 quantity: *quantity,
             });
-        let change = SeatChange {
-            event_id: &order.event_id,
-            hold_id: &order.hold_id,
-            seat_ids: &seats,
-            general_admission: general.as_ref(),
-            status: "available",
-            reason: "refunded",
-        };
-        self.append_change(
+        self.announce_seats(
             &mut write,
             ChangeKind::SeatsAvailable,
-            order.event_id.as_str(),
-            &change,
+            &SeatChange {
+                event_id: &order.event_id,
+                hold_id: &order.hold_id,
+                seat_ids: &seats,
+                general_admission: general.as_ref(),
+                reason: "refunded",
+            },
         )
         .await?;
         write.transaction.commit().await?;

@@ -127,6 +127,31 @@ async fn a_fan_holds_seats_and_buys_them() {
     assert_eq!(tickets[0]["section"], "Stalls");
     assert!(tickets[0]["code"].as_str().expect("code").len() > 30);
     assert_eq!(sale.status_of(&seats[0]).await, "sold");
+    // The change stream tells followers (push, search) the same story, in order.
+    let store = sale
+        .app
+        .server
+        .as_ref()
+        .expect("server")
+        .state
+        .store
+        .clone();
+    let seat_changes: Vec<(String, Value)> = store
+        .read_changes(0, 1000)
+        .await
+        .expect("changes")
+        .into_iter()
+        .filter(|change| {
+            change.entity_id == sale.event_id && change.kind.as_str().starts_with("seats.")
+        })
+        .map(|change| (change.kind.as_str().to_string(), change.payload))
+        .collect();
+    assert_eq!(seat_changes.len(), 2, "{seat_changes:?}");
+    assert_eq!(seat_changes[0].0, "seats.held");
+    assert_eq!(seat_changes[0].1["status"], "held");
+    assert_eq!(seat_changes[1].0, "seats.sold");
+    assert_eq!(seat_changes[1].1["status"], "sold");
+    assert_eq!(seat_changes[1].1["seat_ids"], json!(seats));
     let after = sale.seat_statuses().await;
     assert!(after["version"].as_i64() > before["version"].as_i64());
 
