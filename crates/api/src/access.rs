@@ -7,21 +7,16 @@ use crate::{ApiError, AppState};
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
 use marquee_domain::{Event, EventId, EventStatus};
+use std::sync::Arc;
 
-async fn load_event<S>(parts: &mut Parts, state: &S) -> Result<Event, ApiError>
+async fn event_id<S>(parts: &mut Parts, state: &S) -> Result<EventId, ApiError>
 where
-    AppState: FromRef<S>,
     S: Send + Sync,
 {
     let Path(id) = Path::<String>::from_request_parts(parts, state)
         .await
         .map_err(|_| ApiError::not_found("event"))?;
-    let state = AppState::from_ref(state);
-    state
-        .store
-        .event(&EventId::from_string(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("event"))
+    Ok(EventId::from_string(id))
 }
 
 fn is_public(event: &Event) -> bool {
@@ -30,8 +25,10 @@ fn is_public(event: &Event) -> bool {
 
 /// An event the caller may see: published or cancelled events for anyone, drafts for their
 /// owner and admins.
+///
+/// The event may come from the node's short-lived [`crate::EventCache`].
 pub struct VisibleEvent {
-    pub event: Event,
+    pub event: Arc<Event>,
     pub viewer: Option<CurrentUser>,
 }
 
@@ -44,7 +41,13 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let MaybeUser(viewer) = MaybeUser::from_request_parts(parts, state).await?;
-        let event = load_event(parts, state).await?;
+        let id = event_id(parts, state).await?;
+        let state = AppState::from_ref(state);
+        let event = state
+            .events
+            .get(&state.store, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("event"))?;
         let may_see = is_public(&event)
             || viewer
                 .as_ref()
@@ -73,7 +76,13 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = CurrentUser::from_request_parts(parts, state).await?;
-        let event = load_event(parts, state).await?;
+        let id = event_id(parts, state).await?;
+        // Always the stored event: changes check its version against it.
+        let event = AppState::from_ref(state)
+            .store
+            .event(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("event"))?;
         if user.may_manage(&event.owner_id) {
             Ok(OwnedEvent { event, user })
         } else if is_public(&event) {

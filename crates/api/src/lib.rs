@@ -22,7 +22,7 @@ pub mod wire;
 
 pub use error::ApiError;
 pub use request_context::current_request_id;
-pub use state::{ApiSettings, AppState, VenueCache};
+pub use state::{ApiSettings, AppState, EventCache, VenueCache};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode};

@@ -1,7 +1,7 @@
 //! What every handler can reach: the store, the token issuer, metrics and settings.
 
 use marquee_auth::TokenIssuer;
-use marquee_domain::{Venue, VenueId};
+use marquee_domain::{Event, EventId, Venue, VenueId};
 use marquee_inventory::Inventory;
 use marquee_store::{CatalogStore, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -29,8 +29,7 @@ impl Default for ApiSettings {
     }
 }
 
-/// Venues never change once created, so each node keeps the ones it has read. Events do change
-/// and are read from the store every time.
+/// Venues never change once created, so each node keeps the ones it has read.
 #[derive(Clone)]
 pub struct VenueCache {
     venues: moka::future::Cache<VenueId, Arc<Venue>>,
@@ -62,9 +61,59 @@ impl VenueCache {
     }
 }
 
+/// Events as fans see them on the hot path (seat maps, holds), kept for a short time.
+///
+/// A node forgets an event the moment it changes it itself, and changes made elsewhere are
+/// forgotten when the change stream reaches this node; the time limit bounds staleness should
+/// that stream lag. What a stale copy could let through is caught later anyway: an order is
+/// confirmed only while the stored event is still published. Writes (PATCH, publish, cancel)
+/// always read the stored event, since they check its version.
+#[derive(Clone)]
+pub struct EventCache {
+    events: moka::future::Cache<EventId, Arc<Event>>,
+}
+
+impl Default for EventCache {
+    fn default() -> Self {
+        EventCache::with_time_to_live(Duration::from_secs(2))
+    }
+}
+
+impl EventCache {
+    pub fn with_time_to_live(time_to_live: Duration) -> Self {
+        EventCache {
+            events: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(time_to_live)
+                .build(),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        store: &Arc<dyn CatalogStore>,
+        id: &EventId,
+    ) -> Result<Option<Arc<Event>>, StoreError> {
+        if let Some(event) = self.events.get(id).await {
+            return Ok(Some(event));
+        }
+        let Some(event) = store.event(id).await? else {
+            return Ok(None);
+        };
+        let event = Arc::new(event);
+        self.events.insert(id.clone(), event.clone()).await;
+        Ok(Some(event))
+    }
+
+    pub async fn forget(&self, id: &EventId) {
+        self.events.invalidate(id).await;
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub venues: VenueCache,
+    pub events: EventCache,
     pub store: Arc<dyn CatalogStore>,
     pub inventory: Arc<Inventory>,
     pub tokens: TokenIssuer,

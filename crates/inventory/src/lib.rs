@@ -384,6 +384,9 @@ impl Inventory {
         payment_token: &str,
     ) -> Result<Order, InventoryError> {
         let now = marquee_domain::timestamp_now();
+        if event.status != EventStatus::Published {
+            return Err(InventoryError::NotOnSale("the event is not on sale"));
+        }
         if !hold.is_live(now) {
             return Err(InventoryError::HoldExpired);
         }

@@ -53,6 +53,7 @@ impl Server {
         let lapse_follower = inventory.spawn_lapse_follower();
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
+            events: marquee_api::EventCache::default(),
             inventory,
             store,
             tokens: TokenIssuer::new(&secret, config.token_ttl),

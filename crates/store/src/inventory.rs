@@ -585,9 +585,11 @@ impl InventoryStore for SqlCatalogStore {
     async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError> {
         let token = to_i64(hold.fencing_token);
         let mut write = self.begin_write().await?;
+        // The event must still be on sale: a cancellation that committed first wins.
         let converted = sqlx::query(
             "UPDATE holds SET status = 'ordered' WHERE id = $1 AND status = 'active' \
-             AND fencing_token = $2 AND expires_at > $3",
+             AND fencing_token = $2 AND expires_at > $3 AND EXISTS \
+             (SELECT 1 FROM events WHERE events.id = holds.event_id AND events.status = 'published')",
         )
         .bind(hold.id.as_str())
         .bind(token)

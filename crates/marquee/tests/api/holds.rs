@@ -616,6 +616,34 @@ async fn cancelling_an_event_refunds_every_order() {
 }
 
 #[tokio::test]
+async fn a_hold_cannot_be_paid_once_its_event_is_cancelled() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    sale.app
+        .post(
+            &format!("/api/v1/events/{}/cancel", sale.event_id),
+            Some(&sale.organizer),
+            json!({}),
+        )
+        .await
+        .expect(StatusCode::OK);
+    sale.order(&fan, hold["id"].as_str().expect("id"), "tok_visa")
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "not_on_sale");
+    let orders = sale
+        .app
+        .get("/api/v1/me/orders", Some(&fan))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(orders["items"], json!([]), "no order, no charge: {orders}");
+    sale.app.stop().await;
+}
+
+#[tokio::test]
 async fn a_ticket_checks_in_once_and_forged_codes_never() {
     let sale = on_sale(TestApp::spawn().await).await;
     let (fan, _) = sale.app.register("fan").await;
