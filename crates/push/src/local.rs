@@ -1,0 +1,262 @@
+//! The fan-out of one node: per channel, the last offset, a bounded history and a broadcast ring.
+//! [`InProcessHub`] is this alone; the Redis hub feeds it from pub/sub.
+//!
+//! A subscription is registered on the ring under the same lock that appends, so the replayed
+//! history and the live messages meet exactly: nothing falls between them, nothing is in both.
+
+use crate::{Channel, HubLimits, PushError, PushHub, PushMessage, Start, Subscription};
+use async_trait::async_trait;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+struct ChannelState {
+    /// The offset of the newest message (zero before the first).
+    last: u64,
+    /// History covers the offsets in `(floor, last]`; a client behind `floor` needs a reset.
+    floor: u64,
+    history: VecDeque<(Instant, Arc<PushMessage>)>,
+    sender: broadcast::Sender<Arc<PushMessage>>,
+    touched: Instant,
+}
+
+impl ChannelState {
+    fn new(buffer: usize) -> Self {
+        ChannelState {
+            last: 0,
+            floor: 0,
+            history: VecDeque::new(),
+            sender: broadcast::channel(buffer.max(1)).0,
+            touched: Instant::now(),
+        }
+    }
+
+    fn prune(&mut self, limits: &HubLimits, now: Instant) {
+        while let Some((at, message)) = self.history.front() {
+            let too_many = self.history.len() > limits.history_len;
+            let too_old = now.saturating_duration_since(*at) > limits.history_age;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.floor = message.offset;
+            self.history.pop_front();
+        }
+    }
+
+    /// Appends `message`, whose offset is beyond `last`. A jump past `last + 1` means the
+    /// messages between were never seen here, so history restarts after the gap.
+    fn append(&mut self, message: Arc<PushMessage>, limits: &HubLimits) {
+        let now = Instant::now();
+        if message.offset != self.last + 1 {
+            self.history.clear();
+            self.floor = message.offset - 1;
+        }
+        self.last = message.offset;
+        self.touched = now;
+        if limits.history_len > 0 {
+            self.history.push_back((now, Arc::clone(&message)));
+        } else {
+            self.floor = message.offset;
+        }
+        self.prune(limits, now);
+        // No receivers is not an error: nobody is listening right now.
+        let _ = self.sender.send(message);
+    }
+
+    fn start_after(&mut self, since: Option<u64>, limits: &HubLimits) -> Start {
+        self.prune(limits, Instant::now());
+        match since {
+            None => Start::Live { offset: self.last },
+            Some(since) if since > self.last || since < self.floor => {
+                Start::Reset { offset: self.last }
+            }
+            Some(since) => Start::Replay(
+                self.history
+                    .iter()
+                    .filter(|(_, message)| message.offset > since)
+                    .map(|(_, message)| Arc::clone(message))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+pub(crate) struct LocalChannels {
+    limits: HubLimits,
+    channels: Mutex<HashMap<Channel, Arc<Mutex<ChannelState>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (every update is a few
+    // assignments), so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LocalChannels {
+    pub(crate) fn new(limits: HubLimits) -> Self {
+        LocalChannels {
+            limits,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn state(&self, channel: &Channel) -> Arc<Mutex<ChannelState>> {
+        let mut channels = lock(&self.channels);
+        Arc::clone(channels.entry(channel.clone()).or_insert_with(|| {
+            Arc::new(Mutex::new(ChannelState::new(self.limits.subscriber_buffer)))
+        }))
+    }
+
+    /// Numbers and appends a message; returns its offset.
+    pub(crate) fn publish(&self, channel: &Channel, kind: &str, data: &serde_json::Value) -> u64 {
+        let state = self.state(channel);
+        let mut state = lock(&state);
+        let offset = state.last + 1;
+        let message = Arc::new(PushMessage::new(channel.clone(), offset, kind, data));
+        state.append(message, &self.limits);
+        offset
+    }
+
+    /// Appends a message with its own offset unless the channel has it already.
+    pub(crate) fn deliver(&self, message: Arc<PushMessage>) -> bool {
+        let state = self.state(&message.channel);
+        let mut state = lock(&state);
+        if message.offset <= state.last {
+            return false;
+        }
+        state.append(message, &self.limits);
+        true
+    }
+
+    /// The newest offset this node has seen on `channel`, if it has seen any.
+    pub(crate) fn last(&self, channel: &Channel) -> Option<u64> {
+        let channels = lock(&self.channels);
+        channels
+            .get(channel)
+            .map(|state| lock(state).last)
+            .filter(|last| *last > 0)
+    }
+
+    pub(crate) fn seed(&self, channel: &Channel, offset: u64) {
+        let state = self.state(channel);
+        let mut state = lock(&state);
+        if offset > state.last {
+            state.history.clear();
+            state.last = offset;
+            state.floor = offset;
+        }
+    }
+
+    pub(crate) fn subscribe(&self, channel: &Channel, since: Option<u64>) -> Subscription {
+        let state = self.state(channel);
+        let mut state = lock(&state);
+        state.touched = Instant::now();
+        let live = state.sender.subscribe();
+        let start = state.start_after(since, &self.limits);
+        Subscription {
+            channel: channel.clone(),
+            start,
+            live,
+        }
+    }
+
+    /// Forgets channels nobody listens to whose history has aged out, so a long-running node
+    /// does not keep one entry per user it ever notified.
+    pub(crate) fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let age = self.limits.history_age;
+        let mut channels = lock(&self.channels);
+        channels.retain(|_, state| {
+            let state = lock(state);
+            state.sender.receiver_count() > 0 || now.saturating_duration_since(state.touched) <= age
+        });
+        channels.len()
+    }
+}
+
+/// Spawns the periodic sweep; it ends when the channels are dropped.
+pub(crate) fn spawn_sweeper(channels: &Arc<LocalChannels>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak: Weak<LocalChannels> = Arc::downgrade(channels);
+    let period = (channels.limits.history_age / 4).max(Duration::from_secs(1));
+    runtime.spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(channels) = weak.upgrade() else {
+                return;
+            };
+            channels.sweep();
+        }
+    });
+}
+
+/// Push for one node: everything in memory.
+#[derive(Clone)]
+pub struct InProcessHub {
+    channels: Arc<LocalChannels>,
+}
+
+impl InProcessHub {
+    pub fn new(limits: HubLimits) -> Self {
+        let channels = Arc::new(LocalChannels::new(limits));
+        spawn_sweeper(&channels);
+        InProcessHub { channels }
+    }
+
+    /// Channels currently tracked (for metrics and tests of the sweep).
+    pub fn sweep(&self) -> usize {
+        self.channels.sweep()
+    }
+}
+
+impl Default for InProcessHub {
+    fn default() -> Self {
+        Self::new(HubLimits::default())
+    }
+}
+
+#[async_trait]
+impl PushHub for InProcessHub {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<u64, PushError> {
+        Ok(self.channels.publish(channel, kind, data))
+    }
+
+    async fn publish_at(
+        &self,
+        channel: &Channel,
+        offset: u64,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<bool, PushError> {
+        if offset == 0 {
+            return Ok(false);
+        }
+        let message = Arc::new(PushMessage::new(channel.clone(), offset, kind, data));
+        Ok(self.channels.deliver(message))
+    }
+
+    async fn seed(&self, channel: &Channel, offset: u64) -> Result<(), PushError> {
+        self.channels.seed(channel, offset);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &Channel,
+        since: Option<u64>,
+    ) -> Result<Subscription, PushError> {
+        Ok(self.channels.subscribe(channel, since))
+    }
+}
