@@ -19,7 +19,7 @@ where
     Ok(EventId::from_string(id))
 }
 
-fn is_public(event: &Event) -> bool {
+pub(crate) fn is_public(event: &Event) -> bool {
     event.status != EventStatus::Draft
 }
 

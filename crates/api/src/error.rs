@@ -46,6 +46,10 @@ impl ApiError {
         self.status
     }
 
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn code(&self) -> &'static str {
         self.code
     }

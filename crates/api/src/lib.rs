@@ -15,12 +15,14 @@ pub mod extract;
 mod idempotency;
 mod middleware;
 mod openapi;
+pub mod push;
 mod request_context;
 pub mod routes;
 mod state;
 pub mod wire;
 
 pub use error::ApiError;
+pub use push::{spawn_change_feed, Push, PushSettings};
 pub use request_context::current_request_id;
 pub use state::{ApiSettings, AppState, EventCache, VenueCache};
 
@@ -80,6 +82,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::orders::refund_order))
         .routes(routes!(routes::events::check_in))
         .routes(routes!(routes::orders::my_orders))
+        .routes(routes!(routes::push::sse))
+        .routes(routes!(routes::push::poll))
+        .routes(routes!(routes::push::websocket))
 }
 
 /// The public application: every route of the contract with its middleware.

@@ -119,4 +119,5 @@ pub struct AppState {
     pub tokens: TokenIssuer,
     pub metrics: Option<PrometheusHandle>,
     pub settings: Arc<ApiSettings>,
+    pub push: Arc<crate::Push>,
 }

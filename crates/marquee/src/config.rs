@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub redis_prefix: String,
     /// How long a payment may take before an order fails with 503 (the hold stays).
     pub payment_timeout: Duration,
+    /// Push transports' limits and heartbeat.
+    pub push: marquee_api::PushSettings,
+    /// Push channels' history and buffers (on Redis too when `redis_url` is set).
+    pub push_hub: marquee_push::HubLimits,
 }
 
 impl ServerConfig {
@@ -49,6 +53,8 @@ impl ServerConfig {
             redis_url: None,
             redis_prefix: "marquee:".to_string(),
             payment_timeout: Duration::from_secs(10),
+            push: marquee_api::PushSettings::default(),
+            push_hub: marquee_push::HubLimits::default(),
         }
     }
 

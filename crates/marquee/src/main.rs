@@ -132,6 +132,36 @@ struct NodeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MARQUEE_BODY_LIMIT", default_value_t = 1024 * 1024)]
     body_limit: usize,
+
+    #[command(flatten)]
+    push: PushArgs,
+}
+
+#[derive(Debug, Args)]
+struct PushArgs {
+    /// Interval of SSE heartbeat comments and WebSocket pings.
+    #[arg(long, env = "MARQUEE_PUSH_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    push_heartbeat: Duration,
+
+    /// Messages each push channel keeps for clients that reconnect.
+    #[arg(long, env = "MARQUEE_PUSH_HISTORY", default_value_t = 1_000)]
+    push_history: usize,
+
+    /// How long a push message stays available for resume.
+    #[arg(long, env = "MARQUEE_PUSH_HISTORY_AGE", default_value = "10m", value_parser = parse_duration)]
+    push_history_age: Duration,
+
+    /// Messages a push connection may fall behind before it is closed as a slow consumer.
+    #[arg(long, env = "MARQUEE_PUSH_BUFFER", default_value_t = 1_024)]
+    push_buffer: usize,
+
+    /// Open push connections allowed per client address.
+    #[arg(long, env = "MARQUEE_PUSH_MAX_PER_IP", default_value_t = 1_000)]
+    push_max_per_ip: usize,
+
+    /// Open push connections allowed per signed-in user.
+    #[arg(long, env = "MARQUEE_PUSH_MAX_PER_USER", default_value_t = 32)]
+    push_max_per_user: usize,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +223,12 @@ impl NodeArgs {
         config.redis_url = self.redis_url;
         config.redis_prefix = self.redis_prefix;
         config.payment_timeout = self.payment_timeout;
+        config.push.heartbeat = self.push.push_heartbeat;
+        config.push.max_connections_per_ip = self.push.push_max_per_ip;
+        config.push.max_connections_per_user = self.push.push_max_per_user;
+        config.push_hub.history_len = self.push.push_history;
+        config.push_hub.history_age = self.push.push_history_age;
+        config.push_hub.subscriber_buffer = self.push.push_buffer;
         config
     }
 }

@@ -2,10 +2,11 @@
 
 use crate::ServerConfig;
 use anyhow::Context;
-use marquee_api::{ApiSettings, AppState};
+use marquee_api::{ApiSettings, AppState, Push};
 use marquee_auth::TokenIssuer;
 use marquee_inventory::{Inventory, InventorySettings, TestPaymentProvider, TicketSigner};
 use marquee_lease::{InProcessLeases, LeaseStore, RedisLeases};
+use marquee_push::{InProcessHub, PushHub, RedisHub};
 use marquee_store::{redact_url, CatalogStore, SqlCatalogStore, StoreOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     lapse_follower: JoinHandle<()>,
+    change_feed: JoinHandle<()>,
 }
 
 impl Server {
@@ -51,6 +53,8 @@ impl Server {
             },
         );
         let lapse_follower = inventory.spawn_lapse_follower();
+        let (stop, stopped) = watch::channel(false);
+        let hub = open_push_hub(&config).await?;
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
             events: marquee_api::EventCache::default(),
@@ -63,8 +67,9 @@ impl Server {
                 hold_ttl: config.hold_ttl,
                 node_id: config.node_id.clone(),
             }),
+            push: Arc::new(Push::new(hub, config.push.clone(), stopped.clone())),
         };
-        let (stop, stopped) = watch::channel(false);
+        let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
         let mut tasks = Vec::new();
 
         let listener = TcpListener::bind(config.listen)
@@ -113,6 +118,7 @@ impl Server {
             stop,
             tasks,
             lapse_follower,
+            change_feed,
         })
     }
 
@@ -127,6 +133,7 @@ impl Server {
             task.await.context("server task panicked")??;
         }
         self.lapse_follower.abort();
+        self.change_feed.abort();
         Ok(())
     }
 
@@ -161,6 +168,19 @@ pub async fn open_leases(config: &ServerConfig) -> anyhow::Result<Arc<dyn LeaseS
                 .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?,
         ),
         None => Arc::new(InProcessLeases::new()),
+    })
+}
+
+/// Push on Redis when a Redis URL is configured (every node sees every message with the same
+/// offsets), else in this process.
+pub async fn open_push_hub(config: &ServerConfig) -> anyhow::Result<Arc<dyn PushHub>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisHub::connect(url, &config.redis_prefix, config.push_hub)
+                .await
+                .with_context(|| format!("connecting push to Redis at {}", redact_url(url)))?,
+        ),
+        None => Arc::new(InProcessHub::new(config.push_hub)),
     })
 }
 

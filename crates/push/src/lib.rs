@@ -163,6 +163,16 @@ pub trait PushHub: Send + Sync + 'static {
         data: &serde_json::Value,
     ) -> Result<u64, PushError>;
 
+    /// Like [`PushHub::publish`], but at most once per `key` (for a day): every node may relay
+    /// the same change, and the hub keeps the first. Returns `None` for a repeat.
+    async fn publish_unique(
+        &self,
+        channel: &Channel,
+        key: &str,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<Option<u64>, PushError>;
+
     /// Appends a message at an offset the caller owns. Returns false (and does nothing) when the
     /// channel already has that offset. An offset beyond the next one leaves a gap that history
     /// cannot cover: subscribers resuming from before it get a reset.

@@ -197,17 +197,47 @@ pub(crate) fn spawn_sweeper(channels: &Arc<LocalChannels>) {
     });
 }
 
+/// Keys of recent unique publishes, oldest first, bounded.
+#[derive(Default)]
+struct RecentKeys {
+    seen: std::collections::HashSet<String>,
+    order: VecDeque<String>,
+}
+
+const RECENT_KEYS: usize = 100_000;
+
+impl RecentKeys {
+    /// True the first time `key` is offered.
+    fn first(&mut self, key: &str) -> bool {
+        if self.seen.contains(key) {
+            return false;
+        }
+        if self.order.len() >= RECENT_KEYS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.seen.insert(key.to_string());
+        self.order.push_back(key.to_string());
+        true
+    }
+}
+
 /// Push for one node: everything in memory.
 #[derive(Clone)]
 pub struct InProcessHub {
     channels: Arc<LocalChannels>,
+    recent: Arc<Mutex<RecentKeys>>,
 }
 
 impl InProcessHub {
     pub fn new(limits: HubLimits) -> Self {
         let channels = Arc::new(LocalChannels::new(limits));
         spawn_sweeper(&channels);
-        InProcessHub { channels }
+        InProcessHub {
+            channels,
+            recent: Arc::default(),
+        }
     }
 
     /// Channels currently tracked (for metrics and tests of the sweep).
@@ -231,6 +261,19 @@ impl PushHub for InProcessHub {
         data: &serde_json::Value,
     ) -> Result<u64, PushError> {
         Ok(self.channels.publish(channel, kind, data))
+    }
+
+    async fn publish_unique(
+        &self,
+        channel: &Channel,
+        key: &str,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<Option<u64>, PushError> {
+        if !lock(&self.recent).first(key) {
+            return Ok(None);
+        }
+        Ok(Some(self.channels.publish(channel, kind, data)))
     }
 
     async fn publish_at(

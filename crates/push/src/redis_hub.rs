@@ -28,11 +28,13 @@ use tokio::sync::oneshot;
 /// Channels nobody writes to for this long are forgotten by Redis.
 const KEY_TTL_MS: u64 = 24 * 3_600_000;
 
-/// KEYS: meta, log. ARGV: head, tail, kind, maxlen, topic, name, explicit offset or "", ttl.
+/// KEYS: meta, log, and a unique-publish key or none. ARGV: head, tail, kind, maxlen, topic,
+/// name, explicit offset or "", ttl. Returns the offset, or 0 for a repeat.
 const APPEND: &str = r#"
-local meta, log = KEYS[1], KEYS[2]
+local meta, log, unique = KEYS[1], KEYS[2], KEYS[3]
 local head, tail, kind, maxlen, topic, name, explicit, ttl =
   ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+if unique and not redis.call('SET', unique, '1', 'NX', 'PX', ttl) then return 0 end
 local last = tonumber(redis.call('HGET', meta, 'last') or '0')
 local offset
 if explicit == '' then
@@ -268,17 +270,19 @@ impl RedisHub {
         &self,
         channel: &Channel,
         explicit: Option<u64>,
+        unique: Option<&str>,
         kind: &str,
         data: &serde_json::Value,
     ) -> Result<u64, PushError> {
         let (head, tail) = wire_parts(channel, kind, data);
         let (meta, log) = self.keys(channel);
         let mut connection = self.connection.clone();
-        let offset: u64 = self
-            .scripts
-            .append
-            .key(&meta)
-            .key(&log)
+        let mut invocation = self.scripts.append.key(&meta);
+        invocation.key(&log);
+        if let Some(unique) = unique {
+            invocation.key(format!("{}push-once:{unique}", self.prefix));
+        }
+        let offset: u64 = invocation
             .arg(head)
             .arg(tail)
             .arg(kind)
@@ -336,7 +340,18 @@ impl PushHub for RedisHub {
         kind: &str,
         data: &serde_json::Value,
     ) -> Result<u64, PushError> {
-        self.append(channel, None, kind, data).await
+        self.append(channel, None, None, kind, data).await
+    }
+
+    async fn publish_unique(
+        &self,
+        channel: &Channel,
+        key: &str,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<Option<u64>, PushError> {
+        let offset = self.append(channel, None, Some(key), kind, data).await?;
+        Ok((offset != 0).then_some(offset))
     }
 
     async fn publish_at(
@@ -349,7 +364,7 @@ impl PushHub for RedisHub {
         if offset == 0 {
             return Ok(false);
         }
-        Ok(self.append(channel, Some(offset), kind, data).await? != 0)
+        Ok(self.append(channel, Some(offset), None, kind, data).await? != 0)
     }
 
     async fn seed(&self, channel: &Channel, offset: u64) -> Result<(), PushError> {

@@ -56,6 +56,7 @@ conformance!(
     every_subscriber_gets_every_message_in_order,
     a_slow_consumer_is_told_it_lagged,
     history_ages_out,
+    a_unique_publish_happens_once,
 );
 
 fn channel(name: &str) -> Channel {
@@ -427,4 +428,32 @@ async fn the_in_process_hub_forgets_idle_channels() {
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(hub.sweep(), 1, "only the channel with a subscriber stays");
     drop(listened);
+}
+
+async fn a_unique_publish_happens_once<F, Fut>(make: F)
+where
+    F: Fn(HubLimits) -> Fut,
+    Fut: std::future::Future<Output = Hub>,
+{
+    let hub = make(HubLimits::default()).await;
+    let ann = channel("ann");
+    assert_eq!(
+        hub.publish_unique(&ann, "change:7", "order.confirmed", &json!({}))
+            .await
+            .expect("publish"),
+        Some(1)
+    );
+    assert_eq!(
+        hub.publish_unique(&ann, "change:7", "order.confirmed", &json!({}))
+            .await
+            .expect("publish"),
+        None,
+        "a second node relaying the same change adds nothing"
+    );
+    assert_eq!(
+        hub.publish_unique(&ann, "change:8", "order.refunded", &json!({}))
+            .await
+            .expect("publish"),
+        Some(2)
+    );
 }

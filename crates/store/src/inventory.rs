@@ -26,7 +26,7 @@ use std::collections::HashMap;
 /// Every seat that is not available, and how full each general-admission section is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeatSnapshot {
-    /// The seat stream position of the last change included.
+    /// The offset on `event:{id}:seats` of the last change included (the event's seat sequence).
     pub version: ChangePosition,
     pub held: Vec<SeatId>,
     pub sold: Vec<SeatId>,
@@ -85,6 +85,8 @@ pub trait InventoryStore: Send + Sync + 'static {
         event: &EventId,
         now: DateTime<Utc>,
     ) -> Result<SeatSnapshot, StoreError>;
+    /// The event's seat sequence: the offset of its newest seat change (zero before any).
+    async fn seat_version(&self, event: &EventId) -> Result<i64, StoreError>;
 
     /// Writes the order and its tickets and turns the hold into `ordered`, in one transaction,
     /// if the hold is still active and its fencing token still the newest for every seat.
@@ -135,6 +137,11 @@ pub trait InventoryStore: Send + Sync + 'static {
 struct SeatChange<'a> {
     event_id: &'a EventId,
     hold_id: &'a HoldId,
+    /// Whose hold or order it is: the change stream turns some changes into that user's
+    /// notifications (order confirmed, refunded).
+    user_id: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<&'a OrderId>,
     seat_ids: &'a [SeatId],
     #[serde(skip_serializing_if = "Option::is_none")]
     general_admission: Option<&'a GeneralAdmissionQuantity>,
@@ -146,6 +153,8 @@ impl<'a> SeatChange<'a> {
         SeatChange {
             event_id: &hold.event_id,
             hold_id: &hold.id,
+            user_id: &hold.user_id,
+            order_id: None,
             seat_ids: &hold.seat_ids,
             general_admission: hold.general_admission.as_ref(),
             reason,
@@ -159,6 +168,8 @@ struct SeatChangeRecord<'a> {
     #[serde(flatten)]
     change: &'a SeatChange<'a>,
     status: &'static str,
+    /// The event's seat sequence after this change: its push offset.
+    version: i64,
 }
 
 /// Whose orders a page lists.
@@ -308,7 +319,18 @@ impl SqlCatalogStore {
             | ChangeKind::EventPublished
             | ChangeKind::EventCancelled => "available",
         };
-        let record = SeatChangeRecord { change, status };
+        let version: i64 = sqlx::query(
+            "UPDATE events SET seat_version = seat_version + 1 WHERE id = $1 RETURNING seat_version",
+        )
+        .bind(change.event_id.as_str())
+        .fetch_one(&mut *write.transaction)
+        .await?
+        .try_get("seat_version")?;
+        let record = SeatChangeRecord {
+            change,
+            status,
+            version,
+        };
         self.append_change(write, kind, change.event_id.as_str(), &record)
             .await
     }
@@ -517,6 +539,17 @@ impl InventoryStore for SqlCatalogStore {
         .await
     }
 
+    async fn seat_version(&self, event: &EventId) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT seat_version FROM events WHERE id = $1")
+            .bind(event.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get("seat_version")?,
+            None => 0,
+        })
+    }
+
     async fn seat_snapshot(
         &self,
         event: &EventId,
@@ -528,15 +561,16 @@ impl InventoryStore for SqlCatalogStore {
                 .execute(&mut *transaction)
                 .await?;
         }
-        let version_row = sqlx::query(
-            "SELECT COALESCE(MAX(position), 0) AS position FROM outbox \
-             WHERE entity = 'seats' AND entity_id = $1",
-        )
-        .bind(event.as_str())
-        .fetch_one(&mut *transaction)
-        .await?;
+        let version_row = sqlx::query("SELECT seat_version FROM events WHERE id = $1")
+            .bind(event.as_str())
+            .fetch_optional(&mut *transaction)
+            .await?;
+        let version = match version_row {
+            Some(row) => row.try_get("seat_version")?,
+            None => 0,
+        };
         let mut snapshot = SeatSnapshot {
-            version: version_row.try_get("position")?,
+            version,
             ..SeatSnapshot::default()
         };
         let holds = sqlx::query(
@@ -707,7 +741,10 @@ impl InventoryStore for SqlCatalogStore {
         self.announce_seats(
             &mut write,
             ChangeKind::SeatsSold,
-            &SeatChange::of_hold(hold, "ordered"),
+            &SeatChange {
+                order_id: Some(&order.id),
+                ..SeatChange::of_hold(hold, "ordered")
+            },
         )
         .await?;
         write.transaction.commit().await?;
@@ -808,9 +845,11 @@ impl InventoryStore for SqlCatalogStore {
             &SeatChange {
                 event_id: &order.event_id,
                 hold_id: &order.hold_id,
+                user_id: &order.user_id,
+                order_id: Some(&order.id),
                 seat_ids: &seats,
                 general_admission: general.as_ref(),
-                reason: "refunded",
+                reason,
             },
         )
         .await?;

@@ -5,5 +5,6 @@ pub mod accounts;
 pub mod events;
 pub mod holds;
 pub mod orders;
+pub mod push;
 pub mod system;
 pub mod venues;

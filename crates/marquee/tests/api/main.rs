@@ -5,6 +5,7 @@ mod accounts;
 mod demo;
 mod events;
 mod holds;
+mod push;
 mod stress;
 mod support;
 mod system;
