@@ -110,13 +110,17 @@ pub fn router(state: AppState) -> Router {
     with_middleware(routes, &state).with_state(state)
 }
 
-/// The admin listener: metrics and probes without authentication, for a port only operators
-/// can reach.
+/// The admin listener: metrics, probes and operator announcements (`POST /push/publish`)
+/// without authentication, for a port only operators can reach.
 pub fn admin_router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/metrics", get(routes::system::render_metrics))
         .route("/healthz", get(routes::system::healthz))
         .route("/readyz", get(routes::system::readyz))
+        .route(
+            "/push/publish",
+            axum::routing::post(routes::push::operator_publish),
+        )
         .fallback(|| async { ApiError::not_found("route").into_response() });
     with_middleware(routes, &state).with_state(state)
 }

@@ -63,6 +63,28 @@ enum BenchCommand {
     /// Holds and orders on one contended event, for each lease backend, beside
     /// `redis-benchmark -t set` as the anchor.
     Booking(BookingArgs),
+    /// SSE push: idle connections held (memory each) and one hot channel fanned out, against
+    /// a `marquee serve` child process and nginx + nchan with the same client.
+    Push(PushBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct PushBenchArgs {
+    /// Idle SSE connections to hold (the process limit here is 20,000 open files).
+    #[arg(long, default_value_t = 19_000)]
+    idle: usize,
+    /// Subscribers of the hot channel.
+    #[arg(long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// Messages published on the hot channel.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// Messages published per second.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Skip the nginx + nchan run.
+    #[arg(long)]
+    no_nchan: bool,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Admin(AdminCommand::Create(args)) => create_admin(args).await,
         Command::Bench(BenchCommand::Booking(args)) => bench_booking(args).await,
+        Command::Bench(BenchCommand::Push(args)) => bench_push(args).await,
     }
 }
 
@@ -322,6 +345,45 @@ async fn create_admin(args: AdminCreateArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("creating admin {}", user.email.as_str()))?;
     println!("Created admin {} ({})", user.email.as_str(), user.id);
+    Ok(())
+}
+
+async fn bench_push(args: PushBenchArgs) -> anyhow::Result<()> {
+    use marquee::bench_push::{run_push, PushBench};
+    let reports = run_push(&PushBench {
+        idle: args.idle,
+        subscribers: args.subscribers,
+        messages: args.messages,
+        rate: args.rate,
+        with_nchan: !args.no_nchan,
+    })
+    .await?;
+    println!(
+        "| server | idle SSE connections | server memory per idle connection | subscribers | delivered / expected | deliveries/s | p50 / p99 delay |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for report in &reports {
+        println!(
+            "| {} | {} | {:.1} KiB | {} | {} / {} | {:.0} | {:.1} ms / {:.1} ms |",
+            report.target,
+            report.idle_connections,
+            report.idle_bytes_per_connection / 1024.0,
+            report.subscribers,
+            report.delivered,
+            report.expected,
+            report.deliveries_per_sec,
+            report.p50_ms,
+            report.p99_ms,
+        );
+    }
+    if let [marquee, nchan] = reports.as_slice() {
+        println!(
+            "\nmarquee ÷ nchan: deliveries/s {:.2}, p99 {:.2}, memory per idle connection {:.2}",
+            marquee.deliveries_per_sec / nchan.deliveries_per_sec.max(1.0),
+            marquee.p99_ms / nchan.p99_ms.max(0.001),
+            marquee.idle_bytes_per_connection / nchan.idle_bytes_per_connection.max(1.0),
+        );
+    }
     Ok(())
 }
 

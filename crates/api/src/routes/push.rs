@@ -137,8 +137,9 @@ fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-/// Parses `channel@offset[,channel@offset…]`.
-fn parse_cursor(raw: &str) -> Result<HashMap<String, u64>, ApiError> {
+/// Parses `channel@offset[,channel@offset…]` (a `Last-Event-ID`). Channel names are checked
+/// later, when each is authorised.
+pub fn parse_cursor(raw: &str) -> Result<HashMap<String, u64>, ApiError> {
     if raw.len() > MAX_CURSOR_LEN {
         return Err(bad_request("invalid_cursor", "the cursor is too long"));
     }
@@ -648,4 +649,46 @@ mod tests {
         }
         assert!(parse_cursor(&"a@1,".repeat(3000)).is_err());
     }
+}
+
+/// An operator's message on a queue or user channel (`{"channel","type","data"}`), from the
+/// admin listener only: announcements, and the push benchmark's publisher. Seat channels are
+/// refused: their offsets belong to the store.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorMessage {
+    channel: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+pub async fn operator_publish(
+    State(state): State<AppState>,
+    crate::extract::JsonBody(message): crate::extract::JsonBody<OperatorMessage>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let channel = Channel::parse(&message.channel)
+        .map_err(|error| bad_request("invalid_channel", error.to_string()))?;
+    if channel.kind() == marquee_push::ChannelKind::EventSeats {
+        return Err(bad_request(
+            "invalid_channel",
+            "seat channels carry only the store's changes",
+        ));
+    }
+    if message.kind.is_empty() || message.kind.len() > 64 || message.kind.contains(['\n', '\r']) {
+        return Err(ApiError::invalid_field(
+            "type",
+            "1 to 64 characters, one line",
+        ));
+    }
+    let offset = state
+        .push
+        .hub
+        .publish(&channel, &message.kind, &message.data)
+        .await
+        .map_err(push_unavailable)?;
+    Ok(axum::Json(
+        serde_json::json!({"channel": channel.as_str(), "offset": offset}),
+    ))
 }

@@ -664,3 +664,56 @@ async fn a_message_on_one_node_reaches_a_subscriber_on_another_through_redis() {
     node_a.stop().await;
     node_b.stop().await;
 }
+
+#[tokio::test]
+async fn operators_publish_on_the_admin_listener_only() {
+    let app = TestApp::spawn_with(|config| {
+        config.admin_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let admin = app
+        .server
+        .as_ref()
+        .and_then(|server| server.admin_addr)
+        .expect("admin listener");
+    let publish = |body: Value| {
+        let client = app.client.clone();
+        async move {
+            let response = client
+                .post(format!("http://{admin}/push/publish"))
+                .json(&body)
+                .send()
+                .await
+                .expect("publish");
+            let status = response.status();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, body) =
+        publish(json!({"channel": "queue:abc", "type": "note", "data": {"x": 1}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["offset"], 1);
+    let (_, messages) = poll(&app, "channel=queue:abc&since=0", None).await;
+    assert_eq!(messages[0]["data"], json!({"x": 1}));
+    let (status, body) = publish(json!({"channel": "event:x:seats", "type": "seats"})).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "seat offsets belong to the store: {body}"
+    );
+    let (status, _) = publish(json!({"channel": "queue:abc", "type": "a\nb"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let public = app
+        .post(
+            "/push/publish",
+            None,
+            json!({"channel": "queue:abc", "type": "note"}),
+        )
+        .await;
+    assert_eq!(
+        public.status,
+        StatusCode::NOT_FOUND,
+        "not on the public listener"
+    );
+    app.stop().await;
+}
