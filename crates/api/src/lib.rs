@@ -16,6 +16,7 @@ mod idempotency;
 mod middleware;
 mod openapi;
 pub mod push;
+pub mod push_listener;
 mod request_context;
 pub mod routes;
 mod state;
@@ -23,6 +24,7 @@ pub mod wire;
 
 pub use error::ApiError;
 pub use push::{spawn_change_feed, Push, PushSettings};
+pub use push_listener::{push_aware, PushAwareListener};
 pub use request_context::current_request_id;
 pub use state::{ApiSettings, AppState, EventCache, VenueCache};
 

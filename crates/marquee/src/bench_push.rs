@@ -207,16 +207,33 @@ http {{
         }
         pids.iter().map(|pid| rss_of(*pid)).sum()
     }
+}
 
+/// Where to publish, without owning the server process.
+enum PublishHandle {
+    Marquee(SocketAddr),
+    Nchan(SocketAddr),
+}
+
+impl Target {
+    fn clone_handle(&self) -> PublishHandle {
+        match self {
+            Target::Marquee { admin, .. } => PublishHandle::Marquee(*admin),
+            Target::Nchan { addr, .. } => PublishHandle::Nchan(*addr),
+        }
+    }
+}
+
+impl PublishHandle {
     async fn publish(&self, client: &reqwest::Client, channel: &str, body: &str) -> bool {
         let request = match self {
-            Target::Marquee { admin, .. } => client
+            PublishHandle::Marquee(admin) => client
                 .post(format!("http://{admin}/push/publish"))
                 .header("content-type", "application/json")
                 .body(format!(
                     r#"{{"channel":"queue:{channel}","type":"bench","data":{body}}}"#
                 )),
-            Target::Nchan { addr, .. } => client
+            PublishHandle::Nchan(addr) => client
                 .post(format!("http://{addr}/pub/{channel}"))
                 .body(body.to_string()),
         };
@@ -355,7 +372,10 @@ async fn run_target(target: &Target, bench: &PushBench) -> anyhow::Result<PushRe
     let client = reqwest::Client::new();
     // Warm up: one subscriber, one message.
     let warm = open_many(target, "warm", 1).await?;
-    target.publish(&client, "warm", r#"{"t":0}"#).await;
+    target
+        .clone_handle()
+        .publish(&client, "warm", r#"{"t":0}"#)
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -389,12 +409,24 @@ async fn run_target(target: &Target, bench: &PushBench) -> anyhow::Result<PushRe
     let first_publish = now_micros();
     let interval = Duration::from_secs_f64(1.0 / bench.rate.max(0.001));
     let start = tokio::time::Instant::now();
+    let handle = Arc::new(target.clone_handle());
+    let mut publishes = Vec::with_capacity(bench.messages);
     for index in 0..bench.messages {
-        tokio::time::sleep_until(start + interval.mul_f64(index as f64)).await;
-        let body = format!(r#"{{"t":{},"n":{index}}}"#, now_micros());
-        if target.publish(&client, "hot", &body).await {
-            published.fetch_add(1, Ordering::Relaxed);
-        }
+        let offset = interval.mul_f64(index as f64);
+        tokio::time::sleep_until(start + offset).await;
+        // Stamped with the scheduled time, and sent from its own task: a publish that is slow
+        // to answer delays no other, and any lag counts in the delay (no coordinated omission).
+        let scheduled = first_publish + offset.as_micros() as u64;
+        let body = format!(r#"{{"t":{scheduled},"n":{index}}}"#);
+        let (client, handle, published) = (client.clone(), handle.clone(), published.clone());
+        publishes.push(tokio::spawn(async move {
+            if handle.publish(&client, "hot", &body).await {
+                published.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for publish in publishes {
+        publish.await?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut delays: Vec<u32> = Vec::with_capacity(bench.subscribers * bench.messages);

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub push: marquee_api::PushSettings,
     /// Push channels' history and buffers (on Redis too when `redis_url` is set).
     pub push_hub: marquee_push::HubLimits,
+    /// SSE on the lean listener path rather than through hyper (see `marquee_api::push_aware`).
+    pub push_lean_sse: bool,
 }
 
 impl ServerConfig {
@@ -55,6 +57,7 @@ impl ServerConfig {
             payment_timeout: Duration::from_secs(10),
             push: marquee_api::PushSettings::default(),
             push_hub: marquee_push::HubLimits::default(),
+            push_lean_sse: true,
         }
     }
 

@@ -181,6 +181,10 @@ struct PushArgs {
     #[arg(long, env = "MARQUEE_PUSH_MAX_PER_IP", default_value_t = 1_000)]
     push_max_per_ip: usize,
 
+    /// Serve SSE connections on the lean path (a few KiB each) instead of through hyper.
+    #[arg(long, env = "MARQUEE_PUSH_LEAN_SSE", default_value_t = true, action = clap::ArgAction::Set)]
+    push_lean_sse: bool,
+
     /// Open push connections allowed per signed-in user.
     #[arg(long, env = "MARQUEE_PUSH_MAX_PER_USER", default_value_t = 32)]
     push_max_per_user: usize,
@@ -246,6 +250,7 @@ impl NodeArgs {
         config.redis_prefix = self.redis_prefix;
         config.payment_timeout = self.payment_timeout;
         config.push.heartbeat = self.push.push_heartbeat;
+        config.push_lean_sse = self.push.push_lean_sse;
         config.push.max_connections_per_ip = self.push.push_max_per_ip;
         config.push.max_connections_per_user = self.push.push_max_per_user;
         config.push_hub.history_len = self.push.push_history;

@@ -2,6 +2,7 @@
 
 use crate::ServerConfig;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use marquee_api::{ApiSettings, AppState, Push};
 use marquee_auth::TokenIssuer;
 use marquee_inventory::{Inventory, InventorySettings, TestPaymentProvider, TicketSigner};
@@ -76,11 +77,14 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        tasks.push(serve(
-            listener,
-            marquee_api::router(state.clone()),
-            stopped.clone(),
-        ));
+        let router = marquee_api::router(state.clone());
+        if config.push_lean_sse {
+            // SSE connections are served by a lean path of their own; the rest by axum.
+            let listener = marquee_api::push_aware(listener, state.clone())?.tap_io(|_| {});
+            tasks.push(serve(listener, router, stopped.clone()));
+        } else {
+            tasks.push(serve(listener, router, stopped.clone()));
+        }
 
         let admin_addr = match config.admin_listen {
             Some(admin_listen) => {
@@ -195,11 +199,15 @@ fn derive_key(secret: &marquee_auth::SigningSecret, purpose: &[u8]) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-fn serve(
-    listener: TcpListener,
+fn serve<L>(
+    listener: L,
     router: axum::Router,
     mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     tokio::spawn(async move {
         axum::serve(
             listener,

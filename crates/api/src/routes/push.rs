@@ -305,60 +305,126 @@ pub async fn sse(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = parse_query(raw.as_deref())?;
-    let viewer = viewer(&state, &headers, &query)?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| query.last_event_id.clone());
-    let cursor = match &last_event_id {
-        Some(raw) => parse_cursor(raw)?,
-        None => HashMap::new(),
-    };
-    let slot = state.push.admit(peer.ip(), viewer.as_ref())?;
-    let follower = follow(
-        &state,
-        viewer.as_ref(),
-        &query.channels,
-        &cursor,
-        query.since,
-    )
-    .await?;
-    let shutdown = state.push.shutdown.clone();
-    let stream = futures::stream::unfold(Some((follower, slot, shutdown)), |session| async move {
-        let (mut follower, slot, mut shutdown) = session?;
-        let next = tokio::select! {
-            next = follower.next() => next,
-            _ = crate::push::stopping(&mut shutdown) => {
-                let event = SseEvent::default()
-                    .event("shutdown")
-                    .data(r#"{"reason":"the server is shutting down; reconnect with Last-Event-ID"}"#);
-                return Some((Ok::<_, Infallible>(event), None));
-            }
+    let session = SseSession::open(&state, peer, &headers, raw.as_deref()).await?;
+    let stream = futures::stream::unfold(Some(session), |session| async move {
+        let mut session = session?;
+        let frame = session.next_frame().await;
+        let event = match &frame {
+            SseFrame::Message { id, message } => SseEvent::default()
+                .id(id.as_str())
+                .event(message.kind.as_str())
+                .data(message.json_str()),
+            SseFrame::Final { kind, json } => SseEvent::default().event(*kind).data(*json),
         };
-        match next {
-            Some(Next::Message(message)) => {
-                let event = SseEvent::default()
-                    .id(follower.cursor_id())
-                    .event(&message.kind)
-                    .data(message.json_str());
-                Some((Ok(event), Some((follower, slot, shutdown))))
-            }
-            Some(Next::SlowConsumer) => {
-                metrics::counter!("marquee_push_slow_consumers_total").increment(1);
-                let event = SseEvent::default()
-                        .event("error")
-                        .data(r#"{"code":"slow_consumer","message":"the connection fell too far behind; reconnect with Last-Event-ID"}"#);
-                Some((Ok(event), None))
-            }
-            None => None,
-        }
+        let next = matches!(frame, SseFrame::Message { .. }).then_some(session);
+        Some((Ok::<_, Infallible>(event), next))
     });
     let heartbeat = state.push.settings.heartbeat;
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
         .into_response())
+}
+
+/// One SSE connection's state, shared by the axum handler and the lean listener path
+/// ([`crate::push_listener`]).
+pub(crate) struct SseSession {
+    follower: Follower,
+    _slot: ConnectionSlot,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What an SSE connection sends next.
+pub(crate) enum SseFrame {
+    Message {
+        /// The connection's cursor after this message.
+        id: String,
+        message: Arc<PushMessage>,
+    },
+    /// The last event before the stream ends.
+    Final {
+        kind: &'static str,
+        json: &'static str,
+    },
+}
+
+impl SseSession {
+    /// Authenticates, parses the cursor, admits the connection and subscribes every channel.
+    pub(crate) async fn open(
+        state: &AppState,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        raw_query: Option<&str>,
+    ) -> Result<SseSession, ApiError> {
+        let query = parse_query(raw_query)?;
+        let viewer = viewer(state, headers, &query)?;
+        let last_event_id = headers
+            .get("last-event-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| query.last_event_id.clone());
+        let cursor = match &last_event_id {
+            Some(raw) => parse_cursor(raw)?,
+            None => HashMap::new(),
+        };
+        let slot = state.push.admit(peer.ip(), viewer.as_ref())?;
+        let follower = follow(
+            state,
+            viewer.as_ref(),
+            &query.channels,
+            &cursor,
+            query.since,
+        )
+        .await?;
+        Ok(SseSession {
+            follower,
+            _slot: slot,
+            shutdown: state.push.shutdown.clone(),
+        })
+    }
+
+    /// The next frame, or the shutdown frame once the node is stopping.
+    pub(crate) async fn next_frame(&mut self) -> SseFrame {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            frame = self.next_message() => frame,
+            _ = crate::push::stopping(&mut shutdown) => SseFrame::shutdown(),
+        }
+    }
+
+    /// The next frame, ignoring shutdown (callers that watch for it themselves, once per
+    /// connection rather than once per message).
+    pub(crate) async fn next_message(&mut self) -> SseFrame {
+        match self.follower.next().await {
+            Some(Next::Message(message)) => SseFrame::Message {
+                id: self.follower.cursor_id(),
+                message,
+            },
+            Some(Next::SlowConsumer) => {
+                metrics::counter!("marquee_push_slow_consumers_total").increment(1);
+                SseFrame::Final {
+                    kind: "error",
+                    json: r#"{"code":"slow_consumer","message":"the connection fell too far behind; reconnect with Last-Event-ID"}"#,
+                }
+            }
+            None => SseFrame::Final {
+                kind: "shutdown",
+                json: r#"{"reason":"the stream ended"}"#,
+            },
+        }
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+}
+
+impl SseFrame {
+    pub(crate) fn shutdown() -> SseFrame {
+        SseFrame::Final {
+            kind: "shutdown",
+            json: r#"{"reason":"the server is shutting down; reconnect with Last-Event-ID"}"#,
+        }
+    }
 }
 
 /// Long polling: returns at once with the messages after `since`, or waits up to `timeout_s`

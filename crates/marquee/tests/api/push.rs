@@ -40,6 +40,8 @@ impl SseStream {
             .to_str()
             .expect("ascii")
             .starts_with("text/event-stream"));
+        assert_eq!(response.headers()["x-marquee-node"], "test-node");
+        assert!(!response.headers()["x-request-id"].is_empty());
         SseStream {
             response,
             buffer: String::new(),
@@ -108,7 +110,16 @@ fn offsets(messages: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn the_snapshot_and_the_stream_line_up_without_a_gap() {
-    let sale = on_sale(TestApp::spawn().await).await;
+    snapshot_then_stream(TestApp::spawn().await).await;
+}
+
+#[tokio::test]
+async fn sse_through_hyper_behaves_the_same_as_the_lean_path() {
+    snapshot_then_stream(TestApp::spawn_with(|config| config.push_lean_sse = false).await).await;
+}
+
+async fn snapshot_then_stream(app: TestApp) {
+    let sale = on_sale(app).await;
     let (ann, _) = sale.app.register("fan").await;
     let (bob, _) = sale.app.register("fan").await;
     assert_eq!(seat_version(&sale).await, 0);

@@ -1,0 +1,337 @@
+//! A listener that serves SSE connections itself and hands every other connection to axum.
+//!
+//! Why: an idle SSE connection is the common case (a fan watching a seat map), and under hyper
+//! each one keeps hyper's HTTP/1 buffers — a read buffer that grows to 16 KiB and an 8 KiB header
+//! buffer — for its whole life, which put a node at ~29 KiB of memory per idle connection
+//! (`marquee bench push`). Here an SSE request is recognised by peeking at its request line,
+//! its head is read into a buffer that is freed once parsed, and events are written straight
+//! to the socket, so an idle connection costs its task and its subscription only. Everything
+//! else — authentication, cursors, limits, replay — is the same [`SseSession`] the axum route
+//! uses (which still serves SSE over HTTP/2 and behind [`router`](crate::router) in tests).
+//!
+//! The response is `Connection: close` and not chunked: the stream ends when the connection
+//! does, which is what EventSource expects.
+
+use crate::routes::push::{SseFrame, SseSession};
+use crate::{ApiError, AppState};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::IntoResponse;
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// The request line prefix served here.
+const SSE_PREFIX: &[u8] = b"GET /api/v1/push/sse";
+/// Largest request head accepted on this path (as hyper's default).
+const MAX_HEAD: usize = 8 * 1024;
+/// A client that sends no complete request head within this is dropped.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write the client does not take within this ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An axum [`Listener`](axum::serve::Listener) fed by the classifier: connections that are not
+/// SSE requests.
+pub struct PushAwareListener {
+    others: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for PushAwareListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        match self.others.recv().await {
+            Some(connection) => connection,
+            // The acceptor stopped (shutdown): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Accepts on `listener`, serves SSE requests itself, and returns the listener axum serves the
+/// rest from.
+pub fn push_aware(listener: TcpListener, state: AppState) -> std::io::Result<PushAwareListener> {
+    let local = listener.local_addr()?;
+    let (sender, others) = mpsc::channel(1024);
+    let mut shutdown = state.push.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = crate::push::stopping(&mut shutdown) => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let sender = sender.clone();
+                    let state = state.clone();
+                    tokio::spawn(classify(stream, peer, sender, state));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    Ok(PushAwareListener { others, local })
+}
+
+async fn classify(
+    stream: TcpStream,
+    peer: SocketAddr,
+    others: mpsc::Sender<(TcpStream, SocketAddr)>,
+    state: AppState,
+) {
+    if is_sse_request(&stream).await {
+        serve_sse(stream, peer, state).await;
+    } else {
+        let _ = others.send((stream, peer)).await;
+    }
+}
+
+/// Peeks at the request line without consuming it.
+async fn is_sse_request(stream: &TcpStream) -> bool {
+    let mut first = [0u8; SSE_PREFIX.len() + 1];
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    loop {
+        let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(peeked)) => peeked,
+            // Let hyper deal with whatever this is (it times out and closes too).
+            _ => return false,
+        };
+        if peeked == 0 {
+            return false;
+        }
+        let seen = &first[..peeked];
+        let prefix_len = seen.len().min(SSE_PREFIX.len());
+        if seen[..prefix_len] != SSE_PREFIX[..prefix_len] {
+            return false;
+        }
+        if peeked == first.len() {
+            return matches!(first[SSE_PREFIX.len()], b'?' | b' ');
+        }
+        // A request line split across packets: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// The parsed head of an SSE request.
+struct Head {
+    query: Option<String>,
+    headers: HeaderMap,
+}
+
+async fn read_head(stream: &mut TcpStream) -> Result<Head, &'static str> {
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        loop {
+            let n = stream.read(&mut chunk).await.map_err(|_| "read failed")?;
+            if n == 0 {
+                return Err("closed");
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+            if buffer.windows(4).any(|window| window == b"\r\n\r\n") {
+                return Ok(());
+            }
+            if buffer.len() > MAX_HEAD {
+                return Err("head too large");
+            }
+        }
+    };
+    tokio::time::timeout(HEAD_TIMEOUT, read)
+        .await
+        .map_err(|_| "head timed out")??;
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut slots);
+    match request.parse(&buffer) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("malformed request"),
+    }
+    let path = request.path.unwrap_or("/");
+    let query = path.split_once('?').map(|(_, query)| query.to_string());
+    let mut headers = HeaderMap::new();
+    for header in request.headers.iter() {
+        let name = header.name.to_ascii_lowercase();
+        if matches!(
+            name.as_str(),
+            "authorization" | "last-event-id" | "x-request-id"
+        ) {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(header.value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    Ok(Head { query, headers })
+}
+
+async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn serve_sse(mut stream: TcpStream, peer: SocketAddr, state: AppState) {
+    // Each event is one complete write that should leave now, not wait for an ACK (Nagle).
+    let _ = stream.set_nodelay(true);
+    let head = match read_head(&mut stream).await {
+        Ok(head) => head,
+        Err(reason) => {
+            tracing::debug!(%peer, reason, "push: dropped an SSE request");
+            let _ = write_all(
+                &mut stream,
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+            return;
+        }
+    };
+    let request_id = head
+        .headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= 200)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let node = &state.settings.node_id;
+    let opened = crate::request_context::scope(
+        request_id.clone(),
+        SseSession::open(&state, peer, &head.headers, head.query.as_deref()),
+    )
+    .await;
+    drop(head);
+    let mut session = match opened {
+        Ok(session) => session,
+        Err(error) => {
+            let bytes = crate::request_context::scope(
+                request_id.clone(),
+                error_response(error, node, &request_id),
+            )
+            .await;
+            let _ = write_all(&mut stream, &bytes).await;
+            return;
+        }
+    };
+    metrics::counter!("http_requests_total", "route" => "/api/v1/push/sse", "status" => "200")
+        .increment(1);
+    let response_head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         x-accel-buffering: no\r\nx-request-id: {request_id}\r\nx-marquee-node: {node}\r\n\
+         connection: close\r\n\r\n"
+    );
+    if !write_all(&mut stream, response_head.as_bytes()).await {
+        return;
+    }
+    drop(response_head);
+    let mut heartbeat = tokio::time::interval(state.push.settings.heartbeat);
+    heartbeat.tick().await;
+    let mut shutdown = session.shutdown_signal();
+    let stopping = crate::push::stopping(&mut shutdown);
+    tokio::pin!(stopping);
+    let (mut reader, mut writer) = stream.split();
+    let mut scratch = [0u8; 64];
+    loop {
+        let frame = tokio::select! {
+            frame = session.next_message() => Some(frame),
+            () = &mut stopping => None,
+            _ = heartbeat.tick() => {
+                if !send(&mut writer, b": heartbeat\n\n").await {
+                    return;
+                }
+                continue;
+            }
+            read = reader.read(&mut scratch) => {
+                // The client hung up (or sent something it should not on an event stream).
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let frame = frame.unwrap_or_else(SseFrame::shutdown);
+        let (bytes, last) = match frame {
+            SseFrame::Message { id, message } => {
+                let mut bytes =
+                    Vec::with_capacity(message.json.len() + id.len() + message.kind.len() + 24);
+                bytes.extend_from_slice(b"id: ");
+                bytes.extend_from_slice(id.as_bytes());
+                bytes.extend_from_slice(b"\nevent: ");
+                bytes.extend_from_slice(message.kind.as_bytes());
+                bytes.extend_from_slice(b"\ndata: ");
+                bytes.extend_from_slice(&message.json);
+                bytes.extend_from_slice(b"\n\n");
+                (bytes, false)
+            }
+            SseFrame::Final { kind, json } => (
+                format!("event: {kind}\ndata: {json}\n\n").into_bytes(),
+                true,
+            ),
+        };
+        let written = send(&mut writer, &bytes).await;
+        if !written || last {
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Writes `bytes`, at once when the socket takes them (the common case, with no timer), else
+/// waiting at most [`WRITE_TIMEOUT`] for a client that is slow to read.
+async fn send(writer: &mut tokio::net::tcp::WriteHalf<'_>, bytes: &[u8]) -> bool {
+    let sent = match writer.try_write(bytes) {
+        Ok(sent) => sent,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return false,
+    };
+    if sent == bytes.len() {
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes[sent..])).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The contract's error body as a complete HTTP/1.1 response.
+async fn error_response(error: ApiError, node: &str, request_id: &str) -> Vec<u8> {
+    let response = error.into_response();
+    let status = response.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in response.headers() {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    head.push_str(&format!(
+        "content-length: {}\r\nx-request-id: {request_id}\r\nx-marquee-node: {node}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes
+}
