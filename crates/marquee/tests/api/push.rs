@@ -728,3 +728,111 @@ async fn operators_publish_on_the_admin_listener_only() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn heartbeats_keep_quiet_connections_alive_on_both_transports() {
+    let app =
+        TestApp::spawn_with(|config| config.push.heartbeat = Duration::from_millis(100)).await;
+    let mut response = app
+        .client
+        .get(format!("{}/api/v1/push/sse?channel=queue:quiet", app.url))
+        .send()
+        .await
+        .expect("connect");
+    let mut seen = String::new();
+    while !seen.contains(": heartbeat") {
+        let chunk = tokio::time::timeout(PATIENCE, response.chunk())
+            .await
+            .expect("a heartbeat in time")
+            .expect("readable")
+            .expect("open");
+        seen.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+    }
+    let ws_url = format!("{}/api/v1/push/ws", app.url.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("connect");
+    let ping = loop {
+        let frame = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("a ping in time")
+            .expect("open")
+            .expect("frame");
+        if let WsMessage::Ping(_) = frame {
+            break true;
+        }
+    };
+    assert!(ping);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_fan_is_reminded_a_minute_before_the_hold_lapses() {
+    let sale =
+        on_sale(TestApp::spawn_with(|config| config.hold_ttl = Duration::from_secs(61)).await)
+            .await;
+    let (ann, ann_id) = sale.app.register("fan").await;
+    let mut stream = SseStream::open(
+        &sale.app,
+        &format!("channel=user:{ann_id}&since=0&access_token={ann}"),
+        None,
+    )
+    .await;
+    let hold = sale
+        .hold(&ann, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let reminder = stream.next().await.expect("event");
+    assert_eq!(reminder.event, "hold.expiring");
+    assert_eq!(reminder.data["data"]["hold_id"], hold["id"]);
+    assert_eq!(reminder.data["data"]["expires_at"], hold["expires_at"]);
+    sale.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_change_on_node_a_reaches_node_b_with_the_same_offsets() {
+    let schema = format!("push_{}", crate::support::ulid_lower());
+    crate::support::sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let database_url = format!(
+        "{}?options=-c%20search_path%3D{schema}",
+        crate::support::postgres_url()
+    );
+    let redis_url = std::env::var("MARQUEE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let prefix = format!("test:{}:", crate::support::ulid_lower());
+    let configure = |config: &mut marquee::ServerConfig| {
+        config.database_url = Some(database_url.clone());
+        config.redis_url = Some(redis_url.clone());
+        config.redis_prefix = prefix.clone();
+    };
+    let node_a = TestApp::spawn_with(configure).await;
+    let node_b = TestApp::spawn_with(configure).await;
+    let sale = on_sale(node_a).await;
+    let channel = seats_channel(&sale);
+    let mut on_b = SseStream::open(&node_b, &format!("channel={channel}&since=0"), None).await;
+    for (index, seat) in sale.seat_ids[..3].iter().enumerate() {
+        let (fan, _) = sale.app.register("fan").await;
+        sale.hold(&fan, json!({"seat_ids": [seat]}))
+            .await
+            .expect(StatusCode::CREATED);
+        let event = on_b.next().await.expect("event on B");
+        assert_eq!(event.data["offset"], index + 1);
+        assert_eq!(event.data["data"]["seat_ids"], json!([seat]));
+    }
+    // Both nodes relayed each change; B's subscriber saw each once.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), on_b.next())
+            .await
+            .is_err(),
+        "no duplicates"
+    );
+    let snapshot = node_b
+        .get(&format!("/api/v1/events/{}/seats", sale.event_id), None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(snapshot["version"], 3);
+    drop(on_b);
+    sale.app.stop().await;
+    node_b.stop().await;
+    crate::support::sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}

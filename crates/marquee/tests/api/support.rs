@@ -206,7 +206,7 @@ async fn into_response(response: reqwest::Response) -> Response {
 }
 
 /// Administrative SQL (creating and dropping a test's schema) on the shared test database.
-async fn sqlx_admin(statement: &str) {
+pub async fn sqlx_admin(statement: &str) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&postgres_url())
         .await
