@@ -84,6 +84,16 @@ impl SseStream {
     }
 }
 
+/// A user's own notification stream, from the start.
+async fn user_stream(app: &TestApp, token: &str, user_id: &str) -> SseStream {
+    SseStream::open(
+        app,
+        &format!("channel=user:{user_id}&since=0&access_token={token}"),
+        None,
+    )
+    .await
+}
+
 async fn seat_version(sale: &OnSale) -> u64 {
     sale.seat_statuses().await["version"]
         .as_u64()
@@ -283,12 +293,7 @@ async fn user_channels_are_private_and_carry_order_notifications() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
-    let mut stream = SseStream::open(
-        &sale.app,
-        &format!("channel={channel}&since=0&access_token={ann}"),
-        None,
-    )
-    .await;
+    let mut stream = user_stream(&sale.app, &ann, &ann_id).await;
     let hold = sale
         .hold(&ann, json!({"seat_ids": [sale.seat_ids[0]]}))
         .await
@@ -646,12 +651,7 @@ async fn a_message_on_one_node_reaches_a_subscriber_on_another_through_redis() {
     // because they share the signing secret.
     let (ann, ann_id) = node_b.register("fan").await;
     let channel = marquee_push::Channel::user(&ann_id).expect("channel");
-    let mut on_b = SseStream::open(
-        &node_b,
-        &format!("channel={channel}&since=0&access_token={ann}"),
-        None,
-    )
-    .await;
+    let mut on_b = user_stream(&node_b, &ann, &ann_id).await;
     let hub_a = node_a
         .server
         .as_ref()
@@ -772,12 +772,7 @@ async fn a_fan_is_reminded_a_minute_before_the_hold_lapses() {
         on_sale(TestApp::spawn_with(|config| config.hold_ttl = Duration::from_secs(61)).await)
             .await;
     let (ann, ann_id) = sale.app.register("fan").await;
-    let mut stream = SseStream::open(
-        &sale.app,
-        &format!("channel=user:{ann_id}&since=0&access_token={ann}"),
-        None,
-    )
-    .await;
+    let mut stream = user_stream(&sale.app, &ann, &ann_id).await;
     let hold = sale
         .hold(&ann, json!({"seat_ids": [sale.seat_ids[0]]}))
         .await
