@@ -89,20 +89,30 @@ impl EventCache {
         }
     }
 
+    /// The event, loaded once however many requests miss at the same moment (when an entry
+    /// expires under an on-sale rush, a thousand concurrent misses would otherwise be a
+    /// thousand queries queueing for the pool).
     pub async fn get(
         &self,
         store: &Arc<dyn CatalogStore>,
         id: &EventId,
     ) -> Result<Option<Arc<Event>>, StoreError> {
-        if let Some(event) = self.events.get(id).await {
-            return Ok(Some(event));
+        let loaded = self
+            .events
+            .try_get_with(id.clone(), async {
+                match store.event(id).await {
+                    Ok(Some(event)) => Ok(Arc::new(event)),
+                    Ok(None) => Err(StoreError::NotFound),
+                    Err(error) => Err(error),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(event) => Ok(Some(event)),
+            Err(shared) if matches!(*shared, StoreError::NotFound) => Ok(None),
+            // The shared error cannot be handed out by value; ask once more for our own.
+            Err(_) => Ok(store.event(id).await?.map(Arc::new)),
         }
-        let Some(event) = store.event(id).await? else {
-            return Ok(None);
-        };
-        let event = Arc::new(event);
-        self.events.insert(id.clone(), event.clone()).await;
-        Ok(Some(event))
     }
 
     pub async fn forget(&self, id: &EventId) {

@@ -78,12 +78,17 @@ impl Server {
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let router = marquee_api::router(state.clone());
+        // Responses are written whole; Nagle would hold a small one back until the client's
+        // delayed ACK of the previous one (tens of milliseconds on an idle keep-alive connection).
+        let nodelay = |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        };
         if config.push_lean_sse {
             // SSE connections are served by a lean path of their own; the rest by axum.
-            let listener = marquee_api::push_aware(listener, state.clone())?.tap_io(|_| {});
+            let listener = marquee_api::push_aware(listener, state.clone())?.tap_io(nodelay);
             tasks.push(serve(listener, router, stopped.clone()));
         } else {
-            tasks.push(serve(listener, router, stopped.clone()));
+            tasks.push(serve(listener.tap_io(nodelay), router, stopped.clone()));
         }
 
         let admin_addr = match config.admin_listen {
