@@ -831,3 +831,70 @@ async fn a_seat_change_on_node_a_reaches_node_b_with_the_same_offsets() {
     node_b.stop().await;
     crate::support::sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
+
+#[tokio::test]
+async fn a_lapsed_hold_frees_its_seats_on_the_stream_by_itself() {
+    let sale =
+        on_sale(TestApp::spawn_with(|config| config.hold_ttl = Duration::from_millis(600)).await)
+            .await;
+    let (ann, _) = sale.app.register("fan").await;
+    let mut stream = SseStream::open(
+        &sale.app,
+        &format!("channel={}&since=0", seats_channel(&sale)),
+        None,
+    )
+    .await;
+    sale.hold(&ann, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let held = stream.next().await.expect("event");
+    assert_eq!(held.data["data"]["status"], "held");
+    // No request and no client action: the lease lapses and the change reaches the stream.
+    let lapsed = stream.next().await.expect("event");
+    assert_eq!(lapsed.data["offset"], 2);
+    assert_eq!(
+        lapsed.data["data"],
+        json!({"seat_ids": [sale.seat_ids[0]], "status": "available"})
+    );
+    sale.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_that_falls_behind_is_closed_as_a_slow_consumer() {
+    let app = TestApp::spawn_with(|config| config.push_hub.subscriber_buffer = 8).await;
+    let ws_url = format!("{}/api/v1/push/ws", app.url.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("connect");
+    socket
+        .send(WsMessage::text(
+            json!({"subscribe": "queue:busy"}).to_string(),
+        ))
+        .await
+        .expect("send");
+    assert_eq!(ws_receive(&mut socket).await["type"], "subscribed");
+    let hub = app.server.as_ref().expect("server").state.push.hub.clone();
+    let channel = marquee_push::Channel::queue("busy").expect("channel");
+    let big = "x".repeat(64 * 1024);
+    for n in 0..400 {
+        hub.publish(&channel, "note", &json!({"n": n, "pad": big}))
+            .await
+            .expect("publish");
+    }
+    // Reading only now: what was buffered, then the close with its reason.
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(WsMessage::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => panic!("expected a close frame, got {error}"),
+            None => panic!("closed without a close frame"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "slow_consumer");
+    app.stop().await;
+}
