@@ -100,6 +100,10 @@ impl SqlCatalogStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout);
         if backend == Backend::Sqlite {
+            // A connection to a local file does not go stale the way a network one does, and
+            // the liveness ping sqlx sends on every acquire is one more hand-off to SQLite's
+            // worker thread on every query and transaction.
+            pool_options = pool_options.test_before_acquire(false);
             pool_options = pool_options.after_connect(|connection, _| {
                 Box::pin(async move {
                     connection
