@@ -310,7 +310,21 @@ async fn open_many(target: &Target, channel: &str, count: usize) -> anyhow::Resu
         let batch: Vec<_> = (index..count.min(index + 500))
             .map(|i| {
                 let path = path.clone();
-                tokio::spawn(async move { open_sse(addr, source_address(i), &path).await })
+                tokio::spawn(async move {
+                    // A burst of connects can overflow a listen backlog (reset by peer); a
+                    // real client would retry, so the bench does, a few times.
+                    let mut attempt = 0;
+                    loop {
+                        match open_sse(addr, source_address(i), &path).await {
+                            Ok(stream) => return Ok(stream),
+                            Err(error) if attempt >= 4 => return Err(error),
+                            Err(_) => {
+                                attempt += 1;
+                                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                            }
+                        }
+                    }
+                })
             })
             .collect();
         for opening in batch {
