@@ -12,6 +12,7 @@ use marquee_auth::{PasswordError, TokenError};
 use marquee_domain::{FieldErrors, PricingError, TransitionError};
 use marquee_inventory::{InventoryError, PaymentError};
 use marquee_lease::LeaseError;
+use marquee_search::SearchError;
 use marquee_store::StoreError;
 use serde_json::{json, Map, Value};
 
@@ -161,6 +162,22 @@ impl IntoResponse for ApiError {
 impl From<FieldErrors> for ApiError {
     fn from(fields: FieldErrors) -> Self {
         ApiError::invalid_input(fields)
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(error: SearchError) -> Self {
+        match error {
+            SearchError::Invalid { field, message } => ApiError::invalid_field(field, message),
+            SearchError::BadCursor => {
+                ApiError::invalid_field("cursor", "is not a cursor this search returned")
+            }
+            SearchError::NotFound => ApiError::not_found("event"),
+            SearchError::Store(error) => ApiError::from(error),
+            SearchError::Index(_) | SearchError::Directory(_) | SearchError::Task(_) => {
+                ApiError::internal(&error)
+            }
+        }
     }
 }
 

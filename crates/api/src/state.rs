@@ -130,4 +130,6 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub settings: Arc<ApiSettings>,
     pub push: Arc<crate::Push>,
+    /// This node's replica of the search index, fed from the outbox.
+    pub search: Arc<marquee_search::EventIndex>,
 }

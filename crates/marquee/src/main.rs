@@ -2,12 +2,14 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use marquee::demo::{SeedOutcome, DEMO_ACCOUNTS};
 use marquee::{Server, ServerConfig};
 use marquee_domain::{DisplayName, Email, Password, Role, User, UserId};
 use marquee_telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// mimalloc instead of glibc's malloc: the request path allocates many small, short-lived
@@ -35,7 +37,7 @@ struct Cli {
     #[arg(
         long,
         env = "MARQUEE_LOG",
-        default_value = "info,sqlx=warn,tower_http=info",
+        default_value = "info,sqlx=warn,tower_http=info,tantivy=warn",
         global = true
     )]
     log_filter: String,
@@ -56,6 +58,25 @@ enum Command {
     /// Load runs over HTTP against a node started in this process (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The search index of a data dir.
+    #[command(subcommand)]
+    Search(SearchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SearchCommand {
+    /// Rebuild the search index from the store (stop the node on this data dir first; a
+    /// running node resumes from its own index and needs no rebuild).
+    Reindex(ReindexArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReindexArgs {
+    /// The node's data dir; the index is its `search/` directory.
+    #[arg(long, env = "MARQUEE_DATA_DIR", default_value = "marquee-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Create(args)) => create_admin(args).await,
         Command::Bench(BenchCommand::Booking(args)) => bench_booking(args).await,
         Command::Bench(BenchCommand::Push(args)) => bench_push(args).await,
+        Command::Search(SearchCommand::Reindex(args)) => reindex(args).await,
     }
 }
 
@@ -307,6 +329,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("Marquee demo is running at {url}");
     println!("  Events:        {url}/api/v1/events");
+    println!("  Search:        {url}/api/v1/search?q=homecomming&lat=51.5&lon=-0.12&radius_km=50");
     println!("  API (OpenAPI): {url}/api/v1/openapi.json");
     println!("  Health:        {url}/healthz");
     println!();
@@ -322,6 +345,31 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("Press Ctrl-C to stop.");
     server.run_until_signalled().await
+}
+
+async fn reindex(args: ReindexArgs) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), args.data_dir);
+    config.database_url = args.store.database_url;
+    config.database_max_connections = args.store.database_max_connections;
+    let store = marquee::server::open_store(&config).await?;
+    let index = Arc::new(marquee::server::open_search_index(&config)?);
+    let total = store
+        .count_events(Some(marquee_domain::EventStatus::Published))
+        .await?;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let (count, position) =
+        marquee_search::rebuild(&index, store.as_ref(), &|done| bar.set_position(done)).await?;
+    bar.finish();
+    println!(
+        "Indexed {count} published events up to outbox position {position} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn create_admin(args: AdminCreateArgs) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@ pub struct Server {
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     lapse_follower: JoinHandle<()>,
     change_feed: JoinHandle<()>,
+    indexer: JoinHandle<()>,
 }
 
 impl Server {
@@ -56,6 +57,8 @@ impl Server {
         let lapse_follower = inventory.spawn_lapse_follower();
         let (stop, stopped) = watch::channel(false);
         let hub = open_push_hub(&config).await?;
+        let search = Arc::new(open_search_index(&config)?);
+        let indexer = marquee_search::spawn_indexer(search.clone(), store.clone(), stopped.clone());
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
             events: marquee_api::EventCache::default(),
@@ -69,6 +72,7 @@ impl Server {
                 node_id: config.node_id.clone(),
             }),
             push: Arc::new(Push::new(hub, config.push.clone(), stopped.clone())),
+            search,
         };
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
         let mut tasks = Vec::new();
@@ -128,6 +132,7 @@ impl Server {
             tasks,
             lapse_follower,
             change_feed,
+            indexer: indexer.task,
         })
     }
 
@@ -143,6 +148,13 @@ impl Server {
         }
         self.lapse_follower.abort();
         self.change_feed.abort();
+        // The indexer commits what it applied since its last commit, so a restart replays less.
+        if tokio::time::timeout(Duration::from_secs(10), self.indexer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("search indexer did not stop within 10 s");
+        }
         Ok(())
     }
 
@@ -166,6 +178,22 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Catalog
     .await
     .with_context(|| format!("opening the store at {}", redact_url(&url)))?;
     Ok(Arc::new(store))
+}
+
+/// This node's search index replica, in the data dir (each node keeps its own, fed by the same
+/// change stream).
+pub fn open_search_index(config: &ServerConfig) -> anyhow::Result<marquee_search::EventIndex> {
+    let path = config.data_dir.join("search");
+    marquee_search::EventIndex::open(&marquee_search::IndexOptions {
+        path: Some(path.clone()),
+        ..marquee_search::IndexOptions::default()
+    })
+    .with_context(|| {
+        format!(
+            "opening the search index at {} (is another node using this data dir?)",
+            path.display()
+        )
+    })
 }
 
 /// Redis leases when a Redis URL is configured, else in-process ones.

@@ -155,7 +155,16 @@ impl Follower {
     async fn start(&mut self) -> Result<i64, SearchError> {
         let index = Arc::clone(&self.index);
         let committed = blocking(move || index.committed_position()).await?;
-        if committed > 0 {
+        let latest = self.store.latest_change().await?;
+        if committed > latest {
+            // The index is ahead of the store: it was built from another database (a data dir
+            // reused with a new one). Resuming would skip changes; build it again.
+            tracing::warn!(
+                committed,
+                latest,
+                "search indexer: index is ahead of the store, rebuilding"
+            );
+        } else if committed > 0 {
             tracing::info!(position = committed, "search indexer: resuming");
             return Ok(committed);
         }

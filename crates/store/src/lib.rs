@@ -78,6 +78,8 @@ pub trait CatalogStore: InventoryStore + Send + Sync + 'static {
     /// Fails with [`StoreError::VersionConflict`] when someone else wrote first.
     async fn update_event(&self, event: &Event, change: ChangeKind) -> Result<Event, StoreError>;
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// How many events there are, of one status or all (for progress of a rebuild).
+    async fn count_events(&self, status: Option<EventStatus>) -> Result<u64, StoreError>;
 
     /// Changes with a position greater than `after`, oldest first, at most `limit`.
     async fn read_changes(

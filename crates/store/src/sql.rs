@@ -14,7 +14,7 @@ use crate::{
     StoredCredentials, VenueQuery,
 };
 use async_trait::async_trait;
-use marquee_domain::{Email, Event, EventId, User, UserId, Venue, VenueId};
+use marquee_domain::{Email, Event, EventId, EventStatus, User, UserId, Venue, VenueId};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
@@ -427,6 +427,16 @@ impl CatalogStore for SqlCatalogStore {
         .bind(after)
         .bind(i64::from(limit));
         self.fetch_all(statement, rows::change).await
+    }
+
+    async fn count_events(&self, status: Option<EventStatus>) -> Result<u64, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS count FROM events WHERE ($1 IS NULL OR status = $1)")
+                .bind(status.map(|status| status.as_str().to_string()))
+                .fetch_one(&self.pool)
+                .await?;
+        let count: i64 = sqlx::Row::try_get(&row, "count")?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn latest_change(&self) -> Result<ChangePosition, StoreError> {

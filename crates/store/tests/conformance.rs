@@ -398,6 +398,13 @@ async fn events_list_by_status_and_owner_in_pages(store: Arc<SqlCatalogStore>) {
         seen.extend(page.into_iter().map(|event| event.id));
     }
     assert_eq!(seen, published);
+    let published_count = store
+        .count_events(Some(EventStatus::Published))
+        .await
+        .expect("count");
+    assert_eq!(published_count, published.len() as u64);
+    let all = store.count_events(None).await.expect("count");
+    assert!(all > published_count);
     let owned = store
         .list_events(&EventQuery {
             owner: Some(other.id.clone()),

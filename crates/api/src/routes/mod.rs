@@ -6,5 +6,6 @@ pub mod events;
 pub mod holds;
 pub mod orders;
 pub mod push;
+pub mod search;
 pub mod system;
 pub mod venues;
