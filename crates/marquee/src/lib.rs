@@ -5,6 +5,9 @@
 
 pub mod bench;
 pub mod bench_push;
+pub mod bench_search;
+pub mod bench_search_data;
+pub mod bench_search_pg;
 pub mod config;
 pub mod demo;
 pub mod server;

@@ -84,9 +84,33 @@ enum BenchCommand {
     /// Holds and orders on one contended event, for each lease backend, beside
     /// `redis-benchmark -t set` as the anchor.
     Booking(BookingArgs),
+    /// Search: indexing, fuzzy + geo and "near me" queries, update to visible, size and memory,
+    /// beside PostgreSQL full-text search + pg_trgm + PostGIS on the same data.
+    Search(SearchBenchArgs),
     /// SSE push: idle connections held (memory each) and one hot channel fanned out, against
     /// a `marquee serve` child process and nginx + nchan with the same client.
     Push(PushBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct SearchBenchArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Timed queries of each kind (as many again warm the caches first).
+    #[arg(long, default_value_t = 1_000)]
+    queries: usize,
+    /// Timed update-to-visible rounds.
+    #[arg(long, default_value_t = 50)]
+    updates: usize,
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    /// The PostgreSQL peer (needs `postgresql-15-postgis-3`); `none` skips it.
+    #[arg(
+        long,
+        env = "MARQUEE_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Create(args)) => create_admin(args).await,
         Command::Bench(BenchCommand::Booking(args)) => bench_booking(args).await,
         Command::Bench(BenchCommand::Push(args)) => bench_push(args).await,
+        Command::Bench(BenchCommand::Search(args)) => bench_search(args).await,
         Command::Search(SearchCommand::Reindex(args)) => reindex(args).await,
     }
 }
@@ -398,6 +423,73 @@ async fn create_admin(args: AdminCreateArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("creating admin {}", user.email.as_str()))?;
     println!("Created admin {} ({})", user.email.as_str(), user.id);
+    Ok(())
+}
+
+async fn bench_search(args: SearchBenchArgs) -> anyhow::Result<()> {
+    use marquee::bench_search::{run_search, EngineReport, SearchBench};
+    let report = run_search(&SearchBench {
+        events: args.events,
+        queries: args.queries,
+        updates: args.updates,
+        seed: args.seed,
+        postgres_url: (args.postgres_url != "none").then_some(args.postgres_url),
+    })
+    .await?;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!("\nsearch over {} events", report.events);
+    println!(
+        "{:<36} {:>10} {:>22} {:>22} {:>12} {:>16} {:>10}",
+        "engine",
+        "docs/s",
+        "fuzzy+geo p50/p99 ms",
+        "near-me p50/p99 ms",
+        "fuzzy q/s",
+        "update p50/p95",
+        "size MiB"
+    );
+    let row = |r: &EngineReport| {
+        println!(
+            "{:<36} {:>10.0} {:>22} {:>22} {:>12.0} {:>16} {:>10.0}",
+            r.engine,
+            r.docs_per_sec,
+            format!("{:.2} / {:.2}", r.fuzzy_geo.p50_ms, r.fuzzy_geo.p99_ms),
+            format!("{:.2} / {:.2}", r.near_me.p50_ms, r.near_me.p99_ms),
+            r.fuzzy_geo.per_sec,
+            format!(
+                "{:.0} / {:.0} ms",
+                r.update_visible_p50_ms, r.update_visible_p95_ms
+            ),
+            mib(r.size_bytes),
+        );
+        println!(
+            "{:<36} near-me q/s {:.0}; fuzzy+geo queries with hits {:.0}%",
+            "",
+            r.near_me.per_sec,
+            r.fuzzy_geo_hit_rate * 100.0
+        );
+    };
+    row(&report.marquee);
+    if let Some(postgres) = &report.postgres {
+        row(postgres);
+        let m = &report.marquee;
+        println!(
+            "ratios marquee/postgresql: docs/s {:.2}, fuzzy+geo p50 {:.3} p99 {:.3} q/s {:.2}, near-me p50 {:.3} p99 {:.3}, update p95 {:.2}, size {:.2}",
+            m.docs_per_sec / postgres.docs_per_sec,
+            m.fuzzy_geo.p50_ms / postgres.fuzzy_geo.p50_ms,
+            m.fuzzy_geo.p99_ms / postgres.fuzzy_geo.p99_ms,
+            m.fuzzy_geo.per_sec / postgres.fuzzy_geo.per_sec,
+            m.near_me.p50_ms / postgres.near_me.p50_ms,
+            m.near_me.p99_ms / postgres.near_me.p99_ms,
+            m.update_visible_p95_ms / postgres.update_visible_p95_ms.max(0.001),
+            m.size_bytes as f64 / postgres.size_bytes.max(1) as f64,
+        );
+    }
+    println!(
+        "bench process memory: peak RSS {:.0} MiB (includes the generated events), RSS while querying {:.0} MiB",
+        mib(report.peak_rss_bytes),
+        mib(report.query_rss_bytes)
+    );
     Ok(())
 }
 

@@ -489,3 +489,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_query_cache_never_serves_results_from_before_a_commit() {
+    let index = catalog();
+    let mut request = SearchRequest::new(now());
+    request.text = Some("adele".into());
+    assert_eq!(index.search(&request).expect("search").total, 2);
+    // Served from the cache now; a commit must empty it.
+    assert_eq!(index.search(&request).expect("search").total, 2);
+    index.delete(&["e06".to_string()]).expect("delete");
+    // Not committed: not visible yet, cached or not.
+    assert_eq!(index.search(&request).expect("search").total, 2);
+    index.commit(2).expect("commit");
+    assert_eq!(index.search(&request).expect("search").total, 1);
+}
