@@ -61,6 +61,9 @@ pub struct SearchBenchReport {
     pub postgres: Option<EngineReport>,
     pub peak_rss_bytes: u64,
     pub query_rss_bytes: u64,
+    /// RSS once the data set is generated, before any engine runs: peak minus this is what
+    /// indexing added.
+    pub generated_rss_bytes: u64,
 }
 
 pub fn document(event: &SyntheticEvent) -> SearchDocument {
@@ -118,6 +121,7 @@ pub async fn run_search(bench: &SearchBench) -> anyhow::Result<SearchBenchReport
     };
     eprintln!("generating {} events…", bench.events);
     let events = bench_search_data::generate(bench.events, bench.seed)?;
+    let generated_rss = current_rss_bytes();
     let fuzzy = bench_search_data::fuzzy_geo_queries(&events, bench.queries * 2, bench.seed + 1);
     let near = bench_search_data::near_me_queries(&events, bench.queries * 2, bench.seed + 2);
 
@@ -306,6 +310,7 @@ pub async fn run_search(bench: &SearchBench) -> anyhow::Result<SearchBenchReport
         postgres,
         peak_rss_bytes: peak_before_drop.max(peak_rss_bytes()),
         query_rss_bytes: query_rss,
+        generated_rss_bytes: generated_rss,
     })
 }
 

@@ -486,8 +486,10 @@ async fn bench_search(args: SearchBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "bench process memory: peak RSS {:.0} MiB (includes the generated events), RSS while querying {:.0} MiB",
+        "bench process memory: {:.0} MiB with the generated events, peak {:.0} MiB while indexing (+{:.0}), {:.0} MiB while querying (events dropped)",
+        mib(report.generated_rss_bytes),
         mib(report.peak_rss_bytes),
+        mib(report.peak_rss_bytes.saturating_sub(report.generated_rss_bytes)),
         mib(report.query_rss_bytes)
     );
     Ok(())

@@ -3,8 +3,12 @@
 //! best hits by the requested order.
 //!
 //! Every order is expressed as a key where smaller is better (relevance is the negated score),
-//! tie-broken by event id, so `(key, id)` is a total order and the cursor of a page is simply the
-//! last hit's pair: the next page is what comes strictly after it.
+//! tie-broken by a 64-bit hash of the event id, so `(key, id hash)` is a total order and the
+//! cursor of a page is simply the last hit's pair: the next page is what comes strictly after it.
+//! The hash is a plain `u64` fast field; reading the id itself per candidate meant a dictionary
+//! lookup (a zstd-compressed block) each time, which was a third of a query's time at a million
+//! events. Two events colliding on both key and hash (odds ~n²/2⁶⁵) could only swap places
+//! across a page boundary.
 
 use crate::geo::{distance_km, Area, Point};
 use crate::Sort;
@@ -15,7 +19,7 @@ use tantivy::columnar::{Column, StrColumn};
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
 pub(crate) mod fields {
-    pub const ID: &str = "id";
+    pub const ID_KEY: &str = "id_key";
     pub const CATEGORY: &str = "category";
     pub const LAT: &str = "lat";
     pub const LON: &str = "lon";
@@ -37,17 +41,27 @@ pub(crate) struct Filters {
     pub origin: Option<Point>,
 }
 
-/// A position in the `(key, id)` order.
+/// A position in the `(key, id hash)` order.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SortKey {
     pub key: f64,
-    pub id: String,
+    pub id: u64,
 }
 
 impl SortKey {
-    fn cmp_parts(key: f64, id: &str, other: &SortKey) -> Ordering {
+    fn cmp_parts(key: f64, id: u64, other: &SortKey) -> Ordering {
         key.total_cmp(&other.key).then_with(|| id.cmp(&other.id))
     }
+}
+
+/// The tie-break value of an event id (FNV-1a, 64 bits).
+pub(crate) fn id_key(id: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +85,7 @@ impl PartialOrd for Candidate {
 }
 impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> Ordering {
-        SortKey::cmp_parts(self.sort.key, &self.sort.id, &other.sort)
+        SortKey::cmp_parts(self.sort.key, self.sort.id, &other.sort)
     }
 }
 
@@ -103,7 +117,6 @@ impl Collector for SearchCollector {
         let missing = |name: &str| {
             tantivy::TantivyError::SchemaError(format!("fast field {name} is missing"))
         };
-        let ids = fast.str(fields::ID)?.ok_or_else(|| missing(fields::ID))?;
         let categories = fast
             .str(fields::CATEGORY)?
             .ok_or_else(|| missing(fields::CATEGORY))?;
@@ -114,24 +127,35 @@ impl Collector for SearchCollector {
             Some(category) => Some(categories.dictionary().term_ord(category.as_bytes())?),
         };
         let facet_counts = vec![0; categories.num_terms()];
+        let filters = &self.filters;
+        // Columns are read only when something needs them: each read is a random access.
+        let needs_starts = self.sort == Sort::Date
+            || filters.starts_from_ms.is_some()
+            || filters.starts_to_ms.is_some();
+        let needs_price = filters.min_price_cents.is_some() || filters.max_price_cents.is_some();
+        let needs_place = filters.area.is_some() || filters.origin.is_some();
         Ok(SearchSegmentCollector {
             segment,
             filters: self.filters.clone(),
             sort: self.sort,
             keep: self.keep,
             after: self.after.clone(),
-            lat: fast.f64(fields::LAT)?,
-            lon: fast.f64(fields::LON)?,
-            starts: fast.i64(fields::STARTS_AT)?,
+            place: if needs_place {
+                Some((fast.f64(fields::LAT)?, fast.f64(fields::LON)?))
+            } else {
+                None
+            },
+            starts: needs_starts
+                .then(|| fast.i64(fields::STARTS_AT))
+                .transpose()?,
             ends: fast.i64(fields::ENDS_AT)?,
-            price: fast.i64(fields::PRICE)?,
-            ids,
+            price: needs_price.then(|| fast.i64(fields::PRICE)).transpose()?,
+            ids: fast.u64(fields::ID_KEY)?,
             categories,
             wanted_category,
             facet_counts,
             total: 0,
             heap: BinaryHeap::new(),
-            id_buffer: String::new(),
         })
     }
 
@@ -160,30 +184,17 @@ pub(crate) struct SearchSegmentCollector {
     sort: Sort,
     keep: usize,
     after: Option<SortKey>,
-    lat: Column<f64>,
-    lon: Column<f64>,
-    starts: Column<i64>,
+    place: Option<(Column<f64>, Column<f64>)>,
+    starts: Option<Column<i64>>,
     ends: Column<i64>,
-    price: Column<i64>,
-    ids: StrColumn,
+    price: Option<Column<i64>>,
+    ids: Column<u64>,
     categories: StrColumn,
     wanted_category: Option<Option<u64>>,
     facet_counts: Vec<u64>,
     total: u64,
     /// Max-heap: the worst kept candidate on top.
     heap: BinaryHeap<Candidate>,
-    id_buffer: String,
-}
-
-impl SearchSegmentCollector {
-    fn id(&mut self, doc: DocId) -> Option<String> {
-        let ord = self.ids.term_ords(doc).next()?;
-        self.id_buffer.clear();
-        match self.ids.ord_to_str(ord, &mut self.id_buffer) {
-            Ok(true) => Some(self.id_buffer.clone()),
-            _ => None,
-        }
-    }
 }
 
 impl SegmentCollector for SearchSegmentCollector {
@@ -195,21 +206,26 @@ impl SegmentCollector for SearchSegmentCollector {
         if ends <= filters.now_ms {
             return;
         }
-        let starts = self.starts.first(doc).unwrap_or(i64::MIN);
+        let starts = match &self.starts {
+            Some(column) => column.first(doc).unwrap_or(i64::MIN),
+            None => 0,
+        };
         if filters.starts_from_ms.is_some_and(|from| starts < from)
             || filters.starts_to_ms.is_some_and(|to| starts > to)
         {
             return;
         }
-        let price = self.price.first(doc).unwrap_or(0);
-        if filters.min_price_cents.is_some_and(|min| price < min)
-            || filters.max_price_cents.is_some_and(|max| price > max)
-        {
-            return;
+        if let Some(column) = &self.price {
+            let price = column.first(doc).unwrap_or(0);
+            if filters.min_price_cents.is_some_and(|min| price < min)
+                || filters.max_price_cents.is_some_and(|max| price > max)
+            {
+                return;
+            }
         }
         let mut distance = None;
-        if filters.area.is_some() || filters.origin.is_some() {
-            let (Some(lat), Some(lon)) = (self.lat.first(doc), self.lon.first(doc)) else {
+        if let Some((lat, lon)) = &self.place {
+            let (Some(lat), Some(lon)) = (lat.first(doc), lon.first(doc)) else {
                 return;
             };
             let point = Point { lat, lon };
@@ -253,15 +269,15 @@ impl SegmentCollector for SearchSegmentCollector {
                 }
             }
         }
-        let Some(id) = self.id(doc) else { return };
+        let id = self.ids.first(doc).unwrap_or(0);
         if let Some(after) = &self.after {
-            if SortKey::cmp_parts(key, &id, after) != Ordering::Greater {
+            if SortKey::cmp_parts(key, id, after) != Ordering::Greater {
                 return;
             }
         }
         if full {
             if let Some(worst) = self.heap.peek() {
-                if SortKey::cmp_parts(key, &id, &worst.sort) != Ordering::Less {
+                if SortKey::cmp_parts(key, id, &worst.sort) != Ordering::Less {
                     return;
                 }
             }

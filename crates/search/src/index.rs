@@ -1,7 +1,7 @@
 //! The Tantivy index of events: schema, writes with the outbox position, and the three reads.
 
 use crate::analysis::{self, Clause, FOLDED, STEMMED};
-use crate::collect::{fields, Candidate, Filters, SearchCollector, SortKey};
+use crate::collect::{fields, id_key, Candidate, Filters, SearchCollector, SortKey};
 use crate::geo::{point_cells, Point};
 use crate::vector::{self, Packed};
 use crate::{Hit, SearchDocument, SearchError, SearchRequest, SearchResults, Sort};
@@ -57,6 +57,7 @@ const BOOST_PREFIX: f32 = 0.8;
 #[derive(Clone, Copy)]
 struct Fields {
     id: Field,
+    id_key: Field,
     source: Field,
     category: Field,
     title: Field,
@@ -104,7 +105,8 @@ fn schema() -> (Schema, Fields) {
     let fast_i64 = NumericOptions::default().set_fast();
     let vector = std::array::from_fn(|i| builder.add_u64_field(&format!("v{i}"), FAST));
     let fields = Fields {
-        id: builder.add_text_field(fields::ID, STRING | FAST),
+        id: builder.add_text_field("id", STRING),
+        id_key: builder.add_u64_field(fields::ID_KEY, FAST),
         source: builder.add_text_field("source", STORED),
         category: builder.add_text_field(fields::CATEGORY, STRING | FAST),
         title: builder.add_text_field("title", text.clone()),
@@ -143,7 +145,21 @@ impl EventIndex {
                 std::fs::create_dir_all(path)
                     .map_err(|error| SearchError::Task(format!("{}: {error}", path.display())))?;
                 let directory = tantivy::directory::MmapDirectory::open(path)?;
-                Index::open_or_create(directory, schema)?
+                match Index::open_or_create(directory, schema.clone()) {
+                    Ok(index) => index,
+                    // An index written by another version of the schema is a cache of the
+                    // catalog, not data: start it again and let the indexer rebuild it.
+                    Err(tantivy::TantivyError::SchemaError(reason)) => {
+                        tracing::warn!(%reason, path = %path.display(), "search index schema changed; rebuilding");
+                        std::fs::remove_dir_all(path)
+                            .and_then(|()| std::fs::create_dir_all(path))
+                            .map_err(|error| {
+                                SearchError::Task(format!("{}: {error}", path.display()))
+                            })?;
+                        Index::create_in_dir(path, schema)?
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
         };
         index.tokenizers().register(STEMMED, analysis::stemmed());
@@ -244,6 +260,7 @@ impl EventIndex {
         let source = serde_json::to_string(d).unwrap_or_default();
         let mut document = doc!(
             f.id => d.id.as_str(),
+            f.id_key => id_key(&d.id),
             f.source => source,
             f.category => d.category.as_str(),
             f.title => d.title.as_str(),
@@ -612,7 +629,7 @@ fn validate(request: &SearchRequest) -> Result<(), SearchError> {
 }
 
 fn encode_cursor(sort: Sort, key: &SortKey) -> String {
-    let raw = format!("{}|{:016x}|{}", sort.tag(), key.key.to_bits(), key.id);
+    let raw = format!("{}|{:016x}|{:016x}", sort.tag(), key.key.to_bits(), key.id);
     URL_SAFE_NO_PAD.encode(raw)
 }
 
@@ -625,16 +642,14 @@ fn decode_cursor(cursor: &str, sort: Sort) -> Result<SortKey, SearchError> {
     let (Some(tag), Some(bits), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(SearchError::BadCursor);
     };
-    if tag.len() != 1 || !tag.starts_with(sort.tag()) || id.is_empty() {
+    if tag.len() != 1 || !tag.starts_with(sort.tag()) || bits.len() != 16 || id.len() != 16 {
         return Err(SearchError::BadCursor);
     }
     let bits = u64::from_str_radix(bits, 16).map_err(|_| SearchError::BadCursor)?;
+    let id = u64::from_str_radix(id, 16).map_err(|_| SearchError::BadCursor)?;
     let key = f64::from_bits(bits);
     if key.is_nan() {
         return Err(SearchError::BadCursor);
     }
-    Ok(SortKey {
-        key,
-        id: id.to_string(),
-    })
+    Ok(SortKey { key, id })
 }

@@ -504,3 +504,20 @@ fn the_query_cache_never_serves_results_from_before_a_commit() {
     index.commit(2).expect("commit");
     assert_eq!(index.search(&request).expect("search").total, 1);
 }
+
+#[test]
+fn an_index_of_another_schema_is_started_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut builder = tantivy::schema::Schema::builder();
+        builder.add_text_field("something_else", tantivy::schema::TEXT);
+        tantivy::Index::create_in_dir(dir.path(), builder.build()).expect("old index");
+    }
+    let index = EventIndex::open(&IndexOptions {
+        path: Some(dir.path().to_path_buf()),
+        ..IndexOptions::default()
+    })
+    .expect("opens by starting again");
+    // Position 0: the indexer will rebuild it from the catalog.
+    assert_eq!(index.committed_position().expect("position"), 0);
+}
