@@ -335,12 +335,7 @@ fn time_all(
         run(query)?;
         samples.push(one.elapsed().as_secs_f64() * 1000.0);
     }
-    let per_sec = queries.len() as f64 / started.elapsed().as_secs_f64();
-    Ok(Latency {
-        p50_ms: percentile(&mut samples, 0.50),
-        p99_ms: percentile(&mut samples, 0.99),
-        per_sec,
-    })
+    Ok(latency(samples, started.elapsed()))
 }
 
 async fn time_all_async(peer: &PgSearchPeer, queries: &[BenchQuery]) -> anyhow::Result<Latency> {
@@ -351,12 +346,15 @@ async fn time_all_async(peer: &PgSearchPeer, queries: &[BenchQuery]) -> anyhow::
         peer.query(query, 10).await?;
         samples.push(one.elapsed().as_secs_f64() * 1000.0);
     }
-    let per_sec = queries.len() as f64 / started.elapsed().as_secs_f64();
-    Ok(Latency {
+    Ok(latency(samples, started.elapsed()))
+}
+
+fn latency(mut samples: Vec<f64>, elapsed: Duration) -> Latency {
+    Latency {
+        per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: percentile(&mut samples, 0.50),
         p99_ms: percentile(&mut samples, 0.99),
-        per_sec,
-    })
+    }
 }
 
 fn percentile(samples: &mut [f64], q: f64) -> f64 {
