@@ -284,18 +284,20 @@ pub async fn run_search(bench: &SearchBench) -> anyhow::Result<SearchBenchReport
         event.details.title = format!("Renamed {word}");
         let started = Instant::now();
         event = store.update_event(&event, ChangeKind::EventUpdated).await?;
+        // The indexer announces each committed (and therefore searchable) position.
+        let position = store.latest_change().await?;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            applied.wait_for(|applied| *applied >= position),
+        )
+        .await
+        .context("update never became visible")??;
         let mut probe = SearchRequest::new(Utc::now());
         probe.text = Some(word);
-        loop {
-            if !index.search(&probe)?.hits.is_empty() {
-                break;
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "update never became visible"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        anyhow::ensure!(
+            !index.search(&probe)?.hits.is_empty(),
+            "the indexer reported the update but search does not find it"
+        );
         visible.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     marquee.update_visible_p50_ms = percentile(&mut visible, 0.50);
