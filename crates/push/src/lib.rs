@@ -188,6 +188,10 @@ pub trait PushHub: Send + Sync + 'static {
     /// hub may have restarted). Does nothing when the hub is there or beyond.
     async fn seed(&self, channel: &Channel, offset: u64) -> Result<(), PushError>;
 
+    /// Channels of `kind` with a live subscriber on this node (the waiting room counts a fan who
+    /// listens to their `queue:{token}` channel as present, and sends them position updates).
+    fn listened(&self, kind: ChannelKind) -> Vec<Channel>;
+
     /// Subscribes from `since` (the last offset the client has), or live when `None`.
     async fn subscribe(
         &self,

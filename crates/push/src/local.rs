@@ -4,7 +4,9 @@
 //! A subscription is registered on the ring under the same lock that appends, so the replayed
 //! history and the live messages meet exactly: nothing falls between them, nothing is in both.
 
-use crate::{Channel, HubLimits, PushError, PushHub, PushMessage, Start, Subscription};
+use crate::{
+    Channel, ChannelKind, HubLimits, PushError, PushHub, PushMessage, Start, Subscription,
+};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -163,6 +165,18 @@ impl LocalChannels {
         }
     }
 
+    /// Channels of `kind` that someone on this node is subscribed to right now.
+    pub(crate) fn listened(&self, kind: ChannelKind) -> Vec<Channel> {
+        let channels = lock(&self.channels);
+        channels
+            .iter()
+            .filter(|(channel, state)| {
+                channel.kind() == kind && lock(state).sender.receiver_count() > 0
+            })
+            .map(|(channel, _)| channel.clone())
+            .collect()
+    }
+
     /// Forgets channels nobody listens to whose history has aged out, so a long-running node
     /// does not keep one entry per user it ever notified.
     pub(crate) fn sweep(&self) -> usize {
@@ -293,6 +307,10 @@ impl PushHub for InProcessHub {
     async fn seed(&self, channel: &Channel, offset: u64) -> Result<(), PushError> {
         self.channels.seed(channel, offset);
         Ok(())
+    }
+
+    fn listened(&self, kind: ChannelKind) -> Vec<Channel> {
+        self.channels.listened(kind)
     }
 
     async fn subscribe(

@@ -15,7 +15,10 @@
 //! the topic by channel hash.
 
 use crate::local::{spawn_sweeper, LocalChannels};
-use crate::{wire_parts, Channel, HubLimits, PushError, PushHub, PushMessage, Start, Subscription};
+use crate::{
+    wire_parts, Channel, ChannelKind, HubLimits, PushError, PushHub, PushMessage, Start,
+    Subscription,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -379,6 +382,10 @@ impl PushHub for RedisHub {
             .invoke_async(&mut connection)
             .await?;
         Ok(())
+    }
+
+    fn listened(&self, kind: ChannelKind) -> Vec<Channel> {
+        self.local.listened(kind)
     }
 
     async fn subscribe(

@@ -1,0 +1,696 @@
+//! The waiting room on Redis, shared by every node.
+//!
+//! Per room: a hash of settings and pacing state, a sorted set of waiting places (score: the
+//! pre-queue draw below 2^52, then 2^52 + join number, so one `ZRANK` is the position before
+//! and after opening), a sorted set of last-seen times for the idle sweep, a sorted set of
+//! admitted places by pass expiry (its size is the active count), account → place and
+//! place → account hashes, and the reasons places were lost. Every operation is one Lua script
+//! over those keys, so admission is atomic however many nodes drive the room: credit accrues
+//! from the time of the previous step, whoever took it.
+//!
+//! The pre-queue draw is `HMAC(room secret, user)`, computed here: the secret is created once
+//! per room (`HSETNX`) and cached by each node, since it never changes.
+
+use crate::pacing::Pacer;
+use crate::signing::{order_key, FIFO_BASE};
+use crate::{
+    room_secret, Admission, Control, Millis, PassClaims, PassRefusal, Place, Result, RoomConfig,
+    RoomSigner, RoomState, RoomStats, RoomTimings, Standing, TickOutcome, WaitingRoom,
+    WaitroomError,
+};
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use ulid::Ulid;
+
+/// Shared by every script: room state in a table `r`, loaded once and saved once.
+const PRELUDE: &str = r#"
+local room, wait, seen, adm, users, slots, gone, rooms =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local RATE_MEMORY = 30000.0
+local CREDIT_CAP_MS = 1000.0
+local F = {'opened','state','opens_at','join_from','apm','ttl','max_active','credit','credit_at',
+  'rate','rate_at','busy_ms','busy_at','admitted_total','abandoned_total','seq'}
+local r = {}
+local exists = false
+local function load()
+  local vals = redis.call('HMGET', room, unpack(F))
+  for i, f in ipairs(F) do r[f] = tonumber(vals[i]) or 0 end
+  exists = vals[5] ~= false
+end
+local function save()
+  local args = {}
+  for _, f in ipairs(F) do
+    args[#args + 1] = f
+    args[#args + 1] = string.format('%.17g', r[f])
+  end
+  redis.call('HSET', room, unpack(args))
+end
+local function configure(opens_at, join_from, apm, ttl, max_active)
+  if r.opened ~= 1 then r.opens_at = opens_at; r.join_from = join_from end
+  r.apm = apm; r.ttl = ttl; r.max_active = max_active
+end
+local function open_if_due(now)
+  if r.opened ~= 1 and now >= r.opens_at then
+    r.opened = 1; r.credit = 1; r.credit_at = now; r.rate = 0; r.rate_at = now
+    r.busy_ms = 0; r.busy_at = now
+  end
+end
+local function forget(seq)
+  local user = redis.call('HGET', slots, seq)
+  if user and redis.call('HGET', users, user) == seq then redis.call('HDEL', users, user) end
+end
+local function expire_passes(now)
+  local expired = redis.call('ZRANGEBYSCORE', adm, '-inf', now, 'LIMIT', 0, 1000)
+  for _, seq in ipairs(expired) do
+    redis.call('ZREM', adm, seq)
+    redis.call('HSET', gone, seq, 'expired')
+    forget(seq)
+  end
+end
+local function per_ms() return r.apm / 60000.0 end
+local function accrue(now)
+  local elapsed = math.max(now - r.credit_at, 0)
+  r.credit = math.min(r.credit + elapsed * per_ms(), math.max(per_ms() * CREDIT_CAP_MS, 1.0))
+  r.credit_at = math.max(r.credit_at, now)
+end
+local function record(now, n, backlogged)
+  local elapsed = math.max(now - r.rate_at, 0)
+  if backlogged then
+    r.rate = r.rate * math.exp(-elapsed / RATE_MEMORY)
+    r.busy_ms = r.busy_ms + elapsed
+  end
+  r.rate = r.rate + n / RATE_MEMORY
+  r.rate_at = math.max(r.rate_at, now)
+end
+local function admit_one(seq, now, out)
+  redis.call('ZREM', wait, seq)
+  redis.call('ZREM', seen, seq)
+  local expires = now + r.ttl
+  redis.call('ZADD', adm, expires, seq)
+  r.admitted_total = r.admitted_total + 1
+  out[#out + 1] = seq
+  out[#out + 1] = redis.call('HGET', slots, seq) or ''
+  out[#out + 1] = string.format('%.17g', expires)
+end
+local function admit(now, out)
+  if r.opened ~= 1 or r.state ~= 0 then return end
+  local backlogged = r.busy_at >= r.rate_at
+  accrue(now)
+  local n = math.floor(r.credit)
+  if r.max_active > 0 then
+    local active = redis.call('ZCARD', adm)
+    n = math.min(n, math.max(r.max_active - active, 0))
+  end
+  local admitted = 0
+  if n > 0 then
+    local front = redis.call('ZPOPMIN', wait, n)
+    for i = 1, #front, 2 do
+      admit_one(front[i], now, out)
+      admitted = admitted + 1
+    end
+  end
+  r.credit = r.credit - admitted
+  record(now, admitted, backlogged)
+  if redis.call('ZCARD', wait) > 0 then r.busy_at = now end
+end
+local function touch(seq, now)
+  redis.call('ZADD', seen, 'XX', 'GT', now, seq)
+end
+local function let_through_if_ended(seq, now)
+  if r.state == 3 and redis.call('ZSCORE', wait, seq) then admit_one(seq, now, {}) end
+end
+local function place(seq, now)
+  local kind, a = 'expired', '0'
+  if redis.call('ZSCORE', wait, seq) then
+    if r.opened == 1 then
+      kind = 'wait'; a = tostring(redis.call('ZRANK', wait, seq) + 1)
+    else
+      kind = 'pre'; a = tostring(redis.call('ZCARD', wait))
+    end
+  else
+    local expires = redis.call('ZSCORE', adm, seq)
+    if expires and tonumber(expires) > now then
+      kind = 'adm'; a = expires
+    elseif redis.call('HGET', gone, seq) == 'left' then
+      kind = 'left'
+    end
+  end
+  return {kind, tostring(seq), a, tostring(r.state), string.format('%.17g', r.opens_at),
+    string.format('%.17g', r.rate), string.format('%.17g', r.busy_ms), tostring(r.apm),
+    redis.call('HGET', slots, seq) or ''}
+end
+local function stats()
+  return {tostring(r.state), tostring(r.opened), string.format('%.17g', r.opens_at),
+    tostring(redis.call('ZCARD', wait)), tostring(redis.call('ZCARD', adm)),
+    tostring(r.admitted_total), tostring(r.abandoned_total), tostring(r.apm),
+    string.format('%.17g', r.rate), string.format('%.17g', r.busy_ms)}
+end
+"#;
+
+/// ARGV: now, user, event, opens_at, join_from, apm, ttl, max_active, draw.
+const JOIN: &str = r#"
+local now = tonumber(ARGV[1])
+local user = ARGV[2]
+load()
+configure(tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+  tonumber(ARGV[8]))
+if now < r.join_from then
+  save()
+  return {'early', string.format('%.17g', r.join_from)}
+end
+redis.call('SADD', rooms, ARGV[3])
+open_if_due(now)
+expire_passes(now)
+local seq = redis.call('HGET', users, user)
+if seq then
+  local expires = redis.call('ZSCORE', adm, seq)
+  if redis.call('ZSCORE', wait, seq) or (expires and tonumber(expires) > now) then
+    touch(seq, now)
+    let_through_if_ended(seq, now)
+    save()
+    return place(seq, now)
+  end
+end
+seq = tostring(r.seq)
+r.seq = r.seq + 1
+redis.call('HSET', users, user, seq)
+redis.call('HSET', slots, seq, user)
+redis.call('ZADD', seen, now, seq)
+if r.opened == 1 then
+  if r.state == 2 then
+    accrue(now)
+    if r.credit < 1 then r.state = 0 end
+  end
+  redis.call('ZADD', wait, FIFO_BASE + tonumber(seq), seq)
+  if r.state == 0 then
+    if redis.call('ZCARD', wait) == 1 then admit(now, {}) end
+  elseif r.state == 2 then
+    r.credit = r.credit - 1
+    admit_one(seq, now, {})
+  elseif r.state == 3 then
+    admit_one(seq, now, {})
+  end
+else
+  redis.call('ZADD', wait, tonumber(ARGV[9]), seq)
+end
+save()
+return place(seq, now)
+"#;
+
+/// ARGV: now, seq.
+const STATUS: &str = r#"
+local now = tonumber(ARGV[1])
+local seq = ARGV[2]
+load()
+if not exists or not redis.call('HGET', slots, seq) then return {'unknown'} end
+open_if_due(now)
+expire_passes(now)
+touch(seq, now)
+let_through_if_ended(seq, now)
+save()
+return place(seq, now)
+"#;
+
+/// ARGV: seq.
+const LEAVE: &str = r#"
+local seq = ARGV[1]
+if not redis.call('HGET', slots, seq) then return 0 end
+local waiting = redis.call('ZREM', wait, seq)
+local admitted = redis.call('ZREM', adm, seq)
+redis.call('ZREM', seen, seq)
+if waiting == 1 or admitted == 1 then
+  redis.call('HSET', gone, seq, 'left')
+  forget(seq)
+end
+return 1
+"#;
+
+/// ARGV: now, idle_ms, quiet_ms.
+const TICK: &str = r#"
+local now = tonumber(ARGV[1])
+load()
+if not exists then return {'0'} end
+open_if_due(now)
+expire_passes(now)
+local stale = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (now - tonumber(ARGV[2])),
+  'LIMIT', 0, 10000)
+for _, seq in ipairs(stale) do
+  redis.call('ZREM', wait, seq)
+  redis.call('ZREM', seen, seq)
+  redis.call('HSET', gone, seq, 'expired')
+  forget(seq)
+end
+r.abandoned_total = r.abandoned_total + #stale
+local out = {tostring(#stale)}
+admit(now, out)
+if r.opened == 1 and r.state == 0 and redis.call('ZCARD', wait) == 0
+    and now - r.busy_at >= tonumber(ARGV[3]) then
+  r.state = 2
+end
+save()
+return out
+"#;
+
+/// ARGV: now, event, opens_at, join_from, apm, ttl, max_active, action (0 pause, 1 resume, 2 end).
+const CONTROL: &str = r#"
+local now = tonumber(ARGV[1])
+load()
+configure(tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+  tonumber(ARGV[7]))
+redis.call('SADD', rooms, ARGV[2])
+open_if_due(now)
+local action = ARGV[8]
+if action == '0' then
+  r.state = 1
+elseif action == '1' then
+  r.busy_at = now
+  r.credit = math.min(r.credit, 1)
+  r.credit_at = now
+  r.state = 0
+else
+  r.state = 3
+end
+save()
+return stats()
+"#;
+
+/// ARGV: now.
+const STATS: &str = r#"
+local now = tonumber(ARGV[1])
+load()
+if not exists then return {} end
+open_if_due(now)
+expire_passes(now)
+save()
+return stats()
+"#;
+
+struct Scripts {
+    join: Script,
+    status: Script,
+    leave: Script,
+    tick: Script,
+    control: Script,
+    stats: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let with_prelude =
+            |body: &str| Script::new(&format!("local FIFO_BASE = {FIFO_BASE}\n{PRELUDE}{body}"));
+        Scripts {
+            join: with_prelude(JOIN),
+            status: with_prelude(STATUS),
+            leave: with_prelude(LEAVE),
+            tick: with_prelude(TICK),
+            control: with_prelude(CONTROL),
+            stats: with_prelude(STATS),
+        }
+    }
+}
+
+/// Waiting rooms in Redis.
+pub struct RedisWaitingRoom {
+    connection: ConnectionManager,
+    prefix: String,
+    signer: RoomSigner,
+    timings: RoomTimings,
+    scripts: Scripts,
+    /// Room secrets never change once created, so each node reads each one once.
+    secrets: Mutex<HashMap<Ulid, [u8; 32]>>,
+}
+
+fn number<T: std::str::FromStr>(raw: Option<&String>) -> Result<T> {
+    raw.and_then(|raw| raw.parse::<T>().ok())
+        .ok_or_else(|| WaitroomError::Unavailable(format!("unexpected reply field {raw:?}")))
+}
+
+fn float(raw: Option<&String>) -> Result<f64> {
+    number::<f64>(raw)
+}
+
+/// Integers as Lua formats them (`%.17g` of a whole double has no fraction or exponent below
+/// 10^17, but go through f64 to be safe).
+fn whole(raw: Option<&String>) -> Result<u64> {
+    let value = float(raw)?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value as u64)
+    } else {
+        Err(WaitroomError::Unavailable(format!(
+            "unexpected reply field {raw:?}"
+        )))
+    }
+}
+
+fn pacer(rate: f64, busy_ms: f64) -> Pacer {
+    Pacer {
+        rate,
+        busy_ms,
+        ..Pacer::default()
+    }
+}
+
+impl RedisWaitingRoom {
+    /// Connects; `prefix` namespaces every key (one per deployment, or per test).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        signer: RoomSigner,
+        timings: RoomTimings,
+    ) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let connection = ConnectionManager::new(client).await?;
+        Ok(RedisWaitingRoom {
+            connection,
+            prefix: prefix.to_string(),
+            signer,
+            timings,
+            scripts: Scripts::new(),
+            secrets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn keys(&self, event: Ulid) -> [String; 8] {
+        let p = &self.prefix;
+        // One hash tag per room keeps a room's keys in one Redis Cluster slot.
+        [
+            format!("{p}:wr:{{{event}}}:room"),
+            format!("{p}:wr:{{{event}}}:wait"),
+            format!("{p}:wr:{{{event}}}:seen"),
+            format!("{p}:wr:{{{event}}}:adm"),
+            format!("{p}:wr:{{{event}}}:users"),
+            format!("{p}:wr:{{{event}}}:slots"),
+            format!("{p}:wr:{{{event}}}:gone"),
+            format!("{p}:wr:rooms"),
+        ]
+    }
+
+    async fn secret(&self, event: Ulid) -> Result<[u8; 32]> {
+        if let Some(secret) = self
+            .secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&event)
+        {
+            return Ok(*secret);
+        }
+        let key = &self.keys(event)[0];
+        let mut connection = self.connection.clone();
+        let fresh = room_secret();
+        let _: bool = redis::cmd("HSETNX")
+            .arg(key)
+            .arg("secret")
+            .arg(&fresh[..])
+            .query_async(&mut connection)
+            .await?;
+        let stored: Vec<u8> = redis::cmd("HGET")
+            .arg(key)
+            .arg("secret")
+            .query_async(&mut connection)
+            .await?;
+        let secret: [u8; 32] = stored
+            .try_into()
+            .map_err(|_| WaitroomError::Unavailable("a room secret is corrupt".into()))?;
+        self.secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(event, secret);
+        Ok(secret)
+    }
+
+    fn invoke<'a>(&self, script: &'a Script, event: Ulid) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.keys(event) {
+            invocation.key(key);
+        }
+        invocation
+    }
+
+    fn place(&self, event: Ulid, row: &[String], now: Millis) -> Result<Place> {
+        let kind = row.first().map(String::as_str).unwrap_or("");
+        let seq = whole(row.get(1))?;
+        let a = row.get(2);
+        let state = RoomState::from_code(whole(row.get(3))? as u8);
+        let opens_at = whole(row.get(4))?;
+        let pacer = pacer(float(row.get(5))?, float(row.get(6))?);
+        let admit_per_minute = u32::try_from(whole(row.get(7))?).unwrap_or(u32::MAX);
+        let standing = match kind {
+            "pre" => {
+                let waiting = whole(a)?;
+                Standing::PreQueue {
+                    waiting,
+                    opens_at,
+                    eta_ms: opens_at
+                        .saturating_sub(now)
+                        .saturating_add(crate::pacing::eta(
+                            waiting.div_ceil(2),
+                            crate::pacing::per_ms(admit_per_minute),
+                        )),
+                }
+            }
+            "wait" => {
+                let position = whole(a)?;
+                Standing::Waiting {
+                    position,
+                    eta_ms: (state != RoomState::Paused)
+                        .then(|| pacer.eta_ms(position, admit_per_minute)),
+                }
+            }
+            "adm" => {
+                let expires_at = whole(a)?;
+                let user = row
+                    .get(8)
+                    .and_then(|user| Ulid::from_string(user).ok())
+                    .ok_or_else(|| WaitroomError::Unavailable("a place lost its user".into()))?;
+                Standing::Admitted {
+                    pass: self.signer.pass(&PassClaims {
+                        event,
+                        user,
+                        seq,
+                        expires_at,
+                    }),
+                    expires_at,
+                }
+            }
+            "left" => Standing::Left,
+            _ => Standing::Expired,
+        };
+        Ok(Place {
+            token: self.signer.token(event, seq),
+            event,
+            standing,
+            room: state,
+        })
+    }
+
+    fn stats_from(row: &[String]) -> Result<RoomStats> {
+        let pacer = pacer(float(row.get(8))?, float(row.get(9))?);
+        Ok(RoomStats {
+            state: RoomState::from_code(whole(row.first())? as u8),
+            opened: whole(row.get(1))? == 1,
+            opens_at: whole(row.get(2))?,
+            waiting: whole(row.get(3))?,
+            active: whole(row.get(4))?,
+            admitted_total: whole(row.get(5))?,
+            abandoned_total: whole(row.get(6))?,
+            admit_per_minute: u32::try_from(whole(row.get(7))?).unwrap_or(u32::MAX),
+            measured_per_minute: pacer.measured().unwrap_or(0.0) * 60_000.0,
+        })
+    }
+
+    fn config_args(invocation: &mut redis::ScriptInvocation<'_>, config: &RoomConfig) {
+        invocation
+            .arg(config.opens_at)
+            .arg(config.join_from)
+            .arg(config.admit_per_minute)
+            .arg(config.pass_ttl_ms)
+            .arg(config.max_active.unwrap_or(0));
+    }
+}
+
+#[async_trait]
+impl WaitingRoom for RedisWaitingRoom {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn join(&self, config: &RoomConfig, user: Ulid, now: Millis) -> Result<Place> {
+        let draw = order_key(&self.secret(config.event).await?, user);
+        let mut invocation = self.invoke(&self.scripts.join, config.event);
+        invocation
+            .arg(now)
+            .arg(user.to_string())
+            .arg(config.event.to_string());
+        Self::config_args(&mut invocation, config);
+        invocation.arg(draw);
+        let row: Vec<String> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        if row.first().map(String::as_str) == Some("early") {
+            return Err(WaitroomError::NotJoinableYet {
+                join_from: whole(row.get(1))?,
+            });
+        }
+        self.place(config.event, &row, now)
+    }
+
+    async fn status(&self, token: &str, now: Millis) -> Result<Place> {
+        let (event, seq) = self.signer.parse_token(token)?;
+        let row: Vec<String> = self
+            .invoke(&self.scripts.status, event)
+            .arg(now)
+            .arg(seq)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        if row.first().map(String::as_str) == Some("unknown") {
+            return Err(WaitroomError::UnknownToken);
+        }
+        self.place(event, &row, now)
+    }
+
+    async fn leave(&self, token: &str, _now: Millis) -> Result<()> {
+        let (event, seq) = self.signer.parse_token(token)?;
+        let found: i64 = self
+            .invoke(&self.scripts.leave, event)
+            .arg(seq)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        if found == 1 {
+            Ok(())
+        } else {
+            Err(WaitroomError::UnknownToken)
+        }
+    }
+
+    async fn touch(&self, tokens: &[String], now: Millis) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for token in tokens {
+            if let Ok((event, seq)) = self.signer.parse_token(token) {
+                pipe.cmd("ZADD")
+                    .arg(&self.keys(event)[2])
+                    .arg("XX")
+                    .arg("GT")
+                    .arg(now)
+                    .arg(seq)
+                    .ignore();
+            }
+        }
+        let _: () = pipe.query_async(&mut self.connection.clone()).await?;
+        Ok(())
+    }
+
+    async fn rooms(&self) -> Result<Vec<Ulid>> {
+        let key = format!("{}:wr:rooms", self.prefix);
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|member| Ulid::from_string(member).ok())
+            .collect())
+    }
+
+    async fn tick(&self, event: Ulid, now: Millis) -> Result<TickOutcome> {
+        let row: Vec<String> = self
+            .invoke(&self.scripts.tick, event)
+            .arg(now)
+            .arg(self.timings.idle_ms())
+            .arg(self.timings.quiet_ms())
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        let abandoned = whole(row.first())?;
+        let mut admitted = Vec::new();
+        for triple in row[1..].chunks_exact(3) {
+            let seq = whole(triple.first())?;
+            let Ok(user) = Ulid::from_string(&triple[1]) else {
+                continue;
+            };
+            let expires_at = whole(triple.get(2))?;
+            admitted.push(Admission {
+                token: self.signer.token(event, seq),
+                user,
+                pass: self.signer.pass(&PassClaims {
+                    event,
+                    user,
+                    seq,
+                    expires_at,
+                }),
+                expires_at,
+            });
+        }
+        Ok(TickOutcome {
+            admitted,
+            abandoned,
+        })
+    }
+
+    async fn requires_pass(&self, config: &RoomConfig, now: Millis) -> Result<bool> {
+        if now < config.opens_at {
+            return Ok(false);
+        }
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(&self.keys(config.event)[0])
+            .arg("state")
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(match state {
+            None => true,
+            Some(state) => {
+                RoomState::from_code(state.parse::<f64>().unwrap_or(0.0) as u8).gates_holds()
+            }
+        })
+    }
+
+    async fn check_pass(&self, pass: &str, event: Ulid, user: Ulid, now: Millis) -> Result<()> {
+        let claims = self
+            .signer
+            .verify_pass(pass, event, user, now)
+            .map_err(WaitroomError::Pass)?;
+        let expires: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&self.keys(event)[3])
+            .arg(claims.seq)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        if expires.is_some_and(|expires| expires as u64 == claims.expires_at) {
+            Ok(())
+        } else {
+            Err(WaitroomError::Pass(PassRefusal::Revoked))
+        }
+    }
+
+    async fn control(
+        &self,
+        config: &RoomConfig,
+        action: Control,
+        now: Millis,
+    ) -> Result<RoomStats> {
+        let mut invocation = self.invoke(&self.scripts.control, config.event);
+        invocation.arg(now).arg(config.event.to_string());
+        Self::config_args(&mut invocation, config);
+        invocation.arg(match action {
+            Control::Pause => 0,
+            Control::Resume => 1,
+            Control::End => 2,
+        });
+        let row: Vec<String> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Self::stats_from(&row)
+    }
+
+    async fn stats(&self, event: Ulid, now: Millis) -> Result<Option<RoomStats>> {
+        let row: Vec<String> = self
+            .invoke(&self.scripts.stats, event)
+            .arg(now)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        if row.is_empty() {
+            return Ok(None);
+        }
+        Self::stats_from(&row).map(Some)
+    }
+}
