@@ -14,6 +14,7 @@ use marquee_inventory::{InventoryError, PaymentError};
 use marquee_lease::LeaseError;
 use marquee_search::SearchError;
 use marquee_store::StoreError;
+use marquee_waitroom::{PassRefusal, WaitroomError};
 use serde_json::{json, Map, Value};
 
 /// An error on its way to the client.
@@ -298,6 +299,48 @@ impl From<LeaseError> for ApiError {
                 ApiError::unavailable("leases", "the lease backend is not answering")
             }
             LeaseError::Invalid(_) => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<WaitroomError> for ApiError {
+    fn from(error: WaitroomError) -> Self {
+        match error {
+            WaitroomError::NotJoinableYet { join_from } => ApiError::unprocessable(
+                "queue_not_open",
+                "the waiting room does not take places yet",
+            )
+            .with_detail(
+                "joinable_from",
+                chrono::DateTime::from_timestamp_millis(i64::try_from(join_from).unwrap_or(0))
+                    .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+            ),
+            WaitroomError::MalformedToken => {
+                ApiError::invalid_field("token", "is not a queue token")
+            }
+            WaitroomError::UnknownToken => ApiError::not_found("queue place"),
+            WaitroomError::Pass(refusal) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "queue_required",
+                format!("join the waiting room first: {refusal}"),
+            )
+            .with_detail(
+                "reason",
+                match refusal {
+                    PassRefusal::Malformed => "malformed",
+                    PassRefusal::Forged => "forged",
+                    PassRefusal::OtherEvent => "other_event",
+                    PassRefusal::OtherUser => "other_user",
+                    PassRefusal::Expired => "expired",
+                    PassRefusal::Revoked => "revoked",
+                },
+            ),
+            WaitroomError::Unavailable(_) => {
+                tracing::warn!(error = %error, "waiting-room backend unavailable");
+                ApiError::unavailable("waiting room", "the waiting-room backend is not answering")
+            }
+            WaitroomError::Invalid(_) => ApiError::internal(&error),
         }
     }
 }

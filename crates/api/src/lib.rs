@@ -17,6 +17,7 @@ mod middleware;
 mod openapi;
 pub mod push;
 pub mod push_listener;
+pub mod queue;
 mod request_context;
 pub mod routes;
 mod state;
@@ -25,6 +26,7 @@ pub mod wire;
 pub use error::ApiError;
 pub use push::{spawn_change_feed, Push, PushSettings};
 pub use push_listener::{push_aware, PushAwareListener};
+pub use queue::{spawn_queue_driver, Queue, QueueSettings};
 pub use request_context::current_request_id;
 pub use state::{ApiSettings, AppState, EventCache, VenueCache};
 
@@ -87,6 +89,17 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::search::search))
         .routes(routes!(routes::search::suggest))
         .routes(routes!(routes::search::similar))
+        .routes(routes!(
+            routes::queue::join_queue,
+            routes::queue::queue_stats
+        ))
+        .routes(routes!(
+            routes::queue::queue_place,
+            routes::queue::leave_queue
+        ))
+        .routes(routes!(routes::queue::pause_queue))
+        .routes(routes!(routes::queue::resume_queue))
+        .routes(routes!(routes::queue::end_queue))
         .routes(routes!(routes::push::sse))
         .routes(routes!(routes::push::poll))
         .routes(routes!(routes::push::websocket))

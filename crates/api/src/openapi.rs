@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         (name = "events", description = "Events and their lifecycle"),
         (name = "holds", description = "Seat holds (leases with a TTL)"),
         (name = "orders", description = "Orders and tickets"),
+        (name = "queue", description = "The virtual waiting room of an on-sale: places, passes, organizer controls"),
         (name = "search", description = "Discovery: typo-tolerant, geo-aware search, suggestions, similar events"),
         (name = "push", description = "Live updates: SSE, WebSocket and long polling with resume"),
     )

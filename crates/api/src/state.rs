@@ -132,4 +132,6 @@ pub struct AppState {
     pub push: Arc<crate::Push>,
     /// This node's replica of the search index, fed from the outbox.
     pub search: Arc<marquee_search::EventIndex>,
+    /// Waiting rooms, with their join limits.
+    pub queue: Arc<crate::Queue>,
 }

@@ -156,6 +156,10 @@ pub struct WaitingRoomSettings {
     pub enabled: bool,
     pub admit_per_minute: u32,
     pub pass_ttl_seconds: u32,
+    /// Most admitted fans whose pass is still live (admission also waits for this); none if
+    /// `None`. Absent in events stored before it existed.
+    #[serde(default)]
+    pub max_active: Option<u32>,
 }
 
 impl WaitingRoomSettings {
@@ -172,6 +176,13 @@ impl WaitingRoomSettings {
             .filter(|ttl| (60..=86_400).contains(ttl))
             .ok_or_else(|| "must be 60..=86400".to_string())
     }
+
+    pub fn parse_max_active(raw: i64) -> FieldResult<u32> {
+        u32::try_from(raw)
+            .ok()
+            .filter(|cap| (1..=10_000_000).contains(cap))
+            .ok_or_else(|| "must be 1..=10000000".to_string())
+    }
 }
 
 impl Default for WaitingRoomSettings {
@@ -180,6 +191,7 @@ impl Default for WaitingRoomSettings {
             enabled: false,
             admit_per_minute: 600,
             pass_ttl_seconds: 900,
+            max_active: None,
         }
     }
 }

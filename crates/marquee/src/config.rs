@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub push_hub: marquee_push::HubLimits,
     /// SSE on the lean listener path rather than through hyper (see `marquee_api::push_aware`).
     pub push_lean_sse: bool,
+    /// Waiting rooms: join window, join limits, update interval.
+    pub queue: marquee_api::QueueSettings,
+    /// Waiting rooms: idle timeout and quiet period.
+    pub queue_timings: marquee_waitroom::RoomTimings,
 }
 
 impl ServerConfig {
@@ -58,6 +62,8 @@ impl ServerConfig {
             push: marquee_api::PushSettings::default(),
             push_hub: marquee_push::HubLimits::default(),
             push_lean_sse: true,
+            queue: marquee_api::QueueSettings::default(),
+            queue_timings: marquee_waitroom::RoomTimings::default(),
         }
     }
 

@@ -202,6 +202,38 @@ struct NodeArgs {
 
     #[command(flatten)]
     push: PushArgs,
+
+    #[command(flatten)]
+    queue: QueueArgs,
+}
+
+#[derive(Debug, Args)]
+struct QueueArgs {
+    /// How long before an on-sale fans may join its waiting room (early joiners are ordered at
+    /// random at opening).
+    #[arg(long, env = "MARQUEE_QUEUE_JOIN_WINDOW", default_value = "30m", value_parser = parse_duration)]
+    queue_join_window: Duration,
+
+    /// A fan who neither polls their place nor listens on its push channel for this long
+    /// loses it.
+    #[arg(long, env = "MARQUEE_QUEUE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    queue_idle_timeout: Duration,
+
+    /// A waiting room where nobody had to wait for this long stops gating holds.
+    #[arg(long, env = "MARQUEE_QUEUE_QUIET_PERIOD", default_value = "2m", value_parser = parse_duration)]
+    queue_quiet_period: Duration,
+
+    /// Waiting-room joins allowed per client IP per minute.
+    #[arg(long, env = "MARQUEE_QUEUE_JOINS_PER_IP", default_value_t = 60)]
+    queue_joins_per_ip: u32,
+
+    /// Waiting-room joins allowed per account per minute.
+    #[arg(long, env = "MARQUEE_QUEUE_JOINS_PER_USER", default_value_t = 20)]
+    queue_joins_per_user: u32,
+
+    /// How often fans listening on their queue channel are sent their position (≤ 20s).
+    #[arg(long, env = "MARQUEE_QUEUE_UPDATE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    queue_update_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -301,6 +333,19 @@ impl NodeArgs {
         config.push_hub.history_len = self.push.push_history;
         config.push_hub.history_age = self.push.push_history_age;
         config.push_hub.subscriber_buffer = self.push.push_buffer;
+        config.queue = marquee_api::QueueSettings {
+            join_window: self.queue.queue_join_window,
+            joins_per_ip_per_minute: self.queue.queue_joins_per_ip,
+            joins_per_user_per_minute: self.queue.queue_joins_per_user,
+            update_interval: self
+                .queue
+                .queue_update_interval
+                .min(Duration::from_secs(20)),
+        };
+        config.queue_timings = marquee_waitroom::RoomTimings {
+            idle_timeout: self.queue.queue_idle_timeout,
+            quiet_period: self.queue.queue_quiet_period,
+        };
         config
     }
 }

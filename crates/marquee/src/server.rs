@@ -26,6 +26,7 @@ pub struct Server {
     lapse_follower: JoinHandle<()>,
     change_feed: JoinHandle<()>,
     indexer: JoinHandle<()>,
+    queue_driver: JoinHandle<()>,
 }
 
 impl Server {
@@ -73,8 +74,13 @@ impl Server {
             }),
             push: Arc::new(Push::new(hub, config.push.clone(), stopped.clone())),
             search,
+            queue: Arc::new(marquee_api::Queue::new(
+                open_waiting_room(&config, &secret).await?,
+                config.queue.clone(),
+            )),
         };
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
+        let queue_driver = marquee_api::spawn_queue_driver(state.clone(), stopped.clone());
         let mut tasks = Vec::new();
 
         let listener = TcpListener::bind(config.listen)
@@ -133,6 +139,7 @@ impl Server {
             lapse_follower,
             change_feed,
             indexer: indexer.task,
+            queue_driver,
         })
     }
 
@@ -148,6 +155,7 @@ impl Server {
         }
         self.lapse_follower.abort();
         self.change_feed.abort();
+        self.queue_driver.abort();
         // The indexer commits what it applied since its last commit, so a restart replays less.
         if tokio::time::timeout(Duration::from_secs(10), self.indexer)
             .await
@@ -193,6 +201,31 @@ pub fn open_search_index(config: &ServerConfig) -> anyhow::Result<marquee_search
             "opening the search index at {} (is another node using this data dir?)",
             path.display()
         )
+    })
+}
+
+/// Waiting rooms on Redis when a Redis URL is configured (every node sees one queue), else in
+/// this process.
+pub async fn open_waiting_room(
+    config: &ServerConfig,
+    secret: &marquee_auth::SigningSecret,
+) -> anyhow::Result<Arc<dyn marquee_waitroom::WaitingRoom>> {
+    let signer = marquee_waitroom::RoomSigner::new(secret.expose());
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            marquee_waitroom::RedisWaitingRoom::connect(
+                url,
+                &format!("{}waitroom", config.redis_prefix),
+                signer,
+                config.queue_timings,
+            )
+            .await
+            .with_context(|| format!("connecting waiting rooms to Redis at {}", redact_url(url)))?,
+        ),
+        None => Arc::new(marquee_waitroom::InProcessWaitingRoom::new(
+            signer,
+            config.queue_timings,
+        )),
     })
 }
 

@@ -551,6 +551,7 @@ impl WaitingRoom for InProcessWaitingRoom {
         Ok(TickOutcome {
             admitted,
             abandoned,
+            waiting: room.stats().waiting,
         })
     }
 

@@ -205,6 +205,8 @@ pub struct TickOutcome {
     pub admitted: Vec<Admission>,
     /// Places lost to the idle timeout in this step.
     pub abandoned: u64,
+    /// Fans left waiting (in the pre-queue, before opening).
+    pub waiting: u64,
 }
 
 /// The organizer's view of a room.

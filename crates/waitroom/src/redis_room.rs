@@ -232,7 +232,7 @@ return 1
 const TICK: &str = r#"
 local now = tonumber(ARGV[1])
 load()
-if not exists then return {'0'} end
+if not exists then return {'0', '0'} end
 open_if_due(now)
 expire_passes(now)
 local stale = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (now - tonumber(ARGV[2])),
@@ -244,8 +244,9 @@ for _, seq in ipairs(stale) do
   forget(seq)
 end
 r.abandoned_total = r.abandoned_total + #stale
-local out = {tostring(#stale)}
+local out = {tostring(#stale), '0'}
 admit(now, out)
+out[2] = tostring(redis.call('ZCARD', wait))
 if r.opened == 1 and r.state == 0 and redis.call('ZCARD', wait) == 0
     and now - r.busy_at >= tonumber(ARGV[3]) then
   r.state = 2
@@ -603,8 +604,9 @@ impl WaitingRoom for RedisWaitingRoom {
             .invoke_async(&mut self.connection.clone())
             .await?;
         let abandoned = whole(row.first())?;
+        let waiting = whole(row.get(1))?;
         let mut admitted = Vec::new();
-        for triple in row[1..].chunks_exact(3) {
+        for triple in row.get(2..).unwrap_or_default().chunks_exact(3) {
             let seq = whole(triple.first())?;
             let Ok(user) = Ulid::from_string(&triple[1]) else {
                 continue;
@@ -625,6 +627,7 @@ impl WaitingRoom for RedisWaitingRoom {
         Ok(TickOutcome {
             admitted,
             abandoned,
+            waiting,
         })
     }
 

@@ -35,11 +35,13 @@ fn parse_request(body: &HoldRequestBody) -> Result<HoldRequest, ApiError> {
     post, path = "/api/v1/events/{id}/holds", tag = "holds",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Event id"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Retry safely")),
+           ("Idempotency-Key" = Option<String>, Header, description = "Retry safely"),
+           ("x-marquee-pass" = Option<String>, Header, description = "The waiting-room pass, while the event's room is active")),
     request_body = HoldRequestBody,
     responses(
         (status = 201, description = "Held", body = HoldBody),
         (status = 400, description = "Unknown or duplicate seats, bad quantity", body = ErrorBody),
+        (status = 403, description = "`queue_required`: no valid pass while the waiting room is active (`reason` says why)", body = ErrorBody),
         (status = 404, description = "No such event", body = ErrorBody),
         (status = 409, description = "`seats_unavailable`, with `seat_ids`", body = ErrorBody),
         (status = 422, description = "`limit_exceeded`, `not_on_sale`, `idempotency_key_reused`", body = ErrorBody),
@@ -56,6 +58,14 @@ pub async fn create_hold(
         Ok(key) => key,
         Err(error) => return axum::response::IntoResponse::into_response(error),
     };
+    // Before the idempotent part: a refusal for want of a pass is not a result to replay.
+    if let Err(error) = state
+        .queue
+        .check_hold(&visible.event, &caller.id, &headers)
+        .await
+    {
+        return axum::response::IntoResponse::into_response(error);
+    }
     let scope = format!("hold:{}", visible.event.id);
     idempotency::run(&state, &caller.id, key, &scope, &body, || async {
         let request = parse_request(&body)?;

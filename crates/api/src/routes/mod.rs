@@ -6,6 +6,7 @@ pub mod events;
 pub mod holds;
 pub mod orders;
 pub mod push;
+pub mod queue;
 pub mod search;
 pub mod system;
 pub mod venues;

@@ -59,6 +59,8 @@ pub struct WaitingRoomRequest {
     pub admit_per_minute: Option<i64>,
     /// 60..=86400, default 900.
     pub pass_ttl_seconds: Option<i64>,
+    /// 1..=10000000: also wait until fewer admitted fans hold a live pass. Default: no cap.
+    pub max_active: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -131,24 +133,37 @@ fn parse_waiting_room(
     current: WaitingRoomSettings,
     errors: &mut FieldErrors,
 ) -> Option<WaitingRoomSettings> {
+    // Every field is checked before giving up, so one 400 names all bad fields.
     let admit_per_minute = match request.admit_per_minute {
         None => Some(current.admit_per_minute),
         Some(raw) => errors.check(
             "waiting_room.admit_per_minute",
             WaitingRoomSettings::parse_admit_per_minute(raw),
         ),
-    }?;
+    };
     let pass_ttl_seconds = match request.pass_ttl_seconds {
         None => Some(current.pass_ttl_seconds),
         Some(raw) => errors.check(
             "waiting_room.pass_ttl_seconds",
             WaitingRoomSettings::parse_pass_ttl_seconds(raw),
         ),
-    }?;
+    };
+    let max_active = match request.max_active {
+        None => Some(current.max_active),
+        Some(raw) => errors
+            .check(
+                "waiting_room.max_active",
+                WaitingRoomSettings::parse_max_active(raw),
+            )
+            .map(Some),
+    };
+    let (admit_per_minute, pass_ttl_seconds, max_active) =
+        (admit_per_minute?, pass_ttl_seconds?, max_active?);
     Some(WaitingRoomSettings {
         enabled: request.enabled,
         admit_per_minute,
         pass_ttl_seconds,
+        max_active,
     })
 }
 
@@ -304,6 +319,8 @@ pub struct WaitingRoomBody {
     pub enabled: bool,
     pub admit_per_minute: u32,
     pub pass_ttl_seconds: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_active: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -378,6 +395,7 @@ impl EventBody {
                 enabled: details.waiting_room.enabled,
                 admit_per_minute: details.waiting_room.admit_per_minute,
                 pass_ttl_seconds: details.waiting_room.pass_ttl_seconds,
+                max_active: details.waiting_room.max_active,
             },
             streaming: StreamingBody {
                 enabled: details.streaming.enabled,

@@ -6,6 +6,7 @@ mod demo;
 mod events;
 mod holds;
 mod push;
+mod queue;
 mod search;
 mod stress;
 mod support;

@@ -137,6 +137,24 @@ impl TestApp {
         self.request(Method::PATCH, path, token, Some(body)).await
     }
 
+    /// A JSON POST with extra headers.
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> Response {
+        let mut request = self.client.post(format!("{}{path}", self.url)).json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        into_response(request.send().await.expect("request sent")).await
+    }
+
     /// Sends raw bytes with a chosen content type.
     pub async fn post_raw(
         &self,
