@@ -8,6 +8,7 @@ pub mod bench_push;
 pub mod bench_search;
 pub mod bench_search_data;
 pub mod bench_search_pg;
+pub mod bench_waitroom;
 pub mod config;
 pub mod demo;
 pub mod server;

@@ -90,6 +90,35 @@ enum BenchCommand {
     /// SSE push: idle connections held (memory each) and one hot channel fanned out, against
     /// a `marquee serve` child process and nginx + nchan with the same client.
     Push(PushBenchArgs),
+    /// The waiting room: a million fans through the block's own API (joins/s, lookups/s,
+    /// memory), the Redis room beside `redis-benchmark`, and joins over HTTP.
+    Waitroom(WaitroomBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct WaitroomBenchArgs {
+    /// Fans queued in-process.
+    #[arg(long, default_value_t = 1_000_000)]
+    fans: usize,
+    /// Position lookups timed (in-process; at most 200,000 on Redis).
+    #[arg(long, default_value_t = 1_000_000)]
+    lookups: usize,
+    /// Redis for the scale-out room (`none` to skip).
+    #[arg(
+        long,
+        env = "MARQUEE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Fans queued on Redis.
+    #[arg(long, default_value_t = 200_000)]
+    redis_fans: usize,
+    /// Fans joining over HTTP (0 to skip).
+    #[arg(long, default_value_t = 50_000)]
+    http_fans: usize,
+    /// Concurrent tasks for Redis and connections for HTTP.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
 }
 
 #[derive(Debug, Args)]
@@ -362,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Booking(args)) => bench_booking(args).await,
         Command::Bench(BenchCommand::Push(args)) => bench_push(args).await,
         Command::Bench(BenchCommand::Search(args)) => bench_search(args).await,
+        Command::Bench(BenchCommand::Waitroom(args)) => bench_waitroom(args).await,
         Command::Search(SearchCommand::Reindex(args)) => reindex(args).await,
     }
 }
@@ -537,6 +567,75 @@ async fn bench_search(args: SearchBenchArgs) -> anyhow::Result<()> {
         mib(report.peak_rss_bytes.saturating_sub(report.generated_rss_bytes)),
         mib(report.query_rss_bytes)
     );
+    Ok(())
+}
+
+async fn bench_waitroom(args: WaitroomBenchArgs) -> anyhow::Result<()> {
+    use marquee::bench_waitroom::{run_waitroom, WaitroomBench};
+    let report = run_waitroom(&WaitroomBench {
+        fans: args.fans,
+        lookups: args.lookups,
+        redis_url: (args.redis_url != "none").then_some(args.redis_url),
+        redis_fans: args.redis_fans,
+        http_fans: args.http_fans,
+        concurrency: args.concurrency,
+    })
+    .await?;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let local = &report.in_process;
+    println!("\nin-process room, {} fans", local.fans);
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| pre-queue joins/s | {:.0} |",
+        local.prequeue_joins_per_sec
+    );
+    println!(
+        "| opening draw of {} places | {:.0} ms |",
+        local.fans, local.opening_draw_ms
+    );
+    println!("| position lookups/s | {:.0} |", local.lookups_per_sec);
+    println!(
+        "| room memory (own accounting) | {:.1} MiB |",
+        mib(local.room_bytes as u64)
+    );
+    println!(
+        "| process RSS growth | {:.1} MiB |",
+        mib(local.rss_growth_bytes)
+    );
+    println!(
+        "| first-come joins/s after opening | {:.0} |",
+        local.fifo_joins_per_sec
+    );
+    if let Some(redis) = &report.redis {
+        println!(
+            "\nRedis room, {} fans from {} tasks",
+            redis.fans, redis.concurrency
+        );
+        println!("| measure | value |\n|---|---|");
+        println!("| joins/s | {:.0} |", redis.joins_per_sec);
+        println!("| position lookups/s | {:.0} |", redis.lookups_per_sec);
+        println!(
+            "| Redis memory growth | {:.1} MiB |",
+            mib(redis.redis_memory_growth_bytes)
+        );
+        for (name, rate) in [
+            ("redis-benchmark SET", redis.redis_benchmark_set),
+            ("redis-benchmark ZADD", redis.redis_benchmark_zadd),
+        ] {
+            if let Some(rate) = rate {
+                println!(
+                    "| {name} | {rate:.0} req/s (joins = {:.2}x) |",
+                    redis.joins_per_sec / rate
+                );
+            }
+        }
+    }
+    if let Some(http) = &report.http {
+        println!(
+            "\nHTTP: {} joins from {} connections: {:.0} joins/s ({} refused)",
+            http.fans, http.concurrency, http.joins_per_sec, http.refused
+        );
+    }
     Ok(())
 }
 
