@@ -83,6 +83,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::orders::create_order))
         .routes(routes!(routes::orders::get_order))
         .routes(routes!(routes::orders::order_history))
+        .routes(routes!(routes::orders::ticket_qr))
         .routes(routes!(routes::orders::refund_order))
         .routes(routes!(routes::events::check_in))
         .routes(routes!(routes::orders::my_orders))

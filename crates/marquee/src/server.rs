@@ -87,7 +87,8 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let router = marquee_api::router(state.clone());
+        // The web app's pages and assets sit beside the API on the same listener.
+        let router = marquee_api::router(state.clone()).merge(marquee_web::router());
         // Responses are written whole; Nagle would hold a small one back until the client's
         // delayed ACK of the previous one (tens of milliseconds on an idle keep-alive connection).
         let nodelay = |stream: &mut tokio::net::TcpStream| {

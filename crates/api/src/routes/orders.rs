@@ -117,6 +117,44 @@ pub async fn get_order(
     Ok(Json(OrderBody::from(&order)))
 }
 
+/// A ticket's code as a QR code (SVG) to show at the door: buyer, organizer and admins.
+#[utoipa::path(
+    get, path = "/api/v1/orders/{id}/tickets/{ticket_id}/qr.svg", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id"),
+           ("ticket_id" = String, Path, description = "Ticket id")),
+    responses(
+        (status = 200, description = "The QR code", content_type = "image/svg+xml", body = String),
+        (status = 404, description = "No such order or ticket, or not yours", body = ErrorBody),
+    )
+)]
+pub async fn ticket_qr(
+    State(state): State<AppState>,
+    caller: CurrentUser,
+    Path((id, ticket_id)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    let (order, _, _) = visible_order(&state, &caller, id).await?;
+    let ticket = order
+        .tickets
+        .iter()
+        .find(|ticket| ticket.id.as_str() == ticket_id)
+        .ok_or_else(|| ApiError::not_found("ticket"))?;
+    let code =
+        qrcode::QrCode::new(ticket.code.as_bytes()).map_err(|error| ApiError::internal(&error))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .quiet_zone(true)
+        .build();
+    Ok(axum::response::IntoResponse::into_response((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            (axum::http::header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        svg,
+    )))
+}
+
 /// The order's append-only history (created, paid, refunded, checked in).
 #[utoipa::path(
     get, path = "/api/v1/orders/{id}/history", tag = "orders",

@@ -12,3 +12,4 @@ mod stress;
 mod support;
 mod system;
 mod venues;
+mod web;

@@ -1,0 +1,109 @@
+//! The web app's pages and assets are served by the node itself, and tickets render as QR codes
+//! for their buyer only. (The pages' behaviour is tested in Chromium by `e2e/run.mjs`.)
+
+use crate::holds::on_sale;
+use crate::support::TestApp;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn pages_and_assets_are_served_from_the_binary() {
+    let app = TestApp::spawn().await;
+    for (path, page) in [
+        ("/", "home"),
+        ("/events/01J0000000000000000000000Z", "event"),
+        ("/signin", "signin"),
+        ("/me/orders", "orders"),
+    ] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .expect("page");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/html; charset=utf-8"
+        );
+        let html = response.text().await.expect("html");
+        assert!(html.contains(&format!("data-page=\"{page}\"")), "{path}");
+        assert!(html.contains("<main id=\"main\""), "{path}");
+        assert!(!html.contains("{{"), "an unfilled placeholder on {path}");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "nothing from the internet"
+        );
+    }
+    let script = app
+        .client
+        .get(format!("{}/assets/app.js", app.url))
+        .send()
+        .await
+        .expect("script");
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(script.text().await.expect("js").contains("EventSource"));
+    let unknown = app.get("/assets/nope.js", None).await;
+    unknown.expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticket_renders_as_a_qr_code_for_its_buyer_only() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (ann, _) = sale.app.register("fan").await;
+    let (bob, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&ann, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let order = sale
+        .order(&ann, hold["id"].as_str().expect("id"), "tok_visa")
+        .await
+        .expect(StatusCode::CREATED);
+    let order_id = order["id"].as_str().expect("order id");
+    let ticket_id = order["tickets"][0]["id"].as_str().expect("ticket id");
+    let path = format!("/api/v1/orders/{order_id}/tickets/{ticket_id}/qr.svg");
+    let url = format!("{}{path}", sale.app.url);
+    let svg = sale
+        .app
+        .client
+        .get(&url)
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .expect("qr");
+    assert_eq!(svg.status(), StatusCode::OK);
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    let body = svg.text().await.expect("svg");
+    assert!(body.contains("<svg") && body.contains("<path"), "{body}");
+    // The organizer may see it too; another fan may not; nobody without signing in.
+    let organizer = sale
+        .app
+        .client
+        .get(&url)
+        .bearer_auth(&sale.organizer)
+        .send()
+        .await
+        .expect("qr");
+    assert_eq!(organizer.status(), StatusCode::OK);
+    sale.app
+        .get(&path, Some(&bob))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    sale.app
+        .get(&path, None)
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    sale.app
+        .get(
+            &format!("/api/v1/orders/{order_id}/tickets/nope/qr.svg"),
+            Some(&ann),
+        )
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    sale.app.stop().await;
+}

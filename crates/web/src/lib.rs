@@ -1,0 +1,85 @@
+//! The web app: a few HTML pages and one small ES module, embedded in the binary
+//! (`include_str!`), so `cargo run` serves them with no build step and nothing is loaded from the
+//! internet. Pages are plain HTML shells; `app.js` fills them from the HTTP API with the user's
+//! bearer token (kept in `localStorage`), follows seat maps and waiting-room places over SSE, and
+//! shows the API's error bodies as they are.
+//!
+//! **Boundary:** no server-side logic beyond serving files; everything goes through the public
+//! API, so the app can do nothing a client of the API could not.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+const LAYOUT: &str = include_str!("../assets/layout.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const APP_CSS: &str = include_str!("../assets/app.css");
+
+/// One page: its title, its `data-page` (which part of `app.js` runs) and its main content.
+struct Page {
+    title: &'static str,
+    name: &'static str,
+    main: &'static str,
+}
+
+const HOME: Page = Page {
+    title: "Find live events",
+    name: "home",
+    main: include_str!("../assets/home.html"),
+};
+const EVENT: Page = Page {
+    title: "Event",
+    name: "event",
+    main: include_str!("../assets/event.html"),
+};
+const SIGN_IN: Page = Page {
+    title: "Sign in",
+    name: "signin",
+    main: include_str!("../assets/signin.html"),
+};
+const ORDERS: Page = Page {
+    title: "My orders",
+    name: "orders",
+    main: include_str!("../assets/orders.html"),
+};
+
+fn render(page: &Page) -> Response {
+    let html = LAYOUT
+        .replace("{{title}}", page.title)
+        .replace("{{page}}", page.name)
+        .replace("{{main}}", page.main);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The pages and assets, for any state: merge into the API router.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/", get(|| async { render(&HOME) }))
+        .route("/events/{id}", get(|| async { render(&EVENT) }))
+        .route("/signin", get(|| async { render(&SIGN_IN) }))
+        .route("/me/orders", get(|| async { render(&ORDERS) }))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/assets/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
+}

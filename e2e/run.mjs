@@ -1,0 +1,204 @@
+// End-to-end tests of the web app in headless Chromium, against a real `marquee serve`.
+//
+// Each scenario sets up its data through the HTTP API, then acts as fans would: typing, clicking
+// and waiting for what they would see. Screenshots of each main page are written to
+// `target/e2e/` as artifacts. Run by `scripts/test`; alone: `node e2e/run.mjs` after
+// `cargo build -p marquee` (MARQUEE_BIN and CHROMIUM override the paths).
+
+import { chromium } from "playwright-core";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import assert from "node:assert/strict";
+
+const root = resolve(import.meta.dirname, "..");
+const bin = process.env.MARQUEE_BIN || join(root, "target/debug/marquee");
+const artifacts = join(root, "target/e2e");
+mkdirSync(artifacts, { recursive: true });
+// Only a bound on a hung step; nothing asserts a duration.
+const PATIENCE = 15_000;
+
+async function startServer() {
+  const dataDir = mkdtempSync(join(tmpdir(), "marquee-e2e-"));
+  const child = spawn(bin, ["--log-filter", "warn", "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const url = await new Promise((resolveUrl, reject) => {
+    let seen = "";
+    child.stdout.on("data", (chunk) => {
+      seen += chunk;
+      const match = seen.match(/serving on (http:\/\/[0-9.:]+)/);
+      if (match) resolveUrl(match[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`marquee exited with ${code}`)));
+  });
+  const stop = async () => {
+    const exited = new Promise((done) => child.once("exit", done));
+    child.kill("SIGTERM");
+    await exited;
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+  return { url, stop };
+}
+
+function client(url) {
+  return async function call(method, path, token, body) {
+    const response = await fetch(url + path, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { "content-type": "application/json" } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const parsed = await response.json().catch(() => null);
+    assert.ok(response.ok, `${method} ${path}: ${response.status} ${JSON.stringify(parsed)}`);
+    return parsed;
+  };
+}
+
+async function register(call, role, name) {
+  const email = `${role}-${Date.now()}-${Math.random().toString(36).slice(2)}@e2e.test`;
+  const password = "correct horse battery";
+  const session = await call("POST", "/api/v1/auth/register", null, { email, password, name, role });
+  return { email, password, token: session.token };
+}
+
+async function createEvent(call, organizer, title, waitingRoom) {
+  const venue = await call("POST", "/api/v1/venues", organizer.token, {
+    name: "Wembley Arena", city: "London", country: "GB", lat: 51.558, lon: -0.28,
+    sections: [
+      { name: "Stalls", rows: [{ label: "A", seats: 10 }, { label: "B", seats: 10 }] },
+      { name: "Standing", capacity: 100 },
+    ],
+  });
+  const event = await call("POST", "/api/v1/events", organizer.token, {
+    title, description: "Two nights, no repeats.", venue_id: venue.id, category: "concert",
+    tags: ["metal"], performers: [title.split(" ")[0]],
+    starts_at: "2031-06-01T19:00:00Z", ends_at: "2031-06-01T23:00:00Z",
+    price_tiers: [
+      { name: "Stalls", price_cents: 8900, currency: "GBP", sections: ["Stalls"] },
+      { name: "Standing", price_cents: 6500, currency: "GBP", sections: ["Standing"] },
+    ],
+    waiting_room: { enabled: waitingRoom, admit_per_minute: 600 },
+  });
+  await call("POST", `/api/v1/events/${event.id}/publish`, organizer.token, {});
+  const seats = await call("GET", `/api/v1/events/${event.id}/seats`);
+  return { id: event.id, seatIds: seats.seats.map((seat) => seat.id) };
+}
+
+async function signIn(page, url, user) {
+  await page.goto(`${url}/signin`);
+  await page.getByLabel("Email", { exact: true }).first().fill(user.email);
+  await page.locator("#login-password").fill(user.password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${url}/`);
+}
+
+const scenarios = {
+  async "a fan finds an event with a typo, sees a seat held live, holds, pays and gets a QR ticket"({ url, call, browser }) {
+    const organizer = await register(call, "organizer", "Olga Organizer");
+    const ann = await register(call, "fan", "Ann Fan");
+    const bob = await register(call, "fan", "Bob Fan");
+    const event = await createEvent(call, organizer, "Metallica — M72 World Tour", false);
+
+    const annContext = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+    const annPage = await annContext.newPage();
+    await signIn(annPage, url, ann);
+    await annPage.screenshot({ path: join(artifacts, "home.png"), fullPage: true });
+
+    // A typo, and the index catches up within moments of publishing.
+    const result = annPage.locator("a.title", { hasText: "Metallica" });
+    for (const deadline = Date.now() + PATIENCE; ; ) {
+      await annPage.getByLabel("What").fill("metalica");
+      await annPage.getByRole("button", { name: "Search" }).click();
+      try { await result.waitFor({ timeout: 1000 }); break; } catch (error) { if (Date.now() > deadline) throw error; }
+    }
+    await annPage.screenshot({ path: join(artifacts, "search.png"), fullPage: true });
+    await result.click();
+    await annPage.waitForURL(`${url}/events/${event.id}`);
+    await annPage.locator("rect.seat.available").nth(19).waitFor();
+
+    // Bob, in another browser session, holds the first seat: Ann sees it turn held.
+    const bobContext = await browser.newContext();
+    const bobPage = await bobContext.newPage();
+    await signIn(bobPage, url, bob);
+    await bobPage.goto(`${url}/events/${event.id}`);
+    await bobPage.locator(`rect[data-seat-id="${event.seatIds[0]}"]`).click();
+    await bobPage.getByRole("button", { name: "Hold selected seats" }).click();
+    await bobPage.locator("#hold-panel").waitFor({ state: "visible" });
+    await annPage.locator(`rect.seat.held[data-seat-id="${event.seatIds[0]}"]`).waitFor({ timeout: PATIENCE });
+
+    // Ann picks two seats by keyboard and mouse, holds them, sees the countdown, pays.
+    await annPage.locator(`rect[data-seat-id="${event.seatIds[1]}"]`).click();
+    await annPage.locator(`rect[data-seat-id="${event.seatIds[2]}"]`).focus();
+    await annPage.keyboard.press("Space");
+    assert.equal(await annPage.locator('rect[aria-checked="true"]').count(), 2);
+    await annPage.screenshot({ path: join(artifacts, "event.png"), fullPage: true });
+    await annPage.getByRole("button", { name: "Hold selected seats" }).click();
+    await annPage.locator("#hold-panel").waitFor({ state: "visible" });
+    const countdown = await annPage.locator("#countdown").textContent();
+    assert.match(countdown, /^\d+:\d\d$/);
+    await annPage.screenshot({ path: join(artifacts, "hold.png"), fullPage: true });
+    await annPage.getByRole("button", { name: "Pay" }).click();
+    await annPage.locator(".ticket .qr svg").nth(1).waitFor({ timeout: PATIENCE });
+    assert.equal(await annPage.locator(".ticket").count(), 2);
+    await annPage.screenshot({ path: join(artifacts, "tickets.png"), fullPage: true });
+
+    // The seats are sold for everyone, live, and the order is under "My orders".
+    await bobPage.locator(`rect.seat.sold[data-seat-id="${event.seatIds[1]}"]`).waitFor({ timeout: PATIENCE });
+    await annPage.goto(`${url}/me/orders`);
+    await annPage.locator(".order .ticket .qr svg").first().waitFor({ timeout: PATIENCE });
+    await annPage.screenshot({ path: join(artifacts, "orders.png"), fullPage: true });
+
+    // A declined card shows the API's message.
+    await bobPage.getByLabel(/^Card/).fill("tok_declined");
+    await bobPage.getByRole("button", { name: "Pay" }).click();
+    await bobPage.locator("#flash", { hasText: /declined/i }).waitFor({ timeout: PATIENCE });
+    await annContext.close();
+    await bobContext.close();
+  },
+
+  async "the waiting room admits a fan and lets them through to the seat map"({ url, call, browser }) {
+    const organizer = await register(call, "organizer", "Olga Organizer");
+    const cat = await register(call, "fan", "Cat Fan");
+    const event = await createEvent(call, organizer, "Iron Maiden — Run For Your Lives", true);
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const page = await context.newPage();
+    await signIn(page, url, cat);
+    await page.goto(`${url}/events/${event.id}`);
+    await page.locator("#queue-panel").waitFor({ state: "visible" });
+    // Holding without a pass is refused by the API, and the page says why.
+    await page.locator(`rect[data-seat-id="${event.seatIds[0]}"]`).click();
+    await page.getByRole("button", { name: "Hold selected seats" }).click();
+    await page.locator("#flash", { hasText: /waiting room/i }).waitFor({ timeout: PATIENCE });
+    await page.getByRole("button", { name: "Join the queue" }).click();
+    await page.locator("#queue-status", { hasText: "your turn" }).waitFor({ timeout: PATIENCE });
+    await page.screenshot({ path: join(artifacts, "waiting-room.png"), fullPage: true });
+    await page.getByRole("button", { name: "Hold selected seats" }).click();
+    await page.locator("#hold-panel").waitFor({ state: "visible", timeout: PATIENCE });
+    await context.close();
+  },
+};
+
+const server = await startServer();
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let failed = 0;
+try {
+  for (const [name, scenario] of Object.entries(scenarios)) {
+    try {
+      await scenario({ url: server.url, call: client(server.url), browser });
+      console.log(`ok   ${name}`);
+    } catch (error) {
+      failed += 1;
+      console.error(`FAIL ${name}\n${error.stack || error}`);
+    }
+  }
+} finally {
+  await browser.close();
+  await server.stop();
+}
+console.log(`${Object.keys(scenarios).length - failed} passed, ${failed} failed; screenshots in ${artifacts}`);
+process.exit(failed ? 1 : 0);
