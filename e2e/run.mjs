@@ -177,6 +177,61 @@ const scenarios = {
     await page.locator("#hold-panel").waitFor({ state: "visible", timeout: PATIENCE });
     await context.close();
   },
+
+  async "an organizer builds a venue, creates and publishes an event, watches sales live and checks a ticket in"({ url, call, browser }) {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+    const page = await context.newPage();
+    const email = `organizer-${Date.now()}@e2e.test`;
+    await page.goto(`${url}/signin?next=/organizer`);
+    await page.locator("#register-name").fill("Olga Organizer");
+    await page.locator("#register-email").fill(email);
+    await page.locator("#register-password").fill("correct horse battery");
+    await page.getByLabel("I am").selectOption("organizer");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.waitForURL(`${url}/organizer`);
+
+    // The venue builder: one seated section (5 rows of 12 by default) and a standing area.
+    await page.getByLabel("Name", { exact: true }).fill("Roundhouse");
+    await page.getByLabel("City").fill("London");
+    await page.getByLabel("Latitude").fill("51.543");
+    await page.getByLabel("Longitude").fill("-0.152");
+    await page.getByRole("button", { name: "Add a standing area" }).click();
+    await page.locator("#venue-preview svg[aria-label='Preview: 60 seats']").waitFor();
+    await page.screenshot({ path: join(artifacts, "venue-builder.png"), fullPage: true });
+    await page.getByRole("button", { name: "Create venue" }).click();
+    await page.locator("#flash", { hasText: "Venue \"Roundhouse\" created." }).waitFor({ timeout: PATIENCE });
+
+    await page.getByLabel("Title").fill("Nick Cave — Wild God Tour");
+    await page.getByLabel("Starts").fill("2031-07-01T19:00");
+    await page.getByLabel("Ends").fill("2031-07-01T23:00");
+    await page.getByLabel("Block 1 price").fill("45.00");
+    await page.getByLabel("Standing price").fill("30.00");
+    await page.getByRole("button", { name: "Create draft" }).click();
+    await page.waitForURL(/\/organizer\/events\//);
+    const eventId = page.url().split("/").pop();
+    await page.getByRole("button", { name: "Publish" }).click();
+    await page.locator("#meta", { hasText: "published" }).waitFor({ timeout: PATIENCE });
+
+    // A fan buys a seat (through the API): the dashboard counts it live.
+    const fan = await register(call, "fan", "Dee Fan");
+    const seats = await call("GET", `/api/v1/events/${eventId}/seats`);
+    const hold = await call("POST", `/api/v1/events/${eventId}/holds`, fan.token, { seat_ids: [seats.seats[0].id] });
+    const order = await call("POST", "/api/v1/orders", fan.token, { hold_id: hold.id, payment: { method: "card", token: "tok_visa" } });
+    await page.locator("#sold", { hasText: /^1$/ }).waitFor({ timeout: PATIENCE });
+    assert.equal(await page.locator("#revenue").textContent(), "£45.00");
+    await page.screenshot({ path: join(artifacts, "dashboard.png"), fullPage: true });
+
+    // Check-in: once, then refused.
+    await page.getByLabel("Ticket code").fill(order.tickets[0].code);
+    await page.getByRole("button", { name: "Check in" }).click();
+    await page.locator("#checkin-result", { hasText: "Checked in" }).waitFor({ timeout: PATIENCE });
+    await page.getByRole("button", { name: "Check in" }).click();
+    await page.locator("#checkin-result", { hasText: "Already checked in." }).waitFor({ timeout: PATIENCE });
+    await page.getByLabel("Ticket code").fill("forged.code");
+    await page.getByRole("button", { name: "Check in" }).click();
+    await page.locator("#checkin-result.bad", { hasNotText: "Already" }).waitFor({ timeout: PATIENCE });
+    await context.close();
+  },
 };
 
 const server = await startServer();

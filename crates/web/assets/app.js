@@ -104,6 +104,8 @@ function header() {
   $("#signout").hidden = !user;
   $("#signout").addEventListener("click", () => { session.clear(); location.href = "/"; });
   for (const link of document.querySelectorAll("[data-needs-user]")) link.hidden = !user;
+  const organizes = user && (user.role === "organizer" || user.role === "admin");
+  for (const link of document.querySelectorAll("[data-needs-organizer]")) link.hidden = !organizes;
 }
 
 // ---- home: search ----------------------------------------------------------------------
@@ -448,6 +450,280 @@ async function ordersPage() {
   } catch (error) { fail(error); }
 }
 
+
+// ---- organizer: venues, events ----------------------------------------------------------
+
+function isoFromLocal(value) {
+  return value ? new Date(value).toISOString() : undefined;
+}
+
+async function organizerPage() {
+  if (!requireUser()) return;
+  const user = session.user;
+  if (!user || (user.role !== "organizer" && user.role !== "admin")) {
+    flash("Only organizers can build venues and create events. Create an organizer account to start.");
+    return;
+  }
+  const sections = $("#sections");
+  let venues = [];
+
+  async function loadMine() {
+    try {
+      const page = await api("GET", "/api/v1/events?mine=true&limit=100");
+      const list = $("#mine");
+      list.replaceChildren();
+      $("#mine-empty").hidden = page.items.length > 0;
+      for (const event of page.items) {
+        list.append(el("li", { class: "result" },
+          el("a", { href: `/organizer/events/${event.id}`, class: "title", text: event.title }),
+          el("p", { class: "muted", text: `${event.status} · ${when(event.starts_at)} · ${event.venue.name}` })));
+      }
+    } catch (error) { fail(error); }
+  }
+
+  async function loadVenues() {
+    try {
+      venues = (await api("GET", "/api/v1/venues?limit=100")).items;
+      const select = $("#event-venue");
+      select.replaceChildren(...venues.map((venue) => el("option", { value: venue.id, text: `${venue.name}, ${venue.city}` })));
+      showTiers();
+    } catch (error) { fail(error); }
+  }
+
+  function addSection(kind) {
+    const index = sections.children.length + 1;
+    const id = `section-${index}-${Date.now()}`;
+    const box = el("fieldset", { class: "panel section", "data-kind": kind },
+      el("legend", { text: kind === "seated" ? "Seated section" : "Standing area" }),
+      el("div", { class: "search" },
+        el("div", { class: "field" }, el("label", { for: `${id}-name`, text: "Section name" }),
+          el("input", { id: `${id}-name`, class: "section-name", required: true, value: kind === "seated" ? `Block ${index}` : "Standing" })),
+        kind === "seated"
+          ? el("div", { class: "field" }, el("label", { for: `${id}-rows`, text: "Rows" }),
+            el("input", { id: `${id}-rows`, class: "section-rows", type: "number", min: 1, max: 200, value: 5 }))
+          : el("div", { class: "field" }, el("label", { for: `${id}-capacity`, text: "Capacity" }),
+            el("input", { id: `${id}-capacity`, class: "section-capacity", type: "number", min: 1, value: 500 })),
+        kind === "seated"
+          ? el("div", { class: "field" }, el("label", { for: `${id}-seats`, text: "Seats per row" }),
+            el("input", { id: `${id}-seats`, class: "section-seats", type: "number", min: 1, max: 1000, value: 12 }))
+          : null,
+        el("button", { type: "button", class: "secondary remove", text: "Remove" })));
+    box.querySelector(".remove").addEventListener("click", () => { box.remove(); preview(); });
+    box.addEventListener("input", preview);
+    sections.append(box);
+    preview();
+  }
+
+  function venueSections() {
+    return [...sections.children].map((box) => {
+      const name = box.querySelector(".section-name").value.trim();
+      if (box.dataset.kind === "standing") {
+        return { name, capacity: Number(box.querySelector(".section-capacity").value) };
+      }
+      const rows = Number(box.querySelector(".section-rows").value);
+      const seats = Number(box.querySelector(".section-seats").value);
+      return { name, rows: Array.from({ length: rows }, (_, i) => ({ label: String.fromCharCode(65 + (i % 26)) + (i >= 26 ? Math.floor(i / 26) : ""), seats })) };
+    });
+  }
+
+  function preview() {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    let y = 4;
+    let width = 200;
+    let seats = 0;
+    for (const section of venueSections()) {
+      const label = document.createElementNS(ns, "text");
+      label.setAttribute("x", 4); label.setAttribute("y", y + 12);
+      label.setAttribute("class", "section-label");
+      label.textContent = section.capacity ? `${section.name} (standing, ${section.capacity})` : section.name;
+      svg.append(label);
+      y += 18;
+      for (const row of section.rows || []) {
+        for (let n = 0; n < Math.min(row.seats, 60); n++) {
+          const seat = document.createElementNS(ns, "rect");
+          seat.setAttribute("x", 20 + n * 8); seat.setAttribute("y", y);
+          seat.setAttribute("width", 6); seat.setAttribute("height", 6);
+          seat.setAttribute("class", "seat available");
+          svg.append(seat);
+          width = Math.max(width, 30 + n * 8);
+        }
+        seats += row.seats;
+        y += 8;
+      }
+      y += 6;
+    }
+    svg.setAttribute("viewBox", `0 0 ${width} ${y}`);
+    svg.setAttribute("width", Math.min(width * 2, 940));
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `Preview: ${seats} seats`);
+    $("#venue-preview").replaceChildren(svg);
+  }
+
+  function showTiers() {
+    const venue = venues.find((v) => v.id === $("#event-venue").value);
+    const tiers = $("#tiers");
+    tiers.replaceChildren();
+    for (const section of venue ? venue.sections : []) {
+      const id = `tier-${section.name.replace(/\W+/g, "-")}`;
+      tiers.append(el("div", { class: "field" },
+        el("label", { for: id, text: `${section.name} price` }),
+        el("input", { id, class: "tier-price", "data-section": section.name, type: "number", min: 0, step: "0.01", value: "50.00", required: true })));
+    }
+  }
+
+  $("#add-seated").addEventListener("click", () => addSection("seated"));
+  $("#add-standing").addEventListener("click", () => addSection("standing"));
+  $("#event-venue").addEventListener("change", showTiers);
+  addSection("seated");
+
+  $("#venue-form").addEventListener("submit", async (submit) => {
+    submit.preventDefault();
+    try {
+      flash("");
+      const venue = await api("POST", "/api/v1/venues", {
+        name: $("#venue-name").value, city: $("#venue-city").value, country: $("#venue-country").value,
+        lat: Number($("#venue-lat").value), lon: Number($("#venue-lon").value), sections: venueSections(),
+      });
+      flash(`Venue "${venue.name}" created.`, "ok");
+      await loadVenues();
+      $("#event-venue").value = venue.id;
+      showTiers();
+      $("#event-title").focus();
+    } catch (error) { fail(error); }
+  });
+
+  $("#event-form").addEventListener("submit", async (submit) => {
+    submit.preventDefault();
+    const currency = $("#event-currency").value.trim().toUpperCase();
+    const body = {
+      title: $("#event-title").value, description: $("#event-description").value,
+      venue_id: $("#event-venue").value, category: $("#event-category").value,
+      starts_at: isoFromLocal($("#event-starts").value), ends_at: isoFromLocal($("#event-ends").value),
+      price_tiers: [...document.querySelectorAll(".tier-price")].map((input) => ({
+        name: input.dataset.section, price_cents: Math.round(Number(input.value) * 100), currency, sections: [input.dataset.section],
+      })),
+      waiting_room: { enabled: $("#event-room").checked, admit_per_minute: Number($("#event-rate").value) },
+      streaming: { enabled: $("#event-streaming").checked },
+    };
+    const onSale = isoFromLocal($("#event-onsale").value);
+    if (onSale) body.on_sale_at = onSale;
+    try {
+      flash("");
+      const event = await api("POST", "/api/v1/events", body);
+      location.href = `/organizer/events/${event.id}`;
+    } catch (error) { fail(error); }
+  });
+
+  loadMine();
+  loadVenues();
+}
+
+async function dashboardPage() {
+  if (!requireUser()) return;
+  const eventId = decodeURIComponent(location.pathname.split("/")[3] || "");
+  let event = null;
+  const statuses = new Map();
+  let prices = new Map();
+  let ga = [];
+
+  function render() {
+    let sold = 0;
+    let held = 0;
+    let revenue = 0;
+    for (const [seat, status] of statuses) {
+      if (status === "sold") { sold += 1; revenue += prices.get(seat) || 0; }
+      if (status === "held") held += 1;
+    }
+    for (const area of ga) {
+      const tier = event.price_tiers.find((t) => t.sections.includes(area.section));
+      const taken = area.capacity - area.available;
+      sold += taken;
+      revenue += taken * (tier ? tier.price_cents : 0);
+    }
+    $("#sold").textContent = String(sold);
+    $("#held").textContent = String(held);
+    $("#revenue").textContent = money(revenue, event.currency);
+  }
+
+  async function snapshot() {
+    const seats = await api("GET", `/api/v1/events/${encodeURIComponent(eventId)}/seats`);
+    statuses.clear();
+    prices = new Map(seats.seats.map((seat) => [seat.id, seat.price_cents]));
+    for (const seat of seats.seats) statuses.set(seat.id, seat.status);
+    ga = seats.general_admission || [];
+    render();
+    return seats.version;
+  }
+
+  let source = null;
+  async function follow() {
+    if (source) source.close();
+    const version = await snapshot();
+    // A draft's seat channel is private to its organizer; follow it once published.
+    if (event.status !== "published") return;
+    source = new EventSource(`/api/v1/push/sse?channel=${encodeURIComponent(`event:${eventId}:seats`)}&since=${version}`);
+    source.addEventListener("seats", async (message) => {
+      const change = JSON.parse(message.data).data;
+      for (const seat of change.seat_ids || []) statuses.set(seat, change.status);
+      if (change.general_admission) await snapshot(); else render();
+    });
+    source.addEventListener("reset", () => { source.close(); follow(); });
+  }
+
+  async function queue() {
+    if (!event.waiting_room.enabled) { $("#queue").textContent = "no waiting room"; return; }
+    try {
+      const stats = await api("GET", `/api/v1/events/${encodeURIComponent(eventId)}/queue`);
+      $("#queue").textContent = `${stats.waiting} waiting (${stats.state})`;
+    } catch (error) { $("#queue").textContent = error.message; }
+  }
+
+  function showStatus() {
+    $("#meta").textContent = `${event.status} · ${when(event.starts_at)} · ${event.venue.name}, ${event.venue.city}`;
+    $("#publish").hidden = event.status !== "draft";
+    $("#cancel").hidden = event.status === "cancelled";
+  }
+
+  try {
+    event = await api("GET", `/api/v1/events/${encodeURIComponent(eventId)}`);
+    $("#title").textContent = event.title;
+    $("#public-link").href = `/events/${event.id}`;
+    showStatus();
+    await follow();
+    queue();
+    setInterval(queue, 3000);
+  } catch (error) { fail(error); }
+
+  $("#publish").addEventListener("click", async () => {
+    try {
+      event = await api("POST", `/api/v1/events/${eventId}/publish`, {});
+      showStatus();
+      flash("Published: fans can find it now.", "ok");
+      await follow();
+    }
+    catch (error) { fail(error); }
+  });
+  $("#cancel").addEventListener("click", async () => {
+    if (!confirm("Cancel this event and refund every order?")) return;
+    try { event = await api("POST", `/api/v1/events/${eventId}/cancel`, {}); showStatus(); flash("Cancelled; orders are refunded.", "ok"); }
+    catch (error) { fail(error); }
+  });
+  $("#checkin").addEventListener("submit", async (submit) => {
+    submit.preventDefault();
+    const result = $("#checkin-result");
+    try {
+      await api("POST", `/api/v1/events/${eventId}/checkin`, { code: $("#code").value.trim() });
+      result.textContent = "Checked in: welcome!";
+      result.className = "ok";
+    } catch (error) {
+      result.textContent = error.code === "already_checked_in" ? "Already checked in." : error.message;
+      result.className = "bad";
+    }
+    $("#code").select();
+  });
+}
+
 // ---- sign in -----------------------------------------------------------------------------
 
 function signIn() {
@@ -474,4 +750,4 @@ function signIn() {
 }
 
 header();
-({ home, event: eventPage, orders: ordersPage, signin: signIn })[page]?.();
+({ home, event: eventPage, orders: ordersPage, signin: signIn, organizer: organizerPage, dashboard: dashboardPage })[page]?.();

@@ -44,6 +44,17 @@ const ORDERS: Page = Page {
     main: include_str!("../assets/orders.html"),
 };
 
+const ORGANIZER: Page = Page {
+    title: "Organizer",
+    name: "organizer",
+    main: include_str!("../assets/organizer.html"),
+};
+const DASHBOARD: Page = Page {
+    title: "Event dashboard",
+    name: "dashboard",
+    main: include_str!("../assets/dashboard.html"),
+};
+
 fn render(page: &Page) -> Response {
     let html = LAYOUT
         .replace("{{title}}", page.title)
@@ -74,6 +85,11 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/events/{id}", get(|| async { render(&EVENT) }))
         .route("/signin", get(|| async { render(&SIGN_IN) }))
         .route("/me/orders", get(|| async { render(&ORDERS) }))
+        .route("/organizer", get(|| async { render(&ORGANIZER) }))
+        .route(
+            "/organizer/events/{id}",
+            get(|| async { render(&DASHBOARD) }),
+        )
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),

@@ -14,6 +14,8 @@ async fn pages_and_assets_are_served_from_the_binary() {
         ("/events/01J0000000000000000000000Z", "event"),
         ("/signin", "signin"),
         ("/me/orders", "orders"),
+        ("/organizer", "organizer"),
+        ("/organizer/events/01J0000000000000000000000Z", "dashboard"),
     ] {
         let response = app
             .client
