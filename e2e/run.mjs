@@ -112,6 +112,12 @@ const scenarios = {
       await annPage.getByRole("button", { name: "Search" }).click();
       try { await result.waitFor({ timeout: 1000 }); break; } catch (error) { if (Date.now() > deadline) throw error; }
     }
+    // Near a city: London is about 10 km from the arena, so the hit shows its distance.
+    await annPage.getByLabel("Near a city").fill("London, GB");
+    await annPage.getByLabel("Near a city").dispatchEvent("change");
+    await annPage.locator("#where", { hasText: "Near London, GB" }).waitFor();
+    await annPage.getByRole("button", { name: "Search" }).click();
+    await annPage.locator(".result p.muted", { hasText: /km away/ }).first().waitFor({ timeout: PATIENCE });
     await annPage.screenshot({ path: join(artifacts, "search.png"), fullPage: true });
     await result.click();
     await annPage.waitForURL(`${url}/events/${event.id}`);

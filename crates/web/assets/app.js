@@ -132,6 +132,34 @@ function home() {
     );
   });
 
+  // Cities for "near a city", loaded once when the field is first used.
+  let cities = null;
+  async function loadCities() {
+    if (cities) return cities;
+    const text = await (await fetch("/assets/cities.csv")).text();
+    cities = new Map();
+    for (const line of text.split("\n").slice(1)) {
+      const [, name, country, lat, lon] = line.split(",");
+      if (name && lat && lon) cities.set(`${name}, ${country}`, { lat: Number(lat), lon: Number(lon) });
+    }
+    $("#cities").replaceChildren(...[...cities.keys()].map((key) => el("option", { value: key })));
+    return cities;
+  }
+  form.city.addEventListener("focus", loadCities, { once: true });
+  form.city.addEventListener("change", async () => {
+    const value = form.city.value.trim();
+    if (!value) { here = null; $("#where").textContent = ""; return; }
+    const known = await loadCities();
+    const exact = known.get(value)
+      || [...known.entries()].find(([key]) => key.toLowerCase().startsWith(value.toLowerCase()))?.[1];
+    if (!exact) { flash(`No city called "${value}" here; pick one from the list.`); return; }
+    flash("");
+    here = exact;
+    $("#near-me").setAttribute("aria-pressed", "false");
+    $("#where").textContent = `Near ${value}`;
+    if (!form.radius.value) form.radius.value = 50;
+  });
+
   async function run(more) {
     const query = new URLSearchParams();
     const q = form.q.value.trim();

@@ -15,6 +15,8 @@ use axum::Router;
 const LAYOUT: &str = include_str!("../assets/layout.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+/// The demo's GeoNames city extract, so "near a city" works with nothing fetched from outside.
+const CITIES_CSV: &str = include_str!("../../marquee/data/cities.csv");
 
 /// One page: its title, its `data-page` (which part of `app.js` runs) and its main content.
 struct Page {
@@ -93,6 +95,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/assets/cities.csv",
+            get(|| async { asset("text/csv; charset=utf-8", CITIES_CSV) }),
         )
         .route(
             "/assets/app.css",
