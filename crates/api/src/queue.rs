@@ -102,6 +102,7 @@ impl Queue {
             admit_per_minute: settings.admit_per_minute,
             pass_ttl_ms: u64::from(settings.pass_ttl_seconds) * 1000,
             max_active: settings.max_active,
+            closes_at: millis(event.details.starts_at),
         })
     }
 

@@ -85,6 +85,7 @@ fn config(event: Ulid) -> RoomConfig {
         admit_per_minute: 600,
         pass_ttl_ms: 900_000,
         max_active: None,
+        closes_at: OPEN + 86_400_000,
     }
 }
 

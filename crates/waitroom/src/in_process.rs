@@ -2,9 +2,9 @@
 //!
 //! A room keeps one 40-byte slot per place ever taken (indexed by join number, which the token
 //! carries, so a lookup is an index), a map from account to place, and the queue order as an
-//! appendable Fenwick tree: a position is a prefix sum. Presence is a lazily re-queued FIFO of
-//! (last seen, place), so touching a place is a field write and the idle sweep pops from the
-//! front. A million queued fans take about 110 MiB.
+//! appendable Fenwick tree: a position is a prefix sum. Presence is a min-heap of (last seen,
+//! place) records re-pushed lazily, so touching a place is a field write and the idle sweep pops
+//! only what is due or out of date. A million queued fans take about 110 MiB.
 
 use crate::fenwick::Fenwick;
 use crate::pacing::Pacer;
@@ -15,7 +15,8 @@ use crate::{
     WaitroomError,
 };
 use async_trait::async_trait;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use ulid::Ulid;
 
@@ -58,10 +59,11 @@ struct Room {
     waiting_at: Fenwick,
     head: usize,
     waiting: u64,
-    /// (last seen, place), roughly oldest first; re-queued when found fresh.
-    presence: VecDeque<(Millis, u32)>,
-    /// (pass expiry, place) in admission order.
-    passes: VecDeque<(Millis, u32)>,
+    /// (last seen as recorded, place), oldest first; a record older than the place's real
+    /// last-seen time is re-pushed with the real one when it comes up.
+    presence: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// (pass expiry, place), soonest first (the TTL may change between admissions).
+    passes: BinaryHeap<Reverse<(Millis, u32)>>,
     active: u64,
     pacer: Pacer,
     /// Last time a fan had to wait.
@@ -85,8 +87,8 @@ impl Room {
             waiting_at: Fenwick::new(),
             head: 0,
             waiting: 0,
-            presence: VecDeque::new(),
-            passes: VecDeque::new(),
+            presence: BinaryHeap::new(),
+            passes: BinaryHeap::new(),
             active: 0,
             pacer: Pacer::default(),
             busy_at: 0,
@@ -186,7 +188,7 @@ impl Room {
         let slot = &mut self.slots[seq as usize];
         slot.expires_at = expires_at;
         let user = Ulid(u128::from_be_bytes(slot.user));
-        self.passes.push_back((expires_at, seq));
+        self.passes.push(Reverse((expires_at, seq)));
         self.active += 1;
         self.admitted_total += 1;
         Admission {
@@ -231,11 +233,11 @@ impl Room {
     }
 
     fn expire_passes(&mut self, now: Millis) {
-        while let Some(&(expires_at, seq)) = self.passes.front() {
+        while let Some(&Reverse((expires_at, seq))) = self.passes.peek() {
             if expires_at > now {
                 break;
             }
-            self.passes.pop_front();
+            self.passes.pop();
             let slot = &mut self.slots[seq as usize];
             if slot.state == SlotState::Admitted && slot.expires_at == expires_at {
                 slot.state = SlotState::PassExpired;
@@ -249,11 +251,11 @@ impl Room {
     fn sweep_idle(&mut self, now: Millis, idle_ms: u64) -> u64 {
         let cutoff = now.saturating_sub(idle_ms);
         let mut abandoned = 0;
-        while let Some(&(seen, seq)) = self.presence.front() {
+        while let Some(&Reverse((seen, seq))) = self.presence.peek() {
             if seen >= cutoff {
                 break;
             }
-            self.presence.pop_front();
+            self.presence.pop();
             let slot = self.slots[seq as usize];
             if !matches!(slot.state, SlotState::PreQueue | SlotState::Waiting) {
                 continue;
@@ -262,7 +264,7 @@ impl Room {
                 self.dequeue(seq, SlotState::Abandoned);
                 abandoned += 1;
             } else {
-                self.presence.push_back((slot.last_seen, seq));
+                self.presence.push(Reverse((slot.last_seen, seq)));
             }
         }
         self.abandoned_total += abandoned;
@@ -465,7 +467,7 @@ impl WaitingRoom for InProcessWaitingRoom {
             expires_at: 0,
         });
         room.by_user.insert(key, seq);
-        room.presence.push_back((now, seq));
+        room.presence.push(Reverse((now, seq)));
         if room.opened {
             if room.state == RoomState::Inactive {
                 // Joins outrunning the rate wake a quiet room up.
@@ -536,6 +538,14 @@ impl WaitingRoom for InProcessWaitingRoom {
         let Some(room) = self.room(event) else {
             return Ok(TickOutcome::default());
         };
+        let closes_at = lock(&room).config.closes_at;
+        if now >= closes_at {
+            self.rooms
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&event);
+            return Ok(TickOutcome::default());
+        }
         let mut room = lock(&room);
         room.open_if_due(now);
         room.expire_passes(now);
@@ -556,7 +566,7 @@ impl WaitingRoom for InProcessWaitingRoom {
     }
 
     async fn requires_pass(&self, config: &RoomConfig, now: Millis) -> Result<bool> {
-        if now < config.opens_at {
+        if now < config.opens_at || now >= config.closes_at {
             return Ok(false);
         }
         Ok(match self.room(config.event) {

@@ -63,6 +63,9 @@ pub struct RoomConfig {
     pub pass_ttl_ms: u64,
     /// Most admitted fans whose pass is still live; `None` for no cap.
     pub max_active: Option<u32>,
+    /// When the room is retired (the event's start: nothing is sold after it). Its places and
+    /// passes are then forgotten and its tokens are unknown.
+    pub closes_at: Millis,
 }
 
 /// Server-wide timings, the same for every room.

@@ -32,7 +32,7 @@ local room, wait, seen, adm, users, slots, gone, rooms =
 local RATE_MEMORY = 30000.0
 local CREDIT_CAP_MS = 1000.0
 local F = {'opened','state','opens_at','join_from','apm','ttl','max_active','credit','credit_at',
-  'rate','rate_at','busy_ms','busy_at','admitted_total','abandoned_total','seq'}
+  'rate','rate_at','busy_ms','busy_at','admitted_total','abandoned_total','seq','closes_at'}
 local r = {}
 local loaded = {}
 local exists = false
@@ -62,9 +62,9 @@ local function save()
     redis.call('HSET', room, 'pack', cmsgpack.pack(r))
   end
 end
-local function configure(opens_at, join_from, apm, ttl, max_active)
+local function configure(opens_at, join_from, apm, ttl, max_active, closes_at)
   if r.opened ~= 1 then r.opens_at = opens_at; r.join_from = join_from end
-  r.apm = apm; r.ttl = ttl; r.max_active = max_active
+  r.apm = apm; r.ttl = ttl; r.max_active = max_active; r.closes_at = closes_at
 end
 local function open_if_due(now)
   if r.opened ~= 1 and now >= r.opens_at then
@@ -115,6 +115,7 @@ local function admit(now, out)
   accrue(now)
   local n = math.floor(r.credit)
   if r.max_active > 0 then
+    expire_passes(now)
     local active = redis.call('ZCARD', adm)
     n = math.min(n, math.max(r.max_active - active, 0))
   end
@@ -164,15 +165,15 @@ local function stats()
 end
 "#;
 
-/// ARGV: now, user, event, opens_at, join_from, apm, ttl, max_active, draw.
+/// ARGV: now, user, event, opens_at, join_from, apm, ttl, max_active, closes_at, draw.
 const JOIN: &str = r#"
 local now = tonumber(ARGV[1])
 local user = ARGV[2]
 load()
 configure(tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
-  tonumber(ARGV[8]))
+  tonumber(ARGV[8]), tonumber(ARGV[9]))
 if now < r.join_from then
-  save()
+  -- Nothing is stored: the first join that is let in creates the room and lists it.
   return {'early', string.format('%.17g', r.join_from)}
 end
 if not exists then redis.call('SADD', rooms, ARGV[3]) end
@@ -208,7 +209,7 @@ if r.opened == 1 then
     admit_one(seq, now, {})
   end
 else
-  redis.call('ZADD', wait, tonumber(ARGV[9]), seq)
+  redis.call('ZADD', wait, tonumber(ARGV[10]), seq)
 end
 save()
 return place(seq, now)
@@ -220,6 +221,7 @@ local now = tonumber(ARGV[1])
 local seq = ARGV[2]
 load()
 if not exists or redis.call('HEXISTS', slots, seq) == 0 then return {'unknown'} end
+if r.closes_at > 0 and now >= r.closes_at then return {'unknown'} end
 open_if_due(now)
 touch(seq, now)
 let_through_if_ended(seq, now)
@@ -241,11 +243,17 @@ end
 return 1
 "#;
 
-/// ARGV: now, idle_ms, quiet_ms.
+/// ARGV: now, idle_ms, quiet_ms, event.
 const TICK: &str = r#"
 local now = tonumber(ARGV[1])
 load()
 if not exists then return {'0', '0'} end
+if r.closes_at > 0 and now >= r.closes_at then
+  -- The event has started: retire the room. Its keys linger a day, for support, then go.
+  redis.call('SREM', rooms, ARGV[4])
+  for i = 1, 7 do redis.call('PEXPIRE', KEYS[i], 86400000) end
+  return {'0', '0'}
+end
 open_if_due(now)
 expire_passes(now)
 local stale = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (now - tonumber(ARGV[2])),
@@ -268,15 +276,16 @@ save()
 return out
 "#;
 
-/// ARGV: now, event, opens_at, join_from, apm, ttl, max_active, action (0 pause, 1 resume, 2 end).
+/// ARGV: now, event, opens_at, join_from, apm, ttl, max_active, closes_at, action (0 pause,
+/// 1 resume, 2 end).
 const CONTROL: &str = r#"
 local now = tonumber(ARGV[1])
 load()
 configure(tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-  tonumber(ARGV[7]))
+  tonumber(ARGV[7]), tonumber(ARGV[8]))
 redis.call('SADD', rooms, ARGV[2])
 open_if_due(now)
-local action = ARGV[8]
+local action = ARGV[9]
 if action == '0' then
   r.state = 1
 elseif action == '1' then
@@ -389,7 +398,9 @@ impl RedisWaitingRoom {
 
     fn keys(&self, event: Ulid) -> [String; 8] {
         let p = &self.prefix;
-        // One hash tag per room keeps a room's keys in one Redis Cluster slot.
+        // One hash tag per room keeps a room's keys together, but the scripts also touch the
+        // shared set of rooms: Redis Cluster would refuse them (CROSSSLOT). One Redis (or a
+        // replicated primary) serves every node.
         [
             format!("{p}:wr:{{{event}}}:room"),
             format!("{p}:wr:{{{event}}}:wait"),
@@ -521,7 +532,8 @@ impl RedisWaitingRoom {
             .arg(config.join_from)
             .arg(config.admit_per_minute)
             .arg(config.pass_ttl_ms)
-            .arg(config.max_active.unwrap_or(0));
+            .arg(config.max_active.unwrap_or(0))
+            .arg(config.closes_at);
     }
 }
 
@@ -614,6 +626,7 @@ impl WaitingRoom for RedisWaitingRoom {
             .arg(now)
             .arg(self.timings.idle_ms())
             .arg(self.timings.quiet_ms())
+            .arg(event.to_string())
             .invoke_async(&mut self.connection.clone())
             .await?;
         let abandoned = whole(row.first())?;
@@ -645,7 +658,7 @@ impl WaitingRoom for RedisWaitingRoom {
     }
 
     async fn requires_pass(&self, config: &RoomConfig, now: Millis) -> Result<bool> {
-        if now < config.opens_at {
+        if now < config.opens_at || now >= config.closes_at {
             return Ok(false);
         }
         let state: Option<String> = redis::cmd("HGET")

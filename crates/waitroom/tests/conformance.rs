@@ -32,6 +32,7 @@ fn config(rate: u32) -> RoomConfig {
         admit_per_minute: rate,
         pass_ttl_ms: 15 * MINUTE,
         max_active: None,
+        closes_at: OPEN + 10 * 24 * 60 * MINUTE,
     }
 }
 
@@ -82,6 +83,9 @@ conformance!(
     tokens_are_checked_before_lookup,
     joining_before_the_window_is_refused,
     concurrent_joins_get_distinct_places,
+    rooms_are_driven_from_the_first_join_and_retired_when_the_event_starts,
+    passes_expire_on_time_when_the_ttl_changes,
+    idle_places_are_swept_on_time_in_any_order,
 );
 
 fn position(standing: &Standing) -> u64 {
@@ -688,4 +692,114 @@ async fn concurrent_joins_get_distinct_places(room: Arc<dyn WaitingRoom>) {
     // One fan went straight through (place 0); the rest hold places 1..=199.
     let expected: Vec<u64> = (0..200).collect();
     assert_eq!(places, expected);
+}
+
+async fn rooms_are_driven_from_the_first_join_and_retired_when_the_event_starts(
+    room: Arc<dyn WaitingRoom>,
+) {
+    let config = config(60);
+    // A join before the window is refused, and must not leave a room the driver cannot see.
+    room.join(&config, Ulid::new(), config.join_from - 1)
+        .await
+        .expect_err("too early");
+    let place = room
+        .join(&config, Ulid::new(), OPEN - 1)
+        .await
+        .expect("join");
+    assert!(room.rooms().await.expect("rooms").contains(&config.event));
+    assert!(room.requires_pass(&config, OPEN).await.expect("gates"));
+    // Once the event starts the room is retired: not driven, its places unknown, no gate.
+    let outcome = room
+        .tick(config.event, config.closes_at)
+        .await
+        .expect("tick");
+    assert!(outcome.admitted.is_empty());
+    assert!(!room.rooms().await.expect("rooms").contains(&config.event));
+    assert_eq!(
+        room.status(&place.token, config.closes_at).await,
+        Err(WaitroomError::UnknownToken)
+    );
+    assert!(!room
+        .requires_pass(&config, config.closes_at)
+        .await
+        .expect("no gate"));
+}
+
+async fn passes_expire_on_time_when_the_ttl_changes(room: Arc<dyn WaitingRoom>) {
+    let long = RoomConfig {
+        pass_ttl_ms: 15 * MINUTE,
+        ..config(600)
+    };
+    let short = RoomConfig {
+        pass_ttl_ms: MINUTE,
+        ..long.clone()
+    };
+    room.join(&long, Ulid::new(), OPEN).await.expect("first");
+    // The organizer shortens the pass; the next fan's pass expires before the first one's.
+    let second = room
+        .join(&short, Ulid::new(), OPEN + 1_000)
+        .await
+        .expect("second");
+    assert!(
+        matches!(second.standing, Standing::Admitted { .. }),
+        "{second:?}"
+    );
+    let stats = room
+        .stats(long.event, OPEN + 1_000 + MINUTE)
+        .await
+        .expect("stats")
+        .expect("room");
+    assert_eq!(
+        stats.active, 1,
+        "the short pass has expired, the long one not"
+    );
+}
+
+async fn idle_places_are_swept_on_time_in_any_order(room: Arc<dyn WaitingRoom>) {
+    let config = config(1);
+    room.join(&config, Ulid::new(), OPEN)
+        .await
+        .expect("straight through");
+    let ann = room
+        .join(&config, Ulid::new(), OPEN + 1)
+        .await
+        .expect("ann");
+    // Paused, so nobody is admitted meanwhile: only the sweep moves anyone.
+    room.control(&config, Control::Pause, OPEN + 2)
+        .await
+        .expect("pause");
+    let bob = room
+        .join(&config, Ulid::new(), OPEN + 30_000)
+        .await
+        .expect("bob");
+    room.status(&ann.token, OPEN + 50_000)
+        .await
+        .expect("ann polls");
+    let cat = room
+        .join(&config, Ulid::new(), OPEN + 60_000)
+        .await
+        .expect("cat");
+    // The first sweep finds Ann's join record out of date (she polled at 50 s) and keeps her.
+    let first = room.tick(config.event, OPEN + 70_000).await.expect("tick");
+    assert_eq!(first.abandoned, 0);
+    room.status(&cat.token, OPEN + 100_000)
+        .await
+        .expect("cat polls");
+    // At 111 s Ann (last seen at 50 s) and Bob (30 s) are both past the 60 s timeout; Cat is not.
+    let second = room.tick(config.event, OPEN + 111_000).await.expect("tick");
+    assert_eq!(second.abandoned, 2);
+    assert_eq!(
+        room.status(&ann.token, OPEN + 111_001)
+            .await
+            .expect("ann")
+            .standing,
+        Standing::Expired
+    );
+    assert_eq!(
+        room.status(&bob.token, OPEN + 111_001)
+            .await
+            .expect("bob")
+            .standing,
+        Standing::Expired
+    );
 }
