@@ -154,6 +154,10 @@ const scenarios = {
     await annPage.goto(`${url}/me/orders`);
     await annPage.locator(".order .ticket .qr svg").first().waitFor({ timeout: PATIENCE });
     await annPage.screenshot({ path: join(artifacts, "orders.png"), fullPage: true });
+    // Refunding from "My orders" puts the seats back on sale, live on Bob's map.
+    await annPage.getByRole("button", { name: "Refund" }).click();
+    await annPage.locator(".order .status", { hasText: "refunded" }).waitFor({ timeout: PATIENCE });
+    await bobPage.locator(`rect.seat.available[data-seat-id="${event.seatIds[1]}"]`).waitFor({ timeout: PATIENCE });
 
     // A declined card shows the API's message.
     await bobPage.getByLabel(/^Card/).fill("tok_declined");
