@@ -14,6 +14,11 @@ pub struct OnSale {
 
 /// A published event on sale now at the contract's example venue (42 seats, 500 standing).
 pub async fn on_sale(app: TestApp) -> OnSale {
+    on_sale_with_room(app, json!({"enabled": false})).await
+}
+
+/// The same, with the waiting room described by `waiting_room`.
+pub async fn on_sale_with_room(app: TestApp, waiting_room: Value) -> OnSale {
     let (organizer, _) = app.register("organizer").await;
     let venue = app.create_venue(&organizer).await;
     let seat_ids = venue["sections"][0]["rows"]
@@ -25,7 +30,7 @@ pub async fn on_sale(app: TestApp) -> OnSale {
         .collect();
     let mut body = event_body(venue["id"].as_str().expect("id"));
     body.as_object_mut().expect("object").remove("on_sale_at");
-    body["waiting_room"] = json!({"enabled": false});
+    body["waiting_room"] = waiting_room;
     let event = app
         .post("/api/v1/events", Some(&organizer), body)
         .await

@@ -2,6 +2,7 @@
 //! the organizer's controls, abandonment, limits and every refusal. The in-process room is
 //! driven by the server's own driver; one test runs the same flow on Redis.
 
+use crate::holds::{on_sale_with_room, OnSale};
 use crate::support::{event_body, Response, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -10,45 +11,8 @@ use std::time::Duration;
 /// Only a bound on a hung test; no assertion depends on it.
 const PATIENCE: Duration = Duration::from_secs(15);
 
-struct Room {
-    app: TestApp,
-    organizer: String,
-    event_id: String,
-    seat_ids: Vec<String>,
-}
-
-/// A published event on sale now, with a waiting room of `room` settings.
-async fn on_sale_with_room(app: TestApp, room: Value) -> Room {
-    let (organizer, _) = app.register("organizer").await;
-    let venue = app.create_venue(&organizer).await;
-    let seat_ids = venue["sections"][0]["rows"][0]["seats"]
-        .as_array()
-        .expect("seats")
-        .iter()
-        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
-        .collect();
-    let mut body = event_body(venue["id"].as_str().expect("id"));
-    body.as_object_mut().expect("object").remove("on_sale_at");
-    body["waiting_room"] = room;
-    let event = app
-        .post("/api/v1/events", Some(&organizer), body)
-        .await
-        .expect(StatusCode::CREATED);
-    let event_id = event["id"].as_str().expect("id").to_string();
-    app.post(
-        &format!("/api/v1/events/{event_id}/publish"),
-        Some(&organizer),
-        json!({}),
-    )
-    .await
-    .expect(StatusCode::OK);
-    Room {
-        app,
-        organizer,
-        event_id,
-        seat_ids,
-    }
-}
+/// An event on sale now with a waiting room (see `holds::on_sale_with_room`).
+type Room = OnSale;
 
 impl Room {
     async fn join(&self, token: &str) -> Response {
@@ -82,7 +46,7 @@ impl Room {
         }
     }
 
-    async fn hold(&self, token: &str, pass: Option<&str>, seat: usize) -> Response {
+    async fn hold_with_pass(&self, token: &str, pass: Option<&str>, seat: usize) -> Response {
         let headers: Vec<(&str, &str)> = pass
             .map(|pass| ("x-marquee-pass", pass))
             .into_iter()
@@ -118,7 +82,7 @@ async fn admitted_fan_holds_with_the_pass_and_nobody_else_can(app: TestApp) {
     let (ann, _) = room.app.register("fan").await;
     let (bob, _) = room.app.register("fan").await;
 
-    let refused = room.hold(&ann, None, 0).await;
+    let refused = room.hold_with_pass(&ann, None, 0).await;
     refused.expect_error(StatusCode::FORBIDDEN, "queue_required");
     assert_eq!(refused.body["error"]["reason"], "missing");
 
@@ -135,23 +99,23 @@ async fn admitted_fan_holds_with_the_pass_and_nobody_else_can(app: TestApp) {
     assert!(place["pass_expires_at"].is_string());
 
     let hold = room
-        .hold(&ann, Some(&pass), 0)
+        .hold_with_pass(&ann, Some(&pass), 0)
         .await
         .expect(StatusCode::CREATED);
     assert_eq!(hold["event_id"], room.event_id.as_str());
 
     // Bob cannot ride on Ann's pass, nor on a mangled one.
-    let stolen = room.hold(&bob, Some(&pass), 1).await;
+    let stolen = room.hold_with_pass(&bob, Some(&pass), 1).await;
     stolen.expect_error(StatusCode::FORBIDDEN, "queue_required");
     assert_eq!(stolen.body["error"]["reason"], "other_user");
     let mut mangled = pass.clone().into_bytes();
     let last = mangled.len() - 3;
     mangled[last] = if mangled[last] == b'A' { b'B' } else { b'A' };
     let mangled = String::from_utf8(mangled).expect("ascii");
-    let forged = room.hold(&ann, Some(&mangled), 1).await;
+    let forged = room.hold_with_pass(&ann, Some(&mangled), 1).await;
     forged.expect_error(StatusCode::FORBIDDEN, "queue_required");
     assert_eq!(forged.body["error"]["reason"], "forged");
-    let garbage = room.hold(&ann, Some("not a pass"), 1).await;
+    let garbage = room.hold_with_pass(&ann, Some("not a pass"), 1).await;
     assert_eq!(garbage.body["error"]["reason"], "malformed");
 
     // Ann's pass is for this event only.
@@ -178,7 +142,7 @@ async fn admitted_fan_holds_with_the_pass_and_nobody_else_can(app: TestApp) {
         )
         .await
         .expect(StatusCode::NO_CONTENT);
-    let revoked = room.hold(&ann, Some(&pass), 2).await;
+    let revoked = room.hold_with_pass(&ann, Some(&pass), 2).await;
     assert_eq!(
         revoked.body["error"]["reason"], "revoked",
         "{}",
@@ -275,7 +239,7 @@ async fn joining_again_keeps_the_place_and_admission_is_pushed_at_once() {
     let pass = admitted["data"]["pass"]
         .as_str()
         .expect("pass on the channel");
-    room.hold(&bob, Some(pass), 0)
+    room.hold_with_pass(&bob, Some(pass), 0)
         .await
         .expect(StatusCode::CREATED);
     room.app.stop().await;
@@ -329,10 +293,12 @@ async fn the_organizer_sees_pauses_and_ends_the_room() {
     assert_eq!(ended["state"], "ended");
     let (last, last_token) = &fans[2];
     assert_eq!(room.place(last_token).await["status"], "admitted");
-    room.hold(last, None, 0).await.expect(StatusCode::CREATED);
+    room.hold_with_pass(last, None, 0)
+        .await
+        .expect(StatusCode::CREATED);
     let resumed = room.control("resume").await;
     assert_eq!(resumed["state"], "active");
-    room.hold(&fans[1].0, None, 1)
+    room.hold_with_pass(&fans[1].0, None, 1)
         .await
         .expect_error(StatusCode::FORBIDDEN, "queue_required");
     room.app.stop().await;
