@@ -264,6 +264,7 @@ pub fn spawn_queue_driver(state: AppState, mut stopped: watch::Receiver<bool>) -
         let mut ticker = tokio::time::interval(STEP);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_until: HashMap<Ulid, tokio::time::Instant> = HashMap::new();
+        let mut announced: HashMap<Ulid, Announced> = HashMap::new();
         let mut last_presence = tokio::time::Instant::now();
         let mut last_update = tokio::time::Instant::now();
         loop {
@@ -299,6 +300,7 @@ pub fn spawn_queue_driver(state: AppState, mut stopped: watch::Receiver<bool>) -
                         for admission in &outcome.admitted {
                             announce_admission(&state, event, admission).await;
                         }
+                        announce_stats(&state, event, started, &mut announced).await;
                     }
                     Err(error) => tracing::warn!(%error, %event, "queue driver: step failed"),
                 }
@@ -320,6 +322,69 @@ pub fn spawn_queue_driver(state: AppState, mut stopped: watch::Receiver<bool>) -
             }
         }
     })
+}
+
+/// What the organizer was last told about a room, and when.
+struct Announced {
+    at: tokio::time::Instant,
+    figures: (u64, u64, u64, &'static str),
+}
+
+/// At most once a second, and only when they changed, the room's figures go to its organizer's
+/// `user:{id}` channel as `queue.stats` (the dashboard follows it). Keyed per second, so several
+/// nodes driving one room announce it once.
+async fn announce_stats(
+    state: &AppState,
+    event: Ulid,
+    now: tokio::time::Instant,
+    announced: &mut HashMap<Ulid, Announced>,
+) {
+    if announced
+        .get(&event)
+        .is_some_and(|last| now.duration_since(last.at) < Duration::from_secs(1))
+    {
+        return;
+    }
+    let Ok(Some(stats)) = state.queue.room.stats(event, now_ms()).await else {
+        return;
+    };
+    let figures = (
+        stats.waiting,
+        stats.active,
+        stats.admitted_total,
+        stats.state.as_str(),
+    );
+    if announced
+        .get(&event)
+        .is_some_and(|last| last.figures == figures)
+    {
+        return;
+    }
+    announced.insert(event, Announced { at: now, figures });
+    let id = marquee_domain::EventId::from_string(event.to_string());
+    let Ok(Some(stored)) = state.events.get(&state.store, &id).await else {
+        return;
+    };
+    let Ok(channel) = Channel::user(stored.owner_id.as_str()) else {
+        return;
+    };
+    let body = serde_json::json!({
+        "event_id": event.to_string(),
+        "state": stats.state.as_str(),
+        "waiting": stats.waiting,
+        "active": stats.active,
+        "admitted_total": stats.admitted_total,
+        "abandoned_total": stats.abandoned_total,
+    });
+    let key = format!("queue-stats:{event}:{}", now_ms() / 1000);
+    if let Err(error) = state
+        .push
+        .hub
+        .publish_unique(&channel, &key, "queue.stats", &body)
+        .await
+    {
+        tracing::warn!(%error, "queue driver: announcing room figures failed");
+    }
 }
 
 fn listened_tokens(state: &AppState) -> Vec<String> {

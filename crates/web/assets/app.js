@@ -699,12 +699,19 @@ async function dashboardPage() {
     source.addEventListener("reset", () => { source.close(); follow(); });
   }
 
+  // The room's figures: read once, then pushed on the organizer's own channel as they change.
   async function queue() {
     if (!event.waiting_room.enabled) { $("#queue").textContent = "no waiting room"; return; }
     try {
       const stats = await api("GET", `/api/v1/events/${encodeURIComponent(eventId)}/queue`);
       $("#queue").textContent = `${stats.waiting} waiting (${stats.state})`;
     } catch (error) { $("#queue").textContent = error.message; }
+    const mine = `user:${session.user.id}`;
+    const updates = new EventSource(`/api/v1/push/sse?channel=${encodeURIComponent(mine)}&access_token=${encodeURIComponent(session.token)}`);
+    updates.addEventListener("queue.stats", (message) => {
+      const stats = JSON.parse(message.data).data;
+      if (stats.event_id === eventId) $("#queue").textContent = `${stats.waiting} waiting (${stats.state})`;
+    });
   }
 
   function showStatus() {
@@ -720,7 +727,6 @@ async function dashboardPage() {
     showStatus();
     await follow();
     queue();
-    setInterval(queue, 3000);
   } catch (error) { fail(error); }
 
   $("#publish").addEventListener("click", async () => {

@@ -447,3 +447,52 @@ async fn bad_queue_requests_get_precise_errors() {
     assert!(limited.headers.get("retry-after").is_some());
     room.app.stop().await;
 }
+
+#[tokio::test]
+async fn the_organizer_is_told_the_room_figures_on_their_own_channel() {
+    let room = on_sale_with_room(
+        TestApp::spawn().await,
+        json!({"enabled": true, "admit_per_minute": 1}),
+    )
+    .await;
+    let me = room
+        .app
+        .get("/api/v1/me", Some(&room.organizer))
+        .await
+        .expect(StatusCode::OK);
+    let channel = format!("user:{}", me["id"].as_str().expect("id"));
+    for _ in 0..3 {
+        let (fan, _) = room.app.register("fan").await;
+        room.join(&fan).await.expect(StatusCode::CREATED);
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut since = 0;
+    loop {
+        let polled = room
+            .app
+            .get(
+                &format!("/api/v1/push/poll?channel={channel}&since={since}&timeout_s=5"),
+                Some(&room.organizer),
+            )
+            .await
+            .expect(StatusCode::OK);
+        let messages = polled.as_array().cloned().unwrap_or_default();
+        let latest = messages
+            .iter()
+            .rev()
+            .find(|message| message["type"] == "queue.stats");
+        if let Some(stats) = latest {
+            assert_eq!(stats["data"]["event_id"], room.event_id.as_str());
+            if stats["data"]["waiting"] == 2 {
+                assert_eq!(stats["data"]["admitted_total"], 1);
+                assert_eq!(stats["data"]["state"], "active");
+                break;
+            }
+        }
+        if let Some(last) = messages.last() {
+            since = last["offset"].as_u64().expect("offset");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no figures pushed");
+    }
+    room.app.stop().await;
+}
