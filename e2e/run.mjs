@@ -13,8 +13,9 @@ import { join, resolve } from "node:path";
 import assert from "node:assert/strict";
 
 const root = resolve(import.meta.dirname, "..");
-const bin = process.env.MARQUEE_BIN || join(root, "target/debug/marquee");
-const artifacts = join(root, "target/e2e");
+const targetDir = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(root, "target");
+const bin = process.env.MARQUEE_BIN || join(targetDir, "debug/marquee");
+const artifacts = join(targetDir, "e2e");
 mkdirSync(artifacts, { recursive: true });
 // Only a bound on a hung step; nothing asserts a duration.
 const PATIENCE = 15_000;
