@@ -399,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
     println!("Marquee is serving on {}", server.url());
+    println!("  Web app: {}/", server.url());
     println!("  API description: {}/api/v1/openapi.json", server.url());
     server.run_until_signalled().await
 }
@@ -428,6 +429,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let url = server.url();
     println!();
     println!("Marquee demo is running at {url}");
+    println!("  Web app:       {url}/   (organizers: {url}/organizer)");
     println!("  Events:        {url}/api/v1/events");
     println!("  Search:        {url}/api/v1/search?q=homecomming&lat=51.5&lon=-0.12&radius_km=50");
     println!("  API (OpenAPI): {url}/api/v1/openapi.json");
