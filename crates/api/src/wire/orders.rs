@@ -1,7 +1,7 @@
 //! Holds, orders and tickets on the wire.
 
 use chrono::{DateTime, Utc};
-use marquee_domain::{Hold, Order, Ticket};
+use marquee_domain::{Hold, HoldStatus, Order, Ticket};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -55,7 +55,13 @@ impl From<&Hold> for HoldBody {
                     quantity: general.quantity,
                 }
             }),
-            status: hold.status.as_str(),
+            // Past its deadline an active hold has lapsed, even in the moment before the lapse
+            // follower records it: the seat map already shows its seats available.
+            status: if hold.status == HoldStatus::Active && !hold.is_live(Utc::now()) {
+                HoldStatus::Lapsed.as_str()
+            } else {
+                hold.status.as_str()
+            },
             expires_at: hold.expires_at,
             extended: hold.extended,
             fencing_token: hold.fencing_token,
