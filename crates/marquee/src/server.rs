@@ -154,9 +154,12 @@ impl Server {
         for task in self.tasks {
             task.await.context("server task panicked")??;
         }
-        self.lapse_follower.abort();
-        self.change_feed.abort();
-        self.queue_driver.abort();
+        // Wait for the aborted tasks to be dropped, not just told: they hold the node's state
+        // (the search index among it), and a restart in the same data dir needs it released.
+        for task in [self.lapse_follower, self.change_feed, self.queue_driver] {
+            task.abort();
+            let _ = task.await;
+        }
         // The indexer commits what it applied since its last commit, so a restart replays less.
         if tokio::time::timeout(Duration::from_secs(10), self.indexer)
             .await

@@ -93,6 +93,8 @@ async fn published_is_found_with_a_typo_and_cancelled_is_gone() {
     )
     .await;
 
+    // Both published events indexed (they may land in different indexer batches).
+    search_until(&app, "sort=date", |body| body["total"] == 2).await;
     let body = search_until(&app, "q=metalica", |body| !ids(body).is_empty()).await;
     assert_eq!(ids(&body), std::slice::from_ref(&metallica));
     assert!(!ids(&body).contains(&draft["id"].as_str().unwrap_or_default().to_string()));
