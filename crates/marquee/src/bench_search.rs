@@ -385,7 +385,7 @@ fn peak_rss_bytes() -> u64 {
     status_kib("VmHWM:") * 1024
 }
 
-fn current_rss_bytes() -> u64 {
+pub(crate) fn current_rss_bytes() -> u64 {
     status_kib("VmRSS:") * 1024
 }
 

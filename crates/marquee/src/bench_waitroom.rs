@@ -14,6 +14,7 @@
 //! Clients run in the same process as what they measure, on the same two cores: figures are
 //! what one machine does end to end, not what a server alone could reach.
 
+use crate::bench_search::current_rss_bytes;
 use crate::{Server, ServerConfig};
 use anyhow::Context;
 use marquee_auth::{SigningSecret, TokenIssuer};
@@ -95,20 +96,6 @@ fn timings() -> RoomTimings {
         idle_timeout: Duration::from_secs(86_400),
         quiet_period: Duration::from_secs(86_400),
     }
-}
-
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
 }
 
 pub async fn run_waitroom(bench: &WaitroomBench) -> anyhow::Result<WaitroomReport> {
@@ -195,14 +182,14 @@ async fn in_process(bench: &WaitroomBench) -> anyhow::Result<InProcessReport> {
     let concrete = Arc::new(InProcessWaitingRoom::new(signer.clone(), timings()));
     let room: Arc<dyn WaitingRoom> = concrete.clone();
     let event = Ulid::new();
-    let rss_before = rss_bytes();
+    let rss_before = current_rss_bytes();
     println!("in-process: {} fans join the pre-queue", bench.fans);
     let prequeue_joins_per_sec = join_all(&room, event, &fans, 2, |_| OPEN - 1).await?;
     let started = Instant::now();
     room.tick(event, OPEN).await?;
     let opening_draw_ms = started.elapsed().as_secs_f64() * 1000.0;
     let room_bytes = concrete.memory_bytes();
-    let rss_growth_bytes = rss_bytes().saturating_sub(rss_before);
+    let rss_growth_bytes = current_rss_bytes().saturating_sub(rss_before);
     println!("in-process: {} position lookups", bench.lookups);
     let lookups_per_sec = look_up(&room, &signer, event, bench.fans, bench.lookups, 2).await?;
     drop(room);

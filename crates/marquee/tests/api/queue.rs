@@ -33,16 +33,46 @@ impl Room {
     }
 
     /// Polls the place until it is admitted; returns the pass.
+    /// The pass of a place: at once if it is already admitted, else from the admission the
+    /// driver pushes on `queue:{token}` (awaited by long polling, not by sleeping).
     async fn await_pass(&self, queue_token: &str) -> String {
+        let place = self.place(queue_token).await;
+        if place["status"] == "admitted" {
+            return place["pass"].as_str().expect("pass").to_string();
+        }
+        assert_eq!(place["status"], "waiting", "{place}");
+        let admitted = self.pushed_admission(queue_token).await;
+        admitted["data"]["pass"]
+            .as_str()
+            .expect("pass on the channel")
+            .to_string()
+    }
+
+    /// Long-polls `queue:{token}` until its `admitted` message arrives.
+    async fn pushed_admission(&self, queue_token: &str) -> Value {
+        let channel = format!("queue:{queue_token}");
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut since = 0;
         loop {
-            let place = self.place(queue_token).await;
-            if place["status"] == "admitted" {
-                return place["pass"].as_str().expect("pass").to_string();
+            let polled = self
+                .app
+                .get(
+                    &format!("/api/v1/push/poll?channel={channel}&since={since}&timeout_s=5"),
+                    None,
+                )
+                .await
+                .expect(StatusCode::OK);
+            let messages = polled.as_array().cloned().unwrap_or_default();
+            if let Some(message) = messages.iter().find(|m| m["data"]["status"] == "admitted") {
+                return message.clone();
             }
-            assert_eq!(place["status"], "waiting", "{place}");
-            assert!(tokio::time::Instant::now() < deadline, "never admitted");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(last) = messages.last() {
+                since = last["offset"].as_u64().expect("offset");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no admission pushed"
+            );
         }
     }
 
@@ -212,30 +242,7 @@ async fn joining_again_keeps_the_place_and_admission_is_pushed_at_once() {
     }
 
     // Bob listens on his queue channel; the admission arrives with the pass.
-    let channel = format!("queue:{}", token_of(&joined));
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut since = 0;
-    let admitted = loop {
-        let polled = room
-            .app
-            .get(
-                &format!("/api/v1/push/poll?channel={channel}&since={since}&timeout_s=5"),
-                None,
-            )
-            .await
-            .expect(StatusCode::OK);
-        let messages = polled.as_array().cloned().unwrap_or_default();
-        if let Some(message) = messages.iter().find(|m| m["data"]["status"] == "admitted") {
-            break message.clone();
-        }
-        if let Some(last) = messages.last() {
-            since = last["offset"].as_u64().expect("offset");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no admission pushed"
-        );
-    };
+    let admitted = room.pushed_admission(&token_of(&joined)).await;
     let pass = admitted["data"]["pass"]
         .as_str()
         .expect("pass on the channel");
@@ -317,7 +324,8 @@ async fn fans_who_stop_polling_lose_their_place() {
     room.join(&ann).await.expect(StatusCode::CREATED);
     let bob_token = token_of(&room.join(&bob).await.expect(StatusCode::CREATED));
     let cat_token = token_of(&room.join(&cat).await.expect(StatusCode::CREATED));
-    // Cat keeps polling; Bob goes quiet.
+    // Cat keeps polling (the pause between polls is Cat's polling pace, well inside the 500 ms
+    // idle timeout: it is what keeps Cat's place); Bob goes quiet and is swept.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let cat_place = room.place(&cat_token).await;
