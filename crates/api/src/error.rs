@@ -194,7 +194,7 @@ impl From<StoreError> for ApiError {
                 "the resource was changed by someone else; fetch it and try again",
             )
             .with_detail("expected_version", expected),
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::WriterStopped => {
                 tracing::warn!(error = %error, "store unavailable");
                 ApiError::unavailable("store", "the database is not answering")
             }
@@ -212,6 +212,7 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict("hold_expired", "the hold has expired or ended")
             }
             StoreError::Database(_)
+            | StoreError::Sqlite(_)
             | StoreError::Migration(_)
             | StoreError::UnsupportedUrl(_)
             | StoreError::Corrupt(_) => ApiError::internal(&error),

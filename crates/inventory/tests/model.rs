@@ -1,6 +1,8 @@
 //! A model-based property test: random interleavings of hold, release, lapse, order and refund
-//! by a few fans over a few seats, run against the real inventory (SQLite store, in-process
-//! leases), compared after every step with a plain model of who holds and who owns each seat.
+//! by a few fans over a few seats, run against the real inventory (in-process leases) on each
+//! store engine — SQLite, whose hot writes go through the group-committing writer thread, and
+//! PostgreSQL (a schema per case) — compared after every step with a plain model of who holds
+//! and who owns each seat.
 
 use chrono::{Duration as ChronoDuration, Utc};
 use marquee_domain::{
@@ -71,8 +73,59 @@ impl Model {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// What a case leaves behind: a temp dir, or a PostgreSQL schema to drop.
+enum Scratch {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Schema { admin_url: String, name: String },
+}
+
+impl Scratch {
+    async fn new(engine: Engine) -> (Scratch, String) {
+        match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+                (Scratch::Dir(dir), url)
+            }
+            Engine::Postgres => {
+                let admin_url = std::env::var("MARQUEE_TEST_DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+                let name = format!("model_{}", ulid::Ulid::new().to_string().to_lowercase());
+                sqlx::any::install_default_drivers();
+                let admin = sqlx::AnyPool::connect(&admin_url).await.expect("postgres");
+                sqlx::query(&format!("CREATE SCHEMA {name}"))
+                    .execute(&admin)
+                    .await
+                    .expect("create schema");
+                admin.close().await;
+                let separator = if admin_url.contains('?') { '&' } else { '?' };
+                let url = format!("{admin_url}{separator}options=-c%20search_path%3D{name}");
+                (Scratch::Schema { admin_url, name }, url)
+            }
+        }
+    }
+
+    async fn finish(self) {
+        if let Scratch::Schema { admin_url, name } = self {
+            if let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+                    .execute(&admin)
+                    .await;
+                admin.close().await;
+            }
+        }
+    }
+}
+
 struct World {
-    _dir: tempfile::TempDir,
+    scratch: Scratch,
+    lapse_follower: tokio::task::JoinHandle<()>,
     store: Arc<SqlCatalogStore>,
     leases: Arc<InProcessLeases>,
     inventory: Arc<Inventory>,
@@ -84,9 +137,8 @@ struct World {
     confirmed: HashMap<usize, Vec<Order>>,
 }
 
-async fn world() -> World {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+async fn world(engine: Engine) -> World {
+    let (scratch, url) = Scratch::new(engine).await;
     let store = Arc::new(
         SqlCatalogStore::connect(&url, StoreOptions::default())
             .await
@@ -165,14 +217,15 @@ async fn world() -> World {
             payment_timeout: Duration::from_secs(5),
         },
     );
-    inventory.spawn_lapse_follower();
+    let lapse_follower = inventory.spawn_lapse_follower();
     let seats = venue
         .seat_map
         .seats(&venue.id)
         .map(|seat| seat.id)
         .collect();
     World {
-        _dir: dir,
+        scratch,
+        lapse_follower,
         store,
         leases,
         inventory,
@@ -341,25 +394,37 @@ async fn check(world: &World, model: &Model) {
     assert!(held.is_disjoint(&sold), "a seat both held and sold");
 }
 
+fn run_case(engine: Engine, steps: &[Step]) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut world = world(engine).await;
+        let mut model = Model::default();
+        for step in steps {
+            settle(&mut world, &mut model).await;
+            apply(&mut world, &mut model, step).await;
+            settle(&mut world, &mut model).await;
+            check(&world, &model).await;
+        }
+        world.lapse_follower.abort();
+        world.store.close().await;
+        world.scratch.finish().await;
+    });
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_inventory_matches_the_model_after_every_step(steps in prop::collection::vec(step(), 1..30)) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let mut world = world().await;
-            let mut model = Model::default();
-            for step in &steps {
-                settle(&mut world, &mut model).await;
-                apply(&mut world, &mut model, step).await;
-                settle(&mut world, &mut model).await;
-                check(&world, &model).await;
-            }
-        });
+    fn the_inventory_matches_the_model_after_every_step_on_sqlite(steps in prop::collection::vec(step(), 1..30)) {
+        run_case(Engine::Sqlite, &steps);
+    }
+
+    #[test]
+    fn the_inventory_matches_the_model_after_every_step_on_postgres(steps in prop::collection::vec(step(), 1..30)) {
+        run_case(Engine::Postgres, &steps);
     }
 }

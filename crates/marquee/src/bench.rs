@@ -7,8 +7,9 @@
 //!    releasing on success so the hot seats keep changing hands, as fast as answers come back.
 //! 2. **Latency at a fixed offered rate** — an open loop sending hold attempts on a schedule of
 //!    `rate` per second regardless of answers, over at most `clients` connections; latency is
-//!    measured from each request's scheduled time, so a stall counts against every request it
-//!    delays (no coordinated omission).
+//!    measured from each request's scheduled time to its hold's answer (the release that follows
+//!    a granted hold is load, not latency), so a stall counts against every request it delays
+//!    (no coordinated omission).
 //! 3. **Confirmed orders/s** — every fan holds one distinct seat, then all pay at once.
 //!
 //! The anchor is `redis-benchmark -t set` on the same machine in the same run, if installed.
@@ -144,7 +145,13 @@ async fn fixture(server: &Server, fans: usize) -> anyhow::Result<Fixture> {
 const HOT_SEATS: usize = 200;
 
 /// One hold attempt on 2 random hot seats; releases on success so contention stays steady.
-async fn attempt(fixture: &Fixture, fan: usize, rng: &mut StdRng) -> anyhow::Result<StatusCode> {
+/// `answered` is called with the hold's status as soon as it comes back, before the release.
+async fn attempt(
+    fixture: &Fixture,
+    fan: usize,
+    rng: &mut StdRng,
+    answered: impl FnOnce(StatusCode),
+) -> anyhow::Result<StatusCode> {
     let hot = &fixture.seats[..HOT_SEATS.min(fixture.seats.len())];
     let seats: Vec<&String> = hot.choose_multiple(rng, 2).collect();
     let token = &fixture.tokens[fan % fixture.tokens.len()];
@@ -159,6 +166,7 @@ async fn attempt(fixture: &Fixture, fan: usize, rng: &mut StdRng) -> anyhow::Res
         .send()
         .await?;
     let status = response.status();
+    answered(status);
     if status == StatusCode::CREATED {
         let hold: Value = response.json().await?;
         let id = hold["id"].as_str().unwrap_or_default();
@@ -196,7 +204,7 @@ pub async fn run_booking(bench: &BookingBench) -> anyhow::Result<BookingReport> 
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(fan as u64);
                 while Instant::now() < deadline {
-                    if let Ok(status) = attempt(&fixture, fan, &mut rng).await {
+                    if let Ok(status) = attempt(&fixture, fan, &mut rng, |_| {}).await {
                         answered.fetch_add(1, Ordering::Relaxed);
                         if status == StatusCode::CREATED {
                             held.fetch_add(1, Ordering::Relaxed);
@@ -229,8 +237,13 @@ pub async fn run_booking(bench: &BookingBench) -> anyhow::Result<BookingReport> 
             // `scheduled`.
             let _connection = connections.acquire_owned().await;
             let mut rng = StdRng::seed_from_u64(index);
-            let _ = attempt(&fixture, index as usize, &mut rng).await;
-            scheduled.elapsed()
+            let mut latency = None;
+            let _ = attempt(&fixture, index as usize, &mut rng, |_| {
+                latency = Some(scheduled.elapsed());
+            })
+            .await;
+            // A request that failed outright counts as answered when it gave up.
+            latency.unwrap_or_else(|| scheduled.elapsed())
         }));
     }
     let mut latencies = Vec::with_capacity(requests.len());

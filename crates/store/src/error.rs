@@ -28,6 +28,11 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data could not be read: {0}")]
     Corrupt(String),
+    /// From the embedded store's writer thread (shared: one failed commit fails a whole batch).
+    #[error("database error: {0}")]
+    Sqlite(#[source] std::sync::Arc<rusqlite::Error>),
+    #[error("the database writer has stopped")]
+    WriterStopped,
 }
 
 impl From<sqlx::Error> for StoreError {

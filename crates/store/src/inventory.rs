@@ -11,6 +11,7 @@
 
 use crate::rows::millis;
 use crate::sql::{is_unique_violation, SqlCatalogStore, WriteTransaction};
+use crate::sqlite_inventory;
 use crate::{Backend, ChangeKind, ChangePosition, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -134,22 +135,22 @@ pub trait InventoryStore: Send + Sync + 'static {
 
 /// What the seat stream says about some seats of an event.
 #[derive(Serialize)]
-struct SeatChange<'a> {
-    event_id: &'a EventId,
-    hold_id: &'a HoldId,
+pub(crate) struct SeatChange<'a> {
+    pub(crate) event_id: &'a EventId,
+    pub(crate) hold_id: &'a HoldId,
     /// Whose hold or order it is: the change stream turns some changes into that user's
     /// notifications (order confirmed, refunded).
-    user_id: &'a UserId,
+    pub(crate) user_id: &'a UserId,
     #[serde(skip_serializing_if = "Option::is_none")]
-    order_id: Option<&'a OrderId>,
-    seat_ids: &'a [SeatId],
+    pub(crate) order_id: Option<&'a OrderId>,
+    pub(crate) seat_ids: &'a [SeatId],
     #[serde(skip_serializing_if = "Option::is_none")]
-    general_admission: Option<&'a GeneralAdmissionQuantity>,
-    reason: &'a str,
+    pub(crate) general_admission: Option<&'a GeneralAdmissionQuantity>,
+    pub(crate) reason: &'a str,
 }
 
 impl<'a> SeatChange<'a> {
-    fn of_hold(hold: &'a Hold, reason: &'a str) -> Self {
+    pub(crate) fn of_hold(hold: &'a Hold, reason: &'a str) -> Self {
         SeatChange {
             event_id: &hold.event_id,
             hold_id: &hold.id,
@@ -164,12 +165,29 @@ impl<'a> SeatChange<'a> {
 
 /// The seat status a change announces, derived from its kind so the two cannot disagree.
 #[derive(Serialize)]
-struct SeatChangeRecord<'a> {
+pub(crate) struct SeatChangeRecord<'a> {
     #[serde(flatten)]
-    change: &'a SeatChange<'a>,
-    status: &'static str,
+    pub(crate) change: &'a SeatChange<'a>,
+    pub(crate) status: &'static str,
     /// The event's seat sequence after this change: its push offset.
-    version: i64,
+    pub(crate) version: i64,
+}
+
+impl SeatChangeRecord<'_> {
+    /// The seat status a change of `kind` announces.
+    pub(crate) fn status_of(kind: ChangeKind) -> &'static str {
+        match kind {
+            ChangeKind::SeatsHeld => "held",
+            ChangeKind::SeatsSold => "sold",
+            ChangeKind::SeatsAvailable
+            | ChangeKind::UserRegistered
+            | ChangeKind::VenueCreated
+            | ChangeKind::EventCreated
+            | ChangeKind::EventUpdated
+            | ChangeKind::EventPublished
+            | ChangeKind::EventCancelled => "available",
+        }
+    }
 }
 
 /// Whose orders a page lists.
@@ -179,9 +197,9 @@ enum OrdersOf {
     Event,
 }
 
-const HOLD_COLUMNS: &str = "id, event_id, user_id, seat_ids, ga_section, ga_quantity, \
+pub(crate) const HOLD_COLUMNS: &str = "id, event_id, user_id, seat_ids, ga_section, ga_quantity, \
      fencing_token, status, extended, expires_at, created_at";
-const ORDER_COLUMNS: &str =
+pub(crate) const ORDER_COLUMNS: &str =
     "id, event_id, user_id, hold_id, status, total_cents, currency, payment_reference, created_at";
 
 fn time(row: &AnyRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -308,17 +326,7 @@ impl SqlCatalogStore {
         kind: ChangeKind,
         change: &SeatChange<'_>,
     ) -> Result<(), StoreError> {
-        let status = match kind {
-            ChangeKind::SeatsHeld => "held",
-            ChangeKind::SeatsSold => "sold",
-            ChangeKind::SeatsAvailable
-            | ChangeKind::UserRegistered
-            | ChangeKind::VenueCreated
-            | ChangeKind::EventCreated
-            | ChangeKind::EventUpdated
-            | ChangeKind::EventPublished
-            | ChangeKind::EventCancelled => "available",
-        };
+        let status = SeatChangeRecord::status_of(kind);
         let version: i64 = sqlx::query(
             "UPDATE events SET seat_version = seat_version + 1 WHERE id = $1 RETURNING seat_version",
         )
@@ -376,6 +384,14 @@ impl SqlCatalogStore {
 #[async_trait]
 impl InventoryStore for SqlCatalogStore {
     async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            let hold = hold.clone();
+            return writer
+                .write(move |connection| {
+                    sqlite_inventory::create_hold(connection, &hold, ga_capacity)
+                })
+                .await;
+        }
         let seat_ids = serde_json::to_string(&hold.seat_ids)?;
         let token = to_i64(hold.fencing_token);
         let mut write = self.begin_write().await?;
@@ -451,6 +467,12 @@ impl InventoryStore for SqlCatalogStore {
     }
 
     async fn end_hold(&self, id: &HoldId, status: HoldStatus) -> Result<bool, StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            let id = id.clone();
+            return writer
+                .write(move |connection| sqlite_inventory::end_hold(connection, &id, status))
+                .await;
+        }
         let mut write = self.begin_write().await?;
         let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
         let Some(row) = sqlx::query(&sql)
@@ -617,6 +639,12 @@ impl InventoryStore for SqlCatalogStore {
     }
 
     async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            let (order, hold) = (order.clone(), hold.clone());
+            return writer
+                .write(move |connection| sqlite_inventory::confirm_order(connection, &order, &hold))
+                .await;
+        }
         let token = to_i64(hold.fencing_token);
         let mut write = self.begin_write().await?;
         // The event must still be on sale: a cancellation that committed first wins.
@@ -951,6 +979,14 @@ impl InventoryStore for SqlCatalogStore {
         key: &str,
         response: &StoredResponse,
     ) -> Result<bool, StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            let (user, key, response) = (user.clone(), key.to_string(), response.clone());
+            return writer
+                .write(move |connection| {
+                    sqlite_inventory::save_idempotent_response(connection, &user, &key, &response)
+                })
+                .await;
+        }
         let mut write = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response, \

@@ -17,6 +17,8 @@ mod error;
 mod inventory;
 mod rows;
 mod sql;
+mod sqlite_inventory;
+mod sqlite_writer;
 
 pub use changes::{ChangeKind, ChangePosition, ChangeRecord, EntityKind};
 pub use error::StoreError;

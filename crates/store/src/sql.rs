@@ -4,11 +4,14 @@
 //! - **Writers.** SQLite allows one writer at a time and upgrades a reading transaction to a
 //!   writing one by failing with `SQLITE_BUSY` under contention, so writes take an in-process
 //!   gate first. The embedded store belongs to one process, which makes that gate sufficient.
+//!   The booking hot path's writes (holds, orders, idempotency keys) skip `sqlx` on SQLite and
+//!   go to a writer thread that commits them in groups under the same gate (`sqlite_writer`).
 //! - **Outbox order.** PostgreSQL hands out identity values before commit, so two concurrent
 //!   writers could commit positions 8 then 7, and a reader at 7 would skip 8 forever. Appending
 //!   takes a transaction-scoped advisory lock first, so positions commit in order. The lock is
 //!   taken as the last step of a write, keeping the serialised section short.
 
+use crate::sqlite_writer::SqliteWriter;
 use crate::{
     rows, CatalogStore, ChangeKind, ChangePosition, ChangeRecord, EventQuery, StoreError,
     StoredCredentials, VenueQuery,
@@ -19,6 +22,8 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Transaction};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -53,6 +58,15 @@ impl Backend {
     }
 }
 
+/// The file of a `sqlite://path?options` (or `sqlite:path`) URL.
+fn sqlite_path(url: &str) -> PathBuf {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    PathBuf::from(rest.split('?').next().unwrap_or(rest))
+}
+
 /// Keeps a URL's scheme and host but never its password, so it can appear in errors and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -82,7 +96,9 @@ pub struct SqlCatalogStore {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     /// Present for SQLite only; see the module comment.
-    sqlite_write_gate: Option<Mutex<()>>,
+    sqlite_write_gate: Option<Arc<Mutex<()>>>,
+    /// SQLite only: the booking hot path's writes, one hand-off each, committed in groups.
+    pub(crate) sqlite_writer: Option<SqliteWriter>,
 }
 
 /// A write transaction and, on SQLite, the gate that keeps it the only writer.
@@ -121,11 +137,25 @@ impl SqlCatalogStore {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
+        let (sqlite_write_gate, sqlite_writer) = match backend {
+            Backend::Sqlite => {
+                let gate = Arc::new(Mutex::new(()));
+                let writer = SqliteWriter::start(&sqlite_path(url), gate.clone())?;
+                (Some(gate), Some(writer))
+            }
+            Backend::Postgres => (None, None),
+        };
         Ok(SqlCatalogStore {
             pool,
             backend,
-            sqlite_write_gate: (backend == Backend::Sqlite).then(|| Mutex::new(())),
+            sqlite_write_gate,
+            sqlite_writer,
         })
+    }
+
+    /// Closes the connection pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     pub(crate) async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {

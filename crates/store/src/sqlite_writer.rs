@@ -1,0 +1,180 @@
+//! The embedded store's writer for the booking hot path: one thread owning one SQLite connection,
+//! committing the writes that arrive together as one transaction (group commit).
+//!
+//! Why not `sqlx` here: each statement of a `sqlx` SQLite transaction is a round trip between the
+//! async task and SQLite's worker thread, and on a busy runtime every round trip waits in the run
+//! queue behind thousands of requests — while the transaction holds SQLite's only write lock.
+//! Under an on-sale rush that turned a ~100 µs hold into tens of milliseconds of queueing for
+//! every writer behind it. Here a write is one hand-off: the caller sends a closure, this thread
+//! runs all of its statements back to back, and one reply comes back after the commit.
+//!
+//! **Group commit.** The thread takes every write waiting in its queue (up to [`MAX_BATCH`]),
+//! runs each inside its own `SAVEPOINT` so a refused write (a fenced order, a full section) rolls
+//! back alone, then commits them together. A reply is sent only after its batch committed, so
+//! no caller hears "done" for a write that could still be lost; if the commit fails, every write
+//! of the batch fails with it.
+//!
+//! **One writer.** The catalog's other writes still go through `sqlx` behind the store's write
+//! gate; this thread takes the same gate (blocking — it is not on the runtime) for each batch, so
+//! SQLite never sees two writers and outbox positions still commit in order.
+
+use crate::StoreError;
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// Most writes committed together; bounds how long the gate is held by one batch.
+const MAX_BATCH: usize = 256;
+
+/// Writes waiting beyond this make callers wait to enqueue (backpressure, not unbounded memory).
+const QUEUE_DEPTH: usize = 4096;
+
+/// One write: its statements run inside the batch's transaction.
+trait WriteJob: Send {
+    /// Runs the write; `false` if it failed and its savepoint must be rolled back.
+    fn run(&mut self, connection: &Connection) -> bool;
+    /// Delivers the outcome once the batch is decided; `batch_failure` overrides it.
+    fn finish(self: Box<Self>, batch_failure: Option<&Arc<rusqlite::Error>>);
+}
+
+struct Job<F, T> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> WriteJob for Job<F, T>
+where
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    T: Send,
+{
+    fn run(&mut self, connection: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = work(connection);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, batch_failure: Option<&Arc<rusqlite::Error>>) {
+        let outcome = match (batch_failure, self.result) {
+            (Some(failure), _) => Err(StoreError::Sqlite(failure.clone())),
+            (None, Some(result)) => result,
+            (None, None) => Err(StoreError::WriterStopped),
+        };
+        // The caller may have given up waiting (its request was cancelled); nothing to do then.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// A handle to the writer thread; dropping the last one lets the thread finish and exit.
+pub(crate) struct SqliteWriter {
+    queue: mpsc::Sender<Box<dyn WriteJob>>,
+}
+
+impl SqliteWriter {
+    /// Opens a second connection to the (already migrated) database file at `path` and starts
+    /// the thread. `gate` is the store's write gate, shared with the `sqlx` writers.
+    pub(crate) fn start(path: &Path, gate: Arc<Mutex<()>>) -> Result<SqliteWriter, StoreError> {
+        let connection = Connection::open(path).map_err(sqlite)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(sqlite)?;
+        connection.set_prepared_statement_cache_capacity(64);
+        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(connection, jobs, gate))
+            .map_err(|error| StoreError::Corrupt(format!("cannot start the writer: {error}")))?;
+        Ok(SqliteWriter { queue })
+    }
+
+    /// Runs `work` in the next batch and returns its result once that batch has committed.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, outcome) = oneshot::channel();
+        let job = Box::new(Job {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        outcome.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+pub(crate) fn sqlite(error: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite(Arc::new(error))
+}
+
+fn run(connection: Connection, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>, gate: Arc<Mutex<()>>) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let failure = {
+            let _only_writer = gate.blocking_lock();
+            commit_batch(&connection, &mut batch).err().map(Arc::new)
+        };
+        if let Some(failure) = &failure {
+            tracing::error!(error = %failure, writes = batch.len(), "a batch of writes failed to commit");
+        }
+        for job in batch.drain(..) {
+            job.finish(failure.as_ref());
+        }
+    }
+}
+
+/// Runs every job of the batch in one transaction, each behind a savepoint.
+fn commit_batch(
+    connection: &Connection,
+    batch: &mut [Box<dyn WriteJob>],
+) -> Result<(), rusqlite::Error> {
+    connection.execute_batch("BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        let step = (|| {
+            connection.execute_batch("SAVEPOINT write")?;
+            if job.run(connection) {
+                connection.execute_batch("RELEASE write")
+            } else if connection.is_autocommit() {
+                // Some errors (disk full, I/O) make SQLite roll the whole transaction back.
+                Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the transaction was rolled back by an earlier error".into()),
+                ))
+            } else {
+                connection.execute_batch("ROLLBACK TO write; RELEASE write")
+            }
+        })();
+        if let Err(error) = step {
+            if !connection.is_autocommit() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            return Err(error);
+        }
+    }
+    if let Err(error) = connection.execute_batch("COMMIT") {
+        if !connection.is_autocommit() {
+            let _ = connection.execute_batch("ROLLBACK");
+        }
+        return Err(error);
+    }
+    Ok(())
+}
