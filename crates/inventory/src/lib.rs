@@ -304,23 +304,15 @@ impl Inventory {
             expires_at: now + chrono_duration(self.settings.hold_ttl),
             created_at: now,
         };
-        let recorded = async {
-            // Sold seats have no lease (a buyer releases it once the tickets are written), so
-            // they are caught here, once we hold the lease and no sale of them can be running.
-            let sold = self.store.sold_among(&event.id, &hold.seat_ids).await?;
-            if !sold.is_empty() {
-                return Err(InventoryError::SeatsUnavailable {
-                    seat_ids: sold.iter().map(ToString::to_string).collect(),
-                });
+        let recorded = match self.store.create_hold(&hold, capacity).await {
+            Err(StoreError::CapacityExceeded { section }) => {
+                Err(InventoryError::SoldOut { section })
             }
-            match self.store.create_hold(&hold, capacity).await {
-                Err(StoreError::CapacityExceeded { section }) => {
-                    Err(InventoryError::SoldOut { section })
-                }
-                other => other.map_err(InventoryError::from),
+            Err(StoreError::SeatsSold { seat_ids }) => {
+                Err(InventoryError::SeatsUnavailable { seat_ids })
             }
-        }
-        .await;
+            other => other.map_err(InventoryError::from),
+        };
         if let Err(error) = recorded {
             let _ = self.leases.release(&lease).await;
             return Err(error);

@@ -65,7 +65,9 @@ pub struct StoredResponse {
 #[async_trait]
 pub trait InventoryStore: Send + Sync + 'static {
     /// Records a live hold: raises its seats' fences, reserves general-admission places (with
-    /// `ga_capacity` the section's capacity) and announces the seats as held.
+    /// `ga_capacity` the section's capacity) and announces the seats as held. Refuses with
+    /// `SeatsSold` when a seat already has a valid ticket (sold seats carry no lease, so this is
+    /// where a hold on them is caught).
     async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError>;
     async fn hold(&self, id: &HoldId) -> Result<Option<Hold>, StoreError>;
     /// Moves an active hold to `released` or `lapsed` and announces its seats as available.
@@ -75,12 +77,6 @@ pub trait InventoryStore: Send + Sync + 'static {
         -> Result<bool, StoreError>;
     /// Active holds whose time has run out, oldest first.
     async fn expired_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError>;
-    /// Which of `seats` have a valid ticket.
-    async fn sold_among(
-        &self,
-        event: &EventId,
-        seats: &[SeatId],
-    ) -> Result<Vec<SeatId>, StoreError>;
     async fn seat_snapshot(
         &self,
         event: &EventId,
@@ -396,6 +392,25 @@ impl InventoryStore for SqlCatalogStore {
         let token = to_i64(hold.fencing_token);
         let mut write = self.begin_write().await?;
         if !hold.seat_ids.is_empty() {
+            let placeholders: Vec<String> = (0..hold.seat_ids.len())
+                .map(|i| format!("${}", i + 2))
+                .collect();
+            let sql = format!(
+                "SELECT seat_id FROM tickets WHERE event_id = $1 AND valid = 1 AND seat_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut statement = sqlx::query(&sql).bind(hold.event_id.as_str());
+            for seat in &hold.seat_ids {
+                statement = statement.bind(seat.as_str());
+            }
+            let sold = statement.fetch_all(&mut *write.transaction).await?;
+            if !sold.is_empty() {
+                let seat_ids = sold
+                    .iter()
+                    .map(|row| row.try_get::<String, _>("seat_id"))
+                    .collect::<Result<_, _>>()?;
+                return Err(StoreError::SeatsSold { seat_ids });
+            }
             // One statement for all seats: each row binds (event, seat, token).
             let rows: Vec<String> = (0..hold.seat_ids.len())
                 .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
@@ -461,6 +476,12 @@ impl InventoryStore for SqlCatalogStore {
     }
 
     async fn hold(&self, id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            let id = id.clone();
+            return writer
+                .read(move |connection| sqlite_inventory::hold(connection, &id))
+                .await;
+        }
         let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
         self.fetch_optional(sqlx::query(&sql).bind(id.as_str()), hold_row)
             .await
@@ -536,29 +557,6 @@ impl InventoryStore for SqlCatalogStore {
         );
         let statement = sqlx::query(&sql).bind(millis(now)).bind(i64::from(limit));
         self.fetch_all(statement, hold_row).await
-    }
-
-    async fn sold_among(
-        &self,
-        event: &EventId,
-        seats: &[SeatId],
-    ) -> Result<Vec<SeatId>, StoreError> {
-        if seats.is_empty() {
-            return Ok(Vec::new());
-        }
-        let placeholders: Vec<String> = (0..seats.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "SELECT seat_id FROM tickets WHERE event_id = $1 AND valid = 1 AND seat_id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut statement = sqlx::query(&sql).bind(event.as_str());
-        for seat in seats {
-            statement = statement.bind(seat.as_str());
-        }
-        self.fetch_all(statement, |row| {
-            Ok(SeatId::from_string(row.try_get::<String, _>("seat_id")?))
-        })
-        .await
     }
 
     async fn seat_version(&self, event: &EventId) -> Result<i64, StoreError> {

@@ -116,6 +116,7 @@ impl SqlCatalogStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout);
         if backend == Backend::Sqlite {
+            // Checkpoints run on their own thread (see `sqlite_writer`), never in a writer.
             // A connection to a local file does not go stale the way a network one does, and
             // the liveness ping sqlx sends on every acquire is one more hand-off to SQLite's
             // worker thread on every query and transaction.
@@ -125,7 +126,8 @@ impl SqlCatalogStore {
                     connection
                         .execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+                             PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 0;",
                         )
                         .await?;
                     Ok(())

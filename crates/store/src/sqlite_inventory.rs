@@ -7,10 +7,11 @@
 //!
 //! [`SqliteWriter`]: crate::sqlite_writer::SqliteWriter
 
-use crate::inventory::{SeatChange, SeatChangeRecord, StoredResponse, ORDER_COLUMNS};
+use crate::inventory::{SeatChange, SeatChangeRecord, StoredResponse, HOLD_COLUMNS, ORDER_COLUMNS};
 use crate::rows::millis;
 use crate::sqlite_writer::sqlite;
 use crate::{ChangeKind, StoreError};
+use chrono::DateTime;
 use marquee_domain::{
     EventId, GeneralAdmissionQuantity, Hold, HoldId, HoldStatus, Order, SeatId, UserId,
 };
@@ -100,6 +101,23 @@ pub(crate) fn create_hold(
 ) -> Result<(), StoreError> {
     let token = to_i64(hold.fencing_token);
     if !hold.seat_ids.is_empty() {
+        let mut sold_check = connection
+            .prepare_cached(
+                "SELECT 1 FROM tickets WHERE event_id = ?1 AND seat_id = ?2 AND valid = 1",
+            )
+            .map_err(sqlite)?;
+        let mut sold = Vec::new();
+        for seat in &hold.seat_ids {
+            if sold_check
+                .exists(params![hold.event_id.as_str(), seat.as_str()])
+                .map_err(sqlite)?
+            {
+                sold.push(seat.to_string());
+            }
+        }
+        if !sold.is_empty() {
+            return Err(StoreError::SeatsSold { seat_ids: sold });
+        }
         let mut raise = connection
             .prepare_cached(
                 "INSERT INTO seat_fences (event_id, seat_id, token) VALUES (?1, ?2, ?3) \
@@ -165,6 +183,65 @@ pub(crate) fn create_hold(
         ChangeKind::SeatsHeld,
         &SeatChange::of_hold(hold, "held"),
     )
+}
+
+pub(crate) fn hold(connection: &Connection, id: &HoldId) -> Result<Option<Hold>, StoreError> {
+    let row = connection
+        .prepare_cached(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1"))
+        .and_then(|mut statement| {
+            statement
+                .query_row([id.as_str()], |row| {
+                    Ok((
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, i64>(8)?,
+                        row.get::<_, i64>(9)?,
+                        row.get::<_, i64>(10)?,
+                    ))
+                })
+                .optional()
+        })
+        .map_err(sqlite)?;
+    let Some((
+        event_id,
+        user_id,
+        seat_ids,
+        ga_section,
+        ga_quantity,
+        token,
+        status,
+        extended,
+        expires_at,
+        created_at,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let time = |millis: i64, column: &str| {
+        DateTime::from_timestamp_millis(millis)
+            .ok_or_else(|| StoreError::Corrupt(format!("{column} out of range")))
+    };
+    Ok(Some(Hold {
+        id: id.clone(),
+        event_id: EventId::from_string(event_id),
+        user_id: UserId::from_string(user_id),
+        seat_ids: serde_json::from_str(&seat_ids)?,
+        general_admission: ga_section.map(|section| GeneralAdmissionQuantity {
+            section,
+            quantity: u32::try_from(ga_quantity).unwrap_or(0),
+        }),
+        fencing_token: u64::try_from(token).unwrap_or(0),
+        status: HoldStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("hold status {status:?}")))?,
+        extended: extended != 0,
+        expires_at: time(expires_at, "expires_at")?,
+        created_at: time(created_at, "created_at")?,
+    }))
 }
 
 pub(crate) fn end_hold(

@@ -14,6 +14,8 @@
 //! no caller hears "done" for a write that could still be lost; if the commit fails, every write
 //! of the batch fails with it.
 //!
+//! The thread also serves the hot path's point reads (a hold by id), between batches.
+//!
 //! **One writer.** The catalog's other writes still go through `sqlx` behind the store's write
 //! gate; this thread takes the same gate (blocking — it is not on the runtime) for each batch, so
 //! SQLite never sees two writers and outbox positions still commit in order.
@@ -70,29 +72,43 @@ where
     }
 }
 
+/// What the thread is asked to do.
+enum Request {
+    Write(Box<dyn WriteJob>),
+    /// A point read, run outside any transaction: it sees committed data only.
+    Read(Box<dyn FnOnce(&Connection) + Send>),
+}
+
 /// A handle to the writer thread; dropping the last one lets the thread finish and exit.
 pub(crate) struct SqliteWriter {
-    queue: mpsc::Sender<Box<dyn WriteJob>>,
+    queue: mpsc::Sender<Request>,
+    /// Dropped with the writer, which tells the checkpointer to stop.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 impl SqliteWriter {
     /// Opens a second connection to the (already migrated) database file at `path` and starts
     /// the thread. `gate` is the store's write gate, shared with the `sqlx` writers.
     pub(crate) fn start(path: &Path, gate: Arc<Mutex<()>>) -> Result<SqliteWriter, StoreError> {
-        let connection = Connection::open(path).map_err(sqlite)?;
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-            )
-            .map_err(sqlite)?;
+        let connection = open(path)?;
         connection.set_prepared_statement_cache_capacity(64);
+        let checkpoints = open(path)?;
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        let (checkpointer, stop) = std::sync::mpsc::channel();
+        let spawn_failed =
+            |error: std::io::Error| StoreError::Corrupt(format!("cannot start a thread: {error}"));
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run(connection, jobs, gate))
-            .map_err(|error| StoreError::Corrupt(format!("cannot start the writer: {error}")))?;
-        Ok(SqliteWriter { queue })
+            .map_err(spawn_failed)?;
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_until_stopped(&checkpoints, &stop))
+            .map_err(spawn_failed)?;
+        Ok(SqliteWriter {
+            queue,
+            _checkpointer: checkpointer,
+        })
     }
 
     /// Runs `work` in the next batch and returns its result once that batch has committed.
@@ -108,10 +124,57 @@ impl SqliteWriter {
             reply,
         });
         self.queue
-            .send(job)
+            .send(Request::Write(job))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         outcome.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Runs a point read of the hot path on this thread, between batches. One hand-off to a
+    /// thread that is awake anyway costs less than `sqlx`'s pool and worker round trip, and
+    /// its page cache is never invalidated by another connection's writes.
+    pub(crate) async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, outcome) = oneshot::channel();
+        let read = Box::new(move |connection: &Connection| {
+            let _ = reply.send(work(connection));
+        });
+        self.queue
+            .send(Request::Read(read))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        outcome.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+/// How often the write-ahead log is copied back into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path).map_err(sqlite)?;
+    // `wal_autocheckpoint = 0`: the committing writer would otherwise copy the log back (with
+    // an fsync) itself, stalling every write and read queued behind it; a passive checkpoint
+    // on another thread does the same work without taking the write lock.
+    connection
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 0;",
+        )
+        .map_err(sqlite)?;
+    Ok(connection)
+}
+
+fn checkpoint_until_stopped(connection: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "checkpoint failed");
+        }
     }
 }
 
@@ -119,15 +182,21 @@ pub(crate) fn sqlite(error: rusqlite::Error) -> StoreError {
     StoreError::Sqlite(Arc::new(error))
 }
 
-fn run(connection: Connection, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>, gate: Arc<Mutex<()>>) {
+fn run(connection: Connection, mut requests: mpsc::Receiver<Request>, gate: Arc<Mutex<()>>) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    while let Some(first) = requests.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Write(job) => batch.push(job),
+                Request::Read(read) => read(&connection),
             }
+            if batch.len() < MAX_BATCH {
+                next = requests.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let failure = {
             let _only_writer = gate.blocking_lock();
@@ -142,39 +211,43 @@ fn run(connection: Connection, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>, gate
     }
 }
 
-/// Runs every job of the batch in one transaction, each behind a savepoint.
+/// Runs every job of the batch in one transaction, each behind a savepoint (a batch of one
+/// needs none: its failure rolls the whole transaction back).
 fn commit_batch(
     connection: &Connection,
     batch: &mut [Box<dyn WriteJob>],
 ) -> Result<(), rusqlite::Error> {
-    connection.execute_batch("BEGIN IMMEDIATE")?;
-    for job in batch.iter_mut() {
-        let step = (|| {
-            connection.execute_batch("SAVEPOINT write")?;
+    let run = |sql: &str| connection.prepare_cached(sql)?.execute([]).map(drop);
+    run("BEGIN IMMEDIATE")?;
+    let outcome = (|| {
+        if let [job] = batch {
+            return Ok(job.run(connection));
+        }
+        for job in batch.iter_mut() {
+            run("SAVEPOINT write")?;
             if job.run(connection) {
-                connection.execute_batch("RELEASE write")
+                run("RELEASE write")?;
             } else if connection.is_autocommit() {
                 // Some errors (disk full, I/O) make SQLite roll the whole transaction back.
-                Err(rusqlite::Error::SqliteFailure(
+                return Err(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
                     Some("the transaction was rolled back by an earlier error".into()),
-                ))
+                ));
             } else {
-                connection.execute_batch("ROLLBACK TO write; RELEASE write")
+                run("ROLLBACK TO write")?;
+                run("RELEASE write")?;
             }
-        })();
-        if let Err(error) = step {
-            if !connection.is_autocommit() {
-                let _ = connection.execute_batch("ROLLBACK");
-            }
-            return Err(error);
         }
+        Ok(true)
+    })();
+    let ended = match outcome {
+        Ok(true) => run("COMMIT"),
+        // The only write failed: nothing to keep.
+        Ok(false) => run("ROLLBACK"),
+        Err(error) => Err(error),
+    };
+    if ended.is_err() && !connection.is_autocommit() {
+        let _ = connection.execute_batch("ROLLBACK");
     }
-    if let Err(error) = connection.execute_batch("COMMIT") {
-        if !connection.is_autocommit() {
-            let _ = connection.execute_batch("ROLLBACK");
-        }
-        return Err(error);
-    }
-    Ok(())
+    ended
 }
