@@ -9,6 +9,11 @@
 //! migration set per engine, so the engines cannot drift in behaviour: one conformance suite
 //! (`tests/conformance.rs`) runs against both.
 //!
+//! On SQLite, the booking hot path's writes skip `sqlx` for `rusqlite` on one writer thread that
+//! commits them in groups: `sqlx-sqlite` hands every statement to a worker thread and back, which
+//! under load kept SQLite's single write lock held across run-queue waits (see `sqlite_writer`).
+//! Both crates link the same `libsqlite3-sys`, so `rusqlite` stays on the version `sqlx` uses.
+//!
 //! **Boundary:** this crate knows SQL and the domain types; it knows nothing of HTTP or JSON wire
 //! formats, and it does not validate — it stores values the domain already validated.
 

@@ -93,17 +93,24 @@ impl SqliteWriter {
         let connection = open(path)?;
         connection.set_prepared_statement_cache_capacity(64);
         let checkpoints = open(path)?;
+        // A RESTART checkpoint holds writers back while it waits for readers: never for long.
+        checkpoints
+            .busy_timeout(std::time::Duration::from_millis(10))
+            .map_err(sqlite)?;
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let (checkpointer, stop) = std::sync::mpsc::channel();
         let spawn_failed =
             |error: std::io::Error| StoreError::Corrupt(format!("cannot start a thread: {error}"));
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(connection, jobs, gate))
+            .spawn({
+                let gate = gate.clone();
+                move || run(connection, jobs, gate)
+            })
             .map_err(spawn_failed)?;
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_until_stopped(&checkpoints, &stop))
+            .spawn(move || checkpoint_until_stopped(&checkpoints, &gate, &stop))
             .map_err(spawn_failed)?;
         Ok(SqliteWriter {
             queue,
@@ -150,8 +157,12 @@ impl SqliteWriter {
     }
 }
 
+/// A log this long (in 4 KiB frames) starts over even if writes kept the last passive
+/// checkpoint from catching up: what is left to copy under the gate is what came in during it.
+const RESTART_AFTER_FRAMES: i64 = 2_048;
+
 /// How often the write-ahead log is copied back into the database file.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let connection = Connection::open(path).map_err(sqlite)?;
@@ -162,17 +173,46 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         .execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
-             PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 0;",
+             PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA journal_size_limit = 67108864;",
         )
         .map_err(sqlite)?;
     Ok(connection)
 }
 
-fn checkpoint_until_stopped(connection: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+/// Copies the log back into the database every [`CHECKPOINT_INTERVAL`] and keeps it short.
+///
+/// A passive checkpoint alone never lets the log start over under steady load: the writer
+/// thread takes SQLite's write lock again as soon as it lets go of it, so a checkpoint that
+/// waits for that lock starves, and a new write always finds some reader still on old frames.
+/// So once a passive checkpoint (which blocks nobody) has copied everything, or the log is past
+/// [`RESTART_AFTER_FRAMES`] and the passive pass has copied most of it, this thread takes
+/// its turn at the write gate — a fair queue, so it gets it between two batches — and runs a
+/// `RESTART` checkpoint: copy the few frames written since, wait for readers of the old frames
+/// to finish (at most 10 ms, else try again next time), and let the next write start at the
+/// top of the log.
+fn checkpoint_until_stopped(
+    connection: &Connection,
+    gate: &Mutex<()>,
+    stop: &std::sync::mpsc::Receiver<()>,
+) {
+    let checkpoint = |mode: &str| {
+        connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        })
+    };
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         stop.recv_timeout(CHECKPOINT_INTERVAL)
     {
-        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        let outcome = checkpoint("PASSIVE").and_then(|(frames, copied)| {
+            if frames > 0 && (copied == frames || frames >= RESTART_AFTER_FRAMES) {
+                let _writers_wait = gate.blocking_lock();
+                checkpoint("RESTART").map(drop)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = outcome {
             tracing::warn!(%error, "checkpoint failed");
         }
     }
@@ -250,4 +290,150 @@ fn commit_batch(
         let _ = connection.execute_batch("ROLLBACK");
     }
     ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (tempfile::TempDir, SqliteWriter) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.db");
+        open(&path)
+            .and_then(|connection| {
+                connection
+                    .execute_batch(
+                        "CREATE TABLE seats (id INTEGER PRIMARY KEY, owner TEXT NOT NULL)",
+                    )
+                    .map_err(sqlite)
+            })
+            .expect("schema");
+        let writer = SqliteWriter::start(&path, Arc::new(Mutex::new(()))).expect("writer");
+        (dir, writer)
+    }
+
+    /// Many writes at once end up in shared batches; the ones that fail (a seat taken twice)
+    /// roll back alone, every caller hears its own outcome, and exactly one owner per seat stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_write_rolls_back_alone_inside_a_shared_batch() {
+        let (_dir, writer) = writer();
+        let writer = Arc::new(writer);
+        let attempts: Vec<_> = (0..400)
+            .map(|fan: i64| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    writer
+                        .write(move |connection| {
+                            // Two statements per write: the first always succeeds, so a refused
+                            // second one must take the first back with it.
+                            connection
+                                .execute(
+                                    "INSERT INTO seats (id, owner) VALUES (?1, 'probe')",
+                                    [1_000 + fan],
+                                )
+                                .map_err(sqlite)?;
+                            connection
+                                .execute(
+                                    "INSERT INTO seats (id, owner) VALUES (?1, ?2)",
+                                    (fan % 50, fan.to_string()),
+                                )
+                                .map_err(sqlite)?;
+                            Ok(fan)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for attempt in attempts {
+            if let Ok(fan) = attempt.await.expect("task") {
+                granted.push(fan);
+            }
+        }
+        assert_eq!(granted.len(), 50, "one write per seat succeeds");
+        let (seats, probes, owners): (i64, i64, Vec<String>) = writer
+            .read(|connection| {
+                let count = |sql: &str| {
+                    connection
+                        .query_row(sql, [], |row| row.get(0))
+                        .map_err(sqlite)
+                };
+                let mut statement = connection
+                    .prepare("SELECT owner FROM seats WHERE id < 1000 ORDER BY id")
+                    .map_err(sqlite)?;
+                let owners = statement
+                    .query_map([], |row| row.get(0))
+                    .and_then(Iterator::collect)
+                    .map_err(sqlite)?;
+                Ok((
+                    count("SELECT COUNT(*) FROM seats WHERE id < 1000")?,
+                    count("SELECT COUNT(*) FROM seats WHERE id >= 1000")?,
+                    owners,
+                ))
+            })
+            .await
+            .expect("read");
+        assert_eq!(seats, 50);
+        assert_eq!(
+            probes, 50,
+            "a refused write left its first statement behind"
+        );
+        let mut expected: Vec<String> = granted.iter().map(ToString::to_string).collect();
+        expected.sort_by_key(|fan| fan.parse::<i64>().map(|fan| fan % 50).unwrap_or(-1));
+        assert_eq!(
+            owners, expected,
+            "each seat belongs to the write that was told it won"
+        );
+    }
+
+    /// Under a steady stream of writes, with readers always somewhere in the log, the log is
+    /// checkpointed and starts over instead of growing for as long as the load lasts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_stays_bounded_under_steady_writes_and_reads() {
+        let (dir, writer) = writer();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let reader = open(&dir.path().join("w.db")).expect("reader");
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = reader.query_row("SELECT COUNT(*) FROM seats", [], |row| {
+                            row.get::<_, i64>(0)
+                        });
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                })
+            })
+            .collect();
+        let payload = "x".repeat(2_000);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut id = 0_i64;
+        while std::time::Instant::now() < deadline {
+            id += 1;
+            let payload = payload.clone();
+            writer
+                .write(move |connection| {
+                    connection
+                        .execute(
+                            "INSERT INTO seats (id, owner) VALUES (?1, ?2)",
+                            (id, payload),
+                        )
+                        .map_err(sqlite)
+                })
+                .await
+                .expect("write");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            reader.join().expect("reader");
+        }
+        let log = std::fs::metadata(dir.path().join("w.db-wal")).map_or(0, |meta| meta.len());
+        let database = std::fs::metadata(dir.path().join("w.db")).map_or(0, |meta| meta.len());
+        assert!(id > 1_000, "only {id} writes");
+        assert!(
+            log < database,
+            "the log ({log} bytes) outgrew the data it logged ({database} bytes)"
+        );
+    }
 }
