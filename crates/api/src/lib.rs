@@ -18,6 +18,7 @@ mod openapi;
 pub mod push;
 pub mod push_listener;
 pub mod queue;
+mod rate_limit;
 mod request_context;
 pub mod routes;
 mod state;
@@ -27,6 +28,7 @@ pub use error::ApiError;
 pub use push::{spawn_change_feed, Push, PushSettings};
 pub use push_listener::{push_aware, PushAwareListener};
 pub use queue::{spawn_queue_driver, Queue, QueueSettings};
+pub use rate_limit::RateLimits;
 pub use request_context::current_request_id;
 pub use state::{ApiSettings, AppState, EventCache, VenueCache};
 
@@ -118,6 +120,11 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
+        // After routing, so route quotas see the matched path; before the handlers.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::enforce,
+        ))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

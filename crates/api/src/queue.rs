@@ -6,14 +6,13 @@
 use crate::{ApiError, AppState};
 use axum::http::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use marquee_domain::{Event, UserId};
 use marquee_push::{Channel, ChannelKind};
+use marquee_ratelimit::{Decision, Quota, RateLimiter};
 use marquee_waitroom::{Millis, Place, RoomConfig, RoomStats, Standing, WaitingRoom};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -51,32 +50,53 @@ impl Default for QueueSettings {
 pub struct Queue {
     pub room: Arc<dyn WaitingRoom>,
     pub settings: QueueSettings,
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
-    per_user: DefaultKeyedRateLimiter<UserId>,
+    /// Counts joins per IP and per account: on Redis when the room is, so a fan cannot spread
+    /// joins over nodes.
+    join_limits: Arc<dyn RateLimiter>,
 }
 
-fn per_minute(count: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(count.max(1)).unwrap_or(NonZeroU32::MIN))
+fn per_minute(count: u32) -> Result<Quota, marquee_ratelimit::QuotaError> {
+    Quota::new(count.max(1), Duration::from_secs(60))
 }
 
 impl Queue {
-    pub fn new(room: Arc<dyn WaitingRoom>, settings: QueueSettings) -> Queue {
+    pub fn new(
+        room: Arc<dyn WaitingRoom>,
+        settings: QueueSettings,
+        join_limits: Arc<dyn RateLimiter>,
+    ) -> Queue {
         Queue {
             room,
-            per_ip: RateLimiter::keyed(per_minute(settings.joins_per_ip_per_minute)),
-            per_user: RateLimiter::keyed(per_minute(settings.joins_per_user_per_minute)),
             settings,
+            join_limits,
         }
     }
 
     /// Refuses a join beyond the per-IP or per-account rate with 429 and `Retry-After`.
-    pub fn check_join_rate(&self, ip: IpAddr, user: &UserId) -> Result<(), ApiError> {
-        let clock = governor::clock::DefaultClock::default();
-        for outcome in [self.per_ip.check_key(&ip), self.per_user.check_key(user)] {
-            if let Err(not_until) = outcome {
-                use governor::clock::Clock;
-                let wait = not_until.wait_time_from(clock.now());
-                return Err(ApiError::rate_limited(wait.as_secs().max(1)));
+    pub async fn check_join_rate(&self, ip: IpAddr, user: &UserId) -> Result<(), ApiError> {
+        let checks = [
+            (
+                format!("queue-join:ip:{ip}"),
+                self.settings.joins_per_ip_per_minute,
+            ),
+            (
+                format!("queue-join:user:{user}"),
+                self.settings.joins_per_user_per_minute,
+            ),
+        ];
+        for (key, per_minute_count) in checks {
+            let Ok(quota) = per_minute(per_minute_count) else {
+                continue; // finer than one join per microsecond: no limit worth counting
+            };
+            match self.join_limits.check(&key, quota).await {
+                Ok(Decision::Allowed { .. }) => {}
+                Ok(Decision::Refused { retry_after }) => {
+                    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    return Err(ApiError::rate_limited(seconds.max(1)));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "join limiter unavailable; letting the join through");
+                }
             }
         }
         Ok(())

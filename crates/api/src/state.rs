@@ -134,4 +134,6 @@ pub struct AppState {
     pub search: Arc<marquee_search::EventIndex>,
     /// Waiting rooms, with their join limits.
     pub queue: Arc<crate::Queue>,
+    /// The `--rate-limit` quotas.
+    pub rate_limits: crate::RateLimits,
 }

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub queue: marquee_api::QueueSettings,
     /// Waiting rooms: idle timeout and quiet period.
     pub queue_timings: marquee_waitroom::RoomTimings,
+    /// `--rate-limit` quotas (shared through Redis when a Redis URL is configured).
+    pub rate_limits: Vec<marquee_ratelimit::ScopedQuota>,
 }
 
 impl ServerConfig {
@@ -64,6 +66,7 @@ impl ServerConfig {
             push_lean_sse: true,
             queue: marquee_api::QueueSettings::default(),
             queue_timings: marquee_waitroom::RoomTimings::default(),
+            rate_limits: Vec::new(),
         }
     }
 

@@ -234,6 +234,12 @@ struct NodeArgs {
 
     #[command(flatten)]
     queue: QueueArgs,
+
+    /// A request quota, repeatable: `ip=50/s`, `user=600/m`, `route=POST /api/v1/orders=5/s`
+    /// (per client IP on that routed path). Exceeding one answers 429 with `Retry-After`.
+    /// Shared by every node through Redis when `--redis-url` is set. Env: comma-separated.
+    #[arg(long = "rate-limit", env = "MARQUEE_RATE_LIMIT", value_delimiter = ',')]
+    rate_limits: Vec<marquee_ratelimit::ScopedQuota>,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +360,7 @@ impl NodeArgs {
         config.body_limit_bytes = self.body_limit;
         config.redis_url = self.redis_url;
         config.redis_prefix = self.redis_prefix;
+        config.rate_limits = self.rate_limits;
         config.payment_timeout = self.payment_timeout;
         config.push.heartbeat = self.push.push_heartbeat;
         config.push_lean_sse = self.push.push_lean_sse;

@@ -60,6 +60,7 @@ impl Server {
         let hub = open_push_hub(&config).await?;
         let search = Arc::new(open_search_index(&config)?);
         let indexer = marquee_search::spawn_indexer(search.clone(), store.clone(), stopped.clone());
+        let rate_limiter = open_rate_limiter(&config).await?;
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
             events: marquee_api::EventCache::default(),
@@ -77,7 +78,9 @@ impl Server {
             queue: Arc::new(marquee_api::Queue::new(
                 open_waiting_room(&config, &secret).await?,
                 config.queue.clone(),
+                rate_limiter.clone(),
             )),
+            rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone()),
         };
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
         let queue_driver = marquee_api::spawn_queue_driver(state.clone(), stopped.clone());
@@ -230,6 +233,23 @@ pub async fn open_waiting_room(
             signer,
             config.queue_timings,
         )),
+    })
+}
+
+/// Rate limits (the `--rate-limit` quotas, waiting-room joins) counted on Redis when a Redis URL
+/// is configured, so every node shares one allowance per key, else in this process.
+pub async fn open_rate_limiter(
+    config: &ServerConfig,
+) -> anyhow::Result<Arc<dyn marquee_ratelimit::RateLimiter>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            marquee_ratelimit::RedisRateLimiter::connect(url, &config.redis_prefix)
+                .await
+                .with_context(|| {
+                    format!("connecting rate limits to Redis at {}", redact_url(url))
+                })?,
+        ),
+        None => Arc::new(marquee_ratelimit::InProcessRateLimiter::new()),
     })
 }
 

@@ -40,7 +40,7 @@ pub async fn join_queue(
             "this event is not on sale",
         ));
     }
-    state.queue.check_join_rate(peer.ip(), &caller.id)?;
+    state.queue.check_join_rate(peer.ip(), &caller.id).await?;
     let user = Ulid::from_string(caller.id.as_str()).map_err(|_| ApiError::not_found("user"))?;
     let place = state.queue.room.join(&config, user, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(QueuePlaceBody::new(&place))))

@@ -7,6 +7,7 @@ mod events;
 mod holds;
 mod push;
 mod queue;
+mod rate_limits;
 mod search;
 mod stress;
 mod support;

@@ -1,0 +1,101 @@
+//! Rate limits at the node's edge: the `--rate-limit` quotas, checked before a routed request
+//! reaches its handler, answered with 429 and `Retry-After` when exceeded.
+//!
+//! Keys: `ip:{address}` (the TCP peer — behind a proxy, that proxy, until trusted-proxy
+//! forwarding is configured), `user:{id}` from a *verified* bearer token (an unverified subject
+//! would let anyone spend someone else's allowance; anonymous requests count by IP), and
+//! `route:{METHOD} {path}:{address}` per routed path. When the limiter's store is unreachable
+//! requests go through: a limit is protection, not a dependency worth an outage.
+
+use crate::{ApiError, AppState};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use marquee_ratelimit::{Decision, RateLimiter, Scope, ScopedQuota};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The node's quotas and the limiter that counts them.
+#[derive(Clone)]
+pub struct RateLimits {
+    limiter: Arc<dyn RateLimiter>,
+    quotas: Arc<Vec<ScopedQuota>>,
+}
+
+impl RateLimits {
+    pub fn new(limiter: Arc<dyn RateLimiter>, quotas: Vec<ScopedQuota>) -> RateLimits {
+        RateLimits {
+            limiter,
+            quotas: Arc::new(quotas),
+        }
+    }
+}
+
+pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limits = &state.rate_limits;
+    if limits.quotas.is_empty() {
+        return next.run(request).await;
+    }
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let user = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| state.tokens.verify(token).ok())
+        .map(|claims| claims.sub);
+    let mut longest_wait: Option<Duration> = None;
+    for ScopedQuota { scope, quota } in limits.quotas.iter() {
+        let key = match scope {
+            Scope::Ip => format!("ip:{ip}"),
+            Scope::User => match &user {
+                Some(user) => format!("user:{user}"),
+                None => format!("ip:{ip}"),
+            },
+            Scope::Route {
+                method: quota_method,
+                path,
+            } => {
+                if *quota_method != method || route.as_deref() != Some(path.as_str()) {
+                    continue;
+                }
+                format!("route:{method} {path}:{ip}")
+            }
+        };
+        match limits.limiter.check(&key, *quota).await {
+            Ok(Decision::Allowed { .. }) => {}
+            Ok(Decision::Refused { retry_after }) => {
+                metrics::counter!("rate_limit_refusals_total", "scope" => scope_name(scope))
+                    .increment(1);
+                longest_wait = Some(longest_wait.map_or(retry_after, |w| w.max(retry_after)));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "rate limiter unavailable; letting the request through");
+            }
+        }
+    }
+    match longest_wait {
+        // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+        Some(wait) => ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            .into_response(),
+        None => next.run(request).await,
+    }
+}
+
+fn scope_name(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::Ip => "ip",
+        Scope::User => "user",
+        Scope::Route { .. } => "route",
+    }
+}
