@@ -204,29 +204,62 @@ fn time(row: &AnyRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("{column} out of range")))
 }
 
+/// A `holds` row as stored, read by either driver and turned into a [`Hold`] in one place.
+pub(crate) struct HoldRow {
+    pub(crate) id: String,
+    pub(crate) event_id: String,
+    pub(crate) user_id: String,
+    pub(crate) seat_ids: String,
+    pub(crate) ga_section: Option<String>,
+    pub(crate) ga_quantity: i64,
+    pub(crate) fencing_token: i64,
+    pub(crate) status: String,
+    pub(crate) extended: i64,
+    pub(crate) expires_at: i64,
+    pub(crate) created_at: i64,
+}
+
+impl HoldRow {
+    pub(crate) fn into_hold(self) -> Result<Hold, StoreError> {
+        let time = |millis: i64, column: &str| {
+            DateTime::from_timestamp_millis(millis)
+                .ok_or_else(|| StoreError::Corrupt(format!("{column} out of range")))
+        };
+        let status = self.status;
+        Ok(Hold {
+            id: HoldId::from_string(self.id),
+            event_id: EventId::from_string(self.event_id),
+            user_id: UserId::from_string(self.user_id),
+            seat_ids: serde_json::from_str(&self.seat_ids)?,
+            general_admission: self.ga_section.map(|section| GeneralAdmissionQuantity {
+                section,
+                quantity: u32::try_from(self.ga_quantity).unwrap_or(0),
+            }),
+            fencing_token: u64::try_from(self.fencing_token).unwrap_or(0),
+            status: HoldStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("hold status {status:?}")))?,
+            extended: self.extended != 0,
+            expires_at: time(self.expires_at, "expires_at")?,
+            created_at: time(self.created_at, "created_at")?,
+        })
+    }
+}
+
 fn hold_row(row: &AnyRow) -> Result<Hold, StoreError> {
-    let seat_ids: String = row.try_get("seat_ids")?;
-    let ga_section: Option<String> = row.try_get("ga_section")?;
-    let ga_quantity: i64 = row.try_get("ga_quantity")?;
-    let status: String = row.try_get("status")?;
-    let token: i64 = row.try_get("fencing_token")?;
-    let extended: i64 = row.try_get("extended")?;
-    Ok(Hold {
-        id: HoldId::from_string(row.try_get::<String, _>("id")?),
-        event_id: EventId::from_string(row.try_get::<String, _>("event_id")?),
-        user_id: UserId::from_string(row.try_get::<String, _>("user_id")?),
-        seat_ids: serde_json::from_str(&seat_ids)?,
-        general_admission: ga_section.map(|section| GeneralAdmissionQuantity {
-            section,
-            quantity: u32::try_from(ga_quantity).unwrap_or(0),
-        }),
-        fencing_token: u64::try_from(token).unwrap_or(0),
-        status: HoldStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("hold status {status:?}")))?,
-        extended: extended != 0,
-        expires_at: time(row, "expires_at")?,
-        created_at: time(row, "created_at")?,
-    })
+    HoldRow {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        user_id: row.try_get("user_id")?,
+        seat_ids: row.try_get("seat_ids")?,
+        ga_section: row.try_get("ga_section")?,
+        ga_quantity: row.try_get("ga_quantity")?,
+        fencing_token: row.try_get("fencing_token")?,
+        status: row.try_get("status")?,
+        extended: row.try_get("extended")?,
+        expires_at: row.try_get("expires_at")?,
+        created_at: row.try_get("created_at")?,
+    }
+    .into_hold()
 }
 
 fn order_row(row: &AnyRow) -> Result<Order, StoreError> {

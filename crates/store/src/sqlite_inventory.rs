@@ -7,11 +7,12 @@
 //!
 //! [`SqliteWriter`]: crate::sqlite_writer::SqliteWriter
 
-use crate::inventory::{SeatChange, SeatChangeRecord, StoredResponse, HOLD_COLUMNS, ORDER_COLUMNS};
+use crate::inventory::{
+    HoldRow, SeatChange, SeatChangeRecord, StoredResponse, HOLD_COLUMNS, ORDER_COLUMNS,
+};
 use crate::rows::millis;
 use crate::sqlite_writer::sqlite;
 use crate::{ChangeKind, StoreError};
-use chrono::DateTime;
 use marquee_domain::{
     EventId, GeneralAdmissionQuantity, Hold, HoldId, HoldStatus, Order, SeatId, UserId,
 };
@@ -186,62 +187,30 @@ pub(crate) fn create_hold(
 }
 
 pub(crate) fn hold(connection: &Connection, id: &HoldId) -> Result<Option<Hold>, StoreError> {
-    let row = connection
+    connection
         .prepare_cached(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1"))
         .and_then(|mut statement| {
             statement
                 .query_row([id.as_str()], |row| {
-                    Ok((
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, i64>(5)?,
-                        row.get::<_, i64>(6)?,
-                        row.get::<_, String>(7)?,
-                        row.get::<_, i64>(8)?,
-                        row.get::<_, i64>(9)?,
-                        row.get::<_, i64>(10)?,
-                    ))
+                    Ok(HoldRow {
+                        id: row.get("id")?,
+                        event_id: row.get("event_id")?,
+                        user_id: row.get("user_id")?,
+                        seat_ids: row.get("seat_ids")?,
+                        ga_section: row.get("ga_section")?,
+                        ga_quantity: row.get("ga_quantity")?,
+                        fencing_token: row.get("fencing_token")?,
+                        status: row.get("status")?,
+                        extended: row.get("extended")?,
+                        expires_at: row.get("expires_at")?,
+                        created_at: row.get("created_at")?,
+                    })
                 })
                 .optional()
         })
-        .map_err(sqlite)?;
-    let Some((
-        event_id,
-        user_id,
-        seat_ids,
-        ga_section,
-        ga_quantity,
-        token,
-        status,
-        extended,
-        expires_at,
-        created_at,
-    )) = row
-    else {
-        return Ok(None);
-    };
-    let time = |millis: i64, column: &str| {
-        DateTime::from_timestamp_millis(millis)
-            .ok_or_else(|| StoreError::Corrupt(format!("{column} out of range")))
-    };
-    Ok(Some(Hold {
-        id: id.clone(),
-        event_id: EventId::from_string(event_id),
-        user_id: UserId::from_string(user_id),
-        seat_ids: serde_json::from_str(&seat_ids)?,
-        general_admission: ga_section.map(|section| GeneralAdmissionQuantity {
-            section,
-            quantity: u32::try_from(ga_quantity).unwrap_or(0),
-        }),
-        fencing_token: u64::try_from(token).unwrap_or(0),
-        status: HoldStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("hold status {status:?}")))?,
-        extended: extended != 0,
-        expires_at: time(expires_at, "expires_at")?,
-        created_at: time(created_at, "created_at")?,
-    }))
+        .map_err(sqlite)?
+        .map(HoldRow::into_hold)
+        .transpose()
 }
 
 pub(crate) fn end_hold(
