@@ -105,7 +105,8 @@ impl SqliteWriter {
             .name("sqlite-writer".into())
             .spawn({
                 let gate = gate.clone();
-                move || run(connection, jobs, gate)
+                let log = wal_path(path);
+                move || run(connection, &log, jobs, gate)
             })
             .map_err(spawn_failed)?;
         std::thread::Builder::new()
@@ -174,7 +175,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
              PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = 67108864;",
+             PRAGMA journal_size_limit = 16777216;",
         )
         .map_err(sqlite)?;
     Ok(connection)
@@ -190,7 +191,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 /// its turn at the write gate — a fair queue, so it gets it between two batches — and runs a
 /// `RESTART` checkpoint: copy the few frames written since, wait for readers of the old frames
 /// to finish (at most 10 ms, else try again next time), and let the next write start at the
-/// top of the log.
+/// top of the log. Should this thread fall behind, the writer restarts the log itself past
+/// [`WAL_HARD_LIMIT`].
 fn checkpoint_until_stopped(
     connection: &Connection,
     gate: &Mutex<()>,
@@ -222,7 +224,38 @@ pub(crate) fn sqlite(error: rusqlite::Error) -> StoreError {
     StoreError::Sqlite(Arc::new(error))
 }
 
-fn run(connection: Connection, mut requests: mpsc::Receiver<Request>, gate: Arc<Mutex<()>>) {
+/// The log file of a database in WAL mode.
+fn wal_path(database: &Path) -> std::path::PathBuf {
+    let mut name = database.as_os_str().to_os_string();
+    name.push("-wal");
+    name.into()
+}
+
+/// Past this size the writer restarts the log itself: the checkpoint thread has fallen behind
+/// (a starved CPU), and a bounded log matters more than one slower batch. After a restart the
+/// file is cut back to `journal_size_limit` (16 MiB), so size past it means frames in use.
+const WAL_HARD_LIMIT: u64 = 24 << 20;
+
+fn restart_log_if_too_long(connection: &Connection, log: &Path) {
+    if std::fs::metadata(log).map_or(0, |meta| meta.len()) <= WAL_HARD_LIMIT {
+        return;
+    }
+    // Readers of old frames are short; never wait long for one that is not.
+    let restarted = connection
+        .busy_timeout(std::time::Duration::from_millis(50))
+        .and_then(|()| connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
+        .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)));
+    if let Err(error) = restarted {
+        tracing::warn!(%error, "could not restart the write-ahead log");
+    }
+}
+
+fn run(
+    connection: Connection,
+    log: &Path,
+    mut requests: mpsc::Receiver<Request>,
+    gate: Arc<Mutex<()>>,
+) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = requests.blocking_recv() {
         let mut next = Some(first);
@@ -240,7 +273,9 @@ fn run(connection: Connection, mut requests: mpsc::Receiver<Request>, gate: Arc<
         }
         let failure = {
             let _only_writer = gate.blocking_lock();
-            commit_batch(&connection, &mut batch).err().map(Arc::new)
+            let failure = commit_batch(&connection, &mut batch).err().map(Arc::new);
+            restart_log_if_too_long(&connection, log);
+            failure
         };
         if let Some(failure) = &failure {
             tracing::error!(error = %failure, writes = batch.len(), "a batch of writes failed to commit");
