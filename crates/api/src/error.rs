@@ -119,7 +119,10 @@ impl ApiError {
             .with_detail("dependency", dependency.to_string())
     }
 
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
+    /// 429 with `Retry-After` in whole seconds, rounded up (`0` would invite an immediate retry).
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let retry_after_secs =
+            (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
         let mut error = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use marquee_domain::{Event, UserId};
 use marquee_push::{Channel, ChannelKind};
-use marquee_ratelimit::{Decision, Quota, RateLimiter};
+use marquee_ratelimit::{Quota, RateLimiter};
 use marquee_waitroom::{Millis, Place, RoomConfig, RoomStats, Standing, WaitingRoom};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -88,15 +88,10 @@ impl Queue {
             let Ok(quota) = per_minute(per_minute_count) else {
                 continue; // finer than one join per microsecond: no limit worth counting
             };
-            match self.join_limits.check(&key, quota).await {
-                Ok(Decision::Allowed { .. }) => {}
-                Ok(Decision::Refused { retry_after }) => {
-                    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                    return Err(ApiError::rate_limited(seconds.max(1)));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "join limiter unavailable; letting the join through");
-                }
+            if let Some(wait) =
+                crate::rate_limit::wait_required(self.join_limits.as_ref(), &key, quota).await
+            {
+                return Err(ApiError::rate_limited(wait));
             }
         }
         Ok(())

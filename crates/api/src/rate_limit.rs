@@ -11,7 +11,7 @@ use crate::{ApiError, AppState};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use marquee_ratelimit::{Decision, RateLimiter, Scope, ScopedQuota};
+use marquee_ratelimit::{Decision, Quota, RateLimiter, Scope, ScopedQuota};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +21,33 @@ use std::time::Duration;
 pub struct RateLimits {
     limiter: Arc<dyn RateLimiter>,
     quotas: Arc<Vec<ScopedQuota>>,
+    /// Whether a quota counts per user: only then is the bearer token verified here.
+    per_user: bool,
 }
 
 impl RateLimits {
     pub fn new(limiter: Arc<dyn RateLimiter>, quotas: Vec<ScopedQuota>) -> RateLimits {
         RateLimits {
             limiter,
+            per_user: quotas.iter().any(|quota| quota.scope == Scope::User),
             quotas: Arc::new(quotas),
+        }
+    }
+}
+
+/// Counts one request of `key`; the wait it must observe if refused. An unreachable limiter
+/// lets the request through (logged).
+pub(crate) async fn wait_required(
+    limiter: &dyn RateLimiter,
+    key: &str,
+    quota: Quota,
+) -> Option<Duration> {
+    match limiter.check(key, quota).await {
+        Ok(Decision::Allowed { .. }) => None,
+        Ok(Decision::Refused { retry_after }) => Some(retry_after),
+        Err(error) => {
+            tracing::warn!(%error, "rate limiter unavailable; letting the request through");
+            None
         }
     }
 }
@@ -47,11 +67,13 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_string());
     let method = request.method().as_str().to_string();
-    let user = request
+    let bearer = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let user = bearer
+        .filter(|_| limits.per_user)
         .and_then(|token| state.tokens.verify(token).ok())
         .map(|claims| claims.sub);
     let mut longest_wait: Option<Duration> = None;
@@ -72,22 +94,14 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
                 format!("route:{method} {path}:{ip}")
             }
         };
-        match limits.limiter.check(&key, *quota).await {
-            Ok(Decision::Allowed { .. }) => {}
-            Ok(Decision::Refused { retry_after }) => {
-                metrics::counter!("rate_limit_refusals_total", "scope" => scope_name(scope))
-                    .increment(1);
-                longest_wait = Some(longest_wait.map_or(retry_after, |w| w.max(retry_after)));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "rate limiter unavailable; letting the request through");
-            }
+        if let Some(wait) = wait_required(limits.limiter.as_ref(), &key, *quota).await {
+            metrics::counter!("rate_limit_refusals_total", "scope" => scope_name(scope))
+                .increment(1);
+            longest_wait = Some(longest_wait.map_or(wait, |longest| longest.max(wait)));
         }
     }
     match longest_wait {
-        // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
-        Some(wait) => ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
-            .into_response(),
+        Some(wait) => ApiError::rate_limited(wait).into_response(),
         None => next.run(request).await,
     }
 }

@@ -116,13 +116,14 @@ impl SqlCatalogStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout);
         if backend == Backend::Sqlite {
-            // Checkpoints run on their own thread (see `sqlite_writer`), never in a writer.
             // A connection to a local file does not go stale the way a network one does, and
             // the liveness ping sqlx sends on every acquire is one more hand-off to SQLite's
             // worker thread on every query and transaction.
             pool_options = pool_options.test_before_acquire(false);
             pool_options = pool_options.after_connect(|connection, _| {
                 Box::pin(async move {
+                    // No auto-checkpoints: the writer's checkpoint thread does them (see
+                    // `sqlite_writer`), never a `sqlx` write.
                     connection
                         .execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \

@@ -162,6 +162,9 @@ impl SqliteWriter {
 /// checkpoint from catching up: what is left to copy under the gate is what came in during it.
 const RESTART_AFTER_FRAMES: i64 = 2_048;
 
+/// How long a statement waits for a lock another connection holds (as the `sqlx` pool does).
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often the write-ahead log is copied back into the database file.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -173,11 +176,12 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     connection
         .execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA foreign_keys = ON; \
              PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 0; \
              PRAGMA journal_size_limit = 16777216;",
         )
         .map_err(sqlite)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
     Ok(connection)
 }
 
@@ -244,7 +248,7 @@ fn restart_log_if_too_long(connection: &Connection, log: &Path) {
     let restarted = connection
         .busy_timeout(std::time::Duration::from_millis(50))
         .and_then(|()| connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
-        .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)));
+        .and_then(|()| connection.busy_timeout(BUSY_TIMEOUT));
     if let Err(error) = restarted {
         tracing::warn!(%error, "could not restart the write-ahead log");
     }
@@ -317,7 +321,9 @@ fn commit_batch(
     })();
     let ended = match outcome {
         Ok(true) => run("COMMIT"),
-        // The only write failed: nothing to keep.
+        // The only write failed: nothing to keep (unless its error already rolled it back,
+        // in which case the write's own error is the one to report).
+        Ok(false) if connection.is_autocommit() => Ok(()),
         Ok(false) => run("ROLLBACK"),
         Err(error) => Err(error),
     };
@@ -436,7 +442,6 @@ mod tests {
                         let _ = reader.query_row("SELECT COUNT(*) FROM seats", [], |row| {
                             row.get::<_, i64>(0)
                         });
-                        std::thread::sleep(std::time::Duration::from_micros(200));
                     }
                 })
             })
