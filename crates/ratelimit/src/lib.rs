@@ -14,12 +14,17 @@
 //! - [`RedisRateLimiter`]: the same arithmetic in one Lua script (one round trip), on the
 //!   Redis server's clock, so every gateway and node sharing the server shares the quota.
 //!
+//! [`ConcurrencyLimiter`] sheds load by requests in flight rather than by rate, keeping a reserve
+//! for checkout requests.
+//!
 //! **Boundary:** keys are opaque strings, quotas plain numbers; nothing here knows HTTP.
 
+mod concurrency;
 mod in_process;
 mod quota;
 mod redis_limiter;
 
+pub use concurrency::{ConcurrencyLimiter, ConcurrencyPermit, Priority};
 pub use in_process::InProcessRateLimiter;
 pub use quota::{Quota, QuotaError, Scope, ScopedQuota};
 pub use redis_limiter::RedisRateLimiter;

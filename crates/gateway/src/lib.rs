@@ -1,0 +1,327 @@
+//! The gateway: the face in front of many `marquee serve` nodes. It takes the cross-cutting
+//! concerns off the nodes — TLS, authentication and roles, rate limits, load shedding — and
+//! spreads requests over the nodes with health checks, ejection and safe retries.
+//!
+//! **Why hyper and tower, not Pingora.** Pingora is a proxy *framework* with its own server,
+//! runtime and configuration model; adopting it would mean a second way to run, configure and
+//! observe a Marquee process, a BoringSSL/OpenSSL build, and a much heavier compile on our
+//! two-core builders, for a proxy whose hard parts (who may pass, which node, when to retry)
+//! are ours either way. hyper is the HTTP engine under axum, reqwest and the nodes already;
+//! with hyper-util's pooled client and auto-negotiating server and tower's retry budget, what is
+//! left to write is the proxy logic itself. The measurement that decides whether this was
+//! enough is the benchmark against nginx in BENCHMARKS.md (`marquee bench gateway`).
+//!
+//! The request path, in order ([`proxy`]): request id; client IP from trusted proxies only
+//! ([`forwarded`]); token and route role ([`access`]); rate limits (the `marquee-ratelimit`
+//! block, in-process or shared through Redis); load shedding with a checkout reserve; the
+//! route's upstream group and a node by its policy ([`balancer`]); the request forwarded,
+//! retried on another node when it is idempotent (or never reached a node) and the retry budget
+//! allows; the answer streamed back. [`health`] runs the active checks.
+//!
+//! Connections ([`Gateway::start`]): HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge in
+//! clear), a cap on open connections, a deadline for the first request head and for every
+//! later one (slowloris), a cap on header size (431), and a graceful drain on shutdown.
+
+mod access;
+mod balancer;
+mod config;
+mod forwarded;
+mod health;
+mod proxy;
+mod tls;
+
+pub use access::{default_rules, AccessRule, Allowed};
+pub use config::{
+    ConfigError, EjectionSettings, GatewayConfig, GroupPolicy, HealthSettings, Policy, RouteSpec,
+    TlsFiles, UpstreamSpec, DEFAULT_GROUP,
+};
+
+use balancer::{Group, Upstream};
+use config::Policy as GroupBalance;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use proxy::{Connection, Proxy, UpstreamClient};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("could not listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    tls: bool,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    health: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub async fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| GatewayError::Listen {
+                    address: config.listen,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        let client = upstream_client(&config);
+        let groups = upstream_groups(&config);
+        let health = groups
+            .iter()
+            .flat_map(|group| group.upstreams.iter())
+            .map(|upstream| {
+                tokio::spawn(health::check_forever(
+                    client.clone(),
+                    Arc::clone(upstream),
+                    config.health.clone(),
+                ))
+            })
+            .collect();
+        let tokens = config
+            .jwt_secret
+            .as_ref()
+            .map(|secret| marquee_auth::TokenIssuer::new(secret, Duration::from_secs(3600)));
+        if tokens.is_none() {
+            tracing::warn!("no JWT secret: tokens pass to the nodes unchecked and route roles are not enforced at the edge");
+        }
+        let edge = access::EdgeAuth::new(tokens, config.access_rules.clone());
+        let proxy = Arc::new(Proxy::new(&config, client, groups, edge));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            proxy,
+            tls,
+            Arc::new(server_builder(&config)),
+            ConnectionLimits {
+                open: Arc::new(Semaphore::new(config.max_connections)),
+                first_request_deadline: config.header_read_timeout,
+            },
+            shutdown_rx,
+        ));
+        tracing::info!(%local_addr, tls = config.tls.is_some(), upstreams = config.upstreams.len(), "gateway listening");
+        Ok(Gateway {
+            local_addr,
+            tls: config.tls.is_some(),
+            shutdown,
+            accept,
+            health,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to 10 s), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in &self.health {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.accept).await;
+    }
+}
+
+fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+fn upstream_groups(config: &GatewayConfig) -> Vec<Group> {
+    let mut names: Vec<&str> = config.upstreams.iter().map(|u| u.group.as_str()).collect();
+    names.dedup();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let upstreams = config
+                .upstreams
+                .iter()
+                .filter(|spec| spec.group == name)
+                .map(|spec| {
+                    Arc::new(Upstream::new(
+                        spec.url.clone(),
+                        config.upstream_max_in_flight,
+                    ))
+                })
+                .collect();
+            let policy = config
+                .policies
+                .iter()
+                .rev()
+                .find(|policy| policy.group == name)
+                .map_or(GroupBalance::EventHash, |policy| policy.policy);
+            Group::new(name.to_string(), upstreams, policy)
+        })
+        .collect()
+}
+
+fn server_builder(config: &GatewayConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+struct ConnectionLimits {
+    open: Arc<Semaphore>,
+    /// A connection that has not sent a whole request head by then is closed.
+    first_request_deadline: Duration,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnectionLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = Arc::clone(&limits.open).try_acquire_owned() else {
+            metrics::counter!("gateway_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        let deadline = limits.first_request_deadline;
+        connections.spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    let connection = Connection { peer, tls: false };
+                    serve(stream, connection, proxy, &builder, deadline, shutdown).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection = Connection { peer, tls: true };
+                            serve(stream, connection, proxy, &builder, deadline, shutdown).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow with every one ever served.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve<IO>(
+    io: IO,
+    connection: Connection,
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    first_request_deadline: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Arc::new(AtomicBool::new(false));
+    let service = {
+        let started = Arc::clone(&started);
+        service_fn(move |request| {
+            started.store(true, Ordering::Relaxed);
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.serve(request, connection).await) }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // hyper's header timeout covers a request head once it has begun; this covers a connection
+    // that never gets that far (a silent client, or one stalling inside protocol detection).
+    let first_request = tokio::time::sleep(first_request_deadline);
+    tokio::pin!(first_request);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(peer = %connection.peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut first_request, if !started.load(Ordering::Relaxed) => {
+                metrics::counter!("gateway_connections_timed_out_total").increment(1);
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
