@@ -61,7 +61,7 @@ impl Upstream {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
 
-    fn is_ejected(&self, now: Instant) -> bool {
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         match self.ejected_until.lock() {
             Ok(until) => until.is_some_and(|until| until > now),
             Err(_) => false,

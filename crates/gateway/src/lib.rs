@@ -67,9 +67,22 @@ pub enum GatewayError {
     },
 }
 
+/// What the gateway currently thinks of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamStatus {
+    pub group: String,
+    pub url: String,
+    /// Passing its active health checks.
+    pub healthy: bool,
+    /// Left out after failed requests, for now.
+    pub ejected: bool,
+    pub in_flight: usize,
+}
+
 /// A running gateway.
 pub struct Gateway {
     local_addr: SocketAddr,
+    proxy: Arc<Proxy>,
     tls: bool,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -118,7 +131,7 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(
             listener,
-            proxy,
+            Arc::clone(&proxy),
             tls,
             Arc::new(server_builder(&config)),
             ConnectionLimits {
@@ -130,6 +143,7 @@ impl Gateway {
         tracing::info!(%local_addr, tls = config.tls.is_some(), upstreams = config.upstreams.len(), "gateway listening");
         Ok(Gateway {
             local_addr,
+            proxy,
             tls: config.tls.is_some(),
             shutdown,
             accept,
@@ -144,6 +158,11 @@ impl Gateway {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Every node of every group, as the balancer sees it now.
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        self.proxy.upstream_status()
     }
 
     /// Stops accepting, lets requests in flight finish (up to 10 s), then returns.

@@ -391,6 +391,25 @@ impl Proxy {
         response.map(|body| body.boxed_unsync())
     }
 
+    pub(crate) fn upstream_status(&self) -> Vec<crate::UpstreamStatus> {
+        let now = Instant::now();
+        self.groups
+            .iter()
+            .flat_map(|group| {
+                group
+                    .upstreams
+                    .iter()
+                    .map(move |upstream| crate::UpstreamStatus {
+                        group: group.name.clone(),
+                        url: upstream.url.to_string(),
+                        healthy: upstream.is_healthy(),
+                        ejected: upstream.is_ejected(now),
+                        in_flight: upstream.in_flight(),
+                    })
+            })
+            .collect()
+    }
+
     fn route(&self, path: &str) -> usize {
         self.routes
             .iter()

@@ -4,6 +4,7 @@
 mod accounts;
 mod demo;
 mod events;
+mod gateway;
 mod holds;
 mod push;
 mod queue;

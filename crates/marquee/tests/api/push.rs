@@ -14,20 +14,20 @@ const PATIENCE: Duration = Duration::from_secs(15);
 
 /// One parsed SSE event.
 #[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<String>,
-    event: String,
-    data: Value,
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<String>,
+    pub(crate) event: String,
+    pub(crate) data: Value,
 }
 
 /// A minimal SSE reader over a streaming response.
-struct SseStream {
+pub(crate) struct SseStream {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl SseStream {
-    async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> SseStream {
+    pub(crate) async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> SseStream {
         let mut request = app
             .client
             .get(format!("{}/api/v1/push/sse?{query}", app.url));
@@ -49,7 +49,7 @@ impl SseStream {
     }
 
     /// The next event, skipping heartbeat comments; `None` when the server ended the stream.
-    async fn next(&mut self) -> Option<SseEvent> {
+    pub(crate) async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -511,11 +511,11 @@ async fn a_slow_consumer_is_disconnected_with_a_reason() {
     app.stop().await;
 }
 
-type WsStream =
+pub(crate) type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next JSON text frame.
-async fn ws_receive(socket: &mut WsStream) -> Value {
+pub(crate) async fn ws_receive(socket: &mut WsStream) -> Value {
     loop {
         let frame = tokio::time::timeout(PATIENCE, socket.next())
             .await

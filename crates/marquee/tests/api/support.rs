@@ -89,6 +89,18 @@ impl TestApp {
         }
     }
 
+    /// A client of something else speaking the same API at `url` (a gateway in front of
+    /// nodes), with the same helpers; it owns no server.
+    pub fn client_of(url: String) -> TestApp {
+        TestApp {
+            url,
+            client: reqwest::Client::new(),
+            server: None,
+            _data_dir: tempfile::tempdir().expect("tempdir"),
+            postgres_schema: None,
+        }
+    }
+
     /// A node over its own PostgreSQL schema.
     pub async fn spawn_postgres() -> TestApp {
         let schema = format!("api_{}", ulid_lower());
