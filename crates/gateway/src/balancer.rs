@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub(crate) struct Upstream {
-    pub(crate) url: Uri,
-    /// `host:port`, for logs and the hash.
+    /// `host:port`: where requests go, and the node's name in logs and in the hash.
     pub(crate) authority: String,
     in_flight: AtomicUsize,
     max_in_flight: usize,
@@ -38,7 +37,6 @@ impl Upstream {
             .map(|authority| authority.to_string())
             .unwrap_or_default();
         Upstream {
-            url,
             authority,
             in_flight: AtomicUsize::new(0),
             max_in_flight,

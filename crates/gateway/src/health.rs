@@ -16,7 +16,7 @@ pub(crate) async fn check_forever(
     upstream: Arc<Upstream>,
     settings: HealthSettings,
 ) {
-    let Ok(uri) = format!("{}{}", upstream.url, settings.path).parse::<Uri>() else {
+    let Ok(uri) = format!("http://{}{}", upstream.authority, settings.path).parse::<Uri>() else {
         tracing::error!(upstream = %upstream.authority, path = %settings.path, "health check path is not a valid URI");
         return;
     };

@@ -401,7 +401,7 @@ impl Proxy {
                     .iter()
                     .map(move |upstream| crate::UpstreamStatus {
                         group: group.name.clone(),
-                        url: upstream.url.to_string(),
+                        url: format!("http://{}", upstream.authority),
                         healthy: upstream.is_healthy(),
                         ejected: upstream.is_ejected(now),
                         in_flight: upstream.in_flight(),

@@ -5,6 +5,7 @@ mod accounts;
 mod demo;
 mod events;
 mod gateway;
+mod gateway_processes;
 mod holds;
 mod push;
 mod queue;

@@ -1,0 +1,256 @@
+//! The gateway with real processes: `marquee serve` nodes killed with SIGKILL in the middle of
+//! a run and started again, and three `marquee gateway` processes sharing one Redis quota.
+
+use crate::gateway::gateway_config;
+use crate::support::{ulid_lower, TestApp, JWT_SECRET};
+use futures::StreamExt;
+use marquee_gateway::{Gateway, Policy};
+use reqwest::StatusCode;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// Only a bound on a hung test; no assertion depends on it.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn marquee() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_marquee"));
+    command
+        .args(["--log-filter", "warn"])
+        .env("MARQUEE_JWT_SECRET", JWT_SECRET)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+async fn answers(url: &str) {
+    let client = reqwest::Client::new();
+    let ready = async {
+        loop {
+            if let Ok(response) = client.get(format!("{url}/healthz")).send().await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, ready)
+        .await
+        .unwrap_or_else(|_| panic!("{url} never answered"));
+}
+
+async fn spawn_node(port: u16, node_id: &str, data_dir: &Path) -> Child {
+    let child = marquee()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-id",
+            node_id,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .spawn()
+        .expect("marquee serve starts");
+    answers(&format!("http://127.0.0.1:{port}")).await;
+    child
+}
+
+#[tokio::test]
+async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        let data_dir = dir.path().join(format!("node-{}", n + 1));
+        nodes.push(spawn_node(*port, &format!("node-{}", n + 1), &data_dir).await);
+    }
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let mut config = gateway_config(&urls);
+    config.policies = vec![marquee_gateway::GroupPolicy {
+        group: "api".into(),
+        policy: Policy::RoundRobin,
+    }];
+    config.health.interval = Duration::from_millis(100);
+    config.ejection.base = Duration::from_secs(1);
+    let gateway = Arc::new(Gateway::start(config).await.expect("gateway"));
+    let base = gateway.url();
+
+    // Fans keep asking (idempotent reads) the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, outcomes, base) = (Arc::clone(&stop), Arc::clone(&outcomes), base.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let response = client
+                        .get(format!("{base}/api/v1/events?limit=5"))
+                        .send()
+                        .await
+                        .expect("the gateway answers");
+                    let node = response
+                        .headers()
+                        .get("x-marquee-node")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or("<the gateway>")
+                        .to_string();
+                    outcomes
+                        .lock()
+                        .expect("outcomes")
+                        .push((response.status().as_u16(), node));
+                }
+            })
+        })
+        .collect();
+    let served = |outcomes: &Arc<Mutex<Vec<(u16, String)>>>| outcomes.lock().expect("lock").len();
+    let wait_for = |target: usize| {
+        let outcomes = Arc::clone(&outcomes);
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                while served(&outcomes) < target {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("requests keep flowing");
+        }
+    };
+    wait_for(300).await;
+
+    // SIGKILL node 2 in the middle of the run.
+    nodes[1].start_kill().expect("kill");
+    nodes[1].wait().await.expect("reaped");
+    let killed_at = served(&outcomes);
+    let out = async {
+        loop {
+            let status = &gateway.upstreams()[1];
+            if !status.healthy || status.ejected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, out)
+        .await
+        .expect("the dead node is taken out");
+    wait_for(killed_at + 600).await;
+
+    // Started again on the same port and data: it is taken back and serves again.
+    nodes[1] = spawn_node(ports[1], "node-2", &dir.path().join("node-2")).await;
+    let restarted_at = served(&outcomes);
+    let back = async {
+        loop {
+            let status = &gateway.upstreams()[1];
+            let serving = outcomes.lock().expect("lock")[restarted_at..]
+                .iter()
+                .any(|(_, node)| node == "node-2");
+            if status.healthy && !status.ejected && serving {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, back)
+        .await
+        .expect("the restarted node is taken back");
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+
+    let outcomes = outcomes.lock().expect("lock");
+    let failures: Vec<&(u16, String)> = outcomes
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        outcomes.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for (_, node) in outcomes.iter() {
+        *per_node.entry(node.as_str()).or_default() += 1;
+    }
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(per_node.get(node).copied().unwrap_or(0) > 0, "{per_node:?}");
+    }
+    drop(outcomes);
+    if let Ok(gateway) = Arc::try_unwrap(gateway) {
+        gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn three_gateway_processes_share_one_redis_quota_within_one_percent() {
+    let node = TestApp::spawn().await;
+    let prefix = format!("test-gateway-{}:", ulid_lower());
+    let quota = 300;
+    let mut gateways = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let child = marquee()
+            .args([
+                "gateway",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &node.url,
+                "--rate-limit",
+                &format!("route=GET /api/v1/events={quota}/h"),
+                "--redis-url",
+                "redis://127.0.0.1:6379",
+                "--redis-prefix",
+                &prefix,
+                "--access-log",
+                "false",
+            ])
+            .spawn()
+            .expect("marquee gateway starts");
+        let url = format!("http://127.0.0.1:{port}");
+        answers(&url).await;
+        gateways.push(child);
+        urls.push(url);
+    }
+    let client = reqwest::Client::new();
+    let requests = futures::stream::iter(0..quota * 3)
+        .map(|n| {
+            let request = client
+                .get(format!("{}/api/v1/events?limit=1", urls[n % 3]))
+                .send();
+            async move { request.await.expect("answered").status() }
+        })
+        .buffer_unordered(90);
+    let statuses: Vec<StatusCode> = requests.collect().await;
+    let allowed = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(allowed + refused, quota * 3, "only 200 or 429");
+    assert!(
+        (quota..=quota + quota / 100).contains(&allowed),
+        "{allowed} admitted against a shared quota of {quota}"
+    );
+    drop(gateways);
+    node.stop().await;
+}
