@@ -174,7 +174,7 @@ async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
         worker.await.expect("worker");
     }
 
-    let outcomes = outcomes.lock().expect("lock");
+    let outcomes = std::mem::take(&mut *outcomes.lock().expect("lock"));
     let failures: Vec<&(u16, String)> = outcomes
         .iter()
         .filter(|(status, _)| *status != 200)
@@ -193,7 +193,6 @@ async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
     for node in ["node-1", "node-2", "node-3"] {
         assert!(per_node.get(node).copied().unwrap_or(0) > 0, "{per_node:?}");
     }
-    drop(outcomes);
     if let Ok(gateway) = Arc::try_unwrap(gateway) {
         gateway.shutdown().await;
     }
