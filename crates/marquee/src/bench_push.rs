@@ -74,7 +74,7 @@ impl Drop for Target {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -254,7 +254,7 @@ fn rss_of(pid: u32) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..200 {
         if TcpStream::connect(addr).await.is_ok() {
             return Ok(());

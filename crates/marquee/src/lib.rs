@@ -4,6 +4,7 @@
 //! [`Server::start`] on port 0, exactly as `marquee serve` does.
 
 pub mod bench;
+pub mod bench_gateway;
 pub mod bench_push;
 pub mod bench_search;
 pub mod bench_search_data;

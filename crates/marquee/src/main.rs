@@ -93,9 +93,31 @@ enum BenchCommand {
     /// SSE push: idle connections held (memory each) and one hot channel fanned out, against
     /// a `marquee serve` child process and nginx + nchan with the same client.
     Push(PushBenchArgs),
+    /// The gateway beside nginx as a reverse proxy in front of the same node: peak requests/s
+    /// with wrk and added p50/p99 at a fixed rate.
+    Gateway(GatewayBenchArgs),
     /// The waiting room: a million fans through the block's own API (joins/s, lookups/s,
     /// memory), the Redis room beside `redis-benchmark`, and joins over HTTP.
     Waitroom(WaitroomBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct GatewayBenchArgs {
+    /// Length of each timed run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// wrk connections (the same for every target).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Interleaved rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Fixed rate of the latency phase (default: half the lower proxy peak).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Path requested from the node.
+    #[arg(long, default_value = "/healthz")]
+    path: String,
 }
 
 #[derive(Debug, Args)]
@@ -603,6 +625,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Push(args)) => bench_push(args).await,
         Command::Bench(BenchCommand::Search(args)) => bench_search(args).await,
         Command::Bench(BenchCommand::Waitroom(args)) => bench_waitroom(args).await,
+        Command::Bench(BenchCommand::Gateway(args)) => bench_gateway(args).await,
         Command::Search(SearchCommand::Reindex(args)) => reindex(args).await,
     }
 }
@@ -621,6 +644,51 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     marquee::server::shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
     gateway.shutdown().await;
+    Ok(())
+}
+
+async fn bench_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
+    use marquee::bench_gateway::{median, run_gateway_bench, GatewayBench};
+    let report = run_gateway_bench(&GatewayBench {
+        duration: args.duration,
+        connections: args.connections,
+        rounds: args.rounds.max(1),
+        rate: args.rate,
+        path: args.path,
+    })
+    .await?;
+    let direct = &report.targets[0];
+    println!(
+        "{:<16} {:>12} {:>10} {:>10} {:>12} {:>12}",
+        "target", "peak req/s", "p50 ms", "p99 ms", "added p50", "added p99"
+    );
+    for target in &report.targets {
+        println!(
+            "{:<16} {:>12.0} {:>10.3} {:>10.3} {:>12.3} {:>12.3}",
+            target.name,
+            median(&target.peak_rps),
+            median(&target.p50_ms),
+            median(&target.p99_ms),
+            median(&target.p50_ms) - median(&direct.p50_ms),
+            median(&target.p99_ms) - median(&direct.p99_ms),
+        );
+    }
+    println!(
+        "latency at {} req/s; peaks per round: {}",
+        report.rate,
+        report
+            .targets
+            .iter()
+            .map(|t| format!(
+                "{} {:?}",
+                t.name,
+                t.peak_rps.iter().map(|r| r.round()).collect::<Vec<_>>()
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let ratio = median(&report.targets[1].peak_rps) / median(&report.targets[2].peak_rps);
+    println!("gateway / nginx peak throughput: {ratio:.2}");
     Ok(())
 }
 

@@ -1,6 +1,9 @@
-//! [`InProcessRateLimiter`]: GCRA over a sharded map of theoretical arrival times.
+//! [`InProcessRateLimiter`]: GCRA over a sharded map of theoretical arrival times, and sliding
+//! window counters in a second map beside it.
 
-use crate::{gcra, Decision, Quota, RateLimitError, RateLimiter};
+use crate::{
+    gcra, sliding_window, Algorithm, Decision, Quota, RateLimitError, RateLimiter, WindowCounts,
+};
 use async_trait::async_trait;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -14,6 +17,7 @@ const PRUNE_AT: usize = 4_096;
 
 struct Shard {
     tats: HashMap<String, u64>,
+    windows: HashMap<String, WindowCounts>,
     prune_at: usize,
 }
 
@@ -39,6 +43,7 @@ impl InProcessRateLimiter {
                 .map(|_| {
                     Mutex::new(Shard {
                         tats: HashMap::new(),
+                        windows: HashMap::new(),
                         prune_at: PRUNE_AT,
                     })
                 })
@@ -56,6 +61,9 @@ impl InProcessRateLimiter {
         let mut shard = self.shards[index]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if quota.algorithm() == Algorithm::SlidingWindow {
+            return Self::check_window(&mut shard, key, now, quota);
+        }
         let (decision, tat) = gcra(shard.tats.get(key).copied(), now, quota);
         if let Some(tat) = tat {
             match shard.tats.get_mut(key) {
@@ -72,16 +80,33 @@ impl InProcessRateLimiter {
         decision
     }
 
+    fn check_window(shard: &mut Shard, key: &str, now: u64, quota: Quota) -> Decision {
+        let (decision, counts) = sliding_window(shard.windows.get(key).copied(), now, quota);
+        if let Some(counts) = counts {
+            if shard.windows.insert(key.to_string(), counts).is_none()
+                && shard.windows.len() >= shard.prune_at
+            {
+                // A key two windows old counts nothing any more.
+                let period = quota.period_micros().max(1);
+                let window = now / period;
+                shard
+                    .windows
+                    .retain(|_, counts| counts.window + 1 >= window);
+                shard.prune_at = (shard.windows.len() * 2).max(PRUNE_AT);
+            }
+        }
+        decision
+    }
+
     /// Keys currently remembered (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
         self.shards
             .iter()
             .map(|shard| {
-                shard
+                let shard = shard
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .tats
-                    .len()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                shard.tats.len() + shard.windows.len()
             })
             .sum()
     }

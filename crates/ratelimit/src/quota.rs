@@ -1,15 +1,29 @@
-//! Quotas and their flag syntax: `50/s`, `600/m`, `10000/h`, scoped as `ip=50/s`, `user=10/s`
-//! or `route=POST /api/v1/orders=5/s`.
+//! Quotas and their flag syntax: `50/s`, `600/m`, `10000/h` (GCRA) or `600/m sliding` (a
+//! sliding window counter), scoped as `ip=50/s`, `user=10/s` or `route=POST /api/v1/orders=5/s`.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// How a quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// GCRA: a token bucket of `limit`, refilled continuously; exact at every instant.
+    #[default]
+    Gcra,
+    /// Sliding window counter: this fixed window's count plus the previous window's, weighted
+    /// by how much of it still overlaps the last `period`. Two counters per key, never more
+    /// than `limit` in one fixed window, and a smooth estimate across the boundary (no double
+    /// burst at the edge of a fixed window). Flag suffix ` sliding`.
+    SlidingWindow,
+}
 
 /// `limit` requests per `period`, with a burst of up to `limit` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     limit: u32,
     period: Duration,
+    algorithm: Algorithm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,11 +43,24 @@ impl Quota {
         if limit == 0 || period.is_zero() {
             return Err(QuotaError::Zero);
         }
-        let quota = Quota { limit, period };
+        let quota = Quota {
+            limit,
+            period,
+            algorithm: Algorithm::Gcra,
+        };
         if quota.period_micros() / u64::from(limit) == 0 {
             return Err(QuotaError::TooFine(quota.to_string()));
         }
         Ok(quota)
+    }
+
+    /// The same quota, counted with `algorithm`.
+    pub fn with_algorithm(self, algorithm: Algorithm) -> Quota {
+        Quota { algorithm, ..self }
+    }
+
+    pub fn algorithm(self) -> Algorithm {
+        self.algorithm
     }
 
     pub fn limit(self) -> u32 {
@@ -59,6 +86,10 @@ impl FromStr for Quota {
 
     fn from_str(text: &str) -> Result<Quota, QuotaError> {
         let syntax = || QuotaError::Syntax(text.to_string());
+        let (text, algorithm) = match text.trim().strip_suffix("sliding") {
+            Some(rest) => (rest, Algorithm::SlidingWindow),
+            None => (text, Algorithm::Gcra),
+        };
         let (limit, unit) = text.trim().split_once('/').ok_or_else(syntax)?;
         let limit: u32 = limit.trim().parse().map_err(|_| syntax())?;
         let period = match unit.trim() {
@@ -67,19 +98,22 @@ impl FromStr for Quota {
             "h" | "hour" => Duration::from_secs(3600),
             _ => return Err(syntax()),
         };
-        Quota::new(limit, period)
+        Ok(Quota::new(limit, period)?.with_algorithm(algorithm))
     }
 }
 
 impl fmt::Display for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match self.period.as_secs() {
-            1 => "s",
-            60 => "m",
-            3600 => "h",
-            _ => return write!(f, "{}/{:?}", self.limit, self.period),
+        let suffix = match self.algorithm {
+            Algorithm::Gcra => "",
+            Algorithm::SlidingWindow => " sliding",
         };
-        write!(f, "{}/{unit}", self.limit)
+        match self.period.as_secs() {
+            1 => write!(f, "{}/s{suffix}", self.limit),
+            60 => write!(f, "{}/m{suffix}", self.limit),
+            3600 => write!(f, "{}/h{suffix}", self.limit),
+            _ => write!(f, "{}/{:?}{suffix}", self.limit, self.period),
+        }
     }
 }
 
@@ -131,6 +165,17 @@ impl FromStr for ScopedQuota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sliding_suffix_picks_the_sliding_window() {
+        let scoped: ScopedQuota = "ip=600/m sliding".parse().expect("parses");
+        assert_eq!(scoped.quota.algorithm(), Algorithm::SlidingWindow);
+        assert_eq!(scoped.quota.limit(), 600);
+        assert_eq!(scoped.quota.to_string(), "600/m sliding");
+        let plain: Quota = "600/m".parse().expect("parses");
+        assert_eq!(plain.algorithm(), Algorithm::Gcra);
+        assert!("600/m slid".parse::<Quota>().is_err());
+    }
 
     #[test]
     fn parses_the_flag_syntax() {

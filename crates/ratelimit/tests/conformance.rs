@@ -1,7 +1,9 @@
 //! One suite, both implementations: what every caller of `RateLimiter` relies on. Each test
 //! gets its own Redis key prefix, so tests run at once.
 
-use marquee_ratelimit::{Decision, InProcessRateLimiter, Quota, RateLimiter, RedisRateLimiter};
+use marquee_ratelimit::{
+    Algorithm, Decision, InProcessRateLimiter, Quota, RateLimiter, RedisRateLimiter,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +43,31 @@ async fn a_burst_gets_exactly_the_limit_then_a_retry_after(limiter: &dyn RateLim
     }
 }
 
+/// A sliding window of 10 per hour: ten at once, then refusals until (at least) the next
+/// window; the GCRA and the window counters of one key are separate allowances.
+async fn a_sliding_window_burst_gets_exactly_the_limit(limiter: &dyn RateLimiter) {
+    let quota = per_hour(10).with_algorithm(Algorithm::SlidingWindow);
+    let mut remaining = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..15 {
+        match limiter.check("fan-1", quota).await.expect("check") {
+            Decision::Allowed { remaining: left } => remaining.push(left),
+            Decision::Refused { retry_after } => refused.push(retry_after),
+        }
+    }
+    // Without a previous window the estimate is the plain count.
+    assert_eq!(remaining, (0..10).rev().collect::<Vec<u32>>());
+    assert_eq!(refused.len(), 5);
+    for retry_after in refused {
+        assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(7200));
+    }
+    assert!(limiter
+        .check("fan-1", per_hour(10))
+        .await
+        .expect("check")
+        .is_allowed());
+}
+
 async fn keys_do_not_share_an_allowance(limiter: &dyn RateLimiter) {
     let quota = per_hour(2);
     for key in ["ip:10.0.0.1", "ip:10.0.0.2", "user:01J"] {
@@ -50,8 +77,11 @@ async fn keys_do_not_share_an_allowance(limiter: &dyn RateLimiter) {
     }
 }
 
-async fn concurrent_requests_never_exceed_the_limit(limiters: Vec<Arc<dyn RateLimiter>>) {
-    let quota = per_hour(100);
+async fn concurrent_requests_never_exceed_the_limit(
+    limiters: Vec<Arc<dyn RateLimiter>>,
+    algorithm: Algorithm,
+) {
+    let quota = per_hour(100).with_algorithm(algorithm);
     let tasks: Vec<_> = (0..60)
         .map(|task| {
             let limiter = limiters[task % limiters.len()].clone();
@@ -88,14 +118,52 @@ mod in_process {
     }
 
     #[tokio::test]
+    async fn a_sliding_window_burst_gets_exactly_the_limit() {
+        super::a_sliding_window_burst_gets_exactly_the_limit(&InProcessRateLimiter::new()).await;
+    }
+
+    #[tokio::test]
     async fn keys_do_not_share_an_allowance() {
         super::keys_do_not_share_an_allowance(&InProcessRateLimiter::new()).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_never_exceed_the_limit() {
-        let limiter: Arc<dyn RateLimiter> = Arc::new(InProcessRateLimiter::new());
-        super::concurrent_requests_never_exceed_the_limit(vec![limiter]).await;
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            let limiter: Arc<dyn RateLimiter> = Arc::new(InProcessRateLimiter::new());
+            super::concurrent_requests_never_exceed_the_limit(vec![limiter], algorithm).await;
+        }
+    }
+
+    /// On paused time: the previous window's count slides out linearly.
+    #[tokio::test(start_paused = true)]
+    async fn a_sliding_window_lets_the_previous_window_slide_out() {
+        let limiter = InProcessRateLimiter::new();
+        let quota = Quota::new(10, Duration::from_secs(10))
+            .expect("quota")
+            .with_algorithm(Algorithm::SlidingWindow);
+        // Align to a window boundary of the limiter's own clock.
+        let Decision::Allowed { .. } = limiter.check_now("k", quota) else {
+            panic!("first request refused");
+        };
+        let allowed_now = (0..20)
+            .filter(|_| limiter.check_now("k", quota).is_allowed())
+            .count();
+        assert_eq!(allowed_now, 9, "the rest of the window's ten");
+        let Decision::Refused { retry_after } = limiter.check_now("k", quota) else {
+            panic!("an eleventh request in the window was allowed");
+        };
+        tokio::time::advance(retry_after).await;
+        assert!(
+            limiter.check_now("k", quota).is_allowed(),
+            "allowed at the advertised time"
+        );
+        // Two whole periods later nothing of the burst counts any more.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let allowed = (0..20)
+            .filter(|_| limiter.check_now("k", quota).is_allowed())
+            .count();
+        assert!(allowed >= 10, "{allowed}");
     }
 
     /// On paused time: the allowance refills at exactly the quota's rate.
@@ -152,6 +220,11 @@ mod redis {
     }
 
     #[tokio::test]
+    async fn a_sliding_window_burst_gets_exactly_the_limit() {
+        super::a_sliding_window_burst_gets_exactly_the_limit(&redis_limiter().await).await;
+    }
+
+    #[tokio::test]
     async fn keys_do_not_share_an_allowance() {
         super::keys_do_not_share_an_allowance(&redis_limiter().await).await;
     }
@@ -159,16 +232,18 @@ mod redis {
     /// Three limiters (as three gateways would be) sharing one prefix share one allowance.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_never_exceed_the_limit_across_three_processes() {
-        let prefix = prefix();
-        let mut limiters: Vec<Arc<dyn RateLimiter>> = Vec::new();
-        for _ in 0..3 {
-            limiters.push(Arc::new(
-                RedisRateLimiter::connect(&redis_url(), &prefix)
-                    .await
-                    .expect("redis"),
-            ));
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            let prefix = prefix();
+            let mut limiters: Vec<Arc<dyn RateLimiter>> = Vec::new();
+            for _ in 0..3 {
+                limiters.push(Arc::new(
+                    RedisRateLimiter::connect(&redis_url(), &prefix)
+                        .await
+                        .expect("redis"),
+                ));
+            }
+            super::concurrent_requests_never_exceed_the_limit(limiters, algorithm).await;
         }
-        super::concurrent_requests_never_exceed_the_limit(limiters).await;
     }
 
     /// Waiting the advertised `retry_after` is enough for the next request.

@@ -1,0 +1,256 @@
+//! `marquee bench gateway`: `marquee gateway` beside nginx as a reverse proxy, both in front of
+//! the same `marquee serve` node on this machine, in the same run.
+//!
+//! Two measurements, each repeated for a few interleaved rounds (the median is reported, since
+//! these machines are noisy):
+//! - **Peak throughput**: `wrk` with the same threads and connections against the node
+//!   directly, through the gateway and through nginx.
+//! - **Added latency at a fixed rate**: an open-loop client (wrk2-style: requests are sent on a
+//!   schedule and latency is measured from the scheduled time, so a stall is not hidden by the
+//!   client waiting politely) at half the lower of the two proxies' peaks; the added p50/p99 is
+//!   the proxied figure minus the direct one at the same rate.
+//!
+//! Every process gets the same two cores: nginx runs `worker_processes 2`, the gateway its
+//! default two tokio workers; neither logs requests.
+
+use crate::bench_push::{free_port, wait_for_port};
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct GatewayBench {
+    pub duration: Duration,
+    pub connections: usize,
+    pub rounds: usize,
+    /// Fixed rate for the latency phase; `None` means half of the lower proxy peak.
+    pub rate: Option<u64>,
+    /// The path requested (a cheap one, so the proxies rather than the node are measured).
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetFigures {
+    pub name: &'static str,
+    pub peak_rps: Vec<f64>,
+    pub p50_ms: Vec<f64>,
+    pub p99_ms: Vec<f64>,
+}
+
+pub struct GatewayReport {
+    pub targets: Vec<TargetFigures>,
+    pub rate: u64,
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub async fn run_gateway_bench(bench: &GatewayBench) -> anyhow::Result<GatewayReport> {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is not installed (apt-get install wrk)");
+    }
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let node: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let _node = Process(
+        Command::new(&exe)
+            .args([
+                "--log-filter",
+                "warn",
+                "serve",
+                "--listen",
+                &node.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("node"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting marquee serve")?,
+    );
+    wait_for_port(node).await?;
+    let gateway: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let _gateway = Process(
+        Command::new(&exe)
+            .args([
+                "--log-filter",
+                "warn",
+                "gateway",
+                "--listen",
+                &gateway.to_string(),
+            ])
+            .args(["--upstream", &format!("http://{node}")])
+            .args(["--access-log", "false"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting marquee gateway")?,
+    );
+    wait_for_port(gateway).await?;
+    let nginx: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let _nginx = Process(start_nginx(dir.path(), nginx, node)?);
+    wait_for_port(nginx).await?;
+
+    let targets = [
+        ("direct", node),
+        ("marquee gateway", gateway),
+        ("nginx", nginx),
+    ];
+    let mut figures: Vec<TargetFigures> = targets
+        .iter()
+        .map(|(name, _)| TargetFigures {
+            name,
+            peak_rps: Vec::new(),
+            p50_ms: Vec::new(),
+            p99_ms: Vec::new(),
+        })
+        .collect();
+    for _ in 0..bench.rounds {
+        for (index, (_, address)) in targets.iter().enumerate() {
+            let url = format!("http://{address}{}", bench.path);
+            figures[index]
+                .peak_rps
+                .push(wrk(&url, bench.connections, bench.duration)?);
+        }
+    }
+    let rate = bench.rate.unwrap_or_else(|| {
+        (median(&figures[1].peak_rps).min(median(&figures[2].peak_rps)) / 2.0) as u64
+    });
+    for _ in 0..bench.rounds {
+        for (index, (_, address)) in targets.iter().enumerate() {
+            let url = format!("http://{address}{}", bench.path);
+            let (p50, p99) = open_loop(&url, rate, bench.duration).await?;
+            figures[index].p50_ms.push(p50);
+            figures[index].p99_ms.push(p99);
+        }
+    }
+    Ok(GatewayReport {
+        targets: figures,
+        rate,
+    })
+}
+
+fn start_nginx(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    node: SocketAddr,
+) -> anyhow::Result<Child> {
+    let config = format!(
+        r#"worker_processes 2;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream marquee {{
+    server {node};
+    keepalive 256;
+  }}
+  server {{
+    listen {listen};
+    location / {{
+      proxy_pass http://marquee;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Request-Id $request_id;
+    }}
+  }}
+}}
+"#,
+        dir = dir.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx (apt-get install nginx-light)")
+}
+
+/// `wrk -t2 -cN -dD URL`: requests per second.
+fn wrk(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}")])
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg(url)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("wrk saw errors against {url}:\n{text}");
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// Sends `rate` requests per second for `duration` on a fixed schedule; p50 and p99 in ms,
+/// measured from each request's scheduled time.
+async fn open_loop(url: &str, rate: u64, duration: Duration) -> anyhow::Result<(f64, f64)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()?;
+    // Warm the pool so connection setup is not in the figures.
+    for _ in 0..32 {
+        client.get(url).send().await?.bytes().await?;
+    }
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(10);
+    let url: Arc<str> = Arc::from(url);
+    let mut requests = Vec::with_capacity(total as usize);
+    for index in 0..total {
+        let scheduled = start + interval.mul_f64(index as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let (client, url) = (client.clone(), Arc::clone(&url));
+        requests.push(tokio::spawn(async move {
+            let ok = match client.get(&*url).send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (ok, scheduled.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(requests.len());
+    let mut failures = 0;
+    for request in requests {
+        let (ok, latency) = request.await?;
+        failures += usize::from(!ok);
+        latencies.push(latency.as_secs_f64() * 1000.0);
+    }
+    if latencies.is_empty() {
+        bail!("the rate and duration send no request");
+    }
+    if failures > 0 {
+        bail!("{failures} of {total} requests to {url} failed at {rate}/s");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}
