@@ -141,11 +141,9 @@ pub(crate) fn sliding_window(
     // When would `previous × overlap + current + 1 ≤ limit` hold again?
     let wait = if current + 1 > limit {
         // Not in this window: in the next one this window's count becomes the previous.
-        let into_next = if current == 0 {
-            0
-        } else {
-            period.saturating_sub((limit - 1) * period / current)
-        };
+        let into_next = ((limit - 1) * period)
+            .checked_div(current)
+            .map_or(0, |fits| period.saturating_sub(fits));
         (period - elapsed) + into_next
     } else {
         // Later in this window, once enough of the previous one has slid out.
