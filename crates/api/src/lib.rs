@@ -185,6 +185,10 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
                     }),
             )
             .layer(axum::middleware::from_fn(middleware::observe))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                middleware::client_address,
+            ))
             .layer(CatchPanicLayer::custom(middleware::panic_response))
             .layer(DefaultBodyLimit::max(state.settings.body_limit_bytes)),
     )

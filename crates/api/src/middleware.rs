@@ -54,3 +54,27 @@ pub(crate) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     struct Panicked(String);
     ApiError::internal(&Panicked(detail.to_string())).into_response()
 }
+
+/// Behind a trusted proxy, the client's address replaces the proxy's in `ConnectInfo`, so every
+/// per-IP limit downstream (quotas, push connections, waiting-room joins) counts clients, not
+/// the gateway.
+pub async fn client_address(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let trusted = &state.settings.trusted_proxies;
+    if !trusted.is_empty() {
+        let info = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|axum::extract::ConnectInfo(peer)| *peer);
+        if let Some(peer) = info {
+            let client = trusted.client_addr(peer, request.headers());
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(client));
+        }
+    }
+    next.run(request).await
+}

@@ -212,6 +212,10 @@ async fn serve_sse(mut stream: TcpStream, peer: SocketAddr, state: AppState) {
         .filter(|value| !value.is_empty() && value.len() <= 200)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let node = &state.settings.node_id;
+    let peer = state
+        .settings
+        .trusted_proxies
+        .client_addr(peer, &head.headers);
     let opened = crate::request_context::scope(
         request_id.clone(),
         SseSession::open(&state, peer, &head.headers, head.query.as_deref()),

@@ -17,6 +17,9 @@ pub struct ApiSettings {
     pub hold_ttl: Duration,
     /// This node's id, sent as `x-marquee-node` so routing is observable.
     pub node_id: String,
+    /// The gateways or load balancers in front whose `X-Forwarded-For` names the client (for
+    /// per-IP limits); nobody by default.
+    pub trusted_proxies: marquee_gateway::TrustedProxies,
 }
 
 impl Default for ApiSettings {
@@ -25,6 +28,7 @@ impl Default for ApiSettings {
             body_limit_bytes: 1024 * 1024,
             hold_ttl: Duration::from_secs(600),
             node_id: "node-1".to_string(),
+            trusted_proxies: marquee_gateway::TrustedProxies::default(),
         }
     }
 }

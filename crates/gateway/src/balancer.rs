@@ -14,36 +14,52 @@ use crate::config::{EjectionSettings, Policy};
 use hyper::Uri;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub(crate) struct Upstream {
     /// `host:port`: where requests go, and the node's name in logs and in the hash.
     pub(crate) authority: String,
+    /// The same, parsed once for building request URIs.
+    pub(crate) uri_authority: hyper::http::uri::Authority,
     in_flight: AtomicUsize,
     max_in_flight: usize,
     healthy: AtomicBool,
     consecutive_failures: AtomicU32,
     /// Ejections in a row without a success between them (the backoff exponent).
     ejections: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
+    /// Microseconds since [`clock_base`] until which the node is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
+}
+
+/// The origin of the ejection clock: one atomic per node instead of a lock on the request path.
+fn clock_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn micros_since_base(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(clock_base()).as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Upstream {
     pub(crate) fn new(url: Uri, max_in_flight: usize) -> Upstream {
-        let authority = url
+        let uri_authority = url
             .authority()
-            .map(|authority| authority.to_string())
-            .unwrap_or_default();
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::Authority::from_static("invalid"));
         Upstream {
-            authority,
+            authority: uri_authority.to_string(),
+            uri_authority,
             in_flight: AtomicUsize::new(0),
             max_in_flight,
             healthy: AtomicBool::new(true),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
-            ejected_until: Mutex::new(None),
+            ejected_until: AtomicU64::new(0),
         }
     }
 
@@ -60,10 +76,8 @@ impl Upstream {
     }
 
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
-        match self.ejected_until.lock() {
-            Ok(until) => until.is_some_and(|until| until > now),
-            Err(_) => false,
-        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > micros_since_base(now)
     }
 
     pub(crate) fn is_available(&self, now: Instant) -> bool {
@@ -98,9 +112,10 @@ impl Upstream {
             .base
             .saturating_mul(1 << exponent)
             .min(settings.max);
-        if let Ok(mut until) = self.ejected_until.lock() {
-            *until = Some(Instant::now() + duration);
-        }
+        self.ejected_until.store(
+            micros_since_base(Instant::now() + duration),
+            Ordering::Relaxed,
+        );
         tracing::warn!(upstream = %self.authority, ?duration, "ejected after consecutive failures");
         metrics::counter!("gateway_ejections_total", "upstream" => self.authority.clone())
             .increment(1);
@@ -109,9 +124,7 @@ impl Upstream {
 
     /// Ends an ejection early: the node failed its health checks and now passes them again.
     pub(crate) fn readmit(&self) {
-        if let Ok(mut until) = self.ejected_until.lock() {
-            *until = None;
-        }
+        self.ejected_until.store(0, Ordering::Relaxed);
         self.ejections.store(0, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }

@@ -8,14 +8,20 @@ use hyper::HeaderMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
+/// The peers whose `X-Forwarded-For` is believed. Used by the gateway for its clients, and by
+/// a node for the gateway (or load balancer) in front of it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct TrustedProxies {
+pub struct TrustedProxies {
     networks: Vec<IpNet>,
 }
 
 impl TrustedProxies {
-    pub(crate) fn new(networks: Vec<IpNet>) -> TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> TrustedProxies {
         TrustedProxies { networks }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
     }
 
     fn trusts(&self, address: IpAddr) -> bool {
@@ -23,7 +29,7 @@ impl TrustedProxies {
     }
 
     /// The client's address, given the TCP peer and the request's headers.
-    pub(crate) fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
             return peer;
         }
@@ -47,6 +53,15 @@ impl TrustedProxies {
             }
         }
         client
+    }
+
+    /// The peer address with the client's IP in place of a trusted proxy's (same port).
+    pub fn client_addr(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &HeaderMap,
+    ) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.client_ip(peer.ip(), headers), peer.port())
     }
 
     /// The `X-Forwarded-For` to send on: the resolved client alone, so a node that trusts

@@ -35,6 +35,7 @@ pub use config::{
     ConfigError, EjectionSettings, GatewayConfig, GroupPolicy, HealthSettings, Policy, RouteSpec,
     TlsFiles, UpstreamSpec, DEFAULT_GROUP,
 };
+pub use forwarded::TrustedProxies;
 
 use balancer::{Group, Upstream};
 use config::Policy as GroupBalance;

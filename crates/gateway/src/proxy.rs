@@ -12,6 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -30,6 +31,9 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Responses up to this size (by `Content-Length`) are read whole before they are sent on.
+const BUFFERED_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -292,8 +296,8 @@ impl Proxy {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let affinity = event_affinity(parts.uri.path(), parts.uri.query());
         let repeatable =
             is_idempotent(&parts.method) || parts.headers.contains_key(IDEMPOTENCY_KEY);
@@ -312,8 +316,13 @@ impl Proxy {
             };
             let may_retry =
                 |proxy: &Proxy| tried.len() <= proxy.retries as usize && proxy.budget.withdraw();
-            let upstream_request =
-                build_request(&slot, &parts.method, path_and_query, &headers, body.clone())?;
+            let upstream_request = build_request(
+                &slot,
+                &parts.method,
+                &path_and_query,
+                &headers,
+                body.clone(),
+            )?;
             let outcome =
                 tokio::time::timeout(self.response_timeout, self.client.request(upstream_request))
                     .await;
@@ -337,7 +346,7 @@ impl Proxy {
                         upstream.record_success();
                     }
                     let authority = upstream.authority.clone();
-                    return Ok((self.respond(response, upgrade, slot), authority));
+                    return Ok((self.respond(response, upgrade, slot).await?, authority));
                 }
                 Ok(Err(error)) => {
                     upstream.record_failure(&self.ejection);
@@ -362,14 +371,34 @@ impl Proxy {
         }
     }
 
-    /// The node's answer for the client: hop-by-hop headers dropped, the body streamed; a
-    /// `101 Switching Protocols` joins the two upgraded connections into one tunnel.
-    fn respond(
+    /// The node's answer for the client: hop-by-hop headers dropped; a small body of known
+    /// length read whole first (like nginx's proxy buffering: the client then gets head and body
+    /// in one write, and a slow client never holds a node's connection), anything else — SSE,
+    /// long bodies, chunked streams — streamed as it comes; a `101 Switching Protocols` joins
+    /// the two upgraded connections into one tunnel.
+    async fn respond(
         &self,
         mut response: Response<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         slot: InFlight,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, EdgeError> {
+        let small = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok())
+            .is_some_and(|length| length <= BUFFERED_RESPONSE_BYTES);
+        if small && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(response.headers_mut());
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|_| EdgeError::BadGateway)?
+                .to_bytes();
+            drop(slot);
+            return Ok(Response::from_parts(parts, full(body)));
+        }
         drop(slot);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -384,11 +413,11 @@ impl Proxy {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 });
                 let (parts, _) = response.into_parts();
-                return Response::from_parts(parts, full(Bytes::new()));
+                return Ok(Response::from_parts(parts, full(Bytes::new())));
             }
         }
         strip_hop_by_hop(response.headers_mut());
-        response.map(|body| body.boxed_unsync())
+        Ok(response.map(|body| body.boxed_unsync()))
     }
 
     pub(crate) fn upstream_status(&self) -> Vec<crate::UpstreamStatus> {
@@ -587,15 +616,15 @@ fn forwarded_headers(
 fn build_request(
     slot: &InFlight,
     method: &Method,
-    path_and_query: &str,
+    path_and_query: &PathAndQuery,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, EdgeError> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(slot.upstream().authority.as_str())
-        .path_and_query(path_and_query)
-        .build()
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    parts.authority = Some(slot.upstream().uri_authority.clone());
+    parts.path_and_query = Some(path_and_query.clone());
+    let uri = Uri::from_parts(parts)
         .map_err(|_| EdgeError::BadRequest("the request target is not a valid path"))?;
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();

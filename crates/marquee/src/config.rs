@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub queue_timings: marquee_waitroom::RoomTimings,
     /// `--rate-limit` quotas (shared through Redis when a Redis URL is configured).
     pub rate_limits: Vec<marquee_ratelimit::ScopedQuota>,
+    /// Proxies in front (the gateway) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServerConfig {
@@ -67,6 +69,7 @@ impl ServerConfig {
             queue: marquee_api::QueueSettings::default(),
             queue_timings: marquee_waitroom::RoomTimings::default(),
             rate_limits: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 

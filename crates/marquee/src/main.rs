@@ -265,6 +265,15 @@ struct NodeArgs {
     /// Shared by every node through Redis when `--redis-url` is set. Env: comma-separated.
     #[arg(long = "rate-limit", env = "MARQUEE_RATE_LIMIT", value_delimiter = ',')]
     rate_limits: Vec<marquee_ratelimit::ScopedQuota>,
+
+    /// A proxy in front of this node (the gateway, a load balancer) whose `X-Forwarded-For`
+    /// names the client for per-IP limits (CIDR, repeatable). Nobody else's is believed.
+    #[arg(
+        long = "trusted-proxy",
+        env = "MARQUEE_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Args)]
@@ -586,6 +595,7 @@ impl NodeArgs {
         config.redis_url = self.redis_url;
         config.redis_prefix = self.redis_prefix;
         config.rate_limits = self.rate_limits;
+        config.trusted_proxies = self.trusted_proxies;
         config.payment_timeout = self.payment_timeout;
         config.push.heartbeat = self.push.push_heartbeat;
         config.push_lean_sse = self.push.push_lean_sse;

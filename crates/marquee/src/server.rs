@@ -72,6 +72,9 @@ impl Server {
                 body_limit_bytes: config.body_limit_bytes,
                 hold_ttl: config.hold_ttl,
                 node_id: config.node_id.clone(),
+                trusted_proxies: marquee_gateway::TrustedProxies::new(
+                    config.trusted_proxies.clone(),
+                ),
             }),
             push: Arc::new(Push::new(hub, config.push.clone(), stopped.clone())),
             search,

@@ -96,3 +96,48 @@ async fn users_have_their_own_allowance_and_a_forged_token_counts_as_its_ip() {
         .expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     app.stop().await;
 }
+
+/// Behind a trusted proxy (the gateway), per-IP quotas count the clients it names; anyone
+/// else's `X-Forwarded-For` changes nothing.
+#[tokio::test]
+async fn per_ip_quotas_count_the_clients_a_trusted_proxy_names() {
+    let from = |app: &TestApp, address: &str| {
+        app.client
+            .get(format!("{}/api/v1/events", app.url))
+            .header("x-forwarded-for", address)
+            .send()
+    };
+    let behind_gateway = TestApp::spawn_with(|config| {
+        config.rate_limits = quotas(&["ip=2/m"]);
+        config.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+    .await;
+    for _ in 0..2 {
+        let response = from(&behind_gateway, "203.0.113.1").await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let third = from(&behind_gateway, "203.0.113.1").await.expect("sent");
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let other = from(&behind_gateway, "203.0.113.2").await.expect("sent");
+    assert_eq!(
+        other.status(),
+        StatusCode::OK,
+        "another client has its own allowance"
+    );
+    behind_gateway.stop().await;
+
+    let exposed = TestApp::spawn_with(|config| config.rate_limits = quotas(&["ip=2/m"])).await;
+    for n in 0..2 {
+        let response = from(&exposed, &format!("203.0.113.{n}"))
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let forged = from(&exposed, "203.0.113.9").await.expect("sent");
+    assert_eq!(
+        forged.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "an untrusted X-Forwarded-For does not buy a new allowance"
+    );
+    exposed.stop().await;
+}
