@@ -13,7 +13,7 @@
 //! Every process gets the same two cores: nginx runs `worker_processes 2`, the gateway its
 //! default two tokio workers; neither logs requests.
 
-use crate::bench_push::{free_port, wait_for_port};
+use crate::bench_push::{free_port, nginx_private_paths, wait_for_port};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -153,12 +153,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
+{private}
   upstream marquee {{
     server {node};
     keepalive 256;
@@ -176,6 +171,7 @@ http {{
 }}
 "#,
         dir = dir.display(),
+        private = nginx_private_paths(dir),
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, config)?;

@@ -74,6 +74,16 @@ impl Drop for Target {
     }
 }
 
+/// nginx's `http` settings that keep a benchmark's nginx off the system's log and temp
+/// directories (it runs unprivileged, from a temp dir).
+pub(crate) fn nginx_private_paths(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  \
+         fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;"
+    )
+}
+
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -143,12 +153,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 20000; }}
 http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
+{private}
   server {{
     listen {addr};
     location ~ ^/sub/(\w+)$ {{
@@ -165,6 +170,7 @@ http {{
 "#,
             module = module.display(),
             dir = dir.path().display(),
+            private = nginx_private_paths(dir.path()),
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, config)?;

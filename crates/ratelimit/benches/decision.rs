@@ -1,10 +1,11 @@
-//! The cost of one rate-limit decision: in-process (one hot key, and spread over 100,000 keys)
+//! The cost of one rate-limit decision, GCRA and sliding window: in-process (one hot key, and
+//! spread over 100,000 keys)
 //! and through Redis (one Lua round trip), beside a plain Redis `INCR` on the same connection as
 //! the anchor. Run: `cargo bench -p marquee-ratelimit` (needs Redis on 127.0.0.1:6379, or
 //! `MARQUEE_TEST_REDIS_URL`; the Redis group is skipped without one).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use marquee_ratelimit::{InProcessRateLimiter, Quota, RateLimiter, RedisRateLimiter};
+use marquee_ratelimit::{Algorithm, InProcessRateLimiter, Quota, RateLimiter, RedisRateLimiter};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ fn in_process(c: &mut Criterion) {
     let mut group = c.benchmark_group("in-process");
     group.bench_function("one key", |b| {
         b.iter(|| black_box(limiter.check_now("ip:10.0.0.1", quota)));
+    });
+    let sliding = quota.with_algorithm(Algorithm::SlidingWindow);
+    group.bench_function("one key, sliding window", |b| {
+        b.iter(|| black_box(limiter.check_now("ip:10.0.0.2", sliding)));
     });
     let mut next = 0;
     group.bench_function("100k keys", |b| {
@@ -48,6 +53,14 @@ fn redis(c: &mut Criterion) {
         b.iter(|| {
             runtime
                 .block_on(limiter.check("ip:10.0.0.1", quota))
+                .expect("check")
+        });
+    });
+    let sliding = quota.with_algorithm(Algorithm::SlidingWindow);
+    group.bench_function("sliding window decision", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(limiter.check("ip:10.0.0.2", sliding))
                 .expect("check")
         });
     });
