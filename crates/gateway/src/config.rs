@@ -243,6 +243,9 @@ pub struct GatewayConfig {
     pub ejection: EjectionSettings,
     pub max_connections: usize,
     pub access_log: bool,
+    /// Worker threads, each with its own event loop, listener (`SO_REUSEPORT`) and pool of
+    /// connections to the nodes.
+    pub workers: usize,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -287,6 +290,7 @@ impl GatewayConfig {
             ejection: EjectionSettings::default(),
             max_connections: 16_384,
             access_log: true,
+            workers: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }
 

@@ -18,7 +18,13 @@
 //! retried on another node when it is idempotent (or never reached a node) and the retry budget
 //! allows; the answer streamed back. [`health`] runs the active checks.
 //!
-//! Connections ([`Gateway::start`]): HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge in
+//! Threads ([`Gateway::start`]): one worker per core, each a single-threaded event loop with its
+//! own `SO_REUSEPORT` listener and its own pool of connections to the nodes, so a request and
+//! its upstream exchange never cross threads (nginx's and Envoy's model; under tokio's
+//! work-stealing runtime the client side and the pooled upstream connection often woke on
+//! different cores). Groups, health, limits and the retry budget are shared.
+//!
+//! Connections: HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge in
 //! clear), a cap on open connections, a deadline for the first request head and for every
 //! later one (slowloris), a cap on header size (431), and a graceful drain on shutdown.
 
@@ -86,7 +92,7 @@ pub struct Gateway {
     proxy: Arc<Proxy>,
     tls: bool,
     shutdown: watch::Sender<bool>,
-    accept: JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     health: Vec<JoinHandle<()>>,
 }
 
@@ -94,14 +100,8 @@ impl Gateway {
     pub async fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         config.validate()?;
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| GatewayError::Listen {
-                    address: config.listen,
-                    source,
-                })?;
-        let local_addr = listener
+        let listeners = bind_listeners(config.listen, config.workers.max(1))?;
+        let local_addr = listeners[0]
             .local_addr()
             .map_err(|source| GatewayError::Listen {
                 address: config.listen,
@@ -130,24 +130,39 @@ impl Gateway {
         let edge = access::EdgeAuth::new(tokens, config.access_rules.clone());
         let proxy = Arc::new(Proxy::new(&config, client, groups, edge));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            Arc::clone(&proxy),
-            tls,
-            Arc::new(server_builder(&config)),
-            ConnectionLimits {
-                open: Arc::new(Semaphore::new(config.max_connections)),
-                first_request_deadline: config.header_read_timeout,
-            },
-            shutdown_rx,
-        ));
+        let builder = Arc::new(server_builder(&config));
+        let open = Arc::new(Semaphore::new(config.max_connections));
+        let mut workers = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            // Each worker owns its connections from accept to close, both sides: no request
+            // crosses threads, as in nginx and Envoy.
+            let worker = WorkerSetup {
+                listener,
+                proxy: Arc::new(proxy.with_client(upstream_client(&config))),
+                tls: tls.clone(),
+                builder: Arc::clone(&builder),
+                limits: ConnectionLimits {
+                    open: Arc::clone(&open),
+                    first_request_deadline: config.header_read_timeout,
+                },
+                shutdown: shutdown_rx.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("gateway-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|source| GatewayError::Listen {
+                    address: config.listen,
+                    source,
+                })?;
+            workers.push(handle);
+        }
         tracing::info!(%local_addr, tls = config.tls.is_some(), upstreams = config.upstreams.len(), "gateway listening");
         Ok(Gateway {
             local_addr,
             proxy,
             tls: config.tls.is_some(),
             shutdown,
-            accept,
+            workers,
             health,
         })
     }
@@ -172,7 +187,13 @@ impl Gateway {
         for task in &self.health {
             task.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.accept).await;
+        let workers = self.workers;
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
     }
 }
 
@@ -233,6 +254,76 @@ fn server_builder(config: &GatewayConfig) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
+}
+
+/// `count` listeners on one address (`SO_REUSEPORT`: the kernel spreads connections over
+/// them), as std listeners so each worker can adopt its own into its own event loop.
+fn bind_listeners(
+    address: SocketAddr,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, GatewayError> {
+    let error = |source| GatewayError::Listen { address, source };
+    let mut bound = address;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = if bound.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(error)?;
+        socket.set_reuseaddr(true).map_err(error)?;
+        socket.set_reuseport(true).map_err(error)?;
+        socket.bind(bound).map_err(error)?;
+        let listener = socket.listen(4096).map_err(error)?;
+        // Port 0 picks a port once; the other workers join that one.
+        bound = listener.local_addr().map_err(error)?;
+        listeners.push(listener.into_std().map_err(error)?);
+    }
+    Ok(listeners)
+}
+
+struct WorkerSetup {
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnectionLimits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl WorkerSetup {
+    /// One event loop on this thread until shutdown.
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "gateway worker could not start its event loop");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let listener = match TcpListener::from_std(self.listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(%error, "gateway worker could not adopt its listener");
+                    return;
+                }
+            };
+            accept_loop(
+                listener,
+                self.proxy,
+                self.tls,
+                self.builder,
+                self.limits,
+                self.shutdown,
+            )
+            .await;
+        });
+    }
 }
 
 struct ConnectionLimits {

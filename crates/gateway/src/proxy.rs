@@ -147,18 +147,21 @@ pub(crate) struct Connection {
     pub(crate) tls: bool,
 }
 
+/// One worker's proxy: its own pool of connections to the nodes, everything else (groups and
+/// their health, limits, budget) shared by every worker.
+#[derive(Clone)]
 pub(crate) struct Proxy {
     client: UpstreamClient,
     /// `(prefix, group index)`, longest prefix first.
     routes: Vec<(String, usize)>,
-    groups: Vec<Group>,
+    groups: Arc<Vec<Group>>,
     default_group: usize,
-    edge: EdgeAuth,
+    edge: Arc<EdgeAuth>,
     trusted: TrustedProxies,
     limiter: Option<Arc<dyn RateLimiter>>,
     quotas: Vec<ScopedQuota>,
     concurrency: Arc<ConcurrencyLimiter>,
-    budget: TpsBudget,
+    budget: Arc<TpsBudget>,
     retries: u32,
     response_timeout: Duration,
     max_body_bytes: usize,
@@ -185,22 +188,30 @@ impl Proxy {
             client,
             routes,
             default_group,
-            groups,
-            edge,
+            groups: Arc::new(groups),
+            edge: Arc::new(edge),
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             limiter: config.rate_limiter.clone(),
             quotas: config.rate_limits.clone(),
             concurrency: ConcurrencyLimiter::new(config.max_in_flight, config.checkout_reserve),
-            budget: TpsBudget::new(
+            budget: Arc::new(TpsBudget::new(
                 Duration::from_secs(10),
                 10,
                 config.retry_budget_percent / 100.0,
-            ),
+            )),
             retries: config.retries,
             response_timeout: config.response_timeout,
             max_body_bytes: config.max_body_bytes,
             ejection: config.ejection.clone(),
             access_log: config.access_log,
+        }
+    }
+
+    /// The same proxy with its own connection pool, for another worker thread.
+    pub(crate) fn with_client(&self, client: UpstreamClient) -> Proxy {
+        Proxy {
+            client,
+            ..self.clone()
         }
     }
 

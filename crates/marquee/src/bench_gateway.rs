@@ -226,25 +226,33 @@ async fn open_loop(url: &str, rate: u64, duration: Duration) -> anyhow::Result<(
         tokio::time::sleep_until(scheduled).await;
         let (client, url) = (client.clone(), Arc::clone(&url));
         requests.push(tokio::spawn(async move {
-            let ok = match client.get(&*url).send().await {
-                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-                Err(_) => false,
+            let outcome = match client.get(&*url).send().await {
+                Ok(response) if response.status().is_success() => match response.bytes().await {
+                    Ok(_) => None,
+                    Err(error) => Some(format!("body: {error}")),
+                },
+                Ok(response) => Some(format!("status {}", response.status())),
+                Err(error) => Some(format!("{error:?}")),
             };
-            (ok, scheduled.elapsed())
+            (outcome, scheduled.elapsed())
         }));
     }
     let mut latencies = Vec::with_capacity(requests.len());
     let mut failures = 0;
+    let mut first_failure = None;
     for request in requests {
-        let (ok, latency) = request.await?;
-        failures += usize::from(!ok);
+        let (outcome, latency) = request.await?;
+        if let Some(failure) = outcome {
+            failures += 1;
+            first_failure.get_or_insert(failure);
+        }
         latencies.push(latency.as_secs_f64() * 1000.0);
     }
     if latencies.is_empty() {
         bail!("the rate and duration send no request");
     }
-    if failures > 0 {
-        bail!("{failures} of {total} requests to {url} failed at {rate}/s");
+    if let Some(first) = first_failure {
+        bail!("{failures} of {total} requests to {url} failed at {rate}/s; the first: {first}");
     }
     latencies.sort_by(f64::total_cmp);
     let at = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];

@@ -419,6 +419,10 @@ struct GatewayArgs {
     )]
     max_connections: usize,
 
+    /// Worker threads, each with its own event loop and listener (default: one per core).
+    #[arg(long, env = "MARQUEE_GATEWAY_WORKERS")]
+    workers: Option<usize>,
+
     /// Log every request (target `marquee_gateway::access`).
     #[arg(long, env = "MARQUEE_GATEWAY_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     access_log: bool,
@@ -472,6 +476,9 @@ impl GatewayArgs {
         config.ejection.base = self.eject_for;
         config.max_connections = self.max_connections;
         config.access_log = self.access_log;
+        if let Some(workers) = self.workers {
+            config.workers = workers.max(1);
+        }
         Ok(config)
     }
 }
