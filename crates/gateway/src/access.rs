@@ -124,18 +124,24 @@ impl EdgeAuth {
         EdgeAuth { tokens, rules }
     }
 
-    /// Checks the `Authorization` header against the route; the verified claims when a token
-    /// was sent.
+    /// Checks the `Authorization` header and an `access_token` query parameter against the
+    /// route; the verified claims when a token was sent.
     pub(crate) fn check(
         &self,
         method: &str,
         path: &str,
         authorization: Option<&[u8]>,
+        query_token: Option<&str>,
     ) -> Result<Option<AccessClaims>, Refusal> {
         let Some(tokens) = &self.tokens else {
             return Ok(None);
         };
-        let claims = match authorization {
+        let verify = |token: &str| match tokens.verify(token.trim()) {
+            Ok(claims) => Ok(claims),
+            Err(TokenError::Expired) => Err(Refusal::Unauthenticated("the token has expired")),
+            Err(_) => Err(Refusal::Unauthenticated("the token is not valid")),
+        };
+        let from_header = match authorization {
             None => None,
             Some(value) => {
                 let token = value
@@ -144,15 +150,13 @@ impl EdgeAuth {
                     .ok_or(Refusal::Unauthenticated(
                         "the Authorization header must be `Bearer <token>`",
                     ))?;
-                match tokens.verify(token.trim()) {
-                    Ok(claims) => Some(claims),
-                    Err(TokenError::Expired) => {
-                        return Err(Refusal::Unauthenticated("the token has expired"))
-                    }
-                    Err(_) => return Err(Refusal::Unauthenticated("the token is not valid")),
-                }
+                Some(verify(token)?)
             }
         };
+        // Browsers' EventSource and WebSocket cannot set headers and send `?access_token=`;
+        // such a token is checked here just the same.
+        let from_query = query_token.map(verify).transpose()?;
+        let claims = from_header.or(from_query);
         let Some(rule) = self.rules.iter().find(|rule| rule.matches(method, path)) else {
             return Ok(claims);
         };
@@ -215,21 +219,26 @@ mod tests {
             .issue(&UserId::from_string("u1"), Role::Fan)
             .expect("token");
         let bearer = format!("Bearer {fan}");
-        assert_eq!(edge.check("GET", "/api/v1/events", None), Ok(None));
+        assert_eq!(edge.check("GET", "/api/v1/events", None, None), Ok(None));
         assert!(edge
-            .check("POST", "/api/v1/events/e/holds", Some(bearer.as_bytes()))
+            .check(
+                "POST",
+                "/api/v1/events/e/holds",
+                Some(bearer.as_bytes()),
+                None
+            )
             .is_ok());
         assert_eq!(
-            edge.check("POST", "/api/v1/venues", Some(bearer.as_bytes())),
+            edge.check("POST", "/api/v1/venues", Some(bearer.as_bytes()), None),
             Err(Refusal::Forbidden)
         );
         assert!(matches!(
-            edge.check("POST", "/api/v1/orders", None),
+            edge.check("POST", "/api/v1/orders", None, None),
             Err(Refusal::Unauthenticated(_))
         ));
         let forged = format!("Bearer {}x", fan);
         assert!(matches!(
-            edge.check("GET", "/api/v1/events", Some(forged.as_bytes())),
+            edge.check("GET", "/api/v1/events", Some(forged.as_bytes()), None),
             Err(Refusal::Unauthenticated(_))
         ));
         let other = TokenIssuer::new(
@@ -243,8 +252,17 @@ mod tests {
             edge.check(
                 "GET",
                 "/metrics",
-                Some(format!("Bearer {foreign}").as_bytes())
+                Some(format!("Bearer {foreign}").as_bytes()),
+                None
             ),
+            Err(Refusal::Unauthenticated(_))
+        ));
+        // A query token is verified like a header one.
+        assert!(edge
+            .check("GET", "/api/v1/push/sse", None, Some(fan.as_str()))
+            .is_ok());
+        assert!(matches!(
+            edge.check("GET", "/api/v1/push/sse", None, Some(foreign.as_str())),
             Err(Refusal::Unauthenticated(_))
         ));
     }

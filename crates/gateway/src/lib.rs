@@ -75,7 +75,7 @@ pub enum GatewayError {
 }
 
 /// What the gateway currently thinks of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UpstreamStatus {
     pub group: String,
     pub url: String,
@@ -84,6 +84,16 @@ pub struct UpstreamStatus {
     /// Left out after failed requests, for now.
     pub ejected: bool,
     pub in_flight: usize,
+}
+
+/// Reads the balancer's view of the nodes while the gateway runs.
+#[derive(Clone)]
+pub struct GatewayStatus(Arc<Proxy>);
+
+impl GatewayStatus {
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        self.0.upstream_status()
+    }
 }
 
 /// A running gateway.
@@ -179,6 +189,11 @@ impl Gateway {
     /// Every node of every group, as the balancer sees it now.
     pub fn upstreams(&self) -> Vec<UpstreamStatus> {
         self.proxy.upstream_status()
+    }
+
+    /// A handle that reads [`Gateway::upstreams`] from elsewhere (an operators' listener).
+    pub fn status(&self) -> GatewayStatus {
+        GatewayStatus(Arc::clone(&self.proxy))
     }
 
     /// Stops accepting, lets requests in flight finish (up to 10 s), then returns.

@@ -272,6 +272,7 @@ impl Proxy {
                     .headers()
                     .get(header::AUTHORIZATION)
                     .map(HeaderValue::as_bytes),
+                query_token(request.uri().query()).as_deref(),
             )
             .map_err(|refusal| match refusal {
                 Refusal::Unauthenticated(message) => EdgeError::Unauthenticated(message),
@@ -501,6 +502,17 @@ impl Proxy {
             None => Ok(()),
         }
     }
+}
+
+/// The `access_token` query parameter, decoded.
+fn query_token(query: Option<&str>) -> Option<String> {
+    let query = query?;
+    if !query.contains("access_token=") {
+        return None;
+    }
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, value)| value.into_owned())
 }
 
 /// Whether `path` fits a route template such as `/api/v1/events/{id}/holds`.

@@ -282,6 +282,11 @@ struct GatewayArgs {
     #[arg(long, env = "MARQUEE_GATEWAY_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
 
+    /// An operators' listener: `/metrics` (Prometheus), `/healthz` and `/upstreams` (the
+    /// balancer's view of every node), without authentication. Off unless given.
+    #[arg(long, env = "MARQUEE_GATEWAY_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+
     /// A node, repeatable: `http://10.0.0.1:8080`, or `GROUP=URL` for a group other than
     /// `api` (e.g. `push=http://10.0.0.5:8080`). Env: comma-separated.
     #[arg(
@@ -656,8 +661,41 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let admin_listen = args.admin_listen;
+    let metrics = match admin_listen {
+        Some(_) => Some(marquee_telemetry::install_metrics()?),
+        None => None,
+    };
     let gateway = marquee_gateway::Gateway::start(args.into_config().await?).await?;
     println!("Marquee gateway is serving on {}", gateway.url());
+    if let (Some(address), Some(metrics)) = (admin_listen, metrics) {
+        let status = gateway.status();
+        let admin = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics.render() }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/upstreams",
+                axum::routing::get(move || {
+                    let status = status.clone();
+                    async move { axum::Json(status.upstreams()) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address}"))?;
+        println!("  Operators: http://{address}/metrics, /upstreams");
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, admin).await {
+                tracing::error!(%error, "the operators' listener stopped");
+            }
+        });
+    }
     marquee::server::shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
     gateway.shutdown().await;

@@ -197,6 +197,16 @@ async fn bad_tokens_and_wrong_roles_never_reach_a_node() {
         response.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
         assert_eq!(node_of(&response), "<the gateway>", "refused at the edge");
     }
+    // The query-parameter form browsers use for SSE and WebSocket is checked the same way.
+    let query = cluster
+        .client
+        .get(
+            &format!("/api/v1/push/sse?channel=user:someone&access_token={forged}"),
+            None,
+        )
+        .await;
+    query.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(node_of(&query), "<the gateway>");
     let basic = cluster
         .client
         .client

@@ -205,7 +205,8 @@ async fn three_gateway_processes_share_one_redis_quota_within_one_percent() {
     let quota = 300;
     let mut gateways = Vec::new();
     let mut urls = Vec::new();
-    for _ in 0..3 {
+    let admin = format!("127.0.0.1:{}", free_port());
+    for n in 0..3 {
         let port = free_port();
         let child = marquee()
             .args([
@@ -223,6 +224,11 @@ async fn three_gateway_processes_share_one_redis_quota_within_one_percent() {
                 "--access-log",
                 "false",
             ])
+            .args(if n == 0 {
+                vec!["--admin-listen", admin.as_str()]
+            } else {
+                vec![]
+            })
             .spawn()
             .expect("marquee gateway starts");
         let url = format!("http://127.0.0.1:{port}");
@@ -250,6 +256,30 @@ async fn three_gateway_processes_share_one_redis_quota_within_one_percent() {
         (quota..=quota + quota / 100).contains(&allowed),
         "{allowed} admitted against a shared quota of {quota}"
     );
+    // The operators' listener of the first gateway shows the node and the refusals.
+    let upstreams: serde_json::Value = client
+        .get(format!("http://{admin}/upstreams"))
+        .send()
+        .await
+        .expect("admin answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(upstreams[0]["healthy"], true, "{upstreams}");
+    assert_eq!(upstreams[0]["url"], node.url.as_str(), "{upstreams}");
+    let metrics = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("admin answers")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("gateway_request_duration_seconds"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_rate_limited_total"), "{metrics}");
     drop(gateways);
     node.stop().await;
 }
