@@ -314,6 +314,18 @@ async fn a_trusted_proxys_forwarded_address_is_the_client() {
     cluster.stop().await;
 }
 
+/// Holds the sale's first seat through `through` (the gateway).
+async fn hold_first_seat(through: &TestApp, sale: &crate::holds::OnSale, fan: &str) {
+    through
+        .post(
+            &format!("/api/v1/events/{}/holds", sale.event_id),
+            Some(fan),
+            json!({"seat_ids": [sale.seat_ids[0]]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn sse_and_websocket_stream_through_the_gateway() {
     let sale = on_sale(TestApp::spawn().await).await;
@@ -340,14 +352,7 @@ async fn sse_and_websocket_stream_through_the_gateway() {
     assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
 
     // A hold made through the gateway shows up on both streams, unbuffered.
-    through
-        .post(
-            &format!("/api/v1/events/{}/holds", sale.event_id),
-            Some(&fan),
-            json!({"seat_ids": [sale.seat_ids[0]]}),
-        )
-        .await
-        .expect(StatusCode::CREATED);
+    hold_first_seat(&through, &sale, &fan).await;
     let event = tokio::time::timeout(PATIENCE, sse.next())
         .await
         .expect("an SSE event in time")
@@ -589,14 +594,7 @@ async fn load_is_shed_but_checkout_keeps_its_reserve() {
     assert!(browse.headers.contains_key("retry-after"));
     assert_eq!(node_of(&browse), "<the gateway>");
     // Checkout still gets through on the reserve.
-    through
-        .post(
-            &format!("/api/v1/events/{}/holds", sale.event_id),
-            Some(&fan),
-            json!({"seat_ids": [sale.seat_ids[0]]}),
-        )
-        .await
-        .expect(StatusCode::CREATED);
+    hold_first_seat(&through, &sale, &fan).await;
     let poll = long_poll.await.expect("task").expect("long poll answered");
     assert_eq!(poll.status(), StatusCode::OK);
     // With the slot free again, browsing is served.
