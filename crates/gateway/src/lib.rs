@@ -44,7 +44,6 @@ pub use config::{
 pub use forwarded::TrustedProxies;
 
 use balancer::{Group, Upstream};
-use config::Policy as GroupBalance;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -67,6 +66,8 @@ pub enum GatewayError {
     Config(#[from] ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("could not start a worker thread: {0}")]
+    Worker(#[source] std::io::Error),
     #[error("could not listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -160,10 +161,7 @@ impl Gateway {
             let handle = std::thread::Builder::new()
                 .name(format!("gateway-{index}"))
                 .spawn(move || worker.run())
-                .map_err(|source| GatewayError::Listen {
-                    address: config.listen,
-                    source,
-                })?;
+                .map_err(GatewayError::Worker)?;
             workers.push(handle);
         }
         tracing::info!(%local_addr, tls = config.tls.is_some(), upstreams = config.upstreams.len(), "gateway listening");
@@ -226,7 +224,6 @@ fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
 
 fn upstream_groups(config: &GatewayConfig) -> Vec<Group> {
     let mut names: Vec<&str> = config.upstreams.iter().map(|u| u.group.as_str()).collect();
-    names.dedup();
     names.sort_unstable();
     names.dedup();
     names
@@ -248,7 +245,7 @@ fn upstream_groups(config: &GatewayConfig) -> Vec<Group> {
                 .iter()
                 .rev()
                 .find(|policy| policy.group == name)
-                .map_or(GroupBalance::EventHash, |policy| policy.policy);
+                .map_or(Policy::EventHash, |policy| policy.policy);
             Group::new(name.to_string(), upstreams, policy)
         })
         .collect()

@@ -225,8 +225,10 @@ impl Proxy {
         let client_ip = self
             .trusted
             .client_ip(connection.peer.ip(), request.headers());
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        // Kept only for the access log: the request itself moves into `forward`.
+        let logged = self
+            .access_log
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
         let (mut response, upstream) = match self
             .forward(request, connection, client_ip, &request_id)
             .await
@@ -240,7 +242,7 @@ impl Proxy {
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
         metrics::histogram!("gateway_request_duration_seconds").record(elapsed.as_secs_f64());
-        if self.access_log {
+        if let Some((method, path)) = logged {
             tracing::info!(
                 target: "marquee_gateway::access",
                 client = %client_ip,

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
@@ -67,6 +67,21 @@ async fn spawn_node(port: u16, node_id: &str, data_dir: &Path) -> Child {
     child
 }
 
+/// Each answer a fan got through the gateway: status and the node that served it.
+type Outcomes = Vec<(u16, String)>;
+
+/// Awaits the first moment the outcomes satisfy `done`.
+async fn until(
+    watch: &tokio::sync::watch::Receiver<Outcomes>,
+    done: impl FnMut(&Outcomes) -> bool,
+) {
+    let mut watch = watch.clone();
+    tokio::time::timeout(PATIENCE, watch.wait_for(done))
+        .await
+        .expect("requests keep flowing")
+        .expect("the workers are alive");
+}
+
 #[tokio::test]
 async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,7 +107,9 @@ async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
 
     // Fans keep asking (idempotent reads) the whole time.
     let stop = Arc::new(AtomicBool::new(false));
-    let outcomes: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    // Every answer (status, node) in arrival order; watchers wake on each one.
+    let (outcomes, watch) = tokio::sync::watch::channel(Outcomes::new());
+    let outcomes = Arc::new(outcomes);
     let workers: Vec<_> = (0..6)
         .map(|_| {
             let (stop, outcomes, base) = (Arc::clone(&stop), Arc::clone(&outcomes), base.clone());
@@ -110,33 +127,19 @@ async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
                         .and_then(|value| value.to_str().ok())
                         .unwrap_or("<the gateway>")
                         .to_string();
-                    outcomes
-                        .lock()
-                        .expect("outcomes")
-                        .push((response.status().as_u16(), node));
+                    let status = response.status().as_u16();
+                    outcomes.send_modify(|outcomes| outcomes.push((status, node)));
                 }
             })
         })
         .collect();
-    let served = |outcomes: &Arc<Mutex<Vec<(u16, String)>>>| outcomes.lock().expect("lock").len();
-    let wait_for = |target: usize| {
-        let outcomes = Arc::clone(&outcomes);
-        async move {
-            tokio::time::timeout(PATIENCE, async {
-                while served(&outcomes) < target {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await
-            .expect("requests keep flowing");
-        }
-    };
-    wait_for(300).await;
+    until(&watch, |outcomes| outcomes.len() >= 300).await;
 
     // SIGKILL node 2 in the middle of the run.
     nodes[1].start_kill().expect("kill");
     nodes[1].wait().await.expect("reaped");
-    let killed_at = served(&outcomes);
+    let killed_at = watch.borrow().len();
+    // The balancer's view has no event to await; it is read until it changes.
     let out = async {
         loop {
             let status = &gateway.upstreams()[1];
@@ -149,32 +152,25 @@ async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
     tokio::time::timeout(PATIENCE, out)
         .await
         .expect("the dead node is taken out");
-    wait_for(killed_at + 600).await;
+    until(&watch, |outcomes| outcomes.len() >= killed_at + 600).await;
 
     // Started again on the same port and data: it is taken back and serves again.
     nodes[1] = spawn_node(ports[1], "node-2", &dir.path().join("node-2")).await;
-    let restarted_at = served(&outcomes);
-    let back = async {
-        loop {
-            let status = &gateway.upstreams()[1];
-            let serving = outcomes.lock().expect("lock")[restarted_at..]
-                .iter()
-                .any(|(_, node)| node == "node-2");
-            if status.healthy && !status.ejected && serving {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, back)
-        .await
-        .expect("the restarted node is taken back");
+    let restarted_at = watch.borrow().len();
+    until(&watch, |outcomes| {
+        outcomes[restarted_at..]
+            .iter()
+            .any(|(_, node)| node == "node-2")
+    })
+    .await;
+    let status = &gateway.upstreams()[1];
+    assert!(status.healthy && !status.ejected, "{status:?}");
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.expect("worker");
     }
 
-    let outcomes = std::mem::take(&mut *outcomes.lock().expect("lock"));
+    let outcomes = watch.borrow().clone();
     let failures: Vec<&(u16, String)> = outcomes
         .iter()
         .filter(|(status, _)| *status != 200)
