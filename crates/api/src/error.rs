@@ -178,6 +178,7 @@ impl From<SearchError> for ApiError {
             }
             SearchError::NotFound => ApiError::not_found("event"),
             SearchError::Store(error) => ApiError::from(error),
+            SearchError::Changes(error) => ApiError::unavailable("changes", error.to_string()),
             SearchError::Index(_) | SearchError::Directory(_) | SearchError::Task(_) => {
                 ApiError::internal(&error)
             }

@@ -225,7 +225,7 @@ pub fn push_unavailable(error: marquee_push::PushError) -> ApiError {
     ApiError::unavailable("push", error.to_string())
 }
 
-/// Follows the outbox from its current end and publishes what fans and users see:
+/// Follows the change stream from its current end and publishes what fans and users see:
 /// - every seat change on `event:{id}:seats`, at the change's seat version (so every node may
 ///   relay the same stream into a shared hub: the hub keeps each offset once);
 /// - `order.confirmed`, `order.refunded` and `event.cancelled` on the user's channel;
@@ -250,14 +250,23 @@ pub fn spawn_change_feed(state: AppState, mut stopped: watch::Receiver<bool>) ->
             }
         };
         loop {
-            let batch = match state.store.read_changes(after, 500).await {
+            // The read waits (up to a quarter second) for the next change, so an idle feed
+            // neither spins nor adds latency.
+            let batch = tokio::select! {
+                batch = state.changes.read(after, 500, Duration::from_millis(250)) => batch,
+                _ = crate::push::stopping(&mut stopped) => return,
+            };
+            let batch = match batch {
                 Ok(batch) => batch,
                 Err(error) => {
-                    tracing::warn!(%error, "change feed: reading the outbox failed");
-                    Vec::new()
+                    tracing::warn!(%error, "change feed: reading the change stream failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = crate::push::stopping(&mut stopped) => return,
+                    }
+                    continue;
                 }
             };
-            let full = batch.len() == 500;
             let mut failed = false;
             for change in &batch {
                 if let Err(error) = apply(&state, change).await {
@@ -271,17 +280,11 @@ pub fn spawn_change_feed(state: AppState, mut stopped: watch::Receiver<bool>) ->
             if !batch.is_empty() {
                 state.push.applied.send_replace(after);
             }
-            if full && !failed {
-                continue;
-            }
-            let pause = if failed {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_millis(25)
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = crate::push::stopping(&mut stopped) => return,
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = crate::push::stopping(&mut stopped) => return,
+                }
             }
         }
     })

@@ -140,4 +140,17 @@ pub struct AppState {
     pub queue: Arc<crate::Queue>,
     /// The `--rate-limit` quotas.
     pub rate_limits: crate::RateLimits,
+    /// The change stream this node's followers read (the outbox, or JetStream on many nodes).
+    pub changes: Arc<dyn marquee_changes::ChangeFeed>,
+    /// What else the node needs besides its store (Redis, NATS), for `/readyz`.
+    pub dependencies: Arc<Vec<Arc<dyn crate::Dependency>>>,
+}
+
+/// A backend a node needs besides its store (Redis, NATS), checked by `/readyz`.
+#[async_trait::async_trait]
+pub trait Dependency: Send + Sync + 'static {
+    /// What `/readyz` and its 503 name it (`"redis"`, `"nats"`).
+    fn name(&self) -> &'static str;
+    /// `Ok` when it answers; the error says how it failed.
+    async fn check(&self) -> Result<(), String>;
 }

@@ -265,7 +265,11 @@ pub async fn run_search(bench: &SearchBench) -> anyhow::Result<SearchBenchReport
 
     // --- Marquee: update to visible through the real store, outbox and indexer.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let indexer = marquee_search::spawn_indexer(index.clone(), store.clone(), stopped);
+    let feed = Arc::new(marquee_changes::OutboxFeed::new(
+        store.clone(),
+        std::time::Duration::from_millis(25),
+    ));
+    let indexer = marquee_search::spawn_indexer(index.clone(), store.clone(), feed, stopped);
     let mut applied = indexer.applied.clone();
     applied.wait_for(|position| *position >= head).await?;
     let mut event = store

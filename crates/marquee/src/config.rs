@@ -44,6 +44,11 @@ pub struct ServerConfig {
     pub rate_limits: Vec<marquee_ratelimit::ScopedQuota>,
     /// Proxies in front (the gateway) whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `nats://…` carries the change stream over JetStream (one relay per cluster copies the
+    /// outbox into it); `None` has every follower read the outbox itself.
+    pub nats_url: Option<String>,
+    /// The JetStream stream of the change stream; every node of one cluster names the same.
+    pub nats_stream: String,
 }
 
 impl ServerConfig {
@@ -70,6 +75,8 @@ impl ServerConfig {
             queue_timings: marquee_waitroom::RoomTimings::default(),
             rate_limits: Vec::new(),
             trusted_proxies: Vec::new(),
+            nats_url: None,
+            nats_stream: "MARQUEE_CHANGES".to_string(),
         }
     }
 

@@ -246,6 +246,15 @@ struct NodeArgs {
     #[arg(long, env = "MARQUEE_REDIS_PREFIX", default_value = "marquee:")]
     redis_prefix: String,
 
+    /// NATS with JetStream for the change stream (`nats://127.0.0.1:4222`): one node relays
+    /// the outbox into it and every node follows it. Without it, each node reads the outbox.
+    #[arg(long, env = "MARQUEE_NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
+
+    /// The JetStream stream carrying the change stream; one per cluster.
+    #[arg(long, env = "MARQUEE_NATS_STREAM", default_value = "MARQUEE_CHANGES")]
+    nats_stream: String,
+
     /// How long a payment may take before the order fails (the hold stays).
     #[arg(long, env = "MARQUEE_PAYMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     payment_timeout: Duration,
@@ -606,6 +615,8 @@ impl NodeArgs {
         config.body_limit_bytes = self.body_limit;
         config.redis_url = self.redis_url;
         config.redis_prefix = self.redis_prefix;
+        config.nats_url = self.nats_url;
+        config.nats_stream = self.nats_stream;
         config.rate_limits = self.rate_limits;
         config.trusted_proxies = self.trusted_proxies;
         config.payment_timeout = self.payment_timeout;

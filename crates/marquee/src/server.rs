@@ -27,6 +27,7 @@ pub struct Server {
     change_feed: JoinHandle<()>,
     indexer: JoinHandle<()>,
     queue_driver: JoinHandle<()>,
+    relay: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -47,7 +48,7 @@ impl Server {
         let leases = open_leases(&config).await?;
         let inventory = Inventory::new(
             store.clone(),
-            leases,
+            Arc::clone(&leases),
             Arc::new(TestPaymentProvider::default()),
             TicketSigner::new(&derive_key(&secret, b"marquee ticket codes v1")),
             InventorySettings {
@@ -58,8 +59,21 @@ impl Server {
         let lapse_follower = inventory.spawn_lapse_follower();
         let (stop, stopped) = watch::channel(false);
         let hub = open_push_hub(&config).await?;
+        let mut dependencies: Vec<Arc<dyn marquee_api::Dependency>> = Vec::new();
+        if config.redis_url.is_some() {
+            dependencies.push(Arc::new(RedisDependency(Arc::clone(&leases))));
+        }
+        let (changes, relay) = open_change_stream(&config, &store, stopped.clone()).await?;
+        if let Some(client) = &changes.nats {
+            dependencies.push(Arc::new(NatsDependency(client.clone())));
+        }
         let search = Arc::new(open_search_index(&config)?);
-        let indexer = marquee_search::spawn_indexer(search.clone(), store.clone(), stopped.clone());
+        let indexer = marquee_search::spawn_indexer(
+            search.clone(),
+            store.clone(),
+            changes.feed.clone(),
+            stopped.clone(),
+        );
         let rate_limiter = open_rate_limiter(&config).await?;
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
@@ -84,6 +98,8 @@ impl Server {
                 rate_limiter.clone(),
             )),
             rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone()),
+            changes: changes.feed,
+            dependencies: Arc::new(dependencies),
         };
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
         let queue_driver = marquee_api::spawn_queue_driver(state.clone(), stopped.clone());
@@ -147,6 +163,7 @@ impl Server {
             change_feed,
             indexer: indexer.task,
             queue_driver,
+            relay,
         })
     }
 
@@ -165,6 +182,15 @@ impl Server {
         for task in [self.lapse_follower, self.change_feed, self.queue_driver] {
             task.abort();
             let _ = task.await;
+        }
+        // The relay gives its lease back when told to stop, so another node takes over at once.
+        if let Some(relay) = self.relay {
+            if tokio::time::timeout(Duration::from_secs(5), relay)
+                .await
+                .is_err()
+            {
+                tracing::warn!("change relay did not stop within 5 s");
+            }
         }
         // The indexer commits what it applied since its last commit, so a restart replays less.
         if tokio::time::timeout(Duration::from_secs(10), self.indexer)
@@ -254,6 +280,97 @@ pub async fn open_rate_limiter(
         ),
         None => Arc::new(marquee_ratelimit::InProcessRateLimiter::new()),
     })
+}
+
+struct ChangeStream {
+    feed: Arc<dyn marquee_changes::ChangeFeed>,
+    nats: Option<async_nats::Client>,
+}
+
+/// The change stream followers read: JetStream when a NATS URL is configured (this node also
+/// runs for the relay lease), else the outbox directly.
+async fn open_change_stream(
+    config: &ServerConfig,
+    store: &Arc<dyn CatalogStore>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<(ChangeStream, Option<JoinHandle<()>>)> {
+    // Followers wait on the feed; this is how often the outbox is read while they do.
+    const OUTBOX_POLL: Duration = Duration::from_millis(25);
+    const WINDOW: usize = 16_384;
+    let Some(url) = &config.nats_url else {
+        let feed = marquee_changes::OutboxFeed::new(Arc::clone(store), OUTBOX_POLL);
+        return Ok((
+            ChangeStream {
+                feed: Arc::new(feed),
+                nats: None,
+            },
+            None,
+        ));
+    };
+    let client = marquee_changes::connect_nats(url, &config.node_id)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", redact_url(url)))?;
+    let feed = marquee_changes::JetStreamFeed::start(
+        Arc::clone(store),
+        client.clone(),
+        &config.nats_stream,
+        WINDOW,
+        OUTBOX_POLL,
+    )
+    .await
+    .with_context(|| format!("opening the change stream {}", config.nats_stream))?;
+    // Its own lease store: the relay's lease lapsing is no hold's business.
+    let relay_leases: Arc<dyn LeaseStore> = match &config.redis_url {
+        Some(redis) => Arc::new(
+            RedisLeases::connect(redis, &format!("{}relay:", config.redis_prefix))
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(redis)))?,
+        ),
+        None => Arc::new(InProcessLeases::new()),
+    };
+    let relay = marquee_changes::spawn_relay(
+        Arc::clone(store),
+        relay_leases,
+        async_nats::jetstream::new(client.clone()),
+        marquee_changes::RelaySettings::new(&config.nats_stream, &config.node_id),
+        stopped,
+    );
+    Ok((
+        ChangeStream {
+            feed: Arc::new(feed),
+            nats: Some(client),
+        },
+        Some(relay),
+    ))
+}
+
+/// `/readyz`'s view of Redis: the lease store's connection (leases are what sales need).
+struct RedisDependency(Arc<dyn LeaseStore>);
+
+#[async_trait::async_trait]
+impl marquee_api::Dependency for RedisDependency {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|error| error.to_string())
+    }
+}
+
+/// `/readyz`'s view of NATS: the client's connection.
+struct NatsDependency(async_nats::Client);
+
+#[async_trait::async_trait]
+impl marquee_api::Dependency for NatsDependency {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+    async fn check(&self) -> Result<(), String> {
+        match self.0.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(format!("not connected ({state:?})")),
+        }
+    }
 }
 
 /// Redis leases when a Redis URL is configured, else in-process ones.

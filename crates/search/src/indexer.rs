@@ -1,8 +1,10 @@
-//! Keeps the index in step with the catalog by following the store's outbox (change data
-//! capture): micro-batches of changes, each commit carrying the outbox position it covers, so a
-//! restart resumes where the index is and a crash between commits only replays a little.
+//! Keeps the index in step with the catalog by following the change stream (the outbox, read
+//! through a `ChangeFeed`: directly on one node, from JetStream on many): micro-batches of
+//! changes, each commit carrying the outbox position it covers, so a restart resumes where the
+//! index is and a crash between commits only replays a little.
 
 use crate::{EventIndex, SearchDocument, SearchError};
+use marquee_changes::ChangeFeed;
 use marquee_domain::{Event, EventId, EventStatus, Venue, VenueId};
 use marquee_store::{CatalogStore, ChangeKind, EventQuery};
 use std::collections::{BTreeSet, HashMap};
@@ -11,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How long the indexer waits between polls of an idle outbox; with the commit this bounds how
-/// long a change takes to become searchable.
+/// How long one read of an idle change stream waits for a change; the embedded feed polls the
+/// outbox at this pace, so with the commit it bounds how long a change takes to become searchable.
 const POLL: Duration = Duration::from_millis(100);
 const BATCH: u32 = 1_000;
 /// Changes that touch no event (seat holds, sign-ups) still move the position, but committing for
@@ -60,6 +62,7 @@ pub struct IndexerHandle {
 pub fn spawn_indexer(
     index: Arc<EventIndex>,
     store: Arc<dyn CatalogStore>,
+    feed: Arc<dyn ChangeFeed>,
     mut stop: watch::Receiver<bool>,
 ) -> IndexerHandle {
     let (applied_tx, applied) = watch::channel(0);
@@ -67,6 +70,7 @@ pub fn spawn_indexer(
         let mut follower = Follower {
             index,
             store,
+            feed,
             venues: HashMap::new(),
         };
         let mut after = loop {
@@ -116,7 +120,8 @@ pub fn spawn_indexer(
                     continue;
                 }
             }
-            if pause(&mut stop, POLL).await {
+            // The read itself waited for changes; only look whether the node is stopping.
+            if pause(&mut stop, Duration::ZERO).await {
                 if uncommitted {
                     let _ = follower.commit(after).await;
                 }
@@ -147,6 +152,7 @@ struct Step {
 struct Follower {
     index: Arc<EventIndex>,
     store: Arc<dyn CatalogStore>,
+    feed: Arc<dyn ChangeFeed>,
     /// Venues never change once created, so each is loaded once.
     venues: HashMap<VenueId, Venue>,
 }
@@ -180,7 +186,7 @@ impl Follower {
     }
 
     async fn step(&mut self, after: i64) -> Result<Step, SearchError> {
-        let changes = self.store.read_changes(after, BATCH).await?;
+        let changes = self.feed.read(after, BATCH, POLL).await?;
         let full = changes.len() == BATCH as usize;
         let Some(last) = changes.last() else {
             return Ok(Step {

@@ -165,6 +165,8 @@ pub enum SearchError {
     Directory(#[from] tantivy::directory::error::OpenDirectoryError),
     #[error("store: {0}")]
     Store(#[from] marquee_store::StoreError),
+    #[error("change stream: {0}")]
+    Changes(#[from] marquee_changes::ChangeFeedError),
     #[error("the index task stopped: {0}")]
     Task(String),
 }

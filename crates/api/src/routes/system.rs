@@ -8,6 +8,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
+use std::time::Duration;
 use utoipa::ToSchema;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -37,21 +38,55 @@ pub async fn healthz() -> Json<HealthBody> {
         (status = 503, description = "A dependency is down; `dependency` names it", body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<ReadyBody>, ApiError> {
+    const PATIENCE: Duration = Duration::from_secs(2);
     let backend = state.store.backend().name();
-    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(ReadyBody {
-            status: "ready",
-            checks: [("store", format!("ok ({backend})"))].into_iter().collect(),
-        })),
-        Ok(Err(error)) => Err(ApiError::unavailable(
-            "store",
-            format!("the {backend} store is not answering: {error}"),
-        )),
-        Err(_) => Err(ApiError::unavailable(
-            "store",
-            format!("the {backend} store did not answer within 2 s"),
-        )),
+    match tokio::time::timeout(PATIENCE, state.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return Err(ApiError::unavailable(
+                "store",
+                format!("the {backend} store is not answering: {error}"),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "store",
+                format!("the {backend} store did not answer within 2 s"),
+            ))
+        }
     }
+    let mut checks: std::collections::BTreeMap<&'static str, String> =
+        [("store", format!("ok ({backend})"))].into_iter().collect();
+    // Every dependency is asked at once, so a dead one costs the probe 2 s, not 2 s each.
+    let answers = futures::future::join_all(state.dependencies.iter().map(|dependency| async {
+        let answer = tokio::time::timeout(PATIENCE, dependency.check()).await;
+        (dependency.name(), answer)
+    }))
+    .await;
+    for (name, answer) in answers {
+        match answer {
+            Ok(Ok(())) => {
+                checks.insert(name, "ok".to_string());
+            }
+            Ok(Err(error)) => {
+                return Err(ApiError::unavailable(
+                    name,
+                    format!("{name} is not answering: {error}"),
+                ))
+            }
+            Err(_) => {
+                return Err(ApiError::unavailable(
+                    name,
+                    format!("{name} did not answer within 2 s"),
+                ))
+            }
+        }
+    }
+    checks.insert("changes", state.changes.backend().to_string());
+    Ok(Json(ReadyBody {
+        status: "ready",
+        checks,
+    }))
 }
 
 /// Prometheus metrics; on the main listener for admins only (the admin listener serves them to
