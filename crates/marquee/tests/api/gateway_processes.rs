@@ -16,14 +16,14 @@ use tokio::process::{Child, Command};
 /// Only a bound on a hung test; no assertion depends on it.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port()
 }
 
-fn marquee() -> Command {
+pub(crate) fn marquee() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_marquee"));
     command
         .args(["--log-filter", "warn"])

@@ -42,6 +42,11 @@ impl SseStream {
             .starts_with("text/event-stream"));
         assert_eq!(response.headers()["x-marquee-node"], "test-node");
         assert!(!response.headers()["x-request-id"].is_empty());
+        SseStream::from_response(response)
+    }
+
+    /// Reads an SSE response already checked by the caller.
+    pub(crate) fn from_response(response: reqwest::Response) -> SseStream {
         SseStream {
             response,
             buffer: String::new(),

@@ -1,0 +1,885 @@
+//! Many `marquee serve` processes on the real PostgreSQL, Redis and NATS JetStream, proven
+//! under failure: fans racing across three nodes, a change crossing nodes, a node SIGKILLed in
+//! the middle of a sale, Redis and NATS restarted in the middle of one.
+//!
+//! Each test has its own PostgreSQL schema, Redis key prefix and JetStream stream; the tests that
+//! restart Redis or NATS run a server of their own, so the machine's shared ones stay up.
+
+use crate::gateway::gateway_config;
+use crate::gateway_processes::{free_port, marquee};
+use crate::push::SseStream;
+use crate::support::{event_body, postgres_url, sqlx_admin, ulid_lower, TestApp, JWT_SECRET};
+use marquee_auth::{SigningSecret, TokenIssuer};
+use marquee_domain::{DisplayName, Email, Role, User, UserId};
+use marquee_gateway::{Gateway, Policy};
+use marquee_store::{CatalogStore, SqlCatalogStore, StoreOptions};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+
+/// Only a bound on a hung test; no assertion depends on it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn redis_url() -> String {
+    std::env::var("MARQUEE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn nats_url() -> String {
+    std::env::var("MARQUEE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A Redis or NATS server this test owns, so it can be killed and started again on the same
+/// port (NATS keeps its JetStream data dir across restarts; Redis, like the machine's, keeps
+/// nothing).
+pub(crate) struct OwnServer {
+    program: &'static str,
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    pub(crate) fn redis() -> OwnServer {
+        Self::start("redis-server")
+    }
+
+    pub(crate) fn nats() -> OwnServer {
+        Self::start("nats-server")
+    }
+
+    fn start(program: &'static str) -> OwnServer {
+        let mut server = OwnServer {
+            program,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            process: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        match self.program {
+            "redis-server" => format!("redis://127.0.0.1:{}", self.port),
+            _ => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub(crate) fn restart(&mut self) {
+        let port = self.port.to_string();
+        let mut command = std::process::Command::new(self.program);
+        match self.program {
+            "redis-server" => command.args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+            _ => command
+                .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                .arg(self.dir.path()),
+        };
+        let process = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "{} starts (scripts/test installs it): {error}",
+                    self.program
+                )
+            });
+        self.process = Some(process);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("{} did not listen on {}", self.program, self.port);
+    }
+
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Node {
+    id: String,
+    port: u16,
+    data_dir: PathBuf,
+    process: Option<Child>,
+}
+
+/// Nodes over one schema, one Redis prefix and one stream.
+pub(crate) struct Cluster {
+    _dir: tempfile::TempDir,
+    schema: String,
+    pub(crate) database_url: String,
+    pub(crate) redis_url: String,
+    redis_prefix: String,
+    pub(crate) nats_url: String,
+    pub(crate) stream: String,
+    nodes: Vec<Node>,
+    pub(crate) own_redis: Option<OwnServer>,
+    pub(crate) own_nats: Option<OwnServer>,
+}
+
+#[derive(Default)]
+pub(crate) struct ClusterOptions {
+    pub(crate) own_redis: bool,
+    pub(crate) own_nats: bool,
+}
+
+impl Cluster {
+    pub(crate) async fn start(nodes: usize, options: ClusterOptions) -> Cluster {
+        let schema = format!("cluster_{}", ulid_lower());
+        sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
+        let own_redis = options.own_redis.then(OwnServer::redis);
+        let own_nats = options.own_nats.then(OwnServer::nats);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = Cluster {
+            database_url: format!("{}?options=-c%20search_path%3D{schema}", postgres_url()),
+            schema,
+            redis_url: own_redis.as_ref().map_or_else(redis_url, OwnServer::url),
+            redis_prefix: format!("cluster:{}:", ulid_lower()),
+            nats_url: own_nats.as_ref().map_or_else(nats_url, OwnServer::url),
+            stream: format!("CLUSTER_{}", ulid_lower().to_uppercase()),
+            nodes: (1..=nodes)
+                .map(|n| Node {
+                    id: format!("node-{n}"),
+                    port: free_port(),
+                    data_dir: dir.path().join(format!("node-{n}")),
+                    process: None,
+                })
+                .collect(),
+            _dir: dir,
+            own_redis,
+            own_nats,
+        };
+        // The first node migrates the schema; the others start once it has.
+        cluster.start_node(0).await;
+        let rest: Vec<usize> = (1..nodes).collect();
+        for index in rest {
+            cluster.start_node(index).await;
+        }
+        cluster
+    }
+
+    pub(crate) fn url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[index].port)
+    }
+
+    pub(crate) fn urls(&self) -> Vec<String> {
+        (0..self.nodes.len()).map(|index| self.url(index)).collect()
+    }
+
+    pub(crate) fn client(&self, index: usize) -> TestApp {
+        TestApp::client_of(self.url(index))
+    }
+
+    pub(crate) async fn start_node(&mut self, index: usize) {
+        let node = &self.nodes[index];
+        let process = marquee()
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", node.port)])
+            .args(["--node-id", &node.id])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--database-url", &self.database_url])
+            .args(["--redis-url", &self.redis_url])
+            .args(["--redis-prefix", &self.redis_prefix])
+            .args(["--nats-url", &self.nats_url])
+            .args(["--nats-stream", &self.stream])
+            .spawn()
+            .expect("marquee serve starts");
+        self.nodes[index].process = Some(process);
+        ready(&self.url(index)).await;
+    }
+
+    /// SIGKILL: no shutdown, no goodbye.
+    pub(crate) async fn kill_node(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.start_kill().expect("kill");
+            process.wait().await.expect("reaped");
+        }
+    }
+
+    /// The cluster's database, as the nodes see it.
+    pub(crate) async fn store(&self) -> Arc<dyn CatalogStore> {
+        Arc::new(
+            SqlCatalogStore::connect(
+                &self.database_url,
+                StoreOptions {
+                    max_connections: 4,
+                    ..StoreOptions::default()
+                },
+            )
+            .await
+            .expect("the cluster's database"),
+        )
+    }
+
+    pub(crate) async fn stop(mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill_node(index).await;
+        }
+        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(&self.stream)
+                .await;
+        }
+        sqlx_admin(&format!("DROP SCHEMA {} CASCADE", self.schema)).await;
+    }
+}
+
+/// Waits for `/readyz` to answer 200 (the store, Redis and NATS all answering).
+pub(crate) async fn ready(url: &str) {
+    let client = reqwest::Client::new();
+    let ready = async {
+        loop {
+            if let Ok(response) = client.get(format!("{url}/readyz")).send().await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, ready)
+        .await
+        .unwrap_or_else(|_| panic!("{url} never became ready"));
+}
+
+/// An on-sale: 500 reserved seats in ten rows and a standing area of 200, published, no
+/// waiting room.
+pub(crate) struct Sale {
+    pub(crate) event_id: String,
+    pub(crate) seat_ids: Vec<String>,
+}
+
+const STANDING_CAPACITY: u64 = 200;
+
+pub(crate) async fn on_sale(app: &TestApp) -> Sale {
+    let (organizer, _) = app.register("organizer").await;
+    let rows: Vec<Value> = (0..10)
+        .map(|row| json!({"label": format!("R{row}"), "seats": 50}))
+        .collect();
+    let venue = app
+        .post(
+            "/api/v1/venues",
+            Some(&organizer),
+            json!({"name": "Arena", "city": "Leeds", "country": "GB", "lat": 53.8, "lon": -1.55,
+                   "sections": [{"name": "Bowl", "rows": rows},
+                                {"name": "Floor", "capacity": STANDING_CAPACITY}]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let seat_ids: Vec<String> = venue["sections"][0]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
+        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
+        .collect();
+    let event = app
+        .post(
+            "/api/v1/events",
+            Some(&organizer),
+            json!({"title": "Cluster Night", "venue_id": venue["id"], "category": "concert",
+                   "starts_at": "2031-01-01T20:00:00Z",
+                   "limits": {"max_seats_per_order": 4},
+                   "price_tiers": [
+                       {"name": "Bowl", "price_cents": 5000, "currency": "GBP", "sections": ["Bowl"]},
+                       {"name": "Floor", "price_cents": 3000, "currency": "GBP", "sections": ["Floor"]}]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let event_id = event["id"].as_str().expect("id").to_string();
+    app.post(
+        &format!("/api/v1/events/{event_id}/publish"),
+        Some(&organizer),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    Sale { event_id, seat_ids }
+}
+
+/// Fans made in the store directly (a thousand argon2 hashes would only test argon2), with
+/// tokens every node accepts.
+pub(crate) async fn fans(store: &dyn CatalogStore, count: usize) -> Vec<String> {
+    let issuer = TokenIssuer::new(
+        &SigningSecret::new(JWT_SECRET.as_bytes().to_vec()).expect("secret"),
+        Duration::from_secs(3600),
+    );
+    let mut tokens = Vec::with_capacity(count);
+    for index in 0..count {
+        let user = User {
+            id: UserId::generate(),
+            email: Email::parse(&format!("fan{index}-{}@cluster.test", ulid_lower()))
+                .expect("email"),
+            name: DisplayName::parse("Fan").expect("name"),
+            role: Role::Fan,
+            created_at: marquee_domain::timestamp_now(),
+        };
+        store.create_user(&user, "unused").await.expect("fan");
+        tokens.push(issuer.issue(&user.id, Role::Fan).expect("token"));
+    }
+    tokens
+}
+
+/// What one fan got.
+#[derive(Debug)]
+pub(crate) struct FanOutcome {
+    pub(crate) hold: u16,
+    /// The error code when the hold was refused.
+    pub(crate) hold_code: String,
+    pub(crate) order: Option<u16>,
+    /// The confirmed order's body.
+    pub(crate) confirmed: Option<Value>,
+}
+
+/// Each fan holds (seats, best available, or standing) then buys, on `targets[fan % n]`, at most
+/// `concurrency` fans at a time. Every request carries an idempotency key, and a fan whose
+/// request got no answer or a 502/503 tries again with the same key (as a real client does):
+/// a retry can never buy twice. `answered` counts fans done.
+pub(crate) async fn race(
+    targets: &[String],
+    sale: &Sale,
+    tokens: &[String],
+    concurrency: usize,
+    answered: Arc<AtomicUsize>,
+) -> Vec<FanOutcome> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let seat_ids = Arc::new(sale.seat_ids.clone());
+    let racers: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .map(|(index, token)| {
+            let client = client.clone();
+            let token = token.clone();
+            let url = targets[index % targets.len()].clone();
+            let event_id = sale.event_id.clone();
+            let seat_ids = Arc::clone(&seat_ids);
+            let permits = Arc::clone(&permits);
+            let answered = Arc::clone(&answered);
+            tokio::spawn(async move {
+                let _permit = permits.acquire().await.expect("permits");
+                let mut rng = StdRng::seed_from_u64(index as u64);
+                let body = match index % 5 {
+                    0 => json!({"quantity": rng.gen_range(1..=4)}),
+                    1 => json!({"general_admission": {"section": "Floor", "quantity": rng.gen_range(1..=4)}}),
+                    _ => {
+                        // The first 150 seats only, so fans collide often.
+                        let count = rng.gen_range(1..=3);
+                        let wanted: Vec<&String> =
+                            seat_ids[..150].choose_multiple(&mut rng, count).collect();
+                        json!({"seat_ids": wanted})
+                    }
+                };
+                let (hold_status, hold) = send(
+                    &client,
+                    &format!("{url}/api/v1/events/{event_id}/holds"),
+                    &token,
+                    &body,
+                    &format!("hold-{index}"),
+                )
+                .await;
+                let mut outcome = FanOutcome {
+                    hold: hold_status,
+                    hold_code: hold["error"]["code"].as_str().unwrap_or("").to_string(),
+                    order: None,
+                    confirmed: None,
+                };
+                if hold_status == 201 {
+                    let (order_status, order) = send(
+                        &client,
+                        &format!("{url}/api/v1/orders"),
+                        &token,
+                        &json!({"hold_id": hold["id"], "payment": {"method": "card", "token": "tok_visa"}}),
+                        &format!("order-{index}"),
+                    )
+                    .await;
+                    outcome.order = Some(order_status);
+                    if order_status == 201 {
+                        outcome.confirmed = Some(order);
+                    }
+                }
+                answered.fetch_add(1, Ordering::Relaxed);
+                outcome
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(racers.len());
+    for racer in racers {
+        outcomes.push(racer.await.expect("racer"));
+    }
+    outcomes
+}
+
+/// POSTs with an idempotency key, trying again (same key) while the answer is missing or a
+/// 502/503; gives up after a minute with the last status (0: never answered).
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+    key: &str,
+) -> (u16, Value) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = (0, Value::Null);
+    while Instant::now() < deadline {
+        let response = client
+            .post(url)
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                if status != 502 && status != 503 {
+                    return (status, body);
+                }
+                last = (status, body);
+            }
+            Err(_) => last = (0, Value::Null),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+/// No seat in two confirmed orders, standing within capacity, and the database agreeing: every
+/// ticket the database holds for the event is in exactly one order it confirmed.
+pub(crate) async fn assert_nothing_sold_twice(outcomes: &[FanOutcome], app: &TestApp, sale: &Sale) {
+    let mut sold = HashSet::new();
+    let mut standing = 0;
+    for order in outcomes
+        .iter()
+        .filter_map(|outcome| outcome.confirmed.as_ref())
+    {
+        for ticket in order["tickets"].as_array().expect("tickets") {
+            match ticket["seat_id"].as_str() {
+                Some(seat) => assert!(sold.insert(seat.to_string()), "seat {seat} sold twice"),
+                None => standing += 1,
+            }
+        }
+    }
+    assert!(
+        standing <= STANDING_CAPACITY,
+        "standing oversold: {standing}"
+    );
+    // The seat map (from any node) shows exactly the seats the answers sold.
+    let seats = app
+        .get(&format!("/api/v1/events/{}/seats", sale.event_id), None)
+        .await
+        .expect(StatusCode::OK);
+    let sold_on_map: HashSet<String> = seats["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .filter(|seat| seat["status"] == "sold")
+        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        sold_on_map, sold,
+        "the seat map agrees with the confirmed orders"
+    );
+}
+
+fn tally(outcomes: &[FanOutcome]) -> BTreeMap<String, usize> {
+    let mut tally = BTreeMap::new();
+    for outcome in outcomes {
+        *tally
+            .entry(format!("hold {} {}", outcome.hold, outcome.hold_code))
+            .or_default() += 1;
+        if let Some(order) = outcome.order {
+            *tally.entry(format!("order {order}")).or_default() += 1;
+        }
+    }
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_fans_on_three_nodes_never_buy_the_same_seat() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let sale = on_sale(&cluster.client(0)).await;
+    let tokens = fans(cluster.store().await.as_ref(), 1000).await;
+    let outcomes = race(
+        &cluster.urls(),
+        &sale,
+        &tokens,
+        1000,
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .await;
+    let tally = tally(&outcomes);
+    eprintln!("three nodes, 1,000 fans: {tally:?}");
+    for outcome in &outcomes {
+        assert!(
+            [201, 409, 422].contains(&outcome.hold),
+            "every hold is granted or refused cleanly: {tally:?}"
+        );
+        assert!(
+            outcome.order.is_none_or(|order| order == 201),
+            "a live hold is bought: {tally:?}"
+        );
+    }
+    assert!(
+        outcomes.iter().any(|outcome| outcome.hold == 409),
+        "fans collided"
+    );
+    assert_nothing_sold_twice(&outcomes, &cluster.client(2), &sale).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_node_reaches_push_on_another_and_search_on_a_third() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let (a, b, c) = (cluster.client(0), cluster.client(1), cluster.client(2));
+    let sale = on_sale(&a).await;
+    let (fan, _) = a.register("fan").await;
+
+    // A push subscriber on node C, a hold on node A.
+    let channel = format!("event:{}:seats", sale.event_id);
+    let response = c
+        .client
+        .get(format!("{}/api/v1/push/sse?channel={channel}", c.url))
+        .send()
+        .await
+        .expect("subscribe on C");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-marquee-node"], "node-3");
+    let mut stream = SseStream::from_response(response);
+    let seat = sale.seat_ids[7].clone();
+    let started = Instant::now();
+    a.post(
+        &format!("/api/v1/events/{}/holds", sale.event_id),
+        Some(&fan),
+        json!({"seat_ids": [seat]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    loop {
+        let event = stream.next().await.expect("the stream stays open");
+        if event.event == "seats" && event.data["data"]["seat_ids"][0] == seat.as_str() {
+            assert_eq!(event.data["data"]["status"], "held");
+            break;
+        }
+    }
+    let push_elapsed = started.elapsed();
+
+    // An event published on node A, searched for on node B.
+    let (organizer, _) = a.register("organizer").await;
+    let venue = a.create_venue(&organizer).await;
+    let word = format!(
+        "zephyrine{}",
+        ulid_lower().chars().rev().take(6).collect::<String>()
+    );
+    let mut body = event_body(venue["id"].as_str().expect("venue id"));
+    body["title"] = json!(format!("{word} live"));
+    body["waiting_room"]["enabled"] = json!(false);
+    let event = a
+        .post("/api/v1/events", Some(&organizer), body)
+        .await
+        .expect(StatusCode::CREATED);
+    let started = Instant::now();
+    a.post(
+        &format!(
+            "/api/v1/events/{}/publish",
+            event["id"].as_str().expect("id")
+        ),
+        Some(&organizer),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let found = b
+            .get(&format!("/api/v1/search?q={word}"), None)
+            .await
+            .expect(StatusCode::OK);
+        if found["hits"]
+            .as_array()
+            .is_some_and(|hits| hits.iter().any(|hit| hit["id"] == event["id"]))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node B never found the event");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let search_elapsed = started.elapsed();
+    // Measured, not asserted (the machines are noisy); `marquee bench cluster` measures the
+    // distribution.
+    eprintln!(
+        "node A -> push on node C: {} ms; node A -> search on node B: {} ms",
+        push_elapsed.as_millis(),
+        search_elapsed.as_millis()
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_sale_loses_no_order_and_rejoins() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let mut config = gateway_config(&cluster.urls());
+    config.policies = vec![marquee_gateway::GroupPolicy {
+        group: "api".into(),
+        policy: Policy::RoundRobin,
+    }];
+    config.health.interval = Duration::from_millis(100);
+    config.ejection.base = Duration::from_secs(1);
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let through = TestApp::client_of(gateway.url());
+    let sale = on_sale(&through).await;
+    let tokens = fans(cluster.store().await.as_ref(), 600).await;
+
+    // Fans arrive 40 at a time through the gateway; node 2 dies a third of the way in.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let targets = vec![gateway.url()];
+    let racing = race(&targets, &sale, &tokens, 40, Arc::clone(&answered));
+    let killing = async {
+        while answered.load(Ordering::Relaxed) < 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cluster.kill_node(1).await;
+    };
+    let (outcomes, ()) = tokio::join!(racing, killing);
+    let tally = tally(&outcomes);
+    eprintln!("600 fans through the gateway, node 2 killed: {tally:?}");
+    for outcome in &outcomes {
+        assert!(
+            [201, 409, 422].contains(&outcome.hold),
+            "fans carry on through the gateway: {tally:?}"
+        );
+        assert!(
+            outcome
+                .order
+                .is_none_or(|order| order == 201 || order == 409),
+            "an order is confirmed, or refused cleanly: {tally:?}"
+        );
+    }
+
+    // Every confirmed order is there, asked of the survivors.
+    let survivors = [cluster.client(0), cluster.client(2)];
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let Some(order) = &outcome.confirmed else {
+            continue;
+        };
+        let id = order["id"].as_str().expect("order id");
+        let stored = survivors[index % 2]
+            .get(&format!("/api/v1/orders/{id}"), Some(&tokens[index]))
+            .await
+            .expect(StatusCode::OK);
+        assert_eq!(stored["status"], "confirmed");
+    }
+    assert_nothing_sold_twice(&outcomes, &survivors[0], &sale).await;
+
+    // The node comes back and the gateway sends it traffic again.
+    cluster.start_node(1).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let response = through.get("/api/v1/events?limit=1", None).await;
+        if response.headers["x-marquee-node"] == "node-2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 2 never rejoined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_sale_still_sells_no_seat_twice() {
+    let mut cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            own_redis: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let sale = on_sale(&cluster.client(0)).await;
+    let tokens = fans(cluster.store().await.as_ref(), 600).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let urls = cluster.urls();
+    let racing = race(&urls, &sale, &tokens, 40, Arc::clone(&answered));
+    let mut redis = cluster.own_redis.take().expect("own redis");
+    let restarting = async {
+        while answered.load(Ordering::Relaxed) < 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Every lease, waiting room and push history is gone with it.
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.restart();
+    };
+    let (outcomes, ()) = tokio::join!(racing, restarting);
+    let tally = tally(&outcomes);
+    eprintln!("600 fans on three nodes, Redis restarted: {tally:?}");
+    for outcome in &outcomes {
+        assert!(
+            [201, 409, 422].contains(&outcome.hold),
+            "holds are granted or refused cleanly: {tally:?}"
+        );
+        assert!(
+            outcome
+                .order
+                .is_none_or(|order| order == 201 || order == 409),
+            "a hold whose lease vanished fails cleanly, never 500: {tally:?}"
+        );
+    }
+    assert!(tally.get("order 201").copied().unwrap_or(0) > 0);
+    assert_nothing_sold_twice(&outcomes, &cluster.client(1), &sale).await;
+    // Every node is ready again.
+    for url in cluster.urls() {
+        ready(&url).await;
+    }
+    cluster.own_redis = Some(redis);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_nats_restart_the_change_stream_resumes_and_nodes_catch_up() {
+    let mut cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            own_nats: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let (a, b, c) = (cluster.client(0), cluster.client(1), cluster.client(2));
+    let sale = on_sale(&a).await;
+    let (fan, _) = a.register("fan").await;
+    let channel = format!("event:{}:seats", sale.event_id);
+    let response = c
+        .client
+        .get(format!("{}/api/v1/push/sse?channel={channel}", c.url))
+        .send()
+        .await
+        .expect("subscribe on C");
+    let mut stream = SseStream::from_response(response);
+
+    let mut nats = cluster.own_nats.take().expect("own nats");
+    nats.kill();
+    // Readiness names NATS while it is down.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let readiness = b.get("/readyz", None).await;
+        if readiness.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(readiness.body["error"]["dependency"], "nats");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never noticed NATS was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Changes made meanwhile still reach the other nodes (from the outbox)...
+    let first = sale.seat_ids[0].clone();
+    a.post(
+        &format!("/api/v1/events/{}/holds", sale.event_id),
+        Some(&fan),
+        json!({"seat_ids": [first]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    await_seat(&mut stream, &first).await;
+
+    // ...and once NATS is back the relay resumes where the stream stopped.
+    nats.restart();
+    ready(&b.url).await;
+    let (other_fan, _) = a.register("fan").await;
+    let second = sale.seat_ids[1].clone();
+    a.post(
+        &format!("/api/v1/events/{}/holds", sale.event_id),
+        Some(&other_fan),
+        json!({"seat_ids": [second]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    await_seat(&mut stream, &second).await;
+
+    // The stream is the outbox: every position once, in order, none lost in the outage.
+    let store = cluster.store().await;
+    let mut outbox = Vec::new();
+    loop {
+        let batch = store
+            .read_changes(outbox.last().copied().unwrap_or(0), 1000)
+            .await
+            .expect("outbox");
+        if batch.is_empty() {
+            break;
+        }
+        outbox.extend(batch.iter().map(|record| record.position));
+    }
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + PATIENCE;
+    let relayed = loop {
+        let mut stream = js.get_stream(&cluster.stream).await.expect("stream");
+        let last = stream.info().await.expect("info").state.last_sequence;
+        let mut positions = Vec::new();
+        for sequence in 1..=last {
+            let message = stream.get_raw_message(sequence).await.expect("message");
+            positions.push(
+                message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .expect("id")
+                    .as_str()
+                    .parse::<i64>()
+                    .expect("position"),
+            );
+        }
+        if positions.len() >= outbox.len() || Instant::now() > deadline {
+            break positions;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(relayed, outbox);
+    cluster.own_nats = Some(nats);
+    cluster.stop().await;
+}
+
+async fn await_seat(stream: &mut SseStream, seat: &str) {
+    loop {
+        let event = stream.next().await.expect("the stream stays open");
+        if event.event == "seats" && event.data["data"]["seat_ids"][0] == seat {
+            return;
+        }
+    }
+}
