@@ -62,6 +62,10 @@ enum EdgeError {
 
 impl EdgeError {
     fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let body_left_unread = matches!(
+            self,
+            EdgeError::PayloadTooLarge(_) | EdgeError::BadRequest(_)
+        );
         let (status, code, message) = match &self {
             EdgeError::Unauthenticated(message) => (
                 StatusCode::UNAUTHORIZED,
@@ -129,6 +133,11 @@ impl EdgeError {
         );
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if body_left_unread {
+            // The rest of the body is still on the connection: say it closes, so the client
+            // does not send its next request after bytes the server will never read.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

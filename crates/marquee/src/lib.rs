@@ -1,9 +1,10 @@
 //! The `marquee` binary's library half: configuration, wiring of concrete backends, and the
-//! server's lifecycle. It is the only crate that chooses implementations (SQLite or PostgreSQL
-//! today; Redis, NATS and S3 as later blocks land). Tests start the real server through
+//! server's lifecycle. It is the only crate that chooses implementations (SQLite or PostgreSQL,
+//! in-process or Redis, the outbox or NATS JetStream; S3 as the media block lands). Tests start the real server through
 //! [`Server::start`] on port 0, exactly as `marquee serve` does.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_gateway;
 pub mod bench_push;
 pub mod bench_search;

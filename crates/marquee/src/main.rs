@@ -99,6 +99,47 @@ enum BenchCommand {
     /// The waiting room: a million fans through the block's own API (joins/s, lookups/s,
     /// memory), the Redis room beside `redis-benchmark`, and joins over HTTP.
     Waitroom(WaitroomBenchArgs),
+    /// Many nodes: bookings/s with one, two and three `marquee serve` processes over the same
+    /// PostgreSQL, Redis and NATS, and the change stream's lag from a commit to every node.
+    Cluster(ClusterBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClusterBenchArgs {
+    /// The largest cluster; runs go from one node up to it.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Concurrent fans booking (closed loop).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Length of each booking run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Holds timed from commit to every node (made at 20 a second).
+    #[arg(long, default_value_t = 200)]
+    lag_samples: usize,
+    /// PostgreSQL in which each run makes (and drops) its own schema.
+    #[arg(
+        long,
+        env = "MARQUEE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        hide_env_values = true
+    )]
+    database_url: String,
+    #[arg(
+        long,
+        env = "MARQUEE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis_url: String,
+    #[arg(
+        long,
+        env = "MARQUEE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    nats_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -659,6 +700,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Search(args)) => bench_search(args).await,
         Command::Bench(BenchCommand::Waitroom(args)) => bench_waitroom(args).await,
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway(args).await,
+        Command::Bench(BenchCommand::Cluster(args)) => {
+            let bench = marquee::bench_cluster::ClusterBench {
+                max_nodes: args.nodes.clamp(1, 8),
+                clients: args.clients.max(1),
+                duration: args.duration,
+                lag_samples: args.lag_samples.max(10),
+                database_url: args.database_url,
+                redis_url: args.redis_url,
+                nats_url: args.nats_url,
+            };
+            marquee::bench_cluster::run_cluster(&bench)
+                .await
+                .map(|_| ())
+        }
         Command::Search(SearchCommand::Reindex(args)) => reindex(args).await,
     }
 }

@@ -501,6 +501,11 @@ async fn malformed_and_oversized_requests_are_refused_at_the_edge() {
         .await
         .expect("sent");
     assert_eq!(big_body.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        big_body.headers()["connection"],
+        "close",
+        "the unread body stays on the connection, so the client must not reuse it"
+    );
     // Everyone else is still served.
     assert_eq!(
         cluster.client.get("/healthz", None).await.status,
