@@ -328,6 +328,16 @@ impl Inventory {
         }
     }
 
+    /// The order `hold` already became, if it did: what a buyer who never got the answer (the
+    /// node died after the commit, before its idempotency record was kept) is given when they
+    /// ask again under the same idempotency key.
+    pub async fn order_of_hold(&self, hold: &Hold) -> Result<Option<Order>, InventoryError> {
+        if hold.status != HoldStatus::Ordered {
+            return Ok(None);
+        }
+        Ok(self.store.order_of_hold(&hold.id).await?)
+    }
+
     pub async fn release(&self, hold: &Hold) -> Result<(), InventoryError> {
         if !hold.is_live(Utc::now()) {
             return Err(InventoryError::HoldExpired);

@@ -3,10 +3,17 @@
 //! commit to every node.
 //!
 //! Each node count gets a fresh PostgreSQL schema, Redis prefix and JetStream stream. The load
-//! is a closed loop of `clients` fans spread over the nodes, each booking two best-available
-//! seats (hold, then order) of a 20,000-seat event, one fresh fan per booking. The load
+//! is a closed loop of `clients` fans spread over the nodes, each booking two seats of its own
+//! (hold, then order) of one 20,000-seat event, one fresh fan per booking: every booking
+//! succeeds, so the figure is the write path's capacity, not contention (`bench booking`
+//! measures collisions). Every write of one event bumps its seat version, so all bookings of the
+//! event are serialised on that row in PostgreSQL, whichever node makes them. The load
 //! generator runs in this process on the same machine as the nodes and the three engines, so on
 //! a small machine the ratio between node counts says more than the absolute figures.
+//!
+//! The anchor is `pgbench` (TPC-B-like, the same client count and duration) on the same
+//! PostgreSQL in the same run, when installed: a booking is two write transactions (hold, order)
+//! with reads around them, a TPC-B transaction five statements.
 //!
 //! Lag: with every node subscribed over SSE to the event's seat channel, holds are made on
 //! node 1 at a steady pace; a hold's lag is from its `201` arriving at the client (the commit is
@@ -115,7 +122,7 @@ async fn start_cluster(
     for n in 1..=nodes {
         let port = free_port()?;
         let child = Command::new(&exe)
-            .args(["--log-filter", "warn", "serve"])
+            .args(["--log-filter", "error", "serve"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--node-id", &format!("node-{n}")])
             .arg("--data-dir")
@@ -173,12 +180,12 @@ async fn stop_cluster(bench: &ClusterBench, mut cluster: Cluster) -> anyhow::Res
     .await
 }
 
-/// An organizer's published 20,000-seat event, and `fans` tokens.
+/// An organizer's published 20,000-seat event (its id and seat ids), and `fans` tokens.
 async fn fixture(
     cluster: &Cluster,
     client: &reqwest::Client,
     fans: usize,
-) -> anyhow::Result<(String, Vec<String>)> {
+) -> anyhow::Result<(String, Vec<String>, Vec<String>)> {
     let issuer = TokenIssuer::new(
         &SigningSecret::new(SECRET.as_bytes().to_vec())?,
         Duration::from_secs(7200),
@@ -237,7 +244,14 @@ async fn fixture(
     .collect::<Vec<_>>()
     .await;
     let tokens = made.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((event_id, tokens))
+    let seats: Vec<String> = venue["sections"][0]["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
+        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
+        .collect();
+    Ok((event_id, seats, tokens))
 }
 
 fn user(role: Role, kind: &str) -> anyhow::Result<User> {
@@ -259,6 +273,54 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// `pgbench` TPC-B-like transactions/s with `clients` clients for `duration`, in a schema of its
+/// own on the same database; `None` when pgbench is not installed or fails.
+pub async fn pgbench_anchor(
+    database_url: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Option<f64>> {
+    let schema = format!(
+        "bench_pgbench_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    admin(database_url, &format!("CREATE SCHEMA {schema}")).await?;
+    let options = format!("-c search_path={schema}");
+    let initialised = Command::new("pgbench")
+        .args(["-i", "-q", "-s", "10", database_url])
+        .env("PGOPTIONS", &options)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    let mut tps = None;
+    if initialised.is_ok_and(|status| status.success()) {
+        let run = Command::new("pgbench")
+            .args([
+                "-n",
+                "-c",
+                &clients.to_string(),
+                "-j",
+                "2",
+                "-T",
+                &duration.as_secs().max(1).to_string(),
+                database_url,
+            ])
+            .env("PGOPTIONS", &options)
+            .output()
+            .await;
+        if let Ok(output) = run {
+            tps = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .find(|line| line.starts_with("tps = "))
+                .and_then(|line| line.split_whitespace().nth(2))
+                .and_then(|value| value.parse::<f64>().ok());
+        }
+    }
+    admin(database_url, &format!("DROP SCHEMA {schema} CASCADE")).await?;
+    Ok(tps)
+}
+
 pub async fn run_cluster(bench: &ClusterBench) -> anyhow::Result<Vec<ClusterRun>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(bench.clients + 16)
@@ -267,11 +329,12 @@ pub async fn run_cluster(bench: &ClusterBench) -> anyhow::Result<Vec<ClusterRun>
     let dir = tempfile::tempdir()?;
     let mut runs = Vec::new();
     // Enough fans for every seat to be booked twice over; a run ends early if seats run out.
-    let fans = (ROWS * SEATS_PER_ROW / 2).min(12_000) + bench.lag_samples;
+    // Two seats per booking fan, leaving a tenth of the seats for the lag phase.
+    let fans = ROWS * SEATS_PER_ROW * 9 / 20 + bench.lag_samples;
     for nodes in 1..=bench.max_nodes {
         let cluster = start_cluster(bench, nodes, &client, dir.path()).await?;
-        let (event_id, tokens) = fixture(&cluster, &client, fans).await?;
-        let outcome = measure(bench, &cluster, &client, &event_id, &tokens).await;
+        let (event_id, seats, tokens) = fixture(&cluster, &client, fans).await?;
+        let outcome = measure(bench, &cluster, &client, &event_id, &seats, &tokens).await;
         stop_cluster(bench, cluster).await?;
         let run = outcome?;
         println!(
@@ -286,6 +349,31 @@ pub async fn run_cluster(bench: &ClusterBench) -> anyhow::Result<Vec<ClusterRun>
         );
         runs.push(run);
     }
+    if let Some(one) = runs.first().map(|run| run.bookings_per_sec) {
+        for run in &runs {
+            println!(
+                "{} node(s) ÷ 1 node: {:.2}",
+                run.nodes,
+                run.bookings_per_sec / one
+            );
+        }
+    }
+    match pgbench_anchor(&bench.database_url, bench.clients, bench.duration).await? {
+        Some(tps) => {
+            println!(
+                "pgbench TPC-B-like, {} clients: {tps:.0} tps",
+                bench.clients
+            );
+            for run in &runs {
+                println!(
+                    "{} node(s): bookings/s ÷ pgbench tps = {:.3}",
+                    run.nodes,
+                    run.bookings_per_sec / tps
+                );
+            }
+        }
+        None => println!("pgbench: not installed or failed; no anchor"),
+    }
     Ok(runs)
 }
 
@@ -294,6 +382,7 @@ async fn measure(
     cluster: &Cluster,
     client: &reqwest::Client,
     event_id: &str,
+    seats: &[String],
     tokens: &[String],
 ) -> anyhow::Result<ClusterRun> {
     let nodes = cluster.urls.len();
@@ -313,6 +402,7 @@ async fn measure(
             );
             let urls = cluster.urls.clone();
             let tokens = load_tokens.to_vec();
+            let seats = seats.to_vec();
             let event_id = event_id.to_string();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -324,7 +414,7 @@ async fn measure(
                     let Ok(hold) = client
                         .post(format!("{url}/api/v1/events/{event_id}/holds"))
                         .bearer_auth(token)
-                        .json(&json!({"quantity": 2}))
+                        .json(&json!({"seat_ids": [seats[2 * fan], seats[2 * fan + 1]]}))
                         .send()
                         .await
                     else {

@@ -31,7 +31,7 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Key of the PostgreSQL advisory lock that orders outbox appends ("MRQOUTBX" in ASCII).
-const OUTBOX_LOCK_KEY: i64 = 0x4D52_514F_5554_4258;
+pub(crate) const OUTBOX_LOCK_KEY: i64 = 0x4D52_514F_5554_4258;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -99,12 +99,17 @@ pub struct SqlCatalogStore {
     sqlite_write_gate: Option<Arc<Mutex<()>>>,
     /// SQLite only: the booking hot path's writes, one hand-off each, committed in groups.
     pub(crate) sqlite_writer: Option<SqliteWriter>,
+    /// PostgreSQL: this process's turn at the outbox (see [`SqlCatalogStore::take_outbox_turn`]).
+    outbox_turn: Arc<Mutex<()>>,
 }
 
-/// A write transaction and, on SQLite, the gate that keeps it the only writer.
+/// A write transaction and, on SQLite, the gate that keeps it the only writer; on PostgreSQL,
+/// once it reaches the outbox, this process's turn there. Both are released when it is dropped,
+/// after its commit.
 pub(crate) struct WriteTransaction<'a> {
     pub(crate) transaction: Transaction<'static, Any>,
     _gate: Option<MutexGuard<'a, ()>>,
+    outbox_turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl SqlCatalogStore {
@@ -153,6 +158,7 @@ impl SqlCatalogStore {
             backend,
             sqlite_write_gate,
             sqlite_writer,
+            outbox_turn: Arc::new(Mutex::new(())),
         })
     }
 
@@ -169,7 +175,21 @@ impl SqlCatalogStore {
         Ok(WriteTransaction {
             transaction: self.pool.begin().await?,
             _gate: gate,
+            outbox_turn: None,
         })
+    }
+
+    /// On PostgreSQL, waits for this process's turn at the outbox and keeps it until `write`
+    /// commits. From its first statement under the outbox lock (and the event row, for seat
+    /// changes) to its commit, a writer makes every other writer of the cluster wait; when tens
+    /// of them queue inside PostgreSQL for one hot row and one advisory lock, each release
+    /// wakes them all and throughput falls as concurrency rises. Queued here instead, at most
+    /// one writer per node waits in the database. Taken before the transaction locks the event
+    /// row or the outbox, and nothing is locked after it but those two, so it cannot deadlock.
+    pub(crate) async fn take_outbox_turn(&self, write: &mut WriteTransaction<'_>) {
+        if self.backend == Backend::Postgres && write.outbox_turn.is_none() {
+            write.outbox_turn = Some(Arc::clone(&self.outbox_turn).lock_owned().await);
+        }
     }
 
     pub(crate) async fn append_change(
@@ -180,6 +200,7 @@ impl SqlCatalogStore {
         payload: &impl Serialize,
     ) -> Result<(), StoreError> {
         let payload = serde_json::to_string(payload)?;
+        self.take_outbox_turn(write).await;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(OUTBOX_LOCK_KEY)
@@ -400,6 +421,9 @@ impl CatalogStore for SqlCatalogStore {
         stored.updated_at = marquee_domain::timestamp_now();
         let details = serde_json::to_string(&stored.details)?;
         let mut write = self.begin_write().await?;
+        // The event row is locked from here to the commit, and seat writers lock it after their
+        // outbox turn: take the turn first.
+        self.take_outbox_turn(&mut write).await;
         let updated = sqlx::query(
             "UPDATE events SET status = $1, version = $2, title = $3, starts_at = $4, \
              details = $5, updated_at = $6 WHERE id = $7 AND version = $8",

@@ -35,6 +35,7 @@ pub async fn create_order(
         Ok(key) => key,
         Err(error) => return error.into_response(),
     };
+    let retryable = key.is_some();
     idempotency::run(&state, &caller.id, key, "order", &request, || async {
         if request.payment.method != "card" {
             return Err(ApiError::invalid_field("payment.method", "must be card"));
@@ -43,6 +44,14 @@ pub async fn create_order(
             .inventory
             .owned_hold(&HoldId::from_string(request.hold_id.clone()), &caller.id)
             .await?;
+        // A retry under an idempotency key whose first answer was never recorded (the node
+        // died between the commit and the record) gets the order that exists. Without a key,
+        // buying a bought hold stays the contract's 409.
+        if retryable {
+            if let Some(order) = state.inventory.order_of_hold(&hold).await? {
+                return Ok((StatusCode::CREATED, OrderBody::from(&order)));
+            }
+        }
         let event = state
             .store
             .event(&hold.event_id)

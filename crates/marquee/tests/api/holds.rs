@@ -489,6 +489,48 @@ async fn an_idempotency_key_returns_the_first_result() {
 }
 
 #[tokio::test]
+async fn a_retry_whose_first_answer_was_never_recorded_gets_the_order_that_exists() {
+    // A node that dies between committing an order and recording its idempotency key leaves
+    // the order with no record: the fan's retry (under its key, on another node) finds none.
+    // A second key on a bought hold is that retry's situation.
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    let body = json!({"hold_id": hold["id"], "payment": {"method": "card", "token": "tok_visa"}});
+    let send = |key: &'static str| {
+        sale.app
+            .client
+            .post(format!("{}/api/v1/orders", sale.app.url))
+            .bearer_auth(&fan)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("attempt-on-node-a").await.expect("sent");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.expect("json");
+    let retry = send("attempt-on-node-b").await.expect("sent");
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    let retry: Value = retry.json().await.expect("json");
+    assert_eq!(retry["id"], first["id"], "the same order, not a second one");
+    assert_eq!(retry["tickets"], first["tickets"]);
+    let orders = sale
+        .app
+        .get("/api/v1/me/orders", Some(&fan))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(orders["items"].as_array().expect("items").len(), 1);
+    // Without a key, buying a bought hold is still the contract's conflict.
+    sale.order(&fan, hold["id"].as_str().expect("hold id"), "tok_visa")
+        .await
+        .expect_error(StatusCode::CONFLICT, "hold_expired");
+    sale.app.stop().await;
+}
+
+#[tokio::test]
 async fn a_hold_lapses_by_itself_and_a_lapsed_holder_is_fenced_out() {
     let app = TestApp::spawn_with(|config| config.hold_ttl = Duration::from_millis(600)).await;
     let sale = on_sale(app).await;
