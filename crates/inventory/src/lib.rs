@@ -236,9 +236,19 @@ impl Inventory {
         let snapshot = self.store.seat_snapshot(&event.id, Utc::now()).await?;
         let mut unavailable: HashSet<SeatId> =
             snapshot.held.into_iter().chain(snapshot.sold).collect();
-        // Others may take the chosen seats between our read and our lease; try again around them.
-        for _ in 0..4 {
-            let Some(seats) = best_available::choose(venue, section, quantity, &unavailable) else {
+        // Others may take the chosen seats between our read and our lease; try again around
+        // them, choosing among more of the best runs each time (see `best_available`).
+        for attempt in 0..4 {
+            let spread = BEST_AVAILABLE_SPREAD << (2 * attempt);
+            let chosen = best_available::choose(
+                venue,
+                section,
+                quantity,
+                &unavailable,
+                spread,
+                &mut rand::thread_rng(),
+            );
+            let Some(seats) = chosen else {
                 return Err(InventoryError::SeatsUnavailable {
                     seat_ids: Vec::new(),
                 });
@@ -631,6 +641,10 @@ impl Inventory {
         Ok(self.store.order(id).await?)
     }
 }
+
+/// Best-available requests choose among this many of the best runs at first, four times more
+/// on each retry.
+const BEST_AVAILABLE_SPREAD: usize = 8;
 
 fn parse_quantity(quantity: i64, max: u32) -> Result<u32, InventoryError> {
     if !(1..=OrderLimits::MAX).contains(&quantity) {

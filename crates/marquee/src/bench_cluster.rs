@@ -45,6 +45,9 @@ pub struct ClusterBench {
     pub duration: Duration,
     /// Holds made for the lag measurement (at 20 a second).
     pub lag_samples: usize,
+    /// Fans ask for two best-available seats instead of two of their own (a rush on the
+    /// front rows: contention, not capacity).
+    pub best_available: bool,
     /// PostgreSQL to create the schemas in (`…/test`).
     pub database_url: String,
     pub redis_url: String,
@@ -403,6 +406,7 @@ async fn measure(
             let urls = cluster.urls.clone();
             let tokens = load_tokens.to_vec();
             let seats = seats.to_vec();
+            let best_available = bench.best_available;
             let event_id = event_id.to_string();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -414,7 +418,11 @@ async fn measure(
                     let Ok(hold) = client
                         .post(format!("{url}/api/v1/events/{event_id}/holds"))
                         .bearer_auth(token)
-                        .json(&json!({"seat_ids": [seats[2 * fan], seats[2 * fan + 1]]}))
+                        .json(&if best_available {
+                            json!({"quantity": 2})
+                        } else {
+                            json!({"seat_ids": [seats[2 * fan], seats[2 * fan + 1]]})
+                        })
                         .send()
                         .await
                     else {

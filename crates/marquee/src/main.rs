@@ -118,6 +118,10 @@ struct ClusterBenchArgs {
     /// Holds timed from commit to every node (made at 20 a second).
     #[arg(long, default_value_t = 200)]
     lag_samples: usize,
+    /// Fans ask for two best-available seats instead of two of their own (a rush on the front
+    /// rows: measures contention rather than capacity).
+    #[arg(long)]
+    best_available: bool,
     /// PostgreSQL in which each run makes (and drops) its own schema.
     #[arg(
         long,
@@ -706,6 +710,7 @@ async fn main() -> anyhow::Result<()> {
                 clients: args.clients.max(1),
                 duration: args.duration,
                 lag_samples: args.lag_samples.max(10),
+                best_available: args.best_available,
                 database_url: args.database_url,
                 redis_url: args.redis_url,
                 nats_url: args.nats_url,
