@@ -4,9 +4,10 @@
 //! In a rush, every fan asking at the same moment sees the same free seats, so "the" best run
 //! would be everyone's choice: all but one collide on their leases, retry around each other in
 //! lockstep and mostly give up (measured: 4–14 bookings/s for 64 concurrent fans on a 20,000-seat
-//! event). So a request picks at random among the best `spread` runs that do not overlap; the
-//! caller widens `spread` on each retry. Quality barely moves (the runs are the front-most ones
-//! still free) and concurrent requests spread over different seats.
+//! event). So in a rush a request picks at random among the best `spread` runs that do not
+//! overlap, and the caller widens `spread` on each retry; a quiet request (`spread` 1) gets the
+//! best run itself. Quality barely moves (the runs are the front-most ones still free) and
+//! concurrent requests spread over different seats.
 
 use marquee_domain::{SeatId, Venue};
 use rand::Rng;

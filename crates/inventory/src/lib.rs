@@ -109,6 +109,17 @@ pub struct Inventory {
     payments: Arc<dyn PaymentProvider>,
     signer: TicketSigner,
     settings: InventorySettings,
+    /// Best-available requests being served by this process, to tell a rush from a quiet sale.
+    best_available_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a best-available request in flight while it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn seat_key(event: &EventId, seat: &SeatId) -> String {
@@ -152,6 +163,7 @@ impl Inventory {
             payments,
             signer,
             settings,
+            best_available_in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -236,10 +248,19 @@ impl Inventory {
         let snapshot = self.store.seat_snapshot(&event.id, Utc::now()).await?;
         let mut unavailable: HashSet<SeatId> =
             snapshot.held.into_iter().chain(snapshot.sold).collect();
-        // Others may take the chosen seats between our read and our lease; try again around
-        // them, choosing among more of the best runs each time (see `best_available`).
+        // A quiet request gets the best run itself. In a rush (others in flight here, or a
+        // collision with another node's) it picks among more of the best runs each attempt, so
+        // concurrent fans stop choosing the same seats (see `best_available`).
+        let others = self
+            .best_available_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _in_flight = InFlight(&self.best_available_in_flight);
         for attempt in 0..4 {
-            let spread = BEST_AVAILABLE_SPREAD << (2 * attempt);
+            let spread = match (attempt, others) {
+                (0, 0) => 1,
+                (0, _) => BEST_AVAILABLE_SPREAD,
+                _ => BEST_AVAILABLE_SPREAD << (2 * (attempt - 1)),
+            };
             let chosen = best_available::choose(
                 venue,
                 section,
@@ -642,8 +663,8 @@ impl Inventory {
     }
 }
 
-/// Best-available requests choose among this many of the best runs at first, four times more
-/// on each retry.
+/// In a rush, best-available requests choose among this many of the best runs at first, four
+/// times more on each retry.
 const BEST_AVAILABLE_SPREAD: usize = 8;
 
 fn parse_quantity(quantity: i64, max: u32) -> Result<u32, InventoryError> {
