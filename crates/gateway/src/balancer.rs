@@ -20,7 +20,8 @@ use std::time::Instant;
 
 pub(crate) struct Upstream {
     /// `host:port`: where requests go, and the node's name in logs and in the hash.
-    pub(crate) authority: String,
+    /// `host:port`, shared cheaply with every answer that names its node.
+    pub(crate) authority: std::sync::Arc<str>,
     /// The same, parsed once for building request URIs.
     pub(crate) uri_authority: hyper::http::uri::Authority,
     in_flight: AtomicUsize,
@@ -52,7 +53,7 @@ impl Upstream {
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::Authority::from_static("invalid"));
         Upstream {
-            authority: uri_authority.to_string(),
+            authority: std::sync::Arc::from(uri_authority.as_str()),
             uri_authority,
             in_flight: AtomicUsize::new(0),
             max_in_flight,
@@ -117,7 +118,7 @@ impl Upstream {
             Ordering::Relaxed,
         );
         tracing::warn!(upstream = %self.authority, ?duration, "ejected after consecutive failures");
-        metrics::counter!("gateway_ejections_total", "upstream" => self.authority.clone())
+        metrics::counter!("gateway_ejections_total", "upstream" => self.authority.to_string())
             .increment(1);
         true
     }

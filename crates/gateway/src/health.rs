@@ -50,7 +50,7 @@ pub(crate) async fn check_forever(
                 tracing::warn!(upstream = %upstream.authority, failures, "failing health checks; taken out");
             }
         }
-        metrics::gauge!("gateway_upstream_healthy", "upstream" => upstream.authority.clone())
+        metrics::gauge!("gateway_upstream_healthy", "upstream" => upstream.authority.to_string())
             .set(if upstream.is_healthy() { 1.0 } else { 0.0 });
     }
 }

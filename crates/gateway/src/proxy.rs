@@ -272,7 +272,7 @@ impl Proxy {
         connection: Connection,
         client_ip: IpAddr,
         request_id: &HeaderValue,
-    ) -> Result<(Response<ProxyBody>, String), EdgeError> {
+    ) -> Result<(Response<ProxyBody>, std::sync::Arc<str>), EdgeError> {
         let method = request.method().clone();
         let claims = self
             .edge
@@ -314,8 +314,15 @@ impl Proxy {
         } else {
             read_body(body, self.max_body_bytes).await?
         };
-        let headers =
-            forwarded_headers(&parts, connection, client_ip, request_id, upgrade.is_some());
+        // Moved into the first attempt; a retry (rare) builds them again rather than every
+        // request paying for a copy.
+        let mut headers = Some(forwarded_headers(
+            &parts,
+            connection,
+            client_ip,
+            request_id,
+            upgrade.is_some(),
+        ));
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -339,11 +346,14 @@ impl Proxy {
             };
             let may_retry =
                 |proxy: &Proxy| tried.len() <= proxy.retries as usize && proxy.budget.withdraw();
+            let attempt_headers = headers.take().unwrap_or_else(|| {
+                forwarded_headers(&parts, connection, client_ip, request_id, upgrade.is_some())
+            });
             let upstream_request = build_request(
                 &slot,
                 &parts.method,
                 &path_and_query,
-                &headers,
+                attempt_headers,
                 body.clone(),
             )?;
             let outcome =
@@ -597,6 +607,13 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, EdgeError> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+        headers.remove(header::UPGRADE);
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -651,7 +668,7 @@ fn build_request(
     slot: &InFlight,
     method: &Method,
     path_and_query: &PathAndQuery,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, EdgeError> {
     let mut parts = hyper::http::uri::Parts::default();
@@ -663,7 +680,7 @@ fn build_request(
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
-    *request.headers_mut() = headers.clone();
+    *request.headers_mut() = headers;
     Ok(request)
 }
 
