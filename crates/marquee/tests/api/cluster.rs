@@ -514,6 +514,25 @@ pub(crate) async fn assert_nothing_sold_twice(outcomes: &[FanOutcome], app: &Tes
         sold_on_map, sold,
         "the seat map agrees with the confirmed orders"
     );
+    // Standing places are sold or still held, never both and never lost: exactly the unsold
+    // ones are available once every hold was bought.
+    let available = seats["general_admission"][0]["available"]
+        .as_u64()
+        .expect("standing availability");
+    assert!(
+        available + standing <= STANDING_CAPACITY,
+        "{available} available + {standing} sold exceeds the standing area"
+    );
+    if outcomes
+        .iter()
+        .all(|outcome| outcome.hold != 201 || outcome.order == Some(201))
+    {
+        assert_eq!(
+            available,
+            STANDING_CAPACITY - standing,
+            "standing availability agrees with the tickets"
+        );
+    }
 }
 
 fn tally(outcomes: &[FanOutcome]) -> BTreeMap<String, usize> {
@@ -570,16 +589,7 @@ async fn a_change_on_one_node_reaches_push_on_another_and_search_on_a_third() {
     let (fan, _) = a.register("fan").await;
 
     // A push subscriber on node C, a hold on node A.
-    let channel = format!("event:{}:seats", sale.event_id);
-    let response = c
-        .client
-        .get(format!("{}/api/v1/push/sse?channel={channel}", c.url))
-        .send()
-        .await
-        .expect("subscribe on C");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["x-marquee-node"], "node-3");
-    let mut stream = SseStream::from_response(response);
+    let mut stream = seat_stream(&c, &sale, "node-3").await;
     let seat = sale.seat_ids[7].clone();
     let started = Instant::now();
     a.post(
@@ -781,14 +791,7 @@ async fn after_a_nats_restart_the_change_stream_resumes_and_nodes_catch_up() {
     let (a, b, c) = (cluster.client(0), cluster.client(1), cluster.client(2));
     let sale = on_sale(&a).await;
     let (fan, _) = a.register("fan").await;
-    let channel = format!("event:{}:seats", sale.event_id);
-    let response = c
-        .client
-        .get(format!("{}/api/v1/push/sse?channel={channel}", c.url))
-        .send()
-        .await
-        .expect("subscribe on C");
-    let mut stream = SseStream::from_response(response);
+    let mut stream = seat_stream(&c, &sale, "node-3").await;
 
     let mut nats = cluster.own_nats.take().expect("own nats");
     nats.kill();
@@ -871,6 +874,22 @@ async fn after_a_nats_restart_the_change_stream_resumes_and_nodes_catch_up() {
     assert_eq!(relayed, outbox);
     cluster.own_nats = Some(nats);
     cluster.stop().await;
+}
+
+/// The event's seat stream over SSE from the node `app` speaks to, which must be `node`.
+async fn seat_stream(app: &TestApp, sale: &Sale, node: &str) -> SseStream {
+    let response = app
+        .client
+        .get(format!(
+            "{}/api/v1/push/sse?channel=event:{}:seats",
+            app.url, sale.event_id
+        ))
+        .send()
+        .await
+        .expect("subscribed");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-marquee-node"], node);
+    SseStream::from_response(response)
 }
 
 async fn await_seat(stream: &mut SseStream, seat: &str) {
