@@ -89,6 +89,9 @@ pub struct InventorySettings {
     pub hold_ttl: Duration,
     /// How long a payment may take before the order fails (and the hold stays).
     pub payment_timeout: Duration,
+    /// How often holds past their deadline are ended even though no lapse was announced for
+    /// them (see [`Inventory::spawn_lapse_follower`]).
+    pub lapse_sweep: Duration,
 }
 
 impl Default for InventorySettings {
@@ -96,6 +99,7 @@ impl Default for InventorySettings {
         InventorySettings {
             hold_ttl: Duration::from_secs(600),
             payment_timeout: Duration::from_secs(10),
+            lapse_sweep: Duration::from_secs(30),
         }
     }
 }
@@ -543,15 +547,33 @@ impl Inventory {
         Ok(tickets)
     }
 
-    /// Ends holds whose lease lapsed, as lapses are announced, and sweeps holds that expired
-    /// while no process was listening (after a restart). Runs until the lease store is dropped.
+    /// Ends holds whose lease lapsed, as lapses are announced, and sweeps holds past their
+    /// deadline that nobody announced: at start (they expired while no process listened) and
+    /// every `lapse_sweep` after (a Redis that restarted forgot its leases and their deadlines;
+    /// without the sweep their holds would stay held in the store, and general-admission places
+    /// with them, until a node restarted). Runs until the lease store is dropped.
     pub fn spawn_lapse_follower(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let inventory = Arc::clone(self);
         let mut lapses = self.leases.lapses();
         tokio::spawn(async move {
             inventory.sweep_expired().await;
+            let mut sweep = tokio::time::interval(
+                inventory
+                    .settings
+                    .lapse_sweep
+                    .max(Duration::from_millis(10)),
+            );
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            sweep.tick().await;
             loop {
-                match lapses.recv().await {
+                let lapsed = tokio::select! {
+                    lapsed = lapses.recv() => lapsed,
+                    _ = sweep.tick() => {
+                        inventory.sweep_expired().await;
+                        continue;
+                    }
+                };
+                match lapsed {
                     Ok(lapsed) => {
                         let hold = HoldId::from_string(lapsed.holder);
                         match inventory.store.end_hold(&hold, HoldStatus::Lapsed).await {

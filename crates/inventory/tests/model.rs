@@ -215,6 +215,7 @@ async fn world(engine: Engine) -> World {
         InventorySettings {
             hold_ttl: TTL,
             payment_timeout: Duration::from_secs(5),
+            ..InventorySettings::default()
         },
     );
     let lapse_follower = inventory.spawn_lapse_follower();
@@ -427,4 +428,63 @@ proptest! {
     fn the_inventory_matches_the_model_after_every_step_on_postgres(steps in prop::collection::vec(step(), 1..30)) {
         run_case(Engine::Postgres, &steps);
     }
+}
+
+/// A lease store that forgot a hold's lease (a Redis that restarted) never announces its lapse:
+/// the lapse follower's periodic sweep must end the hold at its deadline all the same.
+#[tokio::test]
+async fn a_hold_whose_lease_was_forgotten_still_lapses_at_its_deadline() {
+    let world = world(Engine::Sqlite).await;
+    let settings = InventorySettings {
+        hold_ttl: Duration::from_millis(500),
+        payment_timeout: Duration::from_secs(5),
+        lapse_sweep: Duration::from_millis(100),
+    };
+    // The hold is taken through one lease store...
+    let before_restart = Inventory::new(
+        world.store.clone(),
+        Arc::new(InProcessLeases::new()),
+        Arc::new(TestPaymentProvider::default()),
+        TicketSigner::new(b"model test key"),
+        settings.clone(),
+    );
+    let hold = before_restart
+        .hold(
+            &world.event,
+            &world.venue,
+            &world.fans[0],
+            HoldRequest::Seats(vec![world.seats[0].to_string()]),
+        )
+        .await
+        .expect("hold");
+    // ...and followed by another that never heard of it.
+    let after_restart = Inventory::new(
+        world.store.clone(),
+        Arc::new(InProcessLeases::new()),
+        Arc::new(TestPaymentProvider::default()),
+        TicketSigner::new(b"model test key"),
+        settings,
+    );
+    let follower = after_restart.spawn_lapse_follower();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = world
+            .store
+            .hold(&hold.id)
+            .await
+            .expect("read")
+            .expect("hold");
+        if stored.status == marquee_domain::HoldStatus::Lapsed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forgotten hold is still {:?}",
+            stored.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    follower.abort();
+    world.lapse_follower.abort();
+    world.scratch.finish().await;
 }

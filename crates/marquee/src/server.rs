@@ -54,6 +54,7 @@ impl Server {
             InventorySettings {
                 hold_ttl: config.hold_ttl,
                 payment_timeout: config.payment_timeout,
+                ..InventorySettings::default()
             },
         );
         let lapse_follower = inventory.spawn_lapse_follower();
