@@ -464,6 +464,8 @@ async fn measure(
 
     // Lag: every node's seat stream watched, holds made on node 1 at 20 a second.
     let arrivals: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+    // How many arrivals there were, so the end of the run can wait for the last of them.
+    let arrived = Arc::new(tokio::sync::watch::channel(0usize).0);
     let channel = format!("event:{event_id}:seats");
     let mut readers = Vec::new();
     for url in &cluster.urls {
@@ -474,6 +476,7 @@ async fn measure(
             .await?
             .error_for_status()?;
         let arrivals = Arc::clone(&arrivals);
+        let arrived = Arc::clone(&arrived);
         readers.push(tokio::spawn(async move {
             let mut response = response;
             let mut buffer = String::new();
@@ -497,6 +500,7 @@ async fn measure(
                             (seats.first().and_then(Value::as_str), arrivals.lock())
                         {
                             arrivals.entry(first.to_string()).or_default().push(now);
+                            arrived.send_modify(|count| *count += 1);
                         }
                     }
                 }
@@ -526,7 +530,13 @@ async fn measure(
             answered.push((seat.to_string(), at));
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every answered hold's change from every node, or what came within 5 s.
+    let expected = answered.len() * nodes;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        arrived.subscribe().wait_for(|count| *count >= expected),
+    )
+    .await;
     for reader in &readers {
         reader.abort();
     }

@@ -65,14 +65,14 @@ impl Server {
             dependencies.push(Arc::new(RedisDependency(Arc::clone(&leases))));
         }
         let (changes, relay) = open_change_stream(&config, &store, stopped.clone()).await?;
-        if let Some(client) = &changes.nats {
-            dependencies.push(Arc::new(NatsDependency(client.clone())));
+        if relay.is_some() {
+            dependencies.push(Arc::new(NatsDependency(Arc::clone(&changes))));
         }
         let search = Arc::new(open_search_index(&config)?);
         let indexer = marquee_search::spawn_indexer(
             search.clone(),
             store.clone(),
-            changes.feed.clone(),
+            changes.clone(),
             stopped.clone(),
         );
         let rate_limiter = open_rate_limiter(&config).await?;
@@ -99,7 +99,7 @@ impl Server {
                 rate_limiter.clone(),
             )),
             rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone()),
-            changes: changes.feed,
+            changes,
             dependencies: Arc::new(dependencies),
         };
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
@@ -283,30 +283,19 @@ pub async fn open_rate_limiter(
     })
 }
 
-struct ChangeStream {
-    feed: Arc<dyn marquee_changes::ChangeFeed>,
-    nats: Option<async_nats::Client>,
-}
-
 /// The change stream followers read: JetStream when a NATS URL is configured (this node also
 /// runs for the relay lease), else the outbox directly.
 async fn open_change_stream(
     config: &ServerConfig,
     store: &Arc<dyn CatalogStore>,
     stopped: watch::Receiver<bool>,
-) -> anyhow::Result<(ChangeStream, Option<JoinHandle<()>>)> {
+) -> anyhow::Result<(Arc<dyn marquee_changes::ChangeFeed>, Option<JoinHandle<()>>)> {
     // Followers wait on the feed; this is how often the outbox is read while they do.
     const OUTBOX_POLL: Duration = Duration::from_millis(25);
     const WINDOW: usize = 16_384;
     let Some(url) = &config.nats_url else {
         let feed = marquee_changes::OutboxFeed::new(Arc::clone(store), OUTBOX_POLL);
-        return Ok((
-            ChangeStream {
-                feed: Arc::new(feed),
-                nats: None,
-            },
-            None,
-        ));
+        return Ok((Arc::new(feed), None));
     };
     let client = marquee_changes::connect_nats(url, &config.node_id)
         .await
@@ -336,13 +325,7 @@ async fn open_change_stream(
         marquee_changes::RelaySettings::new(&config.nats_stream, &config.node_id),
         stopped,
     );
-    Ok((
-        ChangeStream {
-            feed: Arc::new(feed),
-            nats: Some(client),
-        },
-        Some(relay),
-    ))
+    Ok((Arc::new(feed), Some(relay)))
 }
 
 /// `/readyz`'s view of Redis: the lease store's connection (leases are what sales need).
@@ -358,8 +341,8 @@ impl marquee_api::Dependency for RedisDependency {
     }
 }
 
-/// `/readyz`'s view of NATS: the client's connection.
-struct NatsDependency(async_nats::Client);
+/// `/readyz`'s view of NATS: the change stream's own connection.
+struct NatsDependency(Arc<dyn marquee_changes::ChangeFeed>);
 
 #[async_trait::async_trait]
 impl marquee_api::Dependency for NatsDependency {
@@ -367,10 +350,7 @@ impl marquee_api::Dependency for NatsDependency {
         "nats"
     }
     async fn check(&self) -> Result<(), String> {
-        match self.0.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            state => Err(format!("not connected ({state:?})")),
-        }
+        self.0.check().await.map_err(|error| error.to_string())
     }
 }
 

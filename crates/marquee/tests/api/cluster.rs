@@ -20,10 +20,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
+use tokio::sync::watch;
 
 /// Only a bound on a hung test; no assertion depends on it.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -368,13 +368,13 @@ pub(crate) struct FanOutcome {
 /// Each fan holds (seats, best available, or standing) then buys, on `targets[fan % n]`, at most
 /// `concurrency` fans at a time. Every request carries an idempotency key, and a fan whose
 /// request got no answer or a 502/503 tries again with the same key (as a real client does):
-/// a retry can never buy twice. `answered` counts fans done.
+/// a retry can never buy twice. `answered` counts fans done, for whoever waits on it.
 pub(crate) async fn race(
     targets: &[String],
     sale: &Sale,
     tokens: &[String],
     concurrency: usize,
-    answered: Arc<AtomicUsize>,
+    answered: Arc<watch::Sender<usize>>,
 ) -> Vec<FanOutcome> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -436,7 +436,7 @@ pub(crate) async fn race(
                         outcome.confirmed = Some(order);
                     }
                 }
-                answered.fetch_add(1, Ordering::Relaxed);
+                answered.send_modify(|done| *done += 1);
                 outcome
             })
         })
@@ -446,6 +446,20 @@ pub(crate) async fn race(
         outcomes.push(racer.await.expect("racer"));
     }
     outcomes
+}
+
+/// A count of fans done, for [`race`].
+pub(crate) fn progress() -> Arc<watch::Sender<usize>> {
+    Arc::new(watch::channel(0).0)
+}
+
+/// Resolves once 200 of a race's 600 fans have their answers.
+async fn a_third_answered(answered: &watch::Sender<usize>) {
+    let mut done = answered.subscribe();
+    tokio::time::timeout(PATIENCE, done.wait_for(|done| *done >= 200))
+        .await
+        .expect("fans keep being answered")
+        .expect("the race is running");
 }
 
 /// POSTs with an idempotency key, trying again (same key) while the answer is missing or a
@@ -558,14 +572,7 @@ async fn a_thousand_fans_on_three_nodes_never_buy_the_same_seat() {
     let cluster = Cluster::start(3, ClusterOptions::default()).await;
     let sale = on_sale(&cluster.client(0)).await;
     let tokens = fans(cluster.store().await.as_ref(), 1000).await;
-    let outcomes = race(
-        &cluster.urls(),
-        &sale,
-        &tokens,
-        1000,
-        Arc::new(AtomicUsize::new(0)),
-    )
-    .await;
+    let outcomes = race(&cluster.urls(), &sale, &tokens, 1000, progress()).await;
     let tally = tally(&outcomes);
     eprintln!("three nodes, 1,000 fans: {tally:?}");
     for outcome in &outcomes {
@@ -680,13 +687,11 @@ async fn a_node_killed_mid_sale_loses_no_order_and_rejoins() {
     let tokens = fans(cluster.store().await.as_ref(), 600).await;
 
     // Fans arrive 40 at a time through the gateway; node 2 dies a third of the way in.
-    let answered = Arc::new(AtomicUsize::new(0));
+    let answered = progress();
     let targets = vec![gateway.url()];
     let racing = race(&targets, &sale, &tokens, 40, Arc::clone(&answered));
     let killing = async {
-        while answered.load(Ordering::Relaxed) < 200 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        a_third_answered(&answered).await;
         cluster.kill_node(1).await;
     };
     let (outcomes, ()) = tokio::join!(racing, killing);
@@ -747,14 +752,12 @@ async fn redis_restarted_mid_sale_still_sells_no_seat_twice() {
     .await;
     let sale = on_sale(&cluster.client(0)).await;
     let tokens = fans(cluster.store().await.as_ref(), 600).await;
-    let answered = Arc::new(AtomicUsize::new(0));
+    let answered = progress();
     let urls = cluster.urls();
     let racing = race(&urls, &sale, &tokens, 40, Arc::clone(&answered));
     let mut redis = cluster.own_redis.take().expect("own redis");
     let restarting = async {
-        while answered.load(Ordering::Relaxed) < 200 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        a_third_answered(&answered).await;
         // Every lease, waiting room and push history is gone with it.
         redis.kill();
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -3,10 +3,8 @@
 //! hold answered 201, 409 or 422. The same race over three nodes is in `cluster.rs`, whose
 //! helpers this uses.
 
-use crate::cluster::{self, assert_nothing_sold_twice, fans, on_sale};
+use crate::cluster::{self, assert_nothing_sold_twice, fans, on_sale, progress};
 use crate::support::TestApp;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 
 const FANS: usize = 1000;
 
@@ -46,7 +44,7 @@ async fn race(app: TestApp) {
         &sale,
         &tokens,
         FANS,
-        Arc::new(AtomicUsize::new(0)),
+        progress(),
     )
     .await;
     for outcome in &outcomes {
