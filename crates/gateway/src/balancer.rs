@@ -24,6 +24,9 @@ pub(crate) struct Upstream {
     pub(crate) authority: std::sync::Arc<str>,
     /// The same, parsed once for building request URIs.
     pub(crate) uri_authority: hyper::http::uri::Authority,
+    /// Its place among every node of the gateway: the index of its idle connections in each
+    /// worker's pool.
+    pub(crate) index: usize,
     in_flight: AtomicUsize,
     max_in_flight: usize,
     healthy: AtomicBool,
@@ -47,7 +50,7 @@ fn micros_since_base(at: Instant) -> u64 {
 }
 
 impl Upstream {
-    pub(crate) fn new(url: Uri, max_in_flight: usize) -> Upstream {
+    pub(crate) fn new(url: Uri, max_in_flight: usize, index: usize) -> Upstream {
         let uri_authority = url
             .authority()
             .cloned()
@@ -55,6 +58,7 @@ impl Upstream {
         Upstream {
             authority: std::sync::Arc::from(uri_authority.as_str()),
             uri_authority,
+            index,
             in_flight: AtomicUsize::new(0),
             max_in_flight,
             healthy: AtomicBool::new(true),
@@ -252,7 +256,7 @@ mod tests {
         let upstreams = (0..nodes)
             .map(|n| {
                 let url: Uri = format!("http://10.0.0.{n}:8080").parse().expect("uri");
-                Arc::new(Upstream::new(url, cap))
+                Arc::new(Upstream::new(url, cap, n))
             })
             .collect();
         Group::new("api".into(), upstreams, policy)

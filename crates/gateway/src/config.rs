@@ -227,6 +227,10 @@ pub struct GatewayConfig {
     pub checkout_reserve: usize,
     /// Requests in flight to one node before it counts as full (circuit breaking).
     pub upstream_max_in_flight: usize,
+    /// HTTP/1.1 connections one worker keeps open to one node at most; past it, requests wait
+    /// for one to come back (a burst of clients never becomes a burst of connects).
+    pub upstream_connections_per_worker: usize,
+    /// Over a second, so one dropped SYN (retried after 1 s) is not a failed request.
     pub connect_timeout: Duration,
     /// Until the node's response headers; streams (SSE, WebSocket) are not cut after it.
     pub response_timeout: Duration,
@@ -279,7 +283,8 @@ impl GatewayConfig {
             max_in_flight: 10_000,
             checkout_reserve: 1_000,
             upstream_max_in_flight: 2_048,
-            connect_timeout: Duration::from_secs(1),
+            upstream_connections_per_worker: 256,
+            connect_timeout: Duration::from_secs(3),
             response_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,

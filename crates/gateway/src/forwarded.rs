@@ -30,14 +30,28 @@ impl TrustedProxies {
 
     /// The client's address, given the TCP peer and the request's headers.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.client_ip_from(
+            peer,
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// [`TrustedProxies::client_ip`] over the raw `X-Forwarded-For` values, in the order they
+    /// came (the gateway's HTTP/1.1 path reads them straight off the request head).
+    pub fn client_ip_from<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl Iterator<Item = &'a [u8]>,
+    ) -> IpAddr {
         if !self.trusts(peer) {
             return peer;
         }
         let mut client = peer;
-        let hops = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
+        let hops = forwarded_for
+            .filter_map(|value| std::str::from_utf8(value).ok())
             .flat_map(|value| value.split(','))
             .collect::<Vec<&str>>();
         for hop in hops.into_iter().rev() {

@@ -33,7 +33,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Responses up to this size (by `Content-Length`) are read whole before they are sent on.
-const BUFFERED_RESPONSE_BYTES: usize = 256 * 1024;
+pub(crate) const BUFFERED_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -49,10 +49,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// What the gateway answers itself, in the contract's error body.
 #[derive(Debug)]
-enum EdgeError {
+pub(crate) enum EdgeError {
     Unauthenticated(&'static str),
     Forbidden,
     PayloadTooLarge(usize),
+    /// The request head is over the configured size or header count.
+    HeadersTooLarge,
     BadRequest(&'static str),
     RateLimited(Duration),
     Overloaded,
@@ -62,9 +64,18 @@ enum EdgeError {
 
 impl EdgeError {
     fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let (status, headers, body) = self.into_parts(request_id);
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// Status, headers and the contract's error body; both server paths answer with these.
+    pub(crate) fn into_parts(self, request_id: &HeaderValue) -> (StatusCode, HeaderMap, Bytes) {
         let body_left_unread = matches!(
             self,
-            EdgeError::PayloadTooLarge(_) | EdgeError::BadRequest(_)
+            EdgeError::PayloadTooLarge(_) | EdgeError::BadRequest(_) | EdgeError::HeadersTooLarge
         );
         let (status, code, message) = match &self {
             EdgeError::Unauthenticated(message) => (
@@ -81,6 +92,11 @@ impl EdgeError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("the request body is over {limit} bytes"),
+            ),
+            EdgeError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "the request head is too large".to_string(),
             ),
             EdgeError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
@@ -124,9 +140,7 @@ impl EdgeError {
             error["retry_after_seconds"] = seconds.into();
         }
         let body = serde_json::json!({ "error": error }).to_string();
-        let mut response = Response::new(full(Bytes::from(body)));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
+        let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -139,7 +153,7 @@ impl EdgeError {
             // does not send its next request after bytes the server will never read.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        response
+        (status, headers, Bytes::from(body))
     }
 }
 
@@ -156,26 +170,49 @@ pub(crate) struct Connection {
     pub(crate) tls: bool,
 }
 
+/// One finished request, for metrics and the access log.
+pub(crate) struct Exchange<'a> {
+    pub(crate) started: Instant,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) upstream: Option<&'a str>,
+    pub(crate) request_id: &'a HeaderValue,
+}
+
 /// One worker's proxy: its own pool of connections to the nodes, everything else (groups and
 /// their health, limits, budget) shared by every worker.
 #[derive(Clone)]
 pub(crate) struct Proxy {
     client: UpstreamClient,
+    /// This worker's idle HTTP/1.1 connections to the nodes, for the fast path.
+    pub(crate) pool: Arc<crate::h1::Pool>,
     /// `(prefix, group index)`, longest prefix first.
     routes: Vec<(String, usize)>,
-    groups: Arc<Vec<Group>>,
+    pub(crate) groups: Arc<Vec<Group>>,
     default_group: usize,
     edge: Arc<EdgeAuth>,
-    trusted: TrustedProxies,
+    pub(crate) trusted: TrustedProxies,
     limiter: Option<Arc<dyn RateLimiter>>,
     quotas: Vec<ScopedQuota>,
     concurrency: Arc<ConcurrencyLimiter>,
-    budget: Arc<TpsBudget>,
-    retries: u32,
-    response_timeout: Duration,
-    max_body_bytes: usize,
-    ejection: EjectionSettings,
+    pub(crate) budget: Arc<TpsBudget>,
+    pub(crate) retries: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) ejection: EjectionSettings,
     access_log: bool,
+    duration: metrics::Histogram,
+}
+
+/// A request let through the edge: its slot under the concurrency cap and its upstream group.
+pub(crate) struct Admission {
+    _permit: marquee_ratelimit::ConcurrencyPermit,
+    pub(crate) group: usize,
 }
 
 impl Proxy {
@@ -193,8 +230,13 @@ impl Proxy {
             .collect();
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let default_group = index_of(crate::config::DEFAULT_GROUP).unwrap_or(0);
+        let nodes = groups.iter().map(|group| group.upstreams.len()).sum();
         Proxy {
             client,
+            pool: Arc::new(crate::h1::Pool::new(
+                nodes,
+                config.upstream_connections_per_worker,
+            )),
             routes,
             default_group,
             groups: Arc::new(groups),
@@ -209,19 +251,98 @@ impl Proxy {
                 config.retry_budget_percent / 100.0,
             )),
             retries: config.retries,
+            connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes.max(8192),
             max_body_bytes: config.max_body_bytes,
             ejection: config.ejection.clone(),
             access_log: config.access_log,
+            // Resolved once: the macro looks the metric up by name on every call.
+            duration: metrics::histogram!("gateway_request_duration_seconds"),
         }
     }
 
-    /// The same proxy with its own connection pool, for another worker thread.
+    /// The same proxy with its own connection pools, for another worker thread.
     pub(crate) fn with_client(&self, client: UpstreamClient) -> Proxy {
         Proxy {
             client,
+            pool: Arc::new(crate::h1::Pool::new(
+                self.pool.nodes(),
+                self.pool.per_node(),
+            )),
             ..self.clone()
         }
+    }
+
+    /// Metrics and the access log for one finished request, whichever path served it.
+    pub(crate) fn record(&self, exchange: Exchange<'_>) {
+        let elapsed = exchange.started.elapsed();
+        self.duration.record(elapsed.as_secs_f64());
+        if self.access_log {
+            tracing::info!(
+                target: "marquee_gateway::access",
+                client = %exchange.client_ip,
+                method = exchange.method,
+                path = exchange.path,
+                status = exchange.status,
+                upstream = exchange.upstream.unwrap_or("-"),
+                micros = elapsed.as_micros() as u64,
+                request_id = exchange.request_id.to_str().unwrap_or_default(),
+            );
+        }
+    }
+
+    /// The token and route role, checked before anything else is spent on the request.
+    pub(crate) fn authenticate(
+        &self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&[u8]>,
+        query: Option<&str>,
+    ) -> Result<Option<marquee_auth::AccessClaims>, EdgeError> {
+        self.edge
+            .check(
+                method.as_str(),
+                path,
+                authorization,
+                query_token(query).as_deref(),
+            )
+            .map_err(|refusal| match refusal {
+                Refusal::Unauthenticated(message) => EdgeError::Unauthenticated(message),
+                Refusal::Forbidden => EdgeError::Forbidden,
+            })
+    }
+
+    /// Rate limits and load shedding for an authenticated request; its group when it may pass.
+    pub(crate) async fn admit(
+        &self,
+        method: &Method,
+        path: &str,
+        client_ip: IpAddr,
+        user: Option<&str>,
+    ) -> Result<Admission, EdgeError> {
+        self.enforce_rate_limits(method, path, client_ip, user)
+            .await?;
+        let priority = if is_checkout(method, path) {
+            Priority::Checkout
+        } else {
+            Priority::Normal
+        };
+        let permit = self
+            .concurrency
+            .try_acquire(priority)
+            .ok_or(EdgeError::Overloaded)?;
+        Ok(Admission {
+            _permit: permit,
+            group: self.route(path),
+        })
+    }
+
+    /// Whether another attempt may be made after `attempts` so far: within the configured
+    /// retries and the shared budget.
+    pub(crate) fn may_retry(&self, attempts: usize) -> bool {
+        attempts <= self.retries as usize && self.budget.withdraw()
     }
 
     pub(crate) async fn serve(
@@ -248,21 +369,18 @@ impl Proxy {
         response
             .headers_mut()
             .insert(X_REQUEST_ID, request_id.clone());
-        let status = response.status().as_u16();
-        let elapsed = started.elapsed();
-        metrics::histogram!("gateway_request_duration_seconds").record(elapsed.as_secs_f64());
-        if let Some((method, path)) = logged {
-            tracing::info!(
-                target: "marquee_gateway::access",
-                client = %client_ip,
-                %method,
-                path,
-                status,
-                upstream = upstream.as_deref().unwrap_or("-"),
-                micros = elapsed.as_micros() as u64,
-                request_id = request_id.to_str().unwrap_or_default(),
-            );
-        }
+        let (method, path) = logged
+            .as_ref()
+            .map_or(("", ""), |(method, path)| (method.as_str(), path.as_str()));
+        self.record(Exchange {
+            started,
+            client_ip,
+            method,
+            path,
+            status: response.status().as_u16(),
+            upstream: upstream.as_deref(),
+            request_id: &request_id,
+        });
         response
     }
 
@@ -274,39 +392,24 @@ impl Proxy {
         request_id: &HeaderValue,
     ) -> Result<(Response<ProxyBody>, std::sync::Arc<str>), EdgeError> {
         let method = request.method().clone();
-        let claims = self
-            .edge
-            .check(
-                method.as_str(),
-                request.uri().path(),
-                request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .map(HeaderValue::as_bytes),
-                query_token(request.uri().query()).as_deref(),
-            )
-            .map_err(|refusal| match refusal {
-                Refusal::Unauthenticated(message) => EdgeError::Unauthenticated(message),
-                Refusal::Forbidden => EdgeError::Forbidden,
-            })?;
-        self.enforce_rate_limits(
+        let claims = self.authenticate(
             &method,
             request.uri().path(),
-            client_ip,
-            claims.as_ref().map(|claims| claims.sub.as_str()),
-        )
-        .await?;
-        let priority = if is_checkout(&method, request.uri().path()) {
-            Priority::Checkout
-        } else {
-            Priority::Normal
-        };
-        let _permit = self
-            .concurrency
-            .try_acquire(priority)
-            .ok_or(EdgeError::Overloaded)?;
-
-        let group = &self.groups[self.route(request.uri().path())];
+            request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+            request.uri().query(),
+        )?;
+        let admission = self
+            .admit(
+                &method,
+                request.uri().path(),
+                client_ip,
+                claims.as_ref().map(|claims| claims.sub.as_str()),
+            )
+            .await?;
+        let group = &self.groups[admission.group];
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
         let body = if upgrade.is_some() {
@@ -344,8 +447,7 @@ impl Proxy {
                 (Pick::AllBusy, _) => return Err(EdgeError::Overloaded),
                 _ => return Err(last_error),
             };
-            let may_retry =
-                |proxy: &Proxy| tried.len() <= proxy.retries as usize && proxy.budget.withdraw();
+            let may_retry = |proxy: &Proxy| proxy.may_retry(tried.len());
             let attempt_headers = headers.take().unwrap_or_else(|| {
                 forwarded_headers(&parts, connection, client_ip, request_id, upgrade.is_some())
             });
@@ -560,14 +662,14 @@ fn is_checkout(method: &Method, path: &str) -> bool {
 }
 
 /// RFC 9110 §9.2.2: repeating these has the effect of sending them once.
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -579,21 +681,23 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// The client's `x-request-id` when it is sane, else a new ULID.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(X_REQUEST_ID)
-        .filter(|value| {
-            let bytes = value.as_bytes();
-            !bytes.is_empty()
-                && bytes.len() <= 128
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&ulid::Ulid::new().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-        })
+    request_id_from(headers.get(X_REQUEST_ID).map(HeaderValue::as_bytes))
+}
+
+/// [`request_id`] from the raw header value, if the request had one.
+pub(crate) fn request_id_from(sent: Option<&[u8]>) -> HeaderValue {
+    sent.filter(|bytes| {
+        !bytes.is_empty()
+            && bytes.len() <= 128
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    })
+    .and_then(|bytes| HeaderValue::from_bytes(bytes).ok())
+    .unwrap_or_else(|| {
+        HeaderValue::from_str(&ulid::Ulid::new().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    })
 }
 
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, EdgeError> {

@@ -431,12 +431,23 @@ struct GatewayArgs {
     )]
     upstream_max_in_flight: usize,
 
+    /// HTTP/1.1 connections each worker keeps open to one node at most; past it, requests wait
+    /// for one to come back rather than opening more.
+    #[arg(
+        long,
+        env = "MARQUEE_GATEWAY_UPSTREAM_CONNECTIONS",
+        default_value_t = 256
+    )]
+    upstream_connections: usize,
+
     /// Extra attempts on another node for idempotent requests (GET, PUT, DELETE, or any
     /// request with an `Idempotency-Key`), within a budget of 20% of requests.
     #[arg(long, env = "MARQUEE_GATEWAY_RETRIES", default_value_t = 2)]
     retries: u32,
 
-    #[arg(long, env = "MARQUEE_GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    /// Time to open a connection to a node. Over a second, so one dropped SYN (retried after
+    /// 1 s) under a burst of connects is not a failed request.
+    #[arg(long, env = "MARQUEE_GATEWAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     connect_timeout: Duration,
 
     /// Until a node's response headers (streams are not cut after it).
@@ -523,6 +534,7 @@ impl GatewayArgs {
         config.max_in_flight = self.max_in_flight;
         config.checkout_reserve = self.checkout_reserve;
         config.upstream_max_in_flight = self.upstream_max_in_flight;
+        config.upstream_connections_per_worker = self.upstream_connections;
         config.retries = self.retries;
         config.connect_timeout = self.connect_timeout;
         config.response_timeout = self.response_timeout;
@@ -740,6 +752,16 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let gateway = marquee_gateway::Gateway::start(args.into_config().await?).await?;
     println!("Marquee gateway is serving on {}", gateway.url());
     if let (Some(address), Some(metrics)) = (admin_listen, metrics) {
+        // Histograms keep their samples until summarised: without this they would grow with
+        // every request between scrapes (tens of thousands a second).
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         let status = gateway.status();
         let admin = axum::Router::new()
             .route(

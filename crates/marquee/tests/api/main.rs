@@ -6,6 +6,7 @@ mod cluster;
 mod demo;
 mod events;
 mod gateway;
+mod gateway_http1;
 mod gateway_processes;
 mod holds;
 mod push;
