@@ -55,8 +55,9 @@ const MAX_IDLE_PER_NODE: usize = 1024;
 const READ_CHUNK: usize = 16 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Request headers that describe one hop or that the gateway writes itself: never sent on.
-const NOT_FORWARDED: [&str; 14] = [
+/// Headers that describe one hop (RFC 9110 §7.6.1), never passed on in either direction.
+/// `transfer-encoding` is one too, but an answer's is decided by its framing.
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -64,27 +65,23 @@ const NOT_FORWARDED: [&str; 14] = [
     "proxy-authorization",
     "te",
     "trailer",
-    "transfer-encoding",
     "upgrade",
+];
+
+/// Request headers the gateway writes itself, so the client's are dropped.
+const WRITTEN_BY_GATEWAY: [&str; 7] = [
+    "transfer-encoding",
     "host",
     "content-length",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-request-id",
 ];
 
-/// Answer headers never passed to the client (RFC 9110 §7.6.1), plus the request id, which the
-/// gateway sets. `transfer-encoding` and `content-length` are decided by the framing.
-const NOT_RETURNED: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
+fn named_in(list: &[&str], name: &str) -> bool {
+    list.iter().any(|listed| name.eq_ignore_ascii_case(listed))
+}
 
 // ---------------------------------------------------------------------------------------------
 // Request heads
@@ -256,11 +253,7 @@ impl UpstreamHead {
             if header.name.eq_ignore_ascii_case("host") {
                 host.get_or_insert(header.value);
             }
-            if header.name.eq_ignore_ascii_case("x-request-id")
-                || NOT_FORWARDED
-                    .iter()
-                    .any(|name| header.name.eq_ignore_ascii_case(name))
-            {
+            if named_in(&HOP_BY_HOP, header.name) || named_in(&WRITTEN_BY_GATEWAY, header.name) {
                 continue;
             }
             push_header(&mut bytes, header.name.as_bytes(), header.value);
@@ -413,7 +406,7 @@ pub fn parse_response(
     for header in headers {
         let name = header.name;
         let dropped = name.eq_ignore_ascii_case("x-request-id")
-            || NOT_RETURNED.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+            || named_in(&HOP_BY_HOP, name)
             || named_by_connection
                 .iter()
                 .any(|named| name.as_bytes().eq_ignore_ascii_case(named))

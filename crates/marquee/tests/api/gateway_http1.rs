@@ -22,6 +22,14 @@ use tokio::sync::mpsc;
 /// Only a bound on a hung test; no assertion depends on it.
 const PATIENCE: Duration = Duration::from_secs(20);
 
+async fn node_behind_a_gateway() -> (TestApp, Gateway) {
+    let node = TestApp::spawn().await;
+    let gateway = Gateway::start(gateway_config(std::slice::from_ref(&node.url)))
+        .await
+        .expect("gateway");
+    (node, gateway)
+}
+
 /// Writes `bytes` and reads until the gateway closes the connection.
 async fn exchange(address: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(address).await.expect("connect");
@@ -44,10 +52,7 @@ fn status_lines(answer: &str) -> Vec<&str> {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    let node = TestApp::spawn().await;
-    let gateway = Gateway::start(gateway_config(std::slice::from_ref(&node.url)))
-        .await
-        .expect("gateway");
+    let (node, gateway) = node_behind_a_gateway().await;
     let login = r#"{"email":"nobody@example.com","password":"wrong-password"}"#;
     let pipelined = format!(
         "GET /healthz HTTP/1.1\r\nhost: a\r\nx-request-id: first\r\n\r\n\
@@ -79,10 +84,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 
 #[tokio::test]
 async fn requests_the_fast_path_hands_to_hyper_are_served_all_the_same() {
-    let node = TestApp::spawn().await;
-    let gateway = Gateway::start(gateway_config(std::slice::from_ref(&node.url)))
-        .await
-        .expect("gateway");
+    let (node, gateway) = node_behind_a_gateway().await;
     let address = gateway.local_addr();
 
     // A chunked request body, after an ordinary request on the same connection.
