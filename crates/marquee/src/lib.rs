@@ -4,6 +4,7 @@
 //! [`Server::start`] on port 0, exactly as `marquee serve` does.
 
 pub mod bench;
+pub mod bench_cache;
 pub mod bench_cluster;
 pub mod bench_gateway;
 pub mod bench_push;

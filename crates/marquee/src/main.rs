@@ -102,6 +102,24 @@ enum BenchCommand {
     /// Many nodes: bookings/s with one, two and three `marquee serve` processes over the same
     /// PostgreSQL, Redis and NATS, and the change stream's lag from a commit to every node.
     Cluster(ClusterBenchArgs),
+    /// Cache policies: hit ratio of LRU, LFU, FIFO and TinyLFU on a Zipf(1.0) trace at 1%, 5%
+    /// and 10% of the key space.
+    Cache(CacheBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct CacheBenchArgs {
+    /// Distinct keys in the trace.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Accesses in the trace.
+    #[arg(long, default_value_t = 2_000_000)]
+    accesses: u64,
+    /// The Zipf exponent.
+    #[arg(long, default_value_t = 1.0)]
+    exponent: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -716,6 +734,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Search(args)) => bench_search(args).await,
         Command::Bench(BenchCommand::Waitroom(args)) => bench_waitroom(args).await,
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway(args).await,
+        Command::Bench(BenchCommand::Cache(args)) => bench_cache(args),
         Command::Bench(BenchCommand::Cluster(args)) => {
             let bench = marquee::bench_cluster::ClusterBench {
                 max_nodes: args.nodes.clamp(1, 8),
@@ -792,6 +811,35 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     marquee::server::shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
     gateway.shutdown().await;
+    Ok(())
+}
+
+fn bench_cache(args: CacheBenchArgs) -> anyhow::Result<()> {
+    use marquee::bench_cache::{run_cache_bench, CacheBench};
+    let results = run_cache_bench(&CacheBench {
+        keys: args.keys,
+        accesses: args.accesses,
+        exponent: args.exponent,
+        seed: args.seed,
+    })?;
+    println!(
+        "Zipf({}) over {} keys, {} accesses (seed {})",
+        args.exponent, args.keys, args.accesses, args.seed
+    );
+    println!(
+        "{:>6} {:>9} {:>9} {:>10} {:>14}",
+        "size", "capacity", "policy", "hit ratio", "accesses/s"
+    );
+    for result in &results {
+        println!(
+            "{:>5}% {:>9} {:>9} {:>10.4} {:>14.0}",
+            result.percent,
+            result.capacity,
+            result.policy.name(),
+            result.ratio,
+            result.accesses_per_second
+        );
+    }
     Ok(())
 }
 
