@@ -45,7 +45,7 @@ where
         let state = AppState::from_ref(state);
         let event = state
             .events
-            .get(&state.store, &id)
+            .get(&id)
             .await?
             .ok_or_else(|| ApiError::not_found("event"))?;
         let may_see = is_public(&event)

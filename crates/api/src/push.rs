@@ -184,7 +184,7 @@ pub async fn authorize_channel(
             let id = EventId::from_string(channel.subject());
             let event = state
                 .events
-                .get(&state.store, &id)
+                .get(&id)
                 .await?
                 .ok_or_else(|| ApiError::not_found("event"))?;
             let may_see = crate::access::is_public(&event)
@@ -299,8 +299,7 @@ async fn apply(state: &AppState, change: &ChangeRecord) -> Result<(), marquee_pu
         | ChangeKind::EventCancelled => {
             state
                 .events
-                .forget(&EventId::from_string(change.entity_id.clone()))
-                .await;
+                .forget(&EventId::from_string(change.entity_id.clone()));
             Ok(())
         }
         ChangeKind::SeatsHeld | ChangeKind::SeatsAvailable | ChangeKind::SeatsSold => {

@@ -377,7 +377,7 @@ async fn announce_stats(
     }
     announced.insert(event, Announced { at: now, figures });
     let id = marquee_domain::EventId::from_string(event.to_string());
-    let Ok(Some(stored)) = state.events.get(&state.store, &id).await else {
+    let Ok(Some(stored)) = state.events.get(&id).await else {
         return;
     };
     let Ok(channel) = Channel::user(stored.owner_id.as_str()) else {

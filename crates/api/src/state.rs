@@ -65,62 +65,67 @@ impl VenueCache {
     }
 }
 
-/// Events as fans see them on the hot path (seat maps, holds), kept for a short time.
+/// Events as fans see them on the hot path (seat maps, holds), kept for a short time, through
+/// the cache block (TinyLFU, single-flight loads: when an entry expires under an on-sale rush, a
+/// thousand concurrent misses make one query instead of a thousand queueing for the pool).
 ///
 /// A node forgets an event the moment it changes it itself, and changes made elsewhere are
-/// forgotten when the change stream reaches this node; the time limit bounds staleness should
-/// that stream lag. What a stale copy could let through is caught later anyway: an order is
-/// confirmed only while the stored event is still published. Writes (PATCH, publish, cancel)
-/// always read the stored event, since they check its version.
+/// forgotten when the change stream reaches this node; a load in flight when that happens does
+/// not put the old event back. The time limit bounds staleness should that stream lag. What a
+/// stale copy could let through is caught later anyway: an order is confirmed only while the
+/// stored event is still published. Writes (PATCH, publish, cancel) always read the stored
+/// event, since they check its version.
 #[derive(Clone)]
 pub struct EventCache {
-    events: moka::future::Cache<EventId, Arc<Event>>,
+    store: Arc<dyn CatalogStore>,
+    events: Arc<marquee_cache::Cache<EventId, Arc<Event>, CatalogEvents>>,
 }
 
-impl Default for EventCache {
-    fn default() -> Self {
-        EventCache::with_time_to_live(Duration::from_secs(2))
+/// The catalog as the event cache's store of record.
+struct CatalogEvents(Arc<dyn CatalogStore>);
+
+#[async_trait::async_trait]
+impl marquee_cache::Backing<EventId, Arc<Event>> for CatalogEvents {
+    async fn load(&self, id: &EventId) -> Result<Option<Arc<Event>>, marquee_cache::BackingError> {
+        self.0
+            .event(id)
+            .await
+            .map(|event| event.map(Arc::new))
+            .map_err(|error| marquee_cache::BackingError(error.to_string()))
     }
 }
 
 impl EventCache {
-    pub fn with_time_to_live(time_to_live: Duration) -> Self {
+    pub fn new(store: Arc<dyn CatalogStore>, time_to_live: Duration) -> Self {
+        let mut settings = marquee_cache::CacheSettings::new(
+            "events",
+            marquee_cache::Policy::TinyLfu,
+            10_000,
+            time_to_live,
+        );
+        // Ids are random, so a missing one is a typo or a probe; remembering that briefly
+        // keeps probes off the database.
+        settings.negative_ttl = time_to_live.min(Duration::from_secs(1));
         EventCache {
-            events: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(time_to_live)
-                .build(),
+            events: marquee_cache::Cache::new(
+                settings,
+                Arc::new(CatalogEvents(Arc::clone(&store))),
+            ),
+            store,
         }
     }
 
-    /// The event, loaded once however many requests miss at the same moment (when an entry
-    /// expires under an on-sale rush, a thousand concurrent misses would otherwise be a
-    /// thousand queries queueing for the pool).
-    pub async fn get(
-        &self,
-        store: &Arc<dyn CatalogStore>,
-        id: &EventId,
-    ) -> Result<Option<Arc<Event>>, StoreError> {
-        let loaded = self
-            .events
-            .try_get_with(id.clone(), async {
-                match store.event(id).await {
-                    Ok(Some(event)) => Ok(Arc::new(event)),
-                    Ok(None) => Err(StoreError::NotFound),
-                    Err(error) => Err(error),
-                }
-            })
-            .await;
-        match loaded {
-            Ok(event) => Ok(Some(event)),
-            Err(shared) if matches!(*shared, StoreError::NotFound) => Ok(None),
-            // The shared error cannot be handed out by value; ask once more for our own.
-            Err(_) => Ok(store.event(id).await?.map(Arc::new)),
+    pub async fn get(&self, id: &EventId) -> Result<Option<Arc<Event>>, StoreError> {
+        match self.events.get(id).await {
+            Ok(event) => Ok(event),
+            // The shared failure is text; ask once more for a typed error of our own.
+            Err(_) => Ok(self.store.event(id).await?.map(Arc::new)),
         }
     }
 
-    pub async fn forget(&self, id: &EventId) {
-        self.events.invalidate(id).await;
+    /// Drops the event; from now on no read on this node returns what it was before.
+    pub fn forget(&self, id: &EventId) {
+        self.events.invalidate(id);
     }
 }
 

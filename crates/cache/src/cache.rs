@@ -3,6 +3,7 @@
 //! write modes.
 
 use crate::local::{LocalTier, Policy};
+use crate::shared::{Shared, SharedTier};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -106,6 +107,8 @@ const STRIPES: usize = 256;
 pub struct Cache<K, V, B> {
     settings: CacheSettings,
     tier: LocalTier<K, Entry<V>>,
+    /// Between this node's tier and the store: one copy for every node (Redis).
+    shared: Option<Arc<dyn SharedTier<K, V>>>,
     backing: Arc<B>,
     /// Loads in flight, one per key; also the lock that orders invalidations against inserts.
     flights: Mutex<HashMap<K, Flight<V>>>,
@@ -116,6 +119,15 @@ pub struct Cache<K, V, B> {
     hits: AtomicU64,
     misses: AtomicU64,
     loads: AtomicU64,
+    /// Resolved once: the macros look a metric up by name and labels on every call.
+    counters: Counters,
+}
+
+struct Counters {
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+    loads: metrics::Counter,
+    write_back_failures: metrics::Counter,
 }
 
 impl<K, V, B> Cache<K, V, B>
@@ -125,8 +137,20 @@ where
     B: Backing<K, V>,
 {
     pub fn new(settings: CacheSettings, backing: Arc<B>) -> Arc<Self> {
+        Self::with_shared(settings, backing, None)
+    }
+
+    /// A cache with a shared tier under the local one. Every node must then apply an
+    /// invalidation with [`Cache::invalidate_shared`].
+    pub fn with_shared(
+        settings: CacheSettings,
+        backing: Arc<B>,
+        shared: Option<Arc<dyn SharedTier<K, V>>>,
+    ) -> Arc<Self> {
+        let name = settings.name;
         let cache = Arc::new(Cache {
             tier: LocalTier::new(settings.policy, settings.capacity),
+            shared,
             settings,
             backing,
             flights: Mutex::new(HashMap::new()),
@@ -136,6 +160,15 @@ where
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             loads: AtomicU64::new(0),
+            counters: Counters {
+                hits: metrics::counter!("cache_hits_total", "cache" => name),
+                misses: metrics::counter!("cache_misses_total", "cache" => name),
+                loads: metrics::counter!("cache_loads_total", "cache" => name),
+                write_back_failures: metrics::counter!(
+                    "cache_write_back_failures_total",
+                    "cache" => name
+                ),
+            },
         });
         if let WriteMode::Back { interval, .. } = cache.settings.write {
             // The flusher holds only a weak handle: dropping the cache ends it.
@@ -171,12 +204,12 @@ where
         if let Some(entry) = self.tier.get(key) {
             if entry.fresh_until > Instant::now() {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("cache_hits_total", "cache" => self.settings.name).increment(1);
+                self.counters.hits.increment(1);
                 return Ok(entry.value);
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("cache_misses_total", "cache" => self.settings.name).increment(1);
+        self.counters.misses.increment(1);
         let flight = Arc::clone(
             self.lock_flights()
                 .entry(key.clone())
@@ -204,14 +237,42 @@ where
 
     async fn load(&self, key: &K) -> Result<Option<V>, BackingError> {
         let generation = self.stripe(key).load(Ordering::Acquire);
+        let mut fill_version = None;
+        if let Some(shared) = &self.shared {
+            match shared.lookup(key).await {
+                Ok(Shared::Hit(value)) => {
+                    self.insert_unless_invalidated(key, generation, &value);
+                    return Ok(value);
+                }
+                Ok(Shared::Miss { version }) => fill_version = Some(version),
+                // The shared tier is an optimisation: without it, the store answers.
+                Err(error) => {
+                    tracing::warn!(cache = self.settings.name, %error, "shared cache tier unavailable")
+                }
+            }
+        }
         self.loads.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("cache_loads_total", "cache" => self.settings.name).increment(1);
+        self.counters.loads.increment(1);
         let loaded = self.backing.load(key).await?;
-        let ttl = if loaded.is_some() {
+        if let (Some(shared), Some(version)) = (&self.shared, fill_version) {
+            let ttl = self.ttl_for(&loaded);
+            if let Err(error) = shared.fill(key, &loaded, ttl, version).await {
+                tracing::warn!(cache = self.settings.name, %error, "could not fill the shared cache tier");
+            }
+        }
+        self.insert_unless_invalidated(key, generation, &loaded);
+        Ok(loaded)
+    }
+
+    fn ttl_for(&self, value: &Option<V>) -> Duration {
+        if value.is_some() {
             self.settings.ttl
         } else {
             self.settings.negative_ttl
-        };
+        }
+    }
+
+    fn insert_unless_invalidated(&self, key: &K, generation: u64, value: &Option<V>) {
         let flights = self.lock_flights();
         // Under the lock invalidations take: either the invalidation came first and this load
         // may have read the old value (so it is not cached), or it comes after and removes it.
@@ -219,13 +280,23 @@ where
             self.tier.insert(
                 key.clone(),
                 Entry {
-                    value: loaded.clone(),
-                    fresh_until: Instant::now() + ttl,
+                    value: value.clone(),
+                    fresh_until: Instant::now() + self.ttl_for(value),
                 },
             );
         }
         drop(flights);
-        Ok(loaded)
+    }
+
+    /// [`Cache::invalidate`] in the shared tier too: there first, so no reader here can fetch
+    /// the old value from it after the local entry is gone.
+    pub async fn invalidate_shared(&self, key: &K) -> Result<(), CacheError> {
+        let shared = match &self.shared {
+            Some(shared) => shared.invalidate(key).await.map_err(CacheError::Backing),
+            None => Ok(()),
+        };
+        self.invalidate(key);
+        shared
     }
 
     /// Forgets `key` (the store changed). Once this returns, no read sees a value loaded
@@ -243,11 +314,12 @@ where
         match self.settings.write {
             WriteMode::Through => {
                 self.backing.store(&key, &value).await?;
+                self.invalidate_shared(&key).await?;
                 self.replace(key, Some(value));
             }
             WriteMode::Around => {
                 self.backing.store(&key, &value).await?;
-                self.invalidate(&key);
+                self.invalidate_shared(&key).await?;
             }
             WriteMode::Back { max_dirty, .. } => {
                 let waiting = {
@@ -286,7 +358,14 @@ where
         let mut failed = Vec::new();
         let mut first = None;
         for (key, value) in batch {
-            if let Err(error) = self.backing.store(&key, &value).await {
+            let stored = match self.backing.store(&key, &value).await {
+                Ok(()) => match &self.shared {
+                    Some(shared) => shared.invalidate(&key).await,
+                    None => Ok(()),
+                },
+                Err(error) => Err(error),
+            };
+            if let Err(error) = stored {
                 first.get_or_insert(error);
                 failed.push((key, value));
             }
@@ -299,8 +378,7 @@ where
         for (key, value) in failed {
             dirty.entry(key).or_insert(value);
         }
-        metrics::counter!("cache_write_back_failures_total", "cache" => self.settings.name)
-            .increment(count as u64);
+        self.counters.write_back_failures.increment(count as u64);
         Err(CacheError::WriteBack {
             failed: count,
             first,

@@ -11,6 +11,10 @@
 //!   three write modes: **through**, **around** and **back** (a bounded set of unwritten values,
 //!   flushed on an interval, when full, and on shutdown).
 //!
+//! - [`RedisTier`]: an optional [`SharedTier`] under every node's local tier, one copy per key
+//!   for all nodes, with per-key versions so a fill that raced an invalidation is dropped inside
+//!   Redis (one Lua round trip per lookup, fill or invalidation).
+//!
 //! TTLs run on tokio's clock, so tests drive them with paused time. Metrics:
 //! `cache_hits_total`, `cache_misses_total`, `cache_loads_total`,
 //! `cache_write_back_failures_total`, each labelled `cache`.
@@ -19,6 +23,8 @@
 
 mod cache;
 mod local;
+mod shared;
 
 pub use cache::{Backing, BackingError, Cache, CacheError, CacheSettings, CacheStats, WriteMode};
 pub use local::{LocalTier, Policy};
+pub use shared::{Codec, RedisTier, Shared, SharedTier};

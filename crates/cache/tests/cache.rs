@@ -2,68 +2,15 @@
 //! entries, no stale read once an invalidation is applied (even with a load in flight), and
 //! the three write modes, write-back losing nothing on shutdown or on a failing store.
 //!
-//! The store behind the cache is [`Shelf`], a map with the knobs these tests need (count the
-//! loads, hold a load half-way, fail writes): the cache is generic over its store, and what is
-//! tested is the cache.
+//! The store behind the cache is `common::Shelf`.
 
-use async_trait::async_trait;
-use marquee_cache::{Backing, BackingError, Cache, CacheError, CacheSettings, Policy, WriteMode};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::Shelf;
+use marquee_cache::{Cache, CacheError, CacheSettings, Policy, WriteMode};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
-
-#[derive(Default)]
-struct Shelf {
-    values: Mutex<HashMap<u32, String>>,
-    loads: AtomicUsize,
-    /// While set, a load reads the value and then waits for `release` before answering.
-    hold_loads: AtomicBool,
-    held: Notify,
-    release: Notify,
-    fail_loads: AtomicBool,
-    fail_stores: AtomicBool,
-}
-
-impl Shelf {
-    fn set(&self, key: u32, value: &str) {
-        self.values
-            .lock()
-            .expect("shelf")
-            .insert(key, value.to_string());
-    }
-
-    fn value(&self, key: u32) -> Option<String> {
-        self.values.lock().expect("shelf").get(&key).cloned()
-    }
-}
-
-#[async_trait]
-impl Backing<u32, String> for Shelf {
-    async fn load(&self, key: &u32) -> Result<Option<String>, BackingError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        if self.fail_loads.load(Ordering::SeqCst) {
-            return Err(BackingError("the store is down".into()));
-        }
-        let value = self.value(*key);
-        if self.hold_loads.load(Ordering::SeqCst) {
-            self.held.notify_one();
-            self.release.notified().await;
-        }
-        // A store takes a while to answer: long enough for a stampede to gather.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        Ok(value)
-    }
-
-    async fn store(&self, key: &u32, value: &String) -> Result<(), BackingError> {
-        if self.fail_stores.load(Ordering::SeqCst) {
-            return Err(BackingError("the store refuses writes".into()));
-        }
-        self.set(*key, value);
-        Ok(())
-    }
-}
 
 fn settings(write: WriteMode) -> CacheSettings {
     let mut settings = CacheSettings::new("test", Policy::TinyLfu, 1_000, Duration::from_secs(60));

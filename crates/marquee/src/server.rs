@@ -78,7 +78,7 @@ impl Server {
         let rate_limiter = open_rate_limiter(&config).await?;
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
-            events: marquee_api::EventCache::default(),
+            events: marquee_api::EventCache::new(store.clone(), Duration::from_secs(2)),
             inventory,
             store,
             tokens: TokenIssuer::new(&secret, config.token_ttl),
