@@ -30,7 +30,9 @@ pub use push_listener::{push_aware, PushAwareListener};
 pub use queue::{spawn_queue_driver, Queue, QueueSettings};
 pub use rate_limit::RateLimits;
 pub use request_context::current_request_id;
-pub use state::{ApiSettings, AppState, Dependency, EventCache, VenueCache};
+pub use state::{
+    ApiSettings, AppState, Dependency, EventCache, EventJson, SharedEvents, VenueCache,
+};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode};

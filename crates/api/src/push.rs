@@ -299,7 +299,8 @@ async fn apply(state: &AppState, change: &ChangeRecord) -> Result<(), marquee_pu
         | ChangeKind::EventCancelled => {
             state
                 .events
-                .forget(&EventId::from_string(change.entity_id.clone()));
+                .forget(&EventId::from_string(change.entity_id.clone()))
+                .await;
             Ok(())
         }
         ChangeKind::SeatsHeld | ChangeKind::SeatsAvailable | ChangeKind::SeatsSold => {

@@ -95,8 +95,33 @@ impl marquee_cache::Backing<EventId, Arc<Event>> for CatalogEvents {
     }
 }
 
+/// Events in the shared tier as JSON (what the API serves anyway).
+pub struct EventJson;
+
+impl marquee_cache::Codec<Arc<Event>> for EventJson {
+    fn encode(&self, event: &Arc<Event>) -> Vec<u8> {
+        serde_json::to_vec(event.as_ref()).unwrap_or_default()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<Arc<Event>> {
+        serde_json::from_slice(bytes).ok().map(Arc::new)
+    }
+}
+
+/// The shared tier the event cache can sit on (Redis, on many nodes).
+pub type SharedEvents = Arc<dyn marquee_cache::SharedTier<EventId, Arc<Event>>>;
+
 impl EventCache {
     pub fn new(store: Arc<dyn CatalogStore>, time_to_live: Duration) -> Self {
+        Self::with_shared(store, time_to_live, None)
+    }
+
+    /// With a shared tier under this node's: one copy of each event for every node.
+    pub fn with_shared(
+        store: Arc<dyn CatalogStore>,
+        time_to_live: Duration,
+        shared: Option<SharedEvents>,
+    ) -> Self {
         let mut settings = marquee_cache::CacheSettings::new(
             "events",
             marquee_cache::Policy::TinyLfu,
@@ -107,9 +132,10 @@ impl EventCache {
         // keeps probes off the database.
         settings.negative_ttl = time_to_live.min(Duration::from_secs(1));
         EventCache {
-            events: marquee_cache::Cache::new(
+            events: marquee_cache::Cache::with_shared(
                 settings,
                 Arc::new(CatalogEvents(Arc::clone(&store))),
+                shared,
             ),
             store,
         }
@@ -123,9 +149,12 @@ impl EventCache {
         }
     }
 
-    /// Drops the event; from now on no read on this node returns what it was before.
-    pub fn forget(&self, id: &EventId) {
-        self.events.invalidate(id);
+    /// Drops the event, here and in the shared tier; from now on no read on this node returns
+    /// what it was before. (Should the shared tier be down, its copy ages out with its TTL.)
+    pub async fn forget(&self, id: &EventId) {
+        if let Err(error) = self.events.invalidate_shared(id).await {
+            tracing::warn!(%error, event = %id, "could not drop the event from the shared cache");
+        }
     }
 }
 

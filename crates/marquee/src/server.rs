@@ -78,7 +78,11 @@ impl Server {
         let rate_limiter = open_rate_limiter(&config).await?;
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
-            events: marquee_api::EventCache::new(store.clone(), Duration::from_secs(2)),
+            events: marquee_api::EventCache::with_shared(
+                store.clone(),
+                Duration::from_secs(2),
+                open_shared_events(&config).await?,
+            ),
             inventory,
             store,
             tokens: TokenIssuer::new(&secret, config.token_ttl),
@@ -264,6 +268,27 @@ pub async fn open_waiting_room(
             config.queue_timings,
         )),
     })
+}
+
+/// With a Redis URL, the event cache's shared tier: one copy of each event for every node, so
+/// an event's first read after it changes is one query for the cluster rather than one a node.
+async fn open_shared_events(
+    config: &ServerConfig,
+) -> anyhow::Result<Option<marquee_api::SharedEvents>> {
+    let Some(url) = &config.redis_url else {
+        return Ok(None);
+    };
+    let connection = redis::Client::open(url.as_str())
+        .with_context(|| format!("the Redis URL {} is not valid", redact_url(url)))?
+        .get_connection_manager()
+        .await
+        .with_context(|| format!("connecting the event cache to Redis at {}", redact_url(url)))?;
+    let prefix = format!("{}cache:events:", config.redis_prefix);
+    Ok(Some(Arc::new(marquee_cache::RedisTier::new(
+        connection,
+        prefix,
+        marquee_api::EventJson,
+    ))))
 }
 
 /// Rate limits (the `--rate-limit` quotas, waiting-room joins) counted on Redis when a Redis URL

@@ -194,7 +194,7 @@ pub async fn patch_event(
         .store
         .update_event(&event, ChangeKind::EventUpdated)
         .await?;
-    state.events.forget(&stored.id);
+    state.events.forget(&stored.id).await;
     Ok(Json(EventBody::new(&stored, &venue)))
 }
 
@@ -226,7 +226,7 @@ pub async fn publish_event(
         .store
         .update_event(&event, ChangeKind::EventPublished)
         .await?;
-    state.events.forget(&stored.id);
+    state.events.forget(&stored.id).await;
     Ok(Json(event_body(&state, &stored).await?))
 }
 
@@ -251,7 +251,7 @@ pub async fn cancel_event(
         .store
         .update_event(&event, ChangeKind::EventCancelled)
         .await?;
-    state.events.forget(&stored.id);
+    state.events.forget(&stored.id).await;
     // The cancellation is recorded first, so no new order can start; then every order is
     // refunded. A failure part-way leaves the rest for a retry of this call to finish.
     let refunded = state.inventory.refund_all(&stored).await?;
