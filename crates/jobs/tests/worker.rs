@@ -1,0 +1,376 @@
+//! Workers under paused time: backoff timing, dead letters and replay, lapsed claims, time
+//! limits. SQLite, whose queries run on a thread of their own and set no timers once the
+//! pool's connections are open, so tokio's clock moves only when the test moves it (or when
+//! every task waits on a timer).
+
+mod common;
+
+use common::{Engine, Harness};
+use marquee_jobs::{
+    Backoff, Job, JobFailure, JobFilter, JobHandler, JobQueue, JobState, NewJob, TokioClock,
+    Worker, WorkerSettings,
+};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Fails while `failing` is set, recording when (by the job clock) each attempt ran.
+struct Flaky {
+    failing: AtomicBool,
+    attempts: Mutex<Vec<(u32, chrono::DateTime<chrono::Utc>)>>,
+    clock: Arc<TokioClock>,
+    permanent: bool,
+}
+
+#[async_trait::async_trait]
+impl JobHandler for Flaky {
+    async fn run(&self, job: &Job) -> Result<(), JobFailure> {
+        use marquee_jobs::Clock;
+        self.attempts
+            .lock()
+            .expect("lock")
+            .push((job.attempt, self.clock.now()));
+        match (self.failing.load(Ordering::SeqCst), self.permanent) {
+            (false, _) => Ok(()),
+            (true, false) => Err(JobFailure::Retry("SMTP 451 try again later".into())),
+            (true, true) => Err(JobFailure::Permanent("HTTP 410 Gone".into())),
+        }
+    }
+}
+
+fn settings(backoff: Backoff) -> WorkerSettings {
+    WorkerSettings {
+        concurrency: 4,
+        visibility: Duration::from_secs(30),
+        poll: Duration::from_millis(100),
+        backoff,
+    }
+}
+
+fn flaky(clock: &Arc<TokioClock>, permanent: bool) -> Arc<Flaky> {
+    Arc::new(Flaky {
+        failing: AtomicBool::new(true),
+        attempts: Mutex::new(Vec::new()),
+        clock: clock.clone(),
+        permanent,
+    })
+}
+
+#[tokio::test]
+async fn a_poison_job_backs_off_exponentially_then_is_dead_lettered_and_replays() {
+    let harness = paused().await;
+    let clock = Arc::new(TokioClock::new());
+    let handler = flaky(&clock, false);
+    let worker = Worker::new(
+        harness.jobs.clone(),
+        "mail",
+        handler.clone(),
+        settings(Backoff {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(10),
+            jitter: 0.0,
+        }),
+    )
+    .with_clock(clock.clone());
+    let id = harness
+        .jobs
+        .enqueue(
+            &[NewJob::new("mail", json!({"to": "fan"})).attempts(5)],
+            clock_now(&clock),
+        )
+        .await
+        .expect("enqueue")[0]
+        .id();
+    // Each failure waits 2 s, 4 s, 8 s, then the cap of 10 s; the worker looks every 500 ms.
+    for _ in 0..100 {
+        worker.tick().await.expect("tick");
+        tokio::time::advance(Duration::from_millis(500)).await;
+    }
+    let attempts = handler.attempts.lock().expect("lock").clone();
+    assert_eq!(attempts.len(), 5, "{attempts:?}");
+    let gaps: Vec<i64> = attempts
+        .windows(2)
+        .map(|pair| (pair[1].1 - pair[0].1).num_milliseconds())
+        .collect();
+    assert_eq!(gaps, [2_000, 4_000, 8_000, 10_000]);
+    let dead = harness.jobs.get(id).await.expect("get").expect("job");
+    assert_eq!(dead.state, JobState::Dead);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("attempt 5 of 5: SMTP 451 try again later")
+    );
+    let listed = harness
+        .jobs
+        .list(&JobFilter {
+            state: Some(JobState::Dead),
+            limit: 10,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    // The fault is fixed; the operator replays the dead letter and it goes through.
+    handler.failing.store(false, Ordering::SeqCst);
+    let replayed = harness
+        .jobs
+        .replay(id, clock_now(&clock))
+        .await
+        .expect("replay")
+        .expect("was dead");
+    assert_eq!(worker.tick().await.expect("tick"), 1);
+    assert_eq!(harness.jobs.get(replayed).await.expect("get"), None);
+    assert_eq!(
+        handler.attempts.lock().expect("lock").last().map(|a| a.0),
+        Some(1)
+    );
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn jitter_spreads_retries_within_their_share_of_the_delay() {
+    let harness = paused().await;
+    let clock = Arc::new(TokioClock::new());
+    let handler = flaky(&clock, false);
+    let worker = Worker::new(
+        harness.jobs.clone(),
+        "webhooks",
+        handler.clone(),
+        WorkerSettings {
+            concurrency: 50,
+            ..settings(Backoff {
+                base: Duration::from_secs(10),
+                cap: Duration::from_secs(60),
+                jitter: 0.5,
+            })
+        },
+    )
+    .with_clock(clock.clone());
+    let now = clock_now(&clock);
+    let batch: Vec<NewJob> = (0..40).map(|n| NewJob::new("webhooks", json!(n))).collect();
+    let ids: Vec<i64> = harness
+        .jobs
+        .enqueue(&batch, now)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|enqueued| enqueued.id())
+        .collect();
+    assert_eq!(worker.tick().await.expect("tick"), 40);
+    let mut delays = Vec::new();
+    for id in ids {
+        let job = harness.jobs.get(id).await.expect("get").expect("job");
+        delays.push((job.run_at - now).num_milliseconds());
+    }
+    assert!(
+        delays.iter().all(|delay| (5_000..=10_000).contains(delay)),
+        "{delays:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+    assert!(
+        distinct.len() > 20,
+        "jitter spread only {} ways",
+        distinct.len()
+    );
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_goes_straight_to_the_dead_letters() {
+    let harness = paused().await;
+    let clock = Arc::new(TokioClock::new());
+    let handler = flaky(&clock, true);
+    let worker = Worker::new(
+        harness.jobs.clone(),
+        "webhooks",
+        handler.clone(),
+        settings(Backoff::default()),
+    )
+    .with_clock(clock.clone());
+    let id = harness
+        .jobs
+        .enqueue(&[NewJob::new("webhooks", json!({}))], clock_now(&clock))
+        .await
+        .expect("enqueue")[0]
+        .id();
+    assert_eq!(worker.tick().await.expect("tick"), 1);
+    let job = harness.jobs.get(id).await.expect("get").expect("job");
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("attempt 1 of 8: HTTP 410 Gone")
+    );
+    harness.finish().await;
+}
+
+/// Runs forever on its first attempt (a worker that hangs or was killed), then succeeds.
+struct HangsOnce {
+    runs: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl JobHandler for HangsOnce {
+    async fn run(&self, job: &Job) -> Result<(), JobFailure> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if job.attempt == 1 {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_run_again_elsewhere() {
+    let harness = paused().await;
+    let clock = Arc::new(TokioClock::new());
+    let handler = Arc::new(HangsOnce {
+        runs: AtomicU32::new(0),
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let doomed = Worker::new(
+        harness.jobs.clone(),
+        "mail",
+        handler.clone(),
+        settings(Backoff::default()),
+    )
+    .with_clock(clock.clone())
+    .spawn(stopped, Duration::from_secs(1));
+    let id = harness
+        .jobs
+        .enqueue(&[NewJob::new("mail", json!("confirm"))], clock_now(&clock))
+        .await
+        .expect("enqueue")[0]
+        .id();
+    while handler.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Killed mid-job: its task is gone, its claim stays behind.
+    doomed.abort();
+    drop(stop);
+    let job = harness.jobs.get(id).await.expect("get").expect("job");
+    assert_eq!((job.state, job.attempt), (JobState::Running, 1));
+    let rescuer = Worker::new(
+        harness.jobs.clone(),
+        "mail",
+        handler.clone(),
+        settings(Backoff::default()),
+    )
+    .with_clock(clock.clone());
+    assert_eq!(
+        rescuer.tick().await.expect("tick"),
+        0,
+        "the claim still holds"
+    );
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(rescuer.tick().await.expect("tick"), 1);
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(harness.jobs.get(id).await.expect("get"), None);
+    harness.finish().await;
+}
+
+/// Takes a minute, longer than the 30 s claim.
+struct Slow;
+
+#[async_trait::async_trait]
+impl JobHandler for Slow {
+    async fn run(&self, _job: &Job) -> Result<(), JobFailure> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_job_past_its_claim_is_abandoned_and_retried_never_run_twice_at_once() {
+    let harness = paused().await;
+    let clock = Arc::new(TokioClock::new());
+    let worker = Worker::new(
+        harness.jobs.clone(),
+        "mail",
+        Arc::new(Slow),
+        settings(Backoff::default()),
+    )
+    .with_clock(clock.clone());
+    let id = harness
+        .jobs
+        .enqueue(&[NewJob::new("mail", json!({}))], clock_now(&clock))
+        .await
+        .expect("enqueue")[0]
+        .id();
+    worker.tick().await.expect("tick");
+    let job = harness.jobs.get(id).await.expect("get").expect("job");
+    assert_eq!(job.state, JobState::Ready);
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("visibility timeout")),
+        "{job:?}"
+    );
+    // Given up at 27 s, before the claim ran out at 30 s.
+    let given_up = job.updated_at - job.enqueued_at;
+    assert_eq!(given_up.num_seconds(), 27);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn a_spawned_worker_finishes_its_jobs_in_flight_when_stopped() {
+    let harness = Harness::open(Engine::Sqlite).await;
+    struct Steady;
+    #[async_trait::async_trait]
+    impl JobHandler for Steady {
+        async fn run(&self, _job: &Job) -> Result<(), JobFailure> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        }
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = Worker::new(
+        harness.jobs.clone(),
+        "mail",
+        Arc::new(Steady),
+        settings(Backoff::default()),
+    );
+    let waker = worker.waker();
+    let task = worker.spawn(stopped, Duration::from_secs(10));
+    let batch: Vec<NewJob> = (0..4).map(|n| NewJob::new("mail", json!(n))).collect();
+    harness
+        .jobs
+        .enqueue(&batch, chrono::Utc::now())
+        .await
+        .expect("enqueue");
+    waker.notify_one();
+    loop {
+        let stats = harness.jobs.stats(chrono::Utc::now()).await.expect("stats");
+        if stats.iter().any(|queue| queue.running == 4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send_replace(true);
+    task.await.expect("worker");
+    let left = harness
+        .jobs
+        .list(&JobFilter {
+            limit: 10,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "{left:?}");
+    harness.finish().await;
+}
+
+fn clock_now(clock: &TokioClock) -> chrono::DateTime<chrono::Utc> {
+    use marquee_jobs::Clock;
+    clock.now()
+}
+
+/// A SQLite queue with its connections open, then tokio's clock paused. (Opening a connection
+/// under paused time would let the clock run to the pool's acquire timeout while SQLite's
+/// thread works.)
+async fn paused() -> Harness {
+    let harness = Harness::open(Engine::Sqlite).await;
+    let now = chrono::Utc::now();
+    let _ = futures::future::join_all((0..4).map(|_| harness.jobs.stats(now))).await;
+    tokio::time::pause();
+    harness
+}
