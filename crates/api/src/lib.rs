@@ -14,6 +14,7 @@ mod error;
 pub mod extract;
 mod idempotency;
 mod middleware;
+pub mod notifications;
 mod openapi;
 pub mod push;
 pub mod push_listener;
@@ -25,6 +26,7 @@ mod state;
 pub mod wire;
 
 pub use error::ApiError;
+pub use notifications::{spawn_notifications, NotificationSettings, Notifications};
 pub use push::{spawn_change_feed, Push, PushSettings};
 pub use push_listener::{push_aware, PushAwareListener};
 pub use queue::{spawn_queue_driver, Queue, QueueSettings};
@@ -108,6 +110,15 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::push::sse))
         .routes(routes!(routes::push::poll))
         .routes(routes!(routes::push::websocket))
+        .routes(routes!(
+            routes::webhooks::create_webhook,
+            routes::webhooks::list_webhooks
+        ))
+        .routes(routes!(
+            routes::webhooks::get_webhook,
+            routes::webhooks::delete_webhook
+        ))
+        .routes(routes!(routes::webhooks::ping_webhook))
 }
 
 /// The public application: every route of the contract with its middleware.

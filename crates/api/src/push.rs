@@ -3,7 +3,7 @@
 
 use crate::extract::CurrentUser;
 use crate::{ApiError, AppState};
-use marquee_domain::{EventId, HoldId, HoldStatus};
+use marquee_domain::EventId;
 use marquee_push::{Channel, ChannelKind, PushHub};
 use marquee_store::{ChangeKind, ChangeRecord};
 use serde_json::{json, Value};
@@ -351,12 +351,7 @@ async fn notify_user(
             "order.refunded",
             json!({"order_id": payload["order_id"], "event_id": event_id}),
         ),
-        (ChangeKind::SeatsHeld, _) => {
-            if let Some(hold) = payload["hold_id"].as_str() {
-                schedule_expiry_reminder(state.clone(), HoldId::from_string(hold), channel);
-            }
-            return Ok(());
-        }
+        // The "expiring in a minute" reminder is a job (see `notifications`).
         _ => return Ok(()),
     };
     let key = format!("change:{}", change.position);
@@ -366,52 +361,4 @@ async fn notify_user(
         .publish_unique(&channel, &key, kind, &data)
         .await
         .map(|_| ())
-}
-
-/// One minute before the hold lapses, if it is still live then, tell its fan. An extended hold
-/// is reminded before its new deadline.
-fn schedule_expiry_reminder(state: AppState, hold_id: HoldId, channel: Channel) {
-    const NOTICE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
-    let mut stopped = state.push.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let hold = match state.store.hold(&hold_id).await {
-                Ok(Some(hold)) if hold.status == HoldStatus::Active => hold,
-                _ => return,
-            };
-            let remind_at = hold.expires_at - NOTICE;
-            let wait = (remind_at - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default();
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = crate::push::stopping(&mut stopped) => return,
-                }
-                continue;
-            }
-            if hold.expires_at <= chrono::Utc::now() {
-                return;
-            }
-            let key = format!(
-                "hold-expiring:{}:{}",
-                hold.id,
-                hold.expires_at.timestamp_millis()
-            );
-            let data = json!({
-                "hold_id": hold.id,
-                "event_id": hold.event_id,
-                "expires_at": hold.expires_at,
-            });
-            if let Err(error) = state
-                .push
-                .hub
-                .publish_unique(&channel, &key, "hold.expiring", &data)
-                .await
-            {
-                tracing::warn!(%error, "push: could not send a hold reminder");
-            }
-            return;
-        }
-    });
 }

@@ -178,6 +178,8 @@ pub struct AppState {
     pub changes: Arc<dyn marquee_changes::ChangeFeed>,
     /// What else the node needs besides its store (Redis, NATS), for `/readyz`.
     pub dependencies: Arc<Vec<Arc<dyn crate::Dependency>>>,
+    /// Jobs and their senders: e-mail, webhooks, reminders.
+    pub notifications: Arc<crate::Notifications>,
 }
 
 /// A backend a node needs besides its store (Redis, NATS), checked by `/readyz`.

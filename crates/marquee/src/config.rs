@@ -49,6 +49,13 @@ pub struct ServerConfig {
     pub nats_url: Option<String>,
     /// The JetStream stream of the change stream; every node of one cluster names the same.
     pub nats_stream: String,
+    /// SMTP server for fans' e-mail (`smtp://host:port`, `smtps://user:pass@host`); `None`
+    /// sends none (and makes no e-mail jobs).
+    pub smtp_url: Option<String>,
+    /// The sender of those e-mails, e.g. `Marquee <tickets@example.com>`.
+    pub mail_from: String,
+    /// Jobs (attempts, backoff, concurrency) and webhooks (allowed private ranges, timeout).
+    pub notifications: marquee_api::NotificationSettings,
 }
 
 impl ServerConfig {
@@ -77,6 +84,22 @@ impl ServerConfig {
             trusted_proxies: Vec::new(),
             nats_url: None,
             nats_stream: "MARQUEE_CHANGES".to_string(),
+            smtp_url: None,
+            mail_from: "Marquee <tickets@marquee.invalid>".to_string(),
+            notifications: marquee_api::NotificationSettings::default(),
+        }
+    }
+
+    /// Where jobs are kept: the catalog's PostgreSQL database, or `jobs.db` in the data dir
+    /// beside an embedded catalog (a file of its own, so jobs never wait on the booking
+    /// writer).
+    pub fn jobs_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if url.starts_with("postgres") => url.clone(),
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("jobs.db").display()
+            ),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod bench_search_pg;
 pub mod bench_waitroom;
 pub mod config;
 pub mod demo;
+pub mod jobs_cli;
 pub mod server;
 
 pub use config::ServerConfig;

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod bench_jobs;
+
 /// mimalloc instead of glibc's malloc: the request path allocates many small, short-lived
 /// buffers across threads, and a profile of `marquee bench booking` showed about a tenth of all
 /// CPU time in glibc's allocator.
@@ -64,6 +66,116 @@ enum Command {
     /// The search index of a data dir.
     #[command(subcommand)]
     Search(SearchCommand),
+    /// The jobs queue (e-mail, webhooks, reminders): list, inspect, replay and drop dead
+    /// letters, and see each queue's depth.
+    Jobs(JobsArgs),
+}
+
+#[derive(Debug, Args)]
+struct JobsArgs {
+    #[command(subcommand)]
+    command: JobsCommand,
+    /// The node's data dir (its `jobs.db`), unless --database-url names PostgreSQL.
+    #[arg(
+        long,
+        env = "MARQUEE_DATA_DIR",
+        default_value = "marquee-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// The node's PostgreSQL database, where the jobs are kept beside the catalog.
+    #[arg(
+        long,
+        env = "MARQUEE_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        #[arg(long)]
+        queue: Option<String>,
+        /// ready, running, dead or done.
+        #[arg(long, value_parser = parse_job_state)]
+        state: Option<marquee_jobs::JobState>,
+        /// Only jobs older than this id (the last id of the previous page).
+        #[arg(long)]
+        before: Option<i64>,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// One job in full, as JSON.
+    Inspect { id: i64 },
+    /// Run dead letters again from their first attempt.
+    Replay {
+        ids: Vec<i64>,
+        /// Every dead letter of this queue, oldest first.
+        #[arg(long, conflicts_with = "ids")]
+        all: Option<String>,
+    },
+    /// Delete dead letters.
+    Drop {
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+    /// Each queue's due, scheduled, running and dead jobs, and the oldest due job's wait.
+    Stats,
+}
+
+fn parse_job_state(raw: &str) -> Result<marquee_jobs::JobState, String> {
+    marquee_jobs::JobState::parse(raw)
+        .ok_or_else(|| "expected ready, running, dead or done".to_string())
+}
+
+async fn jobs_command(args: JobsArgs) -> anyhow::Result<()> {
+    use marquee::jobs_cli::JobsAction;
+    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), args.data_dir);
+    config.database_url = args.database_url;
+    let url = config.jobs_url();
+    if url.starts_with("sqlite:") && !config.data_dir.join("jobs.db").exists() {
+        anyhow::bail!(
+            "no jobs database at {} (is --data-dir the node's?)",
+            config.data_dir.join("jobs.db").display()
+        );
+    }
+    let jobs = marquee_jobs::SqlJobQueue::connect(&url, 2)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the jobs queue at {}",
+                marquee_store::redact_url(&url)
+            )
+        })?;
+    let action = match args.command {
+        JobsCommand::List {
+            queue,
+            state,
+            before,
+            limit,
+        } => JobsAction::List {
+            queue,
+            state,
+            before,
+            limit,
+        },
+        JobsCommand::Inspect { id } => JobsAction::Inspect(id),
+        JobsCommand::Replay { ids, all } => {
+            if ids.is_empty() && all.is_none() {
+                anyhow::bail!("name the jobs to replay, or --all <queue>");
+            }
+            JobsAction::Replay { ids, all_of: all }
+        }
+        JobsCommand::Drop { ids } => JobsAction::Drop(ids),
+        JobsCommand::Stats => JobsAction::Stats,
+    };
+    let result = marquee::jobs_cli::run(&jobs, action).await;
+    jobs.close().await;
+    print!("{}", result?);
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +217,55 @@ enum BenchCommand {
     /// Cache policies: hit ratio of LRU, LFU, FIFO and TinyLFU on a Zipf(1.0) trace at 1%, 5%
     /// and 10% of the key space.
     Cache(CacheBenchArgs),
+    /// Jobs: end-to-end, enqueue-only and drain-only jobs/s of the jobs block on SQLite and on
+    /// PostgreSQL (with and without ordering keys), beside RabbitMQ and JetStream moving the
+    /// same messages.
+    Jobs(JobsBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct JobsBenchArgs {
+    /// Messages (jobs) moved by each system in each pass.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Rounds; the table shows each figure's median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Messages per enqueue call (at most 1,000) and per batch of confirmed publishes.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Jobs each Marquee worker runs at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Workers on PostgreSQL, each with its own connection pool, as that many nodes would be.
+    #[arg(long, default_value_t = 4)]
+    pg_nodes: usize,
+    /// Distinct ordering keys in the keyed runs.
+    #[arg(long, default_value_t = 1_000)]
+    keys: usize,
+    /// RabbitMQ's prefetch and JetStream's pull batch.
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// Only these systems (sqlite, sqlite-keyed, postgres, postgres-keyed, rabbitmq,
+    /// jetstream); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// PostgreSQL for the scale-out runs (a schema of their own, dropped after); `none` skips.
+    #[arg(
+        long,
+        env = "MARQUEE_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// The RabbitMQ peer; `none` skips it.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// The JetStream peer; `none` skips it.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +478,9 @@ struct NodeArgs {
     /// The JetStream stream carrying the change stream; one per cluster.
     #[arg(long, env = "MARQUEE_NATS_STREAM", default_value = "MARQUEE_CHANGES")]
     nats_stream: String,
+
+    #[command(flatten)]
+    notify: NotifyArgs,
 
     /// How long a payment may take before the order fails (the hold stays).
     #[arg(long, env = "MARQUEE_PAYMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -649,6 +813,49 @@ struct DemoArgs {
     node: NodeArgs,
 }
 
+/// E-mail, webhooks and the jobs that send them.
+#[derive(Debug, Args)]
+struct NotifyArgs {
+    /// SMTP server for fans' e-mail: `smtp://host:25`, `smtp://host:587?tls=required`,
+    /// `smtps://user:password@host:465`. Without it no e-mail is sent.
+    #[arg(long, env = "MARQUEE_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+
+    /// The sender of fans' e-mail.
+    #[arg(
+        long,
+        env = "MARQUEE_MAIL_FROM",
+        default_value = "Marquee <tickets@marquee.invalid>"
+    )]
+    mail_from: String,
+
+    /// Private or special address ranges webhooks may reach after all (repeat, or comma-separate
+    /// in the environment), e.g. `10.20.0.0/16` for receivers inside the network. Loopback,
+    /// private, link-local and similar ranges are refused otherwise (no SSRF).
+    #[arg(long, env = "MARQUEE_WEBHOOK_ALLOW_CIDR", value_delimiter = ',')]
+    webhook_allow_cidr: Vec<ipnet::IpNet>,
+
+    /// How long a webhook receiver may take to answer.
+    #[arg(long, env = "MARQUEE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    webhook_timeout: Duration,
+
+    /// Attempts of an e-mail, webhook or reminder job before it is dead-lettered.
+    #[arg(long, env = "MARQUEE_JOB_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    job_attempts: u32,
+
+    /// The first retry's delay; each later one doubles, up to --job-backoff-cap, less up to
+    /// 20 % jitter.
+    #[arg(long, env = "MARQUEE_JOB_BACKOFF", default_value = "2s", value_parser = parse_duration)]
+    job_backoff: Duration,
+
+    #[arg(long, env = "MARQUEE_JOB_BACKOFF_CAP", default_value = "10m", value_parser = parse_duration)]
+    job_backoff_cap: Duration,
+
+    /// The web app's public address, for links in e-mails.
+    #[arg(long, env = "MARQUEE_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Create an admin account (admins are never made over HTTP).
@@ -692,6 +899,22 @@ impl NodeArgs {
         config.redis_prefix = self.redis_prefix;
         config.nats_url = self.nats_url;
         config.nats_stream = self.nats_stream;
+        config.smtp_url = self.notify.smtp_url;
+        config.mail_from = self.notify.mail_from;
+        config.notifications = marquee_api::NotificationSettings {
+            max_attempts: self.notify.job_attempts,
+            worker: marquee_jobs::WorkerSettings {
+                backoff: marquee_jobs::Backoff {
+                    base: self.notify.job_backoff,
+                    cap: self.notify.job_backoff_cap.max(self.notify.job_backoff),
+                    jitter: 0.2,
+                },
+                ..marquee_jobs::WorkerSettings::default()
+            },
+            webhook_policy: marquee_notify::AddressPolicy::new(self.notify.webhook_allow_cidr),
+            webhook_timeout: self.notify.webhook_timeout,
+            public_url: self.notify.public_url,
+        };
         config.rate_limits = self.rate_limits;
         config.trusted_proxies = self.trusted_proxies;
         config.payment_timeout = self.payment_timeout;
@@ -735,6 +958,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Waitroom(args)) => bench_waitroom(args).await,
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway(args).await,
         Command::Bench(BenchCommand::Cache(args)) => bench_cache(args),
+        Command::Bench(BenchCommand::Jobs(args)) => bench_jobs::run(args).await,
         Command::Bench(BenchCommand::Cluster(args)) => {
             let bench = marquee::bench_cluster::ClusterBench {
                 max_nodes: args.nodes.clamp(1, 8),
@@ -751,6 +975,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|_| ())
         }
         Command::Search(SearchCommand::Reindex(args)) => reindex(args).await,
+        Command::Jobs(args) => jobs_command(args).await,
     }
 }
 

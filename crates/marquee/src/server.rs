@@ -28,6 +28,7 @@ pub struct Server {
     indexer: JoinHandle<()>,
     queue_driver: JoinHandle<()>,
     relay: Option<JoinHandle<()>>,
+    notifications: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -105,8 +106,10 @@ impl Server {
             rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone()),
             changes,
             dependencies: Arc::new(dependencies),
+            notifications: Arc::new(open_notifications(&config).await?),
         };
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
+        let notifications = marquee_api::spawn_notifications(state.clone(), stopped.clone());
         let queue_driver = marquee_api::spawn_queue_driver(state.clone(), stopped.clone());
         let mut tasks = Vec::new();
 
@@ -169,6 +172,7 @@ impl Server {
             indexer: indexer.task,
             queue_driver,
             relay,
+            notifications,
         })
     }
 
@@ -195,6 +199,15 @@ impl Server {
                 .is_err()
             {
                 tracing::warn!("change relay did not stop within 5 s");
+            }
+        }
+        // Workers finish the jobs they are running (or leave their claims to lapse).
+        for task in self.notifications {
+            if tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a jobs worker did not stop within 15 s");
             }
         }
         // The indexer commits what it applied since its last commit, so a restart replays less.
@@ -227,6 +240,32 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Catalog
     .await
     .with_context(|| format!("opening the store at {}", redact_url(&url)))?;
     Ok(Arc::new(store))
+}
+
+/// The jobs queue (SQLite beside an embedded catalog, the catalog's PostgreSQL at scale) and
+/// the senders of e-mail and webhooks.
+pub async fn open_notifications(
+    config: &ServerConfig,
+) -> anyhow::Result<marquee_api::Notifications> {
+    let url = config.jobs_url();
+    let jobs = marquee_jobs::SqlJobQueue::connect(&url, 8)
+        .await
+        .with_context(|| format!("opening the jobs queue at {}", redact_url(&url)))?;
+    let mailer: Option<Arc<dyn marquee_notify::Mailer>> = match &config.smtp_url {
+        Some(smtp) => Some(Arc::new(
+            marquee_notify::SmtpMailer::new(smtp, &config.mail_from, Duration::from_secs(30))
+                .with_context(|| format!("the SMTP settings ({})", redact_url(smtp)))?,
+        )),
+        None => {
+            tracing::info!("no --smtp-url: e-mail is off");
+            None
+        }
+    };
+    Ok(marquee_api::Notifications::new(
+        Arc::new(jobs),
+        mailer,
+        config.notifications.clone(),
+    ))
 }
 
 /// This node's search index replica, in the data dir (each node keeps its own, fed by the same

@@ -57,7 +57,22 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
-/// The catalog. Every mutating method appends to the outbox in the same transaction.
+/// An organizer's webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub organizer_id: UserId,
+    /// Checked against the address policy when registered and again at every delivery.
+    pub url: String,
+    /// The event types it receives (`order.confirmed`, …).
+    pub events: Vec<String>,
+    pub secret: String,
+    pub description: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The catalog. Every mutating method appends to the outbox in the same transaction (webhook
+/// endpoints excepted: they are an organizer's settings, which no follower reads).
 #[async_trait]
 pub trait CatalogStore: InventoryStore + Send + Sync + 'static {
     /// Which engine answers, for `/readyz` and logs.
@@ -96,4 +111,10 @@ pub trait CatalogStore: InventoryStore + Send + Sync + 'static {
     ) -> Result<Vec<ChangeRecord>, StoreError>;
     /// The position of the newest change, or zero when there is none.
     async fn latest_change(&self) -> Result<ChangePosition, StoreError>;
+
+    async fn create_webhook(&self, webhook: &WebhookEndpoint) -> Result<(), StoreError>;
+    async fn webhook(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError>;
+    /// An organizer's endpoints, oldest first.
+    async fn webhooks_of(&self, organizer: &UserId) -> Result<Vec<WebhookEndpoint>, StoreError>;
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
 }

@@ -85,3 +85,16 @@ pub(crate) fn change(row: &AnyRow) -> Result<ChangeRecord, StoreError> {
         recorded_at: time(row, "recorded_at")?,
     })
 }
+
+pub(crate) fn webhook(row: &AnyRow) -> Result<crate::WebhookEndpoint, StoreError> {
+    let events: String = row.try_get("events")?;
+    Ok(crate::WebhookEndpoint {
+        id: row.try_get("id")?,
+        organizer_id: UserId::from_string(row.try_get::<String, _>("organizer_id")?),
+        url: row.try_get("url")?,
+        events: serde_json::from_str(&events).map_err(|e| corrupt("events", e.to_string()))?,
+        secret: row.try_get("secret")?,
+        description: row.try_get("description")?,
+        created_at: time(row, "created_at")?,
+    })
+}

@@ -502,4 +502,51 @@ impl CatalogStore for SqlCatalogStore {
             .await?;
         Ok(sqlx::Row::try_get(&row, "position")?)
     }
+
+    async fn create_webhook(&self, webhook: &crate::WebhookEndpoint) -> Result<(), StoreError> {
+        let mut write = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO webhooks (id, organizer_id, url, events, secret, description, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(webhook.id.as_str())
+        .bind(webhook.organizer_id.as_str())
+        .bind(webhook.url.as_str())
+        .bind(serde_json::to_string(&webhook.events)?)
+        .bind(webhook.secret.as_str())
+        .bind(webhook.description.as_str())
+        .bind(rows::millis(webhook.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        write.transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn webhook(&self, id: &str) -> Result<Option<crate::WebhookEndpoint>, StoreError> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
+        self.fetch_optional(sqlx::query(&sql).bind(id), rows::webhook)
+            .await
+    }
+
+    async fn webhooks_of(
+        &self,
+        organizer: &UserId,
+    ) -> Result<Vec<crate::WebhookEndpoint>, StoreError> {
+        let sql =
+            format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE organizer_id = $1 ORDER BY id");
+        self.fetch_all(sqlx::query(&sql).bind(organizer.as_str()), rows::webhook)
+            .await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+            .bind(id)
+            .execute(&mut *write.transaction)
+            .await?;
+        write.transaction.commit().await?;
+        Ok(deleted.rows_affected() == 1)
+    }
 }
+
+const WEBHOOK_COLUMNS: &str = "id, organizer_id, url, events, secret, description, created_at";

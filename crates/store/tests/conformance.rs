@@ -107,6 +107,7 @@ conformance!(
     every_change_lands_in_the_outbox_in_order,
     a_failed_write_leaves_no_change_behind,
     a_follower_reading_during_concurrent_writes_misses_nothing,
+    webhook_endpoints_belong_to_their_organizer,
 );
 
 fn user(role: Role, email: &str) -> User {
@@ -527,4 +528,36 @@ async fn a_follower_reading_during_concurrent_writes_misses_nothing(store: Arc<S
         seen, expected,
         "the follower saw every change in commit order"
     );
+}
+
+async fn webhook_endpoints_belong_to_their_organizer(store: Arc<SqlCatalogStore>) {
+    let owner = organizer(store.as_ref()).await;
+    let endpoint = |id: &str| marquee_store::WebhookEndpoint {
+        id: id.to_string(),
+        organizer_id: owner.id.clone(),
+        url: format!("https://hooks.example.com/{id}"),
+        events: vec!["order.confirmed".into(), "order.refunded".into()],
+        secret: format!("whsec_{id}"),
+        description: "box office".into(),
+        created_at: chrono::DateTime::from_timestamp_millis(1_900_000_000_123).expect("time"),
+    };
+    for id in ["wh_b", "wh_a"] {
+        store.create_webhook(&endpoint(id)).await.expect("create");
+    }
+    assert_eq!(
+        store.webhook("wh_a").await.expect("read"),
+        Some(endpoint("wh_a"))
+    );
+    let listed = store.webhooks_of(&owner.id).await.expect("list");
+    assert_eq!(listed, [endpoint("wh_a"), endpoint("wh_b")]);
+    let stranger = user(Role::Organizer, "stranger@example.com");
+    store.create_user(&stranger, "hash").await.expect("user");
+    assert!(store
+        .webhooks_of(&stranger.id)
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(store.delete_webhook("wh_a").await.expect("delete"));
+    assert!(!store.delete_webhook("wh_a").await.expect("delete"));
+    assert_eq!(store.webhook("wh_a").await.expect("read"), None);
 }

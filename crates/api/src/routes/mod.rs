@@ -10,3 +10,4 @@ pub mod queue;
 pub mod search;
 pub mod system;
 pub mod venues;
+pub mod webhooks;

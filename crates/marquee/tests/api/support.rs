@@ -111,6 +111,11 @@ impl TestApp {
         app
     }
 
+    /// The node's data dir (its SQLite files, among them `jobs.db`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("clean shutdown");
