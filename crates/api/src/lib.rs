@@ -33,7 +33,8 @@ pub use queue::{spawn_queue_driver, Queue, QueueSettings};
 pub use rate_limit::RateLimits;
 pub use request_context::current_request_id;
 pub use state::{
-    ApiSettings, AppState, Dependency, EventCache, EventJson, SharedEvents, VenueCache,
+    ApiSettings, AppState, Dependency, EventCache, EventJson, SeatMapCache, SharedEvents,
+    VenueCache,
 };
 
 use axum::extract::DefaultBodyLimit;

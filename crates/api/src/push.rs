@@ -76,6 +76,12 @@ impl Push {
         }
     }
 
+    /// The outbox position this node's change feed has applied up to (published on push,
+    /// dropped from caches).
+    pub fn applied(&self) -> watch::Receiver<i64> {
+        self.applied.subscribe()
+    }
+
     /// Waits (briefly) until the change feed has published every change committed so far, so
     /// a subscription made right after a change sees it in history rather than missing it.
     async fn caught_up(&self, state: &AppState) -> Result<(), ApiError> {
@@ -304,6 +310,9 @@ async fn apply(state: &AppState, change: &ChangeRecord) -> Result<(), marquee_pu
             Ok(())
         }
         ChangeKind::SeatsHeld | ChangeKind::SeatsAvailable | ChangeKind::SeatsSold => {
+            state
+                .seat_maps
+                .forget(&EventId::from_string(change.entity_id.clone()));
             let Ok(channel) = Channel::event_seats(&change.entity_id) else {
                 return Ok(());
             };

@@ -158,10 +158,90 @@ impl EventCache {
     }
 }
 
+/// Seat-map snapshots (which seats are held and sold), through the cache block: under an
+/// on-sale rush thousands of fans reload the map of one event, and each snapshot reads every
+/// hold and ticket of it. Here a snapshot is read once per seat change, by one request
+/// (single-flight), and served to the rest.
+///
+/// Two things keep it exact rather than merely fresh:
+/// - **Version check.** Every read first reads the event's seat sequence (one indexed row)
+///   and serves the cached snapshot only if it is that recent. A fan who just held seats on
+///   this node sees them held on the next read; the snapshot's `version` is never behind the
+///   seat channel's offset at the time of the request.
+/// - **Change stream.** Seat changes made anywhere drop the snapshot when they reach this node
+///   (`push::apply`), which keeps memory to live maps; the time limit bounds what a snapshot's
+///   `now` (holds past their deadline not yet announced as lapsed) can leave behind.
+#[derive(Clone)]
+pub struct SeatMapCache {
+    store: Arc<dyn CatalogStore>,
+    snapshots: Arc<marquee_cache::Cache<EventId, Arc<marquee_store::SeatSnapshot>, SeatSnapshots>>,
+}
+
+pub struct SeatSnapshots(Arc<dyn CatalogStore>);
+
+#[async_trait::async_trait]
+impl marquee_cache::Backing<EventId, Arc<marquee_store::SeatSnapshot>> for SeatSnapshots {
+    async fn load(
+        &self,
+        id: &EventId,
+    ) -> Result<Option<Arc<marquee_store::SeatSnapshot>>, marquee_cache::BackingError> {
+        self.0
+            .seat_snapshot(id, chrono::Utc::now())
+            .await
+            .map(|snapshot| Some(Arc::new(snapshot)))
+            .map_err(|error| marquee_cache::BackingError(error.to_string()))
+    }
+}
+
+impl SeatMapCache {
+    pub fn new(store: Arc<dyn CatalogStore>, time_to_live: Duration) -> SeatMapCache {
+        let settings = marquee_cache::CacheSettings::new(
+            "seat_maps",
+            marquee_cache::Policy::TinyLfu,
+            1_000,
+            time_to_live,
+        );
+        SeatMapCache {
+            snapshots: marquee_cache::Cache::new(
+                settings,
+                Arc::new(SeatSnapshots(Arc::clone(&store))),
+            ),
+            store,
+        }
+    }
+
+    /// The event's seat snapshot, at least as recent as its seat sequence now.
+    pub async fn get(&self, id: &EventId) -> Result<Arc<marquee_store::SeatSnapshot>, StoreError> {
+        let current = self.store.seat_version(id).await?;
+        for _ in 0..2 {
+            match self.snapshots.get(id).await {
+                Ok(Some(snapshot)) if snapshot.version >= current => return Ok(snapshot),
+                // Older than a change this node can already see: drop it and load again (one
+                // load for every reader that arrives meanwhile).
+                Ok(Some(_)) | Ok(None) => self.snapshots.invalidate(id),
+                Err(_) => break,
+            }
+        }
+        Ok(Arc::new(
+            self.store.seat_snapshot(id, chrono::Utc::now()).await?,
+        ))
+    }
+
+    /// Drops the event's snapshot; no later read on this node returns it.
+    pub fn forget(&self, id: &EventId) {
+        self.snapshots.invalidate(id);
+    }
+
+    pub fn stats(&self) -> marquee_cache::CacheStats {
+        self.snapshots.stats()
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub venues: VenueCache,
     pub events: EventCache,
+    pub seat_maps: SeatMapCache,
     pub store: Arc<dyn CatalogStore>,
     pub inventory: Arc<Inventory>,
     pub tokens: TokenIssuer,

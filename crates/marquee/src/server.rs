@@ -84,6 +84,7 @@ impl Server {
                 Duration::from_secs(2),
                 open_shared_events(&config).await?,
             ),
+            seat_maps: marquee_api::SeatMapCache::new(store.clone(), Duration::from_secs(2)),
             inventory,
             store,
             tokens: TokenIssuer::new(&secret, config.token_ttl),

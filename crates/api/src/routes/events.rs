@@ -273,10 +273,7 @@ pub async fn event_seats(
     visible: VisibleEvent,
 ) -> Result<Json<SeatsBody>, ApiError> {
     let venue = venue_of(&state, &visible.event).await?;
-    let snapshot = state
-        .store
-        .seat_snapshot(&visible.event.id, chrono::Utc::now())
-        .await?;
+    let snapshot = state.seat_maps.get(&visible.event.id).await?;
     Ok(Json(SeatsBody::new(&visible.event, &venue, &snapshot)))
 }
 

@@ -818,3 +818,53 @@ async fn a_slow_payment_times_out_and_keeps_the_hold() {
         .expect(StatusCode::CREATED);
     sale.app.stop().await;
 }
+
+#[tokio::test]
+async fn a_rush_on_a_seat_map_reads_its_snapshot_once_per_seat_change() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let stats = || {
+        sale.app
+            .server
+            .as_ref()
+            .expect("server")
+            .state
+            .seat_maps
+            .stats()
+    };
+    let first = sale.seat_statuses().await;
+    let loads = stats().loads;
+    let rush = (0..50).map(|_| sale.seat_statuses());
+    let maps = futures::future::join_all(rush).await;
+    assert!(maps.iter().all(|map| map["version"] == first["version"]));
+    assert_eq!(
+        stats().loads,
+        loads,
+        "50 reads of an unchanged map made no load"
+    );
+    // A change on this node is on the very next read, however fresh the cached copy.
+    let (fan, _) = sale.app.register("fan").await;
+    sale.hold(&fan, json!({"seat_ids": [sale.seat_ids[0]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(sale.status_of(&sale.seat_ids[0]).await, "held");
+    assert_eq!(stats().loads, loads + 1, "one load for the new version");
+    // The change stream then drops the copy (as it does for changes made on other nodes).
+    let state = &sale.app.server.as_ref().expect("server").state;
+    let latest = state.store.latest_change().await.expect("latest");
+    let mut applied = state.push.applied();
+    applied
+        .wait_for(|position| *position >= latest)
+        .await
+        .expect("the change feed runs");
+    let after = sale.seat_statuses().await;
+    assert!(after["version"].as_i64() > first["version"].as_i64());
+    let settled = stats().loads;
+    assert!(
+        settled <= loads + 2,
+        "at most one more load, after the change stream's invalidation: {}",
+        settled - loads
+    );
+    let _ = sale.seat_statuses().await;
+    assert_eq!(stats().loads, settled, "then served from the cache again");
+    sale.app.stop().await;
+}
