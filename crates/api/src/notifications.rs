@@ -282,11 +282,20 @@ async fn plan_one(
         }
         (ChangeKind::SeatsAvailable, Some(order), _) => ("order.refunded", order.to_string()),
         (ChangeKind::SeatsHeld, _, _) => {
-            if let Some(hold) = payload["hold_id"].as_str() {
-                if let Some(job) = reminder(state, &HoldId::from_string(hold), attempts).await? {
-                    jobs.push(job);
-                }
-            }
+            let Some(hold) = payload["hold_id"].as_str() else {
+                return Ok(());
+            };
+            // The deadline travels with the change (no read per hold on the booking path);
+            // older records without it are looked up.
+            let deadline = payload["expires_at"]
+                .as_str()
+                .and_then(|raw| DateTime::parse_from_rfc3339(raw).ok())
+                .map(|deadline| deadline.with_timezone(&Utc));
+            let job = match deadline {
+                Some(deadline) => Some(reminder_job(hold, deadline, attempts)),
+                None => reminder(state, &HoldId::from_string(hold), attempts).await?,
+            };
+            jobs.extend(job);
             return Ok(());
         }
         (ChangeKind::EventPublished, _, _) => ("event.published", record.entity_id.clone()),

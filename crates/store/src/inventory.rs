@@ -145,6 +145,9 @@ pub(crate) struct SeatChange<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) general_admission: Option<&'a GeneralAdmissionQuantity>,
     pub(crate) reason: &'a str,
+    /// The hold's deadline, on changes made from a hold (its reminder is planned from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> SeatChange<'a> {
@@ -157,6 +160,7 @@ impl<'a> SeatChange<'a> {
             seat_ids: &hold.seat_ids,
             general_admission: hold.general_admission.as_ref(),
             reason,
+            expires_at: Some(hold.expires_at),
         }
     }
 }
@@ -973,6 +977,7 @@ impl InventoryStore for SqlCatalogStore {
                 seat_ids: &seats,
                 general_admission: general.as_ref(),
                 reason,
+                expires_at: None,
             },
         )
         .await?;

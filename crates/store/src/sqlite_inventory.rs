@@ -276,6 +276,7 @@ pub(crate) fn end_hold(
             seat_ids: &seat_ids,
             general_admission: general_admission.as_ref(),
             reason: status.as_str(),
+            expires_at: None,
         },
     )?;
     Ok(true)

@@ -599,3 +599,63 @@ async fn an_organizer_sees_and_removes_only_their_own_webhooks() {
         .expect_error(StatusCode::NOT_FOUND, "not_found");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_postgres_node_keeps_its_jobs_beside_the_catalog_and_delivers_them() {
+    let hook = receiver().await;
+    let schema = format!("notify_{}", crate::support::ulid_lower());
+    crate::support::sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let database_url = format!(
+        "{}?options=-c%20search_path%3D{schema}",
+        crate::support::postgres_url()
+    );
+    let url = database_url.clone();
+    let app = TestApp::spawn_with(move |config| {
+        config.database_url = Some(url);
+        config.notifications.webhook_policy =
+            marquee_notify::AddressPolicy::new(vec!["127.0.0.0/8".parse().expect("net")]);
+        quick_retries(config, 3);
+    })
+    .await;
+    let sale = on_sale(app).await;
+    sale.app
+        .post(
+            "/api/v1/webhooks",
+            Some(&sale.organizer),
+            json!({"url": hook.url, "events": ["order.confirmed"]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let (fan, _) = sale.app.register("fan").await;
+    hook.status.store(503, Ordering::SeqCst);
+    let order = buy(&sale, &fan, 0).await;
+    // The failed first attempt is a row in the catalog's own database.
+    let jobs = SqlJobQueue::connect(&database_url, 1).await.expect("jobs");
+    assert_eq!(jobs.backend(), "postgres");
+    let retried = eventually("a retried delivery in PostgreSQL", || async {
+        jobs.list(&JobFilter {
+            queue: Some("webhooks".into()),
+            limit: 10,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|job| job.last_error.as_deref().is_some_and(|e| e.contains("503")))
+    })
+    .await;
+    assert_eq!(retried.payload["body"]["data"]["order_id"], json!(order));
+    hook.status.store(204, Ordering::SeqCst);
+    eventually("the delivery once the receiver is back", || async {
+        jobs.get(retried.id)
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(hook.deliveries().len() >= 2);
+    jobs.close().await;
+    sale.app.stop().await;
+    crate::support::sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
