@@ -43,6 +43,22 @@ fn fingerprint(scope: &str, request: &impl Serialize) -> String {
         .collect()
 }
 
+/// An id (ULID-shaped) for what a keyed request creates, the same on every retry of it: from
+/// the user, the endpoint's scope, the key and the body. A retry whose first answer was lost
+/// finds what its first attempt made under this id.
+pub fn derived_id(user: &UserId, scope: &str, key: &str, request: &impl Serialize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(user.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(key.as_bytes());
+    hasher.update([0]);
+    hasher.update(fingerprint(scope, request).as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    ulid::Ulid::from_bytes(bytes).to_string()
+}
+
 fn replay(stored: StoredResponse) -> Response {
     let status = StatusCode::from_u16(stored.status_code).unwrap_or(StatusCode::OK);
     let mut response = (

@@ -183,6 +183,22 @@ impl Inventory {
         user: &UserId,
         request: HoldRequest,
     ) -> Result<Hold, InventoryError> {
+        self.hold_as(event, venue, user, request, None).await
+    }
+
+    /// [`Inventory::hold`], with the hold's id chosen by the caller: one derived from the
+    /// request's idempotency key, so that a retry whose first attempt made the hold but never
+    /// got the answer (the node died in between) is given that hold instead of being told the
+    /// fan already holds seats.
+    pub async fn hold_as(
+        &self,
+        event: &Event,
+        venue: &Venue,
+        user: &UserId,
+        request: HoldRequest,
+        id: Option<HoldId>,
+    ) -> Result<Hold, InventoryError> {
+        let id = id.as_ref();
         let now = Utc::now();
         match event.status {
             EventStatus::Published => {}
@@ -205,7 +221,7 @@ impl Inventory {
         match request {
             HoldRequest::Seats(raw) => {
                 let seats = parse_seat_ids(venue, raw, max)?;
-                self.acquire_and_record(event, user, seats, None).await
+                self.acquire_and_record(event, user, seats, None, id).await
             }
             HoldRequest::BestAvailable { quantity, section } => {
                 let quantity = parse_quantity(quantity, max)?;
@@ -220,7 +236,7 @@ impl Inventory {
                         }
                     }
                 }
-                self.hold_best_available(event, venue, user, quantity, section.as_deref())
+                self.hold_best_available(event, venue, user, quantity, section.as_deref(), id)
                     .await
             }
             HoldRequest::GeneralAdmission { section, quantity } => {
@@ -235,7 +251,7 @@ impl Inventory {
                     }
                 };
                 let general = GeneralAdmissionQuantity { section, quantity };
-                self.acquire_and_record(event, user, Vec::new(), Some((general, capacity)))
+                self.acquire_and_record(event, user, Vec::new(), Some((general, capacity)), id)
                     .await
             }
         }
@@ -248,6 +264,7 @@ impl Inventory {
         user: &UserId,
         quantity: u32,
         section: Option<&str>,
+        id: Option<&HoldId>,
     ) -> Result<Hold, InventoryError> {
         let snapshot = self.store.seat_snapshot(&event.id, Utc::now()).await?;
         let mut unavailable: HashSet<SeatId> =
@@ -278,7 +295,7 @@ impl Inventory {
                     seat_ids: Vec::new(),
                 });
             };
-            match self.acquire_and_record(event, user, seats, None).await {
+            match self.acquire_and_record(event, user, seats, None, id).await {
                 Err(InventoryError::SeatsUnavailable { seat_ids }) if !seat_ids.is_empty() => {
                     unavailable.extend(seat_ids.into_iter().map(SeatId::from_string));
                 }
@@ -296,8 +313,9 @@ impl Inventory {
         user: &UserId,
         seats: Vec<SeatId>,
         general: Option<(GeneralAdmissionQuantity, u32)>,
+        id: Option<&HoldId>,
     ) -> Result<Hold, InventoryError> {
-        let hold_id = HoldId::generate();
+        let hold_id = id.cloned().unwrap_or_else(HoldId::generate);
         let keys = lease_keys(&event.id, user, &seats);
         let lease = match self
             .leases
@@ -308,6 +326,9 @@ impl Inventory {
             Err(LeaseError::Taken { keys: taken }) => {
                 let fan = fan_key(&event.id, user);
                 if taken.contains(&fan) {
+                    if let Some(existing) = self.made_by_this_request(id, user).await? {
+                        return Ok(existing);
+                    }
                     return Err(InventoryError::LimitExceeded(
                         "you already hold seats for this event".into(),
                     ));
@@ -350,9 +371,30 @@ impl Inventory {
         };
         if let Err(error) = recorded {
             let _ = self.leases.release(&lease).await;
+            // The id is taken: this request's first attempt made the hold, which has ended
+            // since; its retry is told what became of it.
+            if let Some(existing) = self.made_by_this_request(id, user).await? {
+                return Ok(existing);
+            }
             return Err(error);
         }
         Ok(hold)
+    }
+
+    /// The hold a request's earlier attempt made, when the request named its hold's id.
+    async fn made_by_this_request(
+        &self,
+        id: Option<&HoldId>,
+        user: &UserId,
+    ) -> Result<Option<Hold>, InventoryError> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .hold(id)
+            .await?
+            .filter(|hold| &hold.user_id == user))
     }
 
     /// The hold, if it exists and belongs to `user`.

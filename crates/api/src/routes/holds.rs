@@ -67,6 +67,10 @@ pub async fn create_hold(
         return axum::response::IntoResponse::into_response(error);
     }
     let scope = format!("hold:{}", visible.event.id);
+    let hold_id = key
+        .as_deref()
+        .map(|key| idempotency::derived_id(&caller.id, &scope, key, &body))
+        .map(HoldId::from_string);
     idempotency::run(&state, &caller.id, key, &scope, &body, || async {
         let request = parse_request(&body)?;
         let venue = state
@@ -76,7 +80,7 @@ pub async fn create_hold(
             .ok_or_else(|| ApiError::not_found("venue"))?;
         let hold = state
             .inventory
-            .hold(&visible.event, &venue, &caller.id, request)
+            .hold_as(&visible.event, &venue, &caller.id, request, hold_id)
             .await?;
         Ok((StatusCode::CREATED, HoldBody::from(&hold)))
     })

@@ -360,8 +360,9 @@ pub(crate) struct FanOutcome {
     pub(crate) hold: u16,
     /// The error code when the hold was refused.
     pub(crate) hold_code: String,
-    /// A retry told "you already hold seats": its first attempt made a hold whose answer was
-    /// lost (the node died before replying), which nobody will buy; it lapses at its TTL.
+    /// A retry told "you already hold seats": its first attempt died with the killed node after
+    /// taking the fan's lease but before writing the hold (a hold that was written is given
+    /// back to the retry instead); the lease lapses at its TTL.
     pub(crate) lost_hold: bool,
     pub(crate) order: Option<u16>,
     /// The confirmed order's body.
@@ -552,9 +553,9 @@ pub(crate) async fn assert_nothing_sold_twice(outcomes: &[FanOutcome], app: &Tes
         .iter()
         .all(|outcome| outcome.hold != 201 || outcome.order == Some(201))
     {
-        // Holds whose answer was lost with a killed node stay held until their TTL; each holds
-        // at most four standing places. (A retry under the same idempotency key is told
-        // `limit_exceeded` rather than given that hold: a known gap.)
+        // An attempt that died with the killed node between taking its leases and writing its
+        // hold leaves the leases until their TTL, and its retry is told `limit_exceeded` (a
+        // known gap); each such fan may account for up to four standing places in flight.
         let lost = outcomes.iter().filter(|outcome| outcome.lost_hold).count() as u64;
         let unsold = STANDING_CAPACITY - standing;
         assert!(

@@ -868,3 +868,65 @@ async fn a_rush_on_a_seat_map_reads_its_snapshot_once_per_seat_change() {
     assert_eq!(stats().loads, settled, "then served from the cache again");
     sale.app.stop().await;
 }
+
+/// Forgets every recorded idempotent answer, as a node that died between its commit and the
+/// record would have.
+async fn forget_answers(app: &TestApp) {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}", app.data_dir().join("marquee.db").display());
+    let pool = sqlx::AnyPool::connect(&url)
+        .await
+        .expect("the node's database");
+    sqlx::query("DELETE FROM idempotency_keys")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_hold_retried_under_its_key_after_the_answer_was_lost_is_the_same_hold() {
+    let sale = on_sale(TestApp::spawn().await).await;
+    let (fan, _) = sale.app.register("fan").await;
+    let path = format!("/api/v1/events/{}/holds", sale.event_id);
+    let body = json!({"general_admission": {"section": "Standing", "quantity": 2}});
+    let send = |key: &'static str| {
+        let (path, fan, body) = (path.clone(), fan.clone(), body.clone());
+        let app = &sale.app;
+        async move {
+            app.post_with_headers(&path, Some(&fan), &[("idempotency-key", key)], body)
+                .await
+        }
+    };
+    let first = send("hold-attempt").await.expect(StatusCode::CREATED);
+    forget_answers(&sale.app).await;
+    let retry = send("hold-attempt").await.expect(StatusCode::CREATED);
+    assert_eq!(retry["id"], first["id"], "the hold the first attempt made");
+    assert_eq!(retry["fencing_token"], first["fencing_token"]);
+    // Another request (another key) is still one hold too many.
+    send("another-request")
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded");
+    // Once the hold has ended, the same retry is told what became of it, not given a second.
+    let hold_id = first["id"].as_str().expect("id");
+    let released = sale
+        .app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/holds/{hold_id}"),
+            Some(&fan),
+            None,
+        )
+        .await;
+    assert!(released.status.is_success(), "{}", released.body);
+    forget_answers(&sale.app).await;
+    let late = send("hold-attempt").await.expect(StatusCode::CREATED);
+    assert_eq!(late["id"], first["id"]);
+    assert_eq!(late["status"], "released");
+    let seats = sale.seat_statuses().await;
+    assert_eq!(
+        seats["general_admission"][0]["available"], 500,
+        "nothing stays held: {seats}"
+    );
+    sale.app.stop().await;
+}
