@@ -35,43 +35,32 @@ const COMPLETE_CHUNK: usize = 200;
 /// claims are one statement, not three.
 const SWEEP_EVERY_MS: i64 = 1_000;
 
-const SQLITE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue        TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    ordering_key TEXT,
-    dedupe_key   TEXT,
-    payload      TEXT NOT NULL,
-    attempt      BIGINT NOT NULL DEFAULT 0,
-    max_attempts BIGINT NOT NULL,
-    run_at       BIGINT NOT NULL,
-    locked_until BIGINT,
-    last_error   TEXT,
-    enqueued_at  BIGINT NOT NULL,
-    updated_at   BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS job_cursors (name TEXT PRIMARY KEY, position BIGINT NOT NULL);
-";
+/// The tables, given the id column's definition (the one thing the engines spell apart):
+/// `AUTOINCREMENT` on SQLite so ids of deleted jobs are never handed out again (they order a
+/// key's jobs), an identity column on PostgreSQL.
+fn schema(id_column: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS jobs (
+            id           {id_column},
+            queue        TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            ordering_key TEXT,
+            dedupe_key   TEXT,
+            payload      TEXT NOT NULL,
+            attempt      BIGINT NOT NULL DEFAULT 0,
+            max_attempts BIGINT NOT NULL,
+            run_at       BIGINT NOT NULL,
+            locked_until BIGINT,
+            last_error   TEXT,
+            enqueued_at  BIGINT NOT NULL,
+            updated_at   BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS job_cursors (name TEXT PRIMARY KEY, position BIGINT NOT NULL);"
+    )
+}
 
-const POSTGRES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    queue        TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    ordering_key TEXT,
-    dedupe_key   TEXT,
-    payload      TEXT NOT NULL,
-    attempt      BIGINT NOT NULL DEFAULT 0,
-    max_attempts BIGINT NOT NULL,
-    run_at       BIGINT NOT NULL,
-    locked_until BIGINT,
-    last_error   TEXT,
-    enqueued_at  BIGINT NOT NULL,
-    updated_at   BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS job_cursors (name TEXT PRIMARY KEY, position BIGINT NOT NULL);
-";
+const SQLITE_ID: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
+const POSTGRES_ID: &str = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY";
 
 /// Both engines: partial indexes keep each hot query on the rows it can match.
 const INDEXES: &str = "
@@ -143,7 +132,8 @@ impl SqlJobQueue {
             Engine::Sqlite => {
                 // One statement at a time: a multi-statement string through `Any` on SQLite
                 // stops after the first result set.
-                for statement in statements(SQLITE_SCHEMA).chain(statements(INDEXES)) {
+                let tables = schema(SQLITE_ID);
+                for statement in statements(&tables).chain(statements(INDEXES)) {
                     pool.execute(statement).await?;
                 }
             }
@@ -154,7 +144,9 @@ impl SqlJobQueue {
                     .bind(SCHEMA_LOCK_KEY)
                     .execute(&mut *transaction)
                     .await?;
-                (&mut *transaction).execute(POSTGRES_SCHEMA).await?;
+                (&mut *transaction)
+                    .execute(schema(POSTGRES_ID).as_str())
+                    .await?;
                 (&mut *transaction).execute(INDEXES).await?;
                 transaction.commit().await?;
             }

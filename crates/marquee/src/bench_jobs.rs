@@ -149,6 +149,41 @@ impl Messages {
 }
 
 /// Messages consumed so far, and a wake-up once all are.
+/// Times one pass of a peer (RabbitMQ, JetStream): its consumer started before the producers
+/// (`Together`) or after they finished (`Apart`), until `progress` has seen every message.
+async fn time_peer<C, P>(
+    mode: Mode,
+    progress: &Progress,
+    consume: impl FnOnce() -> C,
+    produce: impl FnOnce() -> P,
+) -> anyhow::Result<Timing>
+where
+    C: std::future::Future<Output = anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>>>,
+    P: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let (timing, consumer) = match mode {
+        Mode::Together => {
+            let consumer = consume().await?;
+            let started = Instant::now();
+            produce().await?;
+            progress.wait().await?;
+            (Timing::Together(started.elapsed()), consumer)
+        }
+        Mode::Apart => {
+            let started = Instant::now();
+            produce().await?;
+            let enqueue = started.elapsed();
+            let started = Instant::now();
+            let consumer = consume().await?;
+            progress.wait().await?;
+            let drain = started.elapsed();
+            (Timing::Apart { enqueue, drain }, consumer)
+        }
+    };
+    consumer.await.context("the consumer panicked")??;
+    Ok(timing)
+}
+
 struct Progress {
     done: AtomicUsize,
     target: usize,
@@ -649,27 +684,7 @@ async fn rabbitmq(bench: &Bench, messages: &Messages, mode: Mode) -> anyhow::Res
                 anyhow::Ok(())
             }))
         };
-        let (timing, consumer) = match mode {
-            Mode::Together => {
-                let consumer = consume().await?;
-                let started = Instant::now();
-                produce().await?;
-                progress.wait().await?;
-                (Timing::Together(started.elapsed()), consumer)
-            }
-            Mode::Apart => {
-                let started = Instant::now();
-                produce().await?;
-                let enqueue = started.elapsed();
-                let started = Instant::now();
-                let consumer = consume().await?;
-                progress.wait().await?;
-                let drain = started.elapsed();
-                (Timing::Apart { enqueue, drain }, consumer)
-            }
-        };
-        consumer.await.context("the consumer panicked")??;
-        anyhow::Ok(timing)
+        time_peer(mode, &progress, consume, produce).await
     }
     .await;
     let deleted = setup
@@ -761,27 +776,7 @@ async fn jetstream_pass(bench: &Bench, messages: &Messages, mode: Mode) -> anyho
                 anyhow::Ok(())
             }))
         };
-        let (timing, consumer) = match mode {
-            Mode::Together => {
-                let consumer = consume().await?;
-                let started = Instant::now();
-                produce().await?;
-                progress.wait().await?;
-                (Timing::Together(started.elapsed()), consumer)
-            }
-            Mode::Apart => {
-                let started = Instant::now();
-                produce().await?;
-                let enqueue = started.elapsed();
-                let started = Instant::now();
-                let consumer = consume().await?;
-                progress.wait().await?;
-                let drain = started.elapsed();
-                (Timing::Apart { enqueue, drain }, consumer)
-            }
-        };
-        consumer.await.context("the consumer panicked")??;
-        anyhow::Ok(timing)
+        time_peer(mode, &progress, consume, produce).await
     }
     .await;
     let deleted = js
