@@ -45,7 +45,7 @@ mod worker;
 pub use crate::backoff::Backoff;
 pub use crate::sql::SqlJobQueue;
 pub use crate::worker::{
-    spawn_stats_sampler, Clock, JobFailure, JobHandler, SystemClock, TokioClock, Worker,
+    spawn_stats_sampler, Clock, JobFailure, JobHandler, ManualClock, SystemClock, Worker,
     WorkerSettings,
 };
 

@@ -95,6 +95,12 @@ pub struct SqlJobQueue {
 }
 
 impl SqlJobQueue {
+    /// Keeps the jobs in the PostgreSQL database `pool` is connected to (the catalog's: one
+    /// pool per node there), creating the tables if they are missing.
+    pub async fn on_postgres_pool(pool: AnyPool) -> Result<SqlJobQueue, JobsError> {
+        Self::setup(pool, Engine::Postgres).await
+    }
+
     /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and creates the tables.
     pub async fn connect(url: &str, max_connections: u32) -> Result<SqlJobQueue, JobsError> {
         sqlx::any::install_default_drivers();
@@ -127,16 +133,27 @@ impl SqlJobQueue {
                     })
                 });
         }
-        let pool = options.connect(url).await?;
-        match engine {
-            Engine::Sqlite => {
-                // One statement at a time: a multi-statement string through `Any` on SQLite
-                // stops after the first result set.
-                let tables = schema(SQLITE_ID);
-                for statement in statements(&tables).chain(statements(INDEXES)) {
-                    pool.execute(statement).await?;
-                }
+        if engine == Engine::Sqlite {
+            // The tables first, on a connection of their own: a connection that read the schema
+            // before an index existed would refuse statements that need it (SQLite checks
+            // `ON CONFLICT` targets against the schema it has cached).
+            let setup = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await?;
+            let tables = schema(SQLITE_ID);
+            for statement in statements(&tables).chain(statements(INDEXES)) {
+                setup.execute(statement).await?;
             }
+            setup.close().await;
+        }
+        let pool = options.connect(url).await?;
+        Self::setup(pool, engine).await
+    }
+
+    async fn setup(pool: AnyPool, engine: Engine) -> Result<SqlJobQueue, JobsError> {
+        match engine {
+            Engine::Sqlite => {}
             Engine::Postgres if Self::postgres_schema_exists(&pool).await? => {}
             Engine::Postgres => {
                 let mut transaction = pool.begin().await?;

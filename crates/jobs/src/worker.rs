@@ -22,31 +22,34 @@ impl Clock for SystemClock {
     }
 }
 
-/// The wall clock at creation plus tokio's elapsed time, so that a test with paused time moves
-/// the jobs' clock with `tokio::time::advance`.
-pub struct TokioClock {
-    wall: DateTime<Utc>,
-    start: tokio::time::Instant,
+/// A clock that moves only when told to: tests and simulations drive the job clock by hand
+/// (claims, visibility timeouts, backoff), while the runtime's own timers run as usual.
+pub struct ManualClock {
+    now: std::sync::Mutex<DateTime<Utc>>,
 }
 
-impl TokioClock {
-    pub fn new() -> TokioClock {
-        TokioClock {
-            wall: Utc::now(),
-            start: tokio::time::Instant::now(),
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> ManualClock {
+        ManualClock {
+            now: std::sync::Mutex::new(start),
         }
     }
-}
 
-impl Default for TokioClock {
-    fn default() -> Self {
-        Self::new()
+    pub fn advance(&self, by: Duration) {
+        let mut now = self
+            .now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *now += chrono::Duration::from_std(by).unwrap_or_default();
     }
 }
 
-impl Clock for TokioClock {
+impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        self.wall + chrono::Duration::from_std(self.start.elapsed()).unwrap_or_default()
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -36,13 +36,23 @@ impl Server {
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let store = open_store(&config).await?;
-        Self::start_with_store(config, store).await
+        let store = open_sql_store(&config).await?;
+        // On PostgreSQL the jobs live in the catalog's database: one pool per node there.
+        let jobs_pool = (store.backend() == marquee_store::Backend::Postgres).then(|| store.pool());
+        Self::start_with(config, store, jobs_pool).await
     }
 
     pub async fn start_with_store(
         config: ServerConfig,
         store: Arc<dyn CatalogStore>,
+    ) -> anyhow::Result<Server> {
+        Self::start_with(config, store, None).await
+    }
+
+    async fn start_with(
+        config: ServerConfig,
+        store: Arc<dyn CatalogStore>,
+        jobs_pool: Option<sqlx::AnyPool>,
     ) -> anyhow::Result<Server> {
         let secret = config.signing_secret()?;
         let metrics = marquee_telemetry::install_metrics()?;
@@ -107,7 +117,7 @@ impl Server {
             rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone()),
             changes,
             dependencies: Arc::new(dependencies),
-            notifications: Arc::new(open_notifications(&config).await?),
+            notifications: Arc::new(open_notifications(&config, jobs_pool).await?),
         };
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
         let notifications = marquee_api::spawn_notifications(state.clone(), stopped.clone());
@@ -230,6 +240,10 @@ impl Server {
 }
 
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn CatalogStore>> {
+    Ok(open_sql_store(config).await?)
+}
+
+async fn open_sql_store(config: &ServerConfig) -> anyhow::Result<Arc<SqlCatalogStore>> {
     let url = config.database_url();
     let store = SqlCatalogStore::connect(
         &url,
@@ -247,11 +261,14 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Catalog
 /// the senders of e-mail and webhooks.
 pub async fn open_notifications(
     config: &ServerConfig,
+    catalog_pool: Option<sqlx::AnyPool>,
 ) -> anyhow::Result<marquee_api::Notifications> {
     let url = config.jobs_url();
-    let jobs = marquee_jobs::SqlJobQueue::connect(&url, 8)
-        .await
-        .with_context(|| format!("opening the jobs queue at {}", redact_url(&url)))?;
+    let jobs = match catalog_pool {
+        Some(pool) => marquee_jobs::SqlJobQueue::on_postgres_pool(pool).await,
+        None => marquee_jobs::SqlJobQueue::connect(&url, 4).await,
+    }
+    .with_context(|| format!("opening the jobs queue at {}", redact_url(&url)))?;
     let mailer: Option<Arc<dyn marquee_notify::Mailer>> = match &config.smtp_url {
         Some(smtp) => Some(Arc::new(
             marquee_notify::SmtpMailer::new(smtp, &config.mail_from, Duration::from_secs(30))

@@ -162,6 +162,12 @@ impl SqlCatalogStore {
         })
     }
 
+    /// The connection pool, for blocks that keep their tables in the catalog's PostgreSQL
+    /// database (the jobs), so a node opens one pool there, not one per block.
+    pub fn pool(&self) -> AnyPool {
+        self.pool.clone()
+    }
+
     /// Closes the connection pool, waiting for connections in use to come back.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -26,11 +26,18 @@ enum Cleanup {
 
 impl Harness {
     pub async fn open(engine: Engine) -> Harness {
+        Self::open_with(engine, 4).await
+    }
+
+    /// With at most `connections` connections on SQLite.
+    pub async fn open_with(engine: Engine, connections: u32) -> Harness {
         match engine {
             Engine::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("jobs.db").display());
-                let jobs = SqlJobQueue::connect(&url, 4).await.expect("sqlite jobs");
+                let jobs = SqlJobQueue::connect(&url, connections)
+                    .await
+                    .expect("sqlite jobs");
                 Harness {
                     jobs: Arc::new(jobs),
                     url,
