@@ -59,6 +59,16 @@ pub enum RtmpError {
     SetupTooLarge(usize),
     #[error("chunk size {0} is beyond the limit")]
     ChunkSizeTooLarge(u32),
+    /// `rml_rtmp` panicked on this input (0.8's chunk deserializer subtracts past zero when a
+    /// header shrinks a message below what already arrived; found by the fuzz target). The
+    /// connection is done: its session state cannot be trusted after it.
+    #[error("the RTMP library failed on this input")]
+    Library,
+}
+
+/// Runs a call into `rml_rtmp`, turning a panic into [`RtmpError::Library`].
+fn contained<T>(call: impl FnOnce() -> Result<T, RtmpError>) -> Result<T, RtmpError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or(Err(RtmpError::Library))
 }
 
 /// What the bytes a connection received call for.
@@ -94,6 +104,8 @@ enum Stage {
 /// One RTMP connection as a state machine: bytes in, [`Incoming`] out.
 pub struct RtmpConnection {
     stage: Stage,
+    /// Set once the library failed: everything after is refused.
+    broken: bool,
     limits: IngestLimits,
     /// Bytes received while no publish was accepted yet.
     setup_bytes: usize,
@@ -104,6 +116,7 @@ impl RtmpConnection {
     pub fn new(limits: IngestLimits) -> RtmpConnection {
         RtmpConnection {
             stage: Stage::Handshake(Box::new(Handshake::new(PeerType::Server))),
+            broken: false,
             limits,
             setup_bytes: 0,
             publishing: false,
@@ -111,6 +124,17 @@ impl RtmpConnection {
     }
 
     pub fn receive(&mut self, bytes: &[u8]) -> Result<Vec<Incoming>, RtmpError> {
+        if self.broken {
+            return Err(RtmpError::Library);
+        }
+        let received = contained(|| self.receive_unguarded(bytes));
+        if received == Err(RtmpError::Library) {
+            self.broken = true;
+        }
+        received
+    }
+
+    fn receive_unguarded(&mut self, bytes: &[u8]) -> Result<Vec<Incoming>, RtmpError> {
         if !self.publishing {
             self.setup_bytes += bytes.len();
             if self.setup_bytes > self.limits.max_setup_bytes {
@@ -249,6 +273,13 @@ impl RtmpConnection {
 
     /// Accepts a publish request: from now on media flows.
     pub fn accept(&mut self, request_id: u32) -> Result<Vec<Vec<u8>>, RtmpError> {
+        if self.broken {
+            return Err(RtmpError::Library);
+        }
+        contained(|| self.accept_unguarded(request_id))
+    }
+
+    fn accept_unguarded(&mut self, request_id: u32) -> Result<Vec<Vec<u8>>, RtmpError> {
         let Stage::Session(session) = &mut self.stage else {
             return Ok(Vec::new());
         };
@@ -263,6 +294,18 @@ impl RtmpConnection {
 
     /// Refuses a request with an `onStatus` error the encoder shows its user.
     pub fn reject(
+        &mut self,
+        request_id: u32,
+        code: &str,
+        description: &str,
+    ) -> Result<Vec<Vec<u8>>, RtmpError> {
+        if self.broken {
+            return Err(RtmpError::Library);
+        }
+        contained(|| self.reject_unguarded(request_id, code, description))
+    }
+
+    fn reject_unguarded(
         &mut self,
         request_id: u32,
         code: &str,

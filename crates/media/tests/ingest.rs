@@ -385,3 +385,50 @@ async fn assert_closed(socket: &mut TcpStream) {
         }
     }
 }
+
+/// Completes a client handshake against a connection without a socket.
+fn handshake_sans_io(connection: &mut marquee_media::RtmpConnection) {
+    use marquee_media::Incoming;
+    let mut client = Handshake::new(PeerType::Client);
+    let mut outbound = client.generate_outbound_p0_and_p1().expect("p0p1");
+    loop {
+        let answer: Vec<u8> = connection
+            .receive(&outbound)
+            .expect("handshake")
+            .into_iter()
+            .filter_map(|item| match item {
+                Incoming::Send(bytes) => Some(bytes),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        match client.process_bytes(&answer).expect("handshake") {
+            HandshakeProcessResult::InProgress { response_bytes } => outbound = response_bytes,
+            HandshakeProcessResult::Completed { response_bytes, .. } => {
+                connection.receive(&response_bytes).expect("c2");
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_header_that_shrinks_a_message_half_way_ends_the_connection_not_the_thread() {
+    // Found by the `rtmp_ingest` fuzz target: rml_rtmp 0.8 subtracts past zero (a panic with
+    // overflow checks, garbage without) when a type-1 header gives a message that is already
+    // partly received a smaller length.
+    let mut connection = marquee_media::RtmpConnection::new(IngestLimits::default());
+    handshake_sans_io(&mut connection);
+    // A command message of 200 bytes on chunk stream 3: its first 128 (the default chunk size).
+    let mut bytes = vec![0x03, 0, 0, 0, 0, 0, 200, 20, 0, 0, 0, 0];
+    bytes.extend(std::iter::repeat_n(5u8, 128));
+    // Then a type-1 header on the same chunk stream saying the message is 50 bytes long.
+    bytes.extend([0x43, 0, 0, 0, 0, 0, 50, 20]);
+    bytes.extend(std::iter::repeat_n(5u8, 50));
+    let received = connection.receive(&bytes);
+    assert_eq!(received, Err(marquee_media::RtmpError::Library));
+    assert!(
+        connection.receive(&[0x03]).is_err(),
+        "the connection stays closed"
+    );
+}
