@@ -338,12 +338,7 @@ impl JobQueue for SqlJobQueue {
         jobs: &[NewJob],
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, JobsError> {
-        if jobs.len() > MAX_BATCH {
-            return Err(JobsError::BatchTooLarge { count: jobs.len() });
-        }
-        for job in jobs {
-            job.checked_payload()?;
-        }
+        check_batch(jobs)?;
         let _gate = self.gate().await;
         let mut transaction = self.pool.begin().await?;
         let mut enqueued = Vec::with_capacity(jobs.len());
@@ -362,12 +357,7 @@ impl JobQueue for SqlJobQueue {
         jobs: &[NewJob],
         now: DateTime<Utc>,
     ) -> Result<bool, JobsError> {
-        if jobs.len() > MAX_BATCH {
-            return Err(JobsError::BatchTooLarge { count: jobs.len() });
-        }
-        for job in jobs {
-            job.checked_payload()?;
-        }
+        check_batch(jobs)?;
         let _gate = self.gate().await;
         let mut transaction = self.pool.begin().await?;
         // The cursor first: on PostgreSQL its row lock makes a second follower wait here and
@@ -629,6 +619,15 @@ impl JobQueue for SqlJobQueue {
                 .rows_affected(),
         )
     }
+}
+
+/// Refuses a batch before anything of it is written: too many jobs, or one that breaks a limit.
+fn check_batch(jobs: &[NewJob]) -> Result<(), JobsError> {
+    if jobs.len() > MAX_BATCH {
+        return Err(JobsError::BatchTooLarge { count: jobs.len() });
+    }
+    jobs.iter()
+        .try_for_each(|job| job.checked_payload().map(|_| ()))
 }
 
 fn statements(script: &str) -> impl Iterator<Item = &str> {
