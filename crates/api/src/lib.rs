@@ -120,6 +120,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
             routes::webhooks::delete_webhook
         ))
         .routes(routes!(routes::webhooks::ping_webhook))
+        .routes(routes!(routes::webhooks::list_deliveries))
+        .routes(routes!(routes::webhooks::replay_delivery))
 }
 
 /// The public application: every route of the contract with its middleware.

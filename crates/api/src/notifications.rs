@@ -102,6 +102,11 @@ impl Notifications {
         Ok(())
     }
 
+    /// Wakes this node's workers (a job was made or replayed outside the change stream).
+    pub fn wake_workers(&self) {
+        self.wake();
+    }
+
     fn wake(&self) {
         if let Ok(wakers) = self.wakers.lock() {
             for waker in wakers.iter() {

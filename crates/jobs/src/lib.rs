@@ -267,6 +267,8 @@ pub struct JobRecord {
 pub struct JobFilter {
     pub queue: Option<String>,
     pub state: Option<JobState>,
+    /// Only jobs whose ordering key starts with this (one webhook endpoint's deliveries).
+    pub key_prefix: Option<String>,
     /// Only ids below this (the previous page's last id).
     pub before: Option<JobId>,
     /// At most this many (capped at 1,000).

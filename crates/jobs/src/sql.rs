@@ -504,6 +504,9 @@ impl JobQueue for SqlJobQueue {
         if filter.state.is_some() {
             conditions.push(format!("state = {}", placeholder()));
         }
+        if filter.key_prefix.is_some() {
+            conditions.push(format!("ordering_key LIKE {} ESCAPE '!'", placeholder()));
+        }
         if filter.before.is_some() {
             conditions.push(format!("id < {}", placeholder()));
         }
@@ -518,6 +521,13 @@ impl JobQueue for SqlJobQueue {
         }
         if let Some(state) = filter.state {
             query = query.bind(state.as_str());
+        }
+        if let Some(prefix) = &filter.key_prefix {
+            let escaped = prefix
+                .replace('!', "!!")
+                .replace('%', "!%")
+                .replace('_', "!_");
+            query = query.bind(format!("{escaped}%"));
         }
         if let Some(before) = filter.before {
             query = query.bind(before);

@@ -284,6 +284,7 @@ async fn dead_letters_are_listed_replayed_at_the_end_of_the_line_and_dropped(har
         .list(&JobFilter {
             queue: Some("webhooks".into()),
             state: Some(JobState::Dead),
+            key_prefix: None,
             before: None,
             limit: 50,
         })
@@ -293,6 +294,30 @@ async fn dead_letters_are_listed_replayed_at_the_end_of_the_line_and_dropped(har
         dead.iter().map(|job| job.id).collect::<Vec<_>>(),
         [created[2], created[0]]
     );
+    // One endpoint's jobs by their key's prefix; `_` and `%` in it are plain characters.
+    let of_endpoint = jobs
+        .list(&JobFilter {
+            key_prefix: Some("endpoint-1".into()),
+            limit: 50,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        of_endpoint.iter().map(|job| job.id).collect::<Vec<_>>(),
+        [created[1], created[0]]
+    );
+    for pattern in ["endpoint_1", "%", "endpoint-1%x"] {
+        let none = jobs
+            .list(&JobFilter {
+                key_prefix: Some(pattern.into()),
+                limit: 50,
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list");
+        assert!(none.is_empty(), "{pattern}: {none:?}");
+    }
     assert!(dead
         .iter()
         .all(|job| job.last_error.as_deref() == Some("HTTP 410 Gone")));

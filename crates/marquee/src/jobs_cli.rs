@@ -40,6 +40,7 @@ pub async fn run(jobs: &dyn JobQueue, action: JobsAction) -> anyhow::Result<Stri
                 .list(&JobFilter {
                     queue,
                     state,
+                    key_prefix: None,
                     before,
                     limit,
                 })
@@ -72,6 +73,7 @@ pub async fn run(jobs: &dyn JobQueue, action: JobsAction) -> anyhow::Result<Stri
                         .list(&JobFilter {
                             queue: Some(queue.clone()),
                             state: Some(JobState::Dead),
+                            key_prefix: None,
                             before,
                             limit: 1_000,
                         })

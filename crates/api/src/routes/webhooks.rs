@@ -261,3 +261,132 @@ pub async fn ping_webhook(
         .await?;
     Ok((StatusCode::ACCEPTED, Json(PingQueued { delivery_id })))
 }
+
+/// A delivery not yet done: waiting, being sent, or dead-lettered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryBody {
+    pub job_id: i64,
+    pub delivery_id: String,
+    /// `order.confirmed`, …, or `ping`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `ready` (waiting for its next attempt), `running` or `dead`.
+    pub state: &'static str,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub items: Vec<DeliveryBody>,
+}
+
+fn delivery_body(record: &marquee_jobs::JobRecord) -> DeliveryBody {
+    DeliveryBody {
+        job_id: record.id,
+        delivery_id: record.payload["delivery_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        event_type: record.payload["body"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        state: record.state.as_str(),
+        attempt: record.attempt,
+        max_attempts: record.max_attempts,
+        next_attempt_at: (record.state == marquee_jobs::JobState::Ready).then_some(record.run_at),
+        last_error: record.last_error.clone(),
+        created_at: record.enqueued_at,
+    }
+}
+
+/// The endpoint's deliveries still pending and its dead letters, newest first (up to 100);
+/// delivered ones are gone.
+#[utoipa::path(
+    get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "Pending and dead deliveries", body = DeliveryList),
+        (status = 404, description = "No such endpoint of the caller's", body = ErrorBody),
+    )
+)]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    Organizer(caller): Organizer,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let endpoint = owned(&state, &caller.id, &id).await?;
+    let records = state
+        .notifications
+        .jobs
+        .list(&marquee_jobs::JobFilter {
+            queue: Some(WEBHOOK_QUEUE.to_string()),
+            key_prefix: Some(format!("{}:", endpoint.id)),
+            limit: 100,
+            ..marquee_jobs::JobFilter::default()
+        })
+        .await?;
+    Ok(Json(DeliveryList {
+        items: records
+            .iter()
+            .filter(|record| record.state != marquee_jobs::JobState::Done)
+            .map(delivery_body)
+            .collect(),
+    }))
+}
+
+/// Send a dead-lettered delivery again, from its first attempt (after fixing the receiver).
+#[utoipa::path(
+    post, path = "/api/v1/webhooks/{id}/deliveries/{job_id}/replay", tag = "webhooks",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Webhook id"),
+        ("job_id" = i64, Path, description = "The delivery's `job_id`"),
+    ),
+    responses(
+        (status = 202, description = "Queued again; the new job", body = DeliveryBody),
+        (status = 404, description = "No such endpoint, or no such delivery of it", body = ErrorBody),
+        (status = 409, description = "`not_dead`: the delivery is not in the dead letters", body = ErrorBody),
+    )
+)]
+pub async fn replay_delivery(
+    State(state): State<AppState>,
+    Organizer(caller): Organizer,
+    Path((id, job_id)): Path<(String, i64)>,
+) -> Result<(StatusCode, Json<DeliveryBody>), ApiError> {
+    let endpoint = owned(&state, &caller.id, &id).await?;
+    let jobs = &state.notifications.jobs;
+    let prefix = format!("{}:", endpoint.id);
+    let record = jobs
+        .get(job_id)
+        .await?
+        .filter(|record| {
+            record.queue == WEBHOOK_QUEUE
+                && record
+                    .ordering_key
+                    .as_deref()
+                    .is_some_and(|key| key.starts_with(&prefix))
+        })
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    if record.state != marquee_jobs::JobState::Dead {
+        return Err(ApiError::conflict(
+            "not_dead",
+            "only a dead-lettered delivery can be replayed",
+        ));
+    }
+    let replayed = jobs
+        .replay(record.id, Utc::now())
+        .await?
+        .ok_or_else(|| ApiError::conflict("not_dead", "the delivery was replayed already"))?;
+    state.notifications.wake_workers();
+    let record = jobs
+        .get(replayed)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    Ok((StatusCode::ACCEPTED, Json(delivery_body(&record))))
+}

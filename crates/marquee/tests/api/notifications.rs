@@ -659,3 +659,75 @@ async fn a_postgres_node_keeps_its_jobs_beside_the_catalog_and_delivers_them() {
     sale.app.stop().await;
     crate::support::sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
+
+#[tokio::test]
+async fn an_organizer_sees_a_failed_delivery_and_replays_it_once_the_receiver_is_fixed() {
+    let hook = receiver().await;
+    let app = TestApp::spawn_with(|config| {
+        config.notifications.webhook_policy =
+            marquee_notify::AddressPolicy::new(vec!["127.0.0.0/8".parse().expect("net")]);
+        quick_retries(config, 2);
+    })
+    .await;
+    let (owner, _) = app.register("organizer").await;
+    let (rival, _) = app.register("organizer").await;
+    let created = app
+        .post("/api/v1/webhooks", Some(&owner), json!({"url": hook.url}))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = created["id"].as_str().expect("id").to_string();
+    hook.status.store(500, Ordering::SeqCst);
+    app.post(
+        &format!("/api/v1/webhooks/{id}/ping"),
+        Some(&owner),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let deliveries = format!("/api/v1/webhooks/{id}/deliveries");
+    let dead = eventually("the ping in the dead letters", || async {
+        let listed = app
+            .get(&deliveries, Some(&owner))
+            .await
+            .expect(StatusCode::OK);
+        listed["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|item| item["state"] == "dead").cloned())
+    })
+    .await;
+    assert_eq!(dead["type"], "ping");
+    assert_eq!(dead["attempt"], 2);
+    assert!(dead["last_error"]
+        .as_str()
+        .is_some_and(|error| error.contains("500")));
+    // Nobody else sees or replays it.
+    app.get(&deliveries, Some(&rival))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    let job = dead["job_id"].as_i64().expect("job id");
+    let replay = format!("/api/v1/webhooks/{id}/deliveries/{job}/replay");
+    app.post(&replay, Some(&rival), json!({}))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    hook.status.store(204, Ordering::SeqCst);
+    let replayed = app
+        .post(&replay, Some(&owner), json!({}))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert_eq!(replayed["delivery_id"], dead["delivery_id"]);
+    eventually("the replayed ping delivered", || async {
+        (hook.deliveries().len() == 3).then_some(())
+    })
+    .await;
+    // It was replayed: the old job is gone, and a second replay finds nothing.
+    app.post(&replay, Some(&owner), json!({}))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    let listed = app
+        .get(&deliveries, Some(&owner))
+        .await
+        .expect(StatusCode::OK);
+    let left = listed["items"].as_array().map(Vec::len);
+    assert!(left.is_some_and(|left| left <= 1), "{listed}");
+    app.stop().await;
+}
