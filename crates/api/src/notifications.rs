@@ -98,16 +98,12 @@ impl Notifications {
     /// Enqueues jobs made outside the change stream (a webhook ping) and wakes the workers.
     pub async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), marquee_jobs::JobsError> {
         self.jobs.enqueue(jobs, Utc::now()).await?;
-        self.wake();
+        self.wake_workers();
         Ok(())
     }
 
-    /// Wakes this node's workers (a job was made or replayed outside the change stream).
+    /// Wakes this node's workers (jobs were made or replayed) instead of leaving them to poll.
     pub fn wake_workers(&self) {
-        self.wake();
-    }
-
-    fn wake(&self) {
         if let Ok(wakers) = self.wakers.lock() {
             for waker in wakers.iter() {
                 waker.notify_one();
@@ -217,7 +213,7 @@ fn spawn_notifier(
                 Ok(true) => {
                     after = to;
                     if !jobs.is_empty() {
-                        notifications.wake();
+                        notifications.wake_workers();
                     }
                 }
                 // Another node enqueued these changes' jobs first: carry on from where it is.

@@ -532,6 +532,8 @@ struct Recorder {
     running: Mutex<HashMap<String, i64>>,
     ran: Mutex<HashMap<String, Vec<i64>>>,
     overlaps: Mutex<u32>,
+    /// Jobs that succeeded, for the test to await.
+    succeeded: tokio::sync::watch::Sender<usize>,
 }
 
 #[async_trait::async_trait]
@@ -558,6 +560,7 @@ impl JobHandler for Recorder {
             .entry(key)
             .or_default()
             .push(sequence);
+        self.succeeded.send_modify(|count| *count += 1);
         Ok(())
     }
 }
@@ -569,6 +572,7 @@ async fn per_key_order_holds_with_many_workers_at_once(harness: &Harness) {
         running: Mutex::new(HashMap::new()),
         ran: Mutex::new(HashMap::new()),
         overlaps: Mutex::new(0),
+        succeeded: tokio::sync::watch::Sender::new(0),
     });
     let mut batch = Vec::new();
     for sequence in 0..PER_KEY {
@@ -610,24 +614,15 @@ async fn per_key_order_holds_with_many_workers_at_once(harness: &Harness) {
                 .spawn(stopped.clone(), Duration::from_secs(5)),
         );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let done: usize = recorder
-            .ran
-            .lock()
-            .expect("lock")
-            .values()
-            .map(Vec::len)
-            .sum();
-        if done == (KEYS * PER_KEY) as usize {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {done} jobs ran in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let total = (KEYS * PER_KEY) as usize;
+    let mut succeeded = recorder.succeeded.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        succeeded.wait_for(|count| *count == total),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("only {} jobs ran in 60 s", *recorder.succeeded.borrow()))
+    .expect("the recorder lives");
     stop.send_replace(true);
     for worker in workers {
         worker.await.expect("worker");

@@ -12,7 +12,7 @@ use marquee_jobs::{
     Worker, WorkerSettings,
 };
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -206,13 +206,13 @@ async fn a_permanent_failure_goes_straight_to_the_dead_letters() {
 
 /// Runs forever on its first attempt (a worker that hangs or was killed), then succeeds.
 struct HangsOnce {
-    runs: AtomicU32,
+    runs: tokio::sync::watch::Sender<u32>,
 }
 
 #[async_trait::async_trait]
 impl JobHandler for HangsOnce {
     async fn run(&self, job: &Job) -> Result<(), JobFailure> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
+        self.runs.send_modify(|runs| *runs += 1);
         if job.attempt == 1 {
             std::future::pending::<()>().await;
         }
@@ -225,7 +225,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_run_again_elsewhere() {
     let harness = paused().await;
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let handler = Arc::new(HangsOnce {
-        runs: AtomicU32::new(0),
+        runs: tokio::sync::watch::Sender::new(0),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let doomed = Worker::new(
@@ -242,9 +242,12 @@ async fn a_worker_killed_mid_job_leaves_it_to_run_again_elsewhere() {
         .await
         .expect("enqueue")[0]
         .id();
-    while handler.runs.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    handler
+        .runs
+        .subscribe()
+        .wait_for(|runs| *runs > 0)
+        .await
+        .expect("the handler lives");
     // Killed mid-job: its task is gone, its claim stays behind.
     doomed.abort();
     drop(stop);
@@ -264,7 +267,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_run_again_elsewhere() {
     );
     clock.advance(Duration::from_secs(30));
     assert_eq!(rescuer.tick().await.expect("tick"), 1);
-    assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(*handler.runs.borrow(), 2);
     assert_eq!(harness.jobs.get(id).await.expect("get"), None);
     harness.finish().await;
 }
@@ -318,19 +321,30 @@ async fn a_job_past_its_claim_is_abandoned_and_retried_never_run_twice_at_once()
 #[tokio::test]
 async fn a_spawned_worker_finishes_its_jobs_in_flight_when_stopped() {
     let harness = Harness::open(Engine::Sqlite).await;
-    struct Steady;
+    /// Runs until released, so the worker is stopped with its jobs in flight.
+    struct Steady {
+        started: tokio::sync::watch::Sender<usize>,
+        release: tokio::sync::watch::Receiver<bool>,
+    }
     #[async_trait::async_trait]
     impl JobHandler for Steady {
         async fn run(&self, _job: &Job) -> Result<(), JobFailure> {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.started.send_modify(|started| *started += 1);
+            let mut release = self.release.clone();
+            let _ = release.wait_for(|released| *released).await;
             Ok(())
         }
     }
+    let (release, released) = tokio::sync::watch::channel(false);
+    let steady = Arc::new(Steady {
+        started: tokio::sync::watch::Sender::new(0),
+        release: released,
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = Worker::new(
         harness.jobs.clone(),
         "mail",
-        Arc::new(Steady),
+        steady.clone(),
         settings(Backoff::default()),
     );
     let waker = worker.waker();
@@ -342,14 +356,15 @@ async fn a_spawned_worker_finishes_its_jobs_in_flight_when_stopped() {
         .await
         .expect("enqueue");
     waker.notify_one();
-    loop {
-        let stats = harness.jobs.stats(chrono::Utc::now()).await.expect("stats");
-        if stats.iter().any(|queue| queue.running == 4) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    steady
+        .started
+        .subscribe()
+        .wait_for(|started| *started == 4)
+        .await
+        .expect("the handler lives");
+    // Stopped with all four in flight; they finish after the stop, and are recorded.
     stop.send_replace(true);
+    release.send_replace(true);
     task.await.expect("worker");
     let left = harness
         .jobs

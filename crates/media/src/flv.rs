@@ -39,21 +39,6 @@ pub fn is_audio_sequence_header(body: &[u8]) -> bool {
     body.len() >= 2 && body[0] >> 4 == 10 && body[1] == 0
 }
 
-/// A video frame a decoder can start from.
-pub fn is_keyframe(body: &[u8]) -> bool {
-    !body.is_empty() && body[0] >> 4 == 1
-}
-
-/// The video codec id of a video tag body (7 is H.264).
-pub fn video_codec(body: &[u8]) -> Option<u8> {
-    body.first().map(|first| first & 0x0F)
-}
-
-/// The audio format of an audio tag body (10 is AAC).
-pub fn audio_format(body: &[u8]) -> Option<u8> {
-    body.first().map(|first| first >> 4)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,15 +53,10 @@ mod tests {
     }
 
     #[test]
-    fn sequence_headers_and_keyframes_are_recognised() {
+    fn sequence_headers_are_recognised() {
         assert!(is_video_sequence_header(&[0x17, 0, 0, 0, 0]));
         assert!(!is_video_sequence_header(&[0x17, 1]));
-        assert!(is_keyframe(&[0x17, 1]));
-        assert!(!is_keyframe(&[0x27, 1]));
         assert!(is_audio_sequence_header(&[0xAF, 0]));
         assert!(!is_audio_sequence_header(&[0xAF, 1]));
-        assert_eq!(video_codec(&[0x17]), Some(7));
-        assert_eq!(audio_format(&[0x2F]), Some(2));
-        assert_eq!(video_codec(&[]), None);
     }
 }

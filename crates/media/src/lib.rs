@@ -18,6 +18,6 @@ mod rtmp;
 mod streams;
 
 pub use crate::rtmp::{
-    rtmp_url, spawn_rtmp_listener, Incoming, IngestLimits, PublishGate, RtmpConnection, RtmpError,
+    spawn_rtmp_listener, Incoming, IngestLimits, PublishGate, RtmpConnection, RtmpError,
 };
 pub use crate::streams::{LiveStreams, Publisher, StatusChange, StreamRefusal, StreamStatus};

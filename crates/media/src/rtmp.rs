@@ -15,7 +15,6 @@ use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -321,10 +320,6 @@ impl RtmpConnection {
         self.absorb(results, &mut out)?;
         Ok(sends(out))
     }
-
-    pub fn is_publishing(&self) -> bool {
-        self.publishing
-    }
 }
 
 fn sends(incoming: Vec<Incoming>) -> Vec<Vec<u8>> {
@@ -488,9 +483,4 @@ async fn serve(
             }
         }
     }
-}
-
-/// The listener's address, for the `rtmp_url` given to organizers.
-pub fn rtmp_url(advertised: SocketAddr) -> String {
-    format!("rtmp://{advertised}/live")
 }

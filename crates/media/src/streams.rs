@@ -93,6 +93,13 @@ impl LiveStreams {
             .map_or(StreamStatus::Idle, |stream| stream.status)
     }
 
+    /// True while a publisher is attached (false while a live stream waits out its grace).
+    pub fn has_publisher(&self, stream: &str) -> bool {
+        self.lock()
+            .get(stream)
+            .is_some_and(|stream| stream.publisher.is_some())
+    }
+
     /// Status changes of every stream, as they happen.
     pub fn changes(&self) -> broadcast::Receiver<StatusChange> {
         self.changes.subscribe()

@@ -239,12 +239,14 @@ async fn a_publisher_with_the_current_key_goes_live_and_its_frames_arrive_as_flv
     // A reader joining now starts with the H.264 configuration.
     let (late, _) = ingest.streams.subscribe("event-a").expect("stream");
     assert_eq!(late.len(), 13 + 11 + 8 + 4);
+    let mut changes = ingest.streams.changes();
     encoder.stop().await;
-    let streams = ingest.streams.clone();
-    eventually("the stream ends when the encoder stops", move || {
-        streams.status("event-a") == StreamStatus::Ended
-    })
-    .await;
+    let ended = tokio::time::timeout(PATIENCE, changes.recv())
+        .await
+        .expect("the stream ends when the encoder stops")
+        .expect("changes");
+    assert_eq!(ended.stream, "event-a");
+    assert_eq!(ended.status, StreamStatus::Ended);
 }
 
 #[tokio::test]
@@ -296,7 +298,11 @@ async fn a_publisher_that_drops_and_comes_back_continues_the_same_stream() {
         drop(encoder);
         (subscription.0, tags)
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let streams = ingest.streams.clone();
+    eventually("the ingest to notice the drop", move || {
+        !streams.has_publisher("event-a")
+    })
+    .await;
     assert_eq!(
         ingest.streams.status("event-a"),
         StreamStatus::Live,
