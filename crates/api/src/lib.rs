@@ -13,6 +13,7 @@ mod access;
 mod error;
 pub mod extract;
 mod idempotency;
+pub mod live;
 mod middleware;
 pub mod notifications;
 mod openapi;
@@ -26,6 +27,7 @@ mod state;
 pub mod wire;
 
 pub use error::ApiError;
+pub use live::{spawn_status_recorder, Live, LiveSettings, RecordingKeeper, StreamKeyGate};
 pub use notifications::{spawn_notifications, NotificationSettings, Notifications};
 pub use push::{spawn_change_feed, Push, PushSettings};
 pub use push_listener::{push_aware, PushAwareListener};
@@ -122,6 +124,12 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::webhooks::ping_webhook))
         .routes(routes!(routes::webhooks::list_deliveries))
         .routes(routes!(routes::webhooks::replay_delivery))
+        .routes(routes!(
+            routes::live::issue_stream_key,
+            routes::live::get_stream
+        ))
+        .routes(routes!(routes::live::list_recordings))
+        .routes(routes!(routes::live::download_recording))
 }
 
 /// The public application: every route of the contract with its middleware.
@@ -129,6 +137,8 @@ pub fn router(state: AppState) -> Router {
     let (routes, document) = api_routes().split_for_parts();
     let document = Arc::new(document);
     let routes = routes
+        .route("/live/_auth", get(routes::live::media_auth))
+        .route("/live/{event}/{token}/{file}", get(routes::live::media))
         .route(
             "/api/v1/openapi.json",
             get(move || {

@@ -207,6 +207,39 @@ pub async fn authorize_channel(
                 .await
                 .map_err(push_unavailable)?;
         }
+        ChannelKind::EventStream => {
+            let id = EventId::from_string(channel.subject());
+            let event = state
+                .events
+                .get(&id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("event"))?;
+            let Some(viewer) = viewer else {
+                return Err(ApiError::unauthorized());
+            };
+            if !viewer.may_manage(&event.owner_id) {
+                if !crate::access::is_public(&event) {
+                    return Err(ApiError::not_found("event"));
+                }
+                if !state.store.holds_ticket(&viewer.id, &id).await? {
+                    return Err(ApiError::forbidden(
+                        "the stream is for the event's ticket holders",
+                    ));
+                }
+            }
+            state.push.caught_up(state).await?;
+            let version = state
+                .store
+                .stream(&id)
+                .await?
+                .map_or(0, |stream| stream.version);
+            state
+                .push
+                .hub
+                .seed(&channel, u64::try_from(version).unwrap_or(0))
+                .await
+                .map_err(push_unavailable)?;
+        }
         ChannelKind::User => match viewer {
             None => return Err(ApiError::unauthorized()),
             Some(viewer) if viewer.id.as_str() == channel.subject() => {}
@@ -330,6 +363,22 @@ async fn apply(state: &AppState, change: &ChangeRecord) -> Result<(), marquee_pu
                 .publish_at(&channel, version, "seats", &data)
                 .await?;
             notify_user(state, change).await
+        }
+        ChangeKind::StreamStatus => {
+            let Ok(channel) = Channel::event_stream(&change.entity_id) else {
+                return Ok(());
+            };
+            let version = payload["version"].as_u64().unwrap_or(0);
+            let data = json!({
+                "status": payload["status"],
+                "problem": payload["problem"],
+            });
+            state
+                .push
+                .hub
+                .publish_at(&channel, version, "stream", &data)
+                .await
+                .map(|_| ())
         }
         ChangeKind::UserRegistered | ChangeKind::VenueCreated => Ok(()),
     }

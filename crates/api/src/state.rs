@@ -260,6 +260,8 @@ pub struct AppState {
     pub dependencies: Arc<Vec<Arc<dyn crate::Dependency>>>,
     /// Jobs and their senders: e-mail, webhooks, reminders.
     pub notifications: Arc<crate::Notifications>,
+    /// Live streams: ingest, transcoders, playback tokens, recordings.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// A backend a node needs besides its store (Redis, NATS), checked by `/readyz`.

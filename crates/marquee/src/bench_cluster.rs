@@ -125,6 +125,7 @@ async fn start_cluster(
     for n in 1..=nodes {
         let port = free_port()?;
         let child = Command::new(&exe)
+            .env("MARQUEE_RTMP_LISTEN", "off")
             .args(["--log-filter", "error", "serve"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--node-id", &format!("node-{n}")])

@@ -69,6 +69,7 @@ pub async fn run_gateway_bench(bench: &GatewayBench) -> anyhow::Result<GatewayRe
     let node: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let _node = Process(
         Command::new(&exe)
+            .env("MARQUEE_RTMP_LISTEN", "off")
             .args([
                 "--log-filter",
                 "warn",
@@ -86,6 +87,7 @@ pub async fn run_gateway_bench(bench: &GatewayBench) -> anyhow::Result<GatewayRe
     let gateway: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let _gateway = Process(
         Command::new(&exe)
+            .env("MARQUEE_RTMP_LISTEN", "off")
             .args([
                 "--log-filter",
                 "warn",

@@ -56,6 +56,44 @@ pub struct ServerConfig {
     pub mail_from: String,
     /// Jobs (attempts, backoff, concurrency) and webhooks (allowed private ranges, timeout).
     pub notifications: marquee_api::NotificationSettings,
+    /// Live streaming: ingest listeners, transcoders, playback tokens, recordings.
+    pub live: LiveConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// The RTMP ingest listener; `None` takes no RTMP (tests opt in with port 0).
+    pub rtmp_listen: Option<SocketAddr>,
+    /// What encoders are told to publish to; `None` derives `rtmp://<listen>/live`.
+    pub rtmp_public_url: Option<String>,
+    /// The origin's base URL in playback URLs (`http://host:port`); `None` gives paths.
+    pub public_url: Option<String>,
+    pub ffmpeg: PathBuf,
+    /// Live streams (each one ffmpeg) this node takes at once; more are refused.
+    pub max_transcodes: usize,
+    /// How long a publisher that dropped may take to come back before its stream ends.
+    pub reconnect_grace: Duration,
+    pub playback_token_ttl: Duration,
+    /// `file:///…` or `s3://bucket/prefix`; `None` keeps recordings in the data dir.
+    pub recordings_url: Option<String>,
+    /// x264 preset of the renditions.
+    pub preset: String,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            rtmp_listen: None,
+            rtmp_public_url: None,
+            public_url: None,
+            ffmpeg: PathBuf::from("ffmpeg"),
+            max_transcodes: 2,
+            reconnect_grace: Duration::from_secs(10),
+            playback_token_ttl: Duration::from_secs(4 * 3600),
+            recordings_url: None,
+            preset: "veryfast".into(),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -87,6 +125,7 @@ impl ServerConfig {
             smtp_url: None,
             mail_from: "Marquee <tickets@marquee.invalid>".to_string(),
             notifications: marquee_api::NotificationSettings::default(),
+            live: LiveConfig::default(),
         }
     }
 

@@ -482,6 +482,9 @@ struct NodeArgs {
     #[command(flatten)]
     notify: NotifyArgs,
 
+    #[command(flatten)]
+    live: LiveArgs,
+
     /// How long a payment may take before the order fails (the hold stays).
     #[arg(long, env = "MARQUEE_PAYMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     payment_timeout: Duration,
@@ -813,6 +816,73 @@ struct DemoArgs {
     node: NodeArgs,
 }
 
+/// Live streaming: ingest, transcoding, playback, recordings.
+#[derive(Debug, Args)]
+struct LiveArgs {
+    /// The RTMP ingest listener (encoders publish to rtmp://<this>/live with the event's key);
+    /// `off` takes no RTMP.
+    #[arg(long, env = "MARQUEE_RTMP_LISTEN", default_value = "127.0.0.1:1935", value_parser = parse_listen_or_off)]
+    rtmp_listen: ListenOrOff,
+
+    /// The RTMP URL encoders are given, when it is not the listen address (a public name).
+    #[arg(long, env = "MARQUEE_RTMP_PUBLIC_URL")]
+    rtmp_public_url: Option<String>,
+
+    /// The ffmpeg that transcodes live streams.
+    #[arg(long, env = "MARQUEE_FFMPEG", default_value = "ffmpeg")]
+    ffmpeg: PathBuf,
+
+    /// Live streams this node transcodes at once (each is one ffmpeg encoding up to three
+    /// renditions); more publishers are refused until one ends.
+    #[arg(long, env = "MARQUEE_MAX_TRANSCODES", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_transcodes: u64,
+
+    /// x264 preset of the renditions (`ultrafast` … `medium`): CPU against quality.
+    #[arg(long, env = "MARQUEE_TRANSCODE_PRESET", default_value = "veryfast")]
+    transcode_preset: String,
+
+    /// How long a publisher that dropped may take to come back before the show ends.
+    #[arg(long, env = "MARQUEE_RECONNECT_GRACE", default_value = "10s", value_parser = parse_duration)]
+    reconnect_grace: Duration,
+
+    /// How long a playback URL works (viewers fetch the stream endpoint again for a new one).
+    #[arg(long, env = "MARQUEE_PLAYBACK_TOKEN_TTL", default_value = "4h", value_parser = parse_duration)]
+    playback_token_ttl: Duration,
+
+    /// Where recordings go: `file:///dir` or `s3://bucket/prefix` (credentials from AWS_*
+    /// variables); by default `recordings/` in the data dir.
+    #[arg(long, env = "MARQUEE_RECORDINGS_URL")]
+    recordings_url: Option<String>,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct ListenOrOff(Option<std::net::SocketAddr>);
+
+fn parse_listen_or_off(raw: &str) -> Result<ListenOrOff, String> {
+    match raw {
+        "off" | "" => Ok(ListenOrOff(None)),
+        addr => addr
+            .parse()
+            .map(|addr| ListenOrOff(Some(addr)))
+            .map_err(|_| format!("`{addr}` is not host:port (or `off`)")),
+    }
+}
+
+impl LiveArgs {
+    fn apply(self, config: &mut ServerConfig, public_url: Option<String>) {
+        config.live.rtmp_listen = self.rtmp_listen.0;
+        config.live.rtmp_public_url = self.rtmp_public_url;
+        config.live.ffmpeg = self.ffmpeg;
+        config.live.max_transcodes = usize::try_from(self.max_transcodes).unwrap_or(2);
+        config.live.preset = self.transcode_preset;
+        config.live.reconnect_grace = self.reconnect_grace;
+        config.live.playback_token_ttl = self.playback_token_ttl;
+        config.live.recordings_url = self.recordings_url;
+        config.live.public_url = public_url;
+    }
+}
+
 /// E-mail, webhooks and the jobs that send them.
 #[derive(Debug, Args)]
 struct NotifyArgs {
@@ -913,8 +983,9 @@ impl NodeArgs {
             },
             webhook_policy: marquee_notify::AddressPolicy::new(self.notify.webhook_allow_cidr),
             webhook_timeout: self.notify.webhook_timeout,
-            public_url: self.notify.public_url,
+            public_url: self.notify.public_url.clone(),
         };
+        self.live.apply(&mut config, self.notify.public_url);
         config.rate_limits = self.rate_limits;
         config.trusted_proxies = self.trusted_proxies;
         config.payment_timeout = self.payment_timeout;
@@ -984,6 +1055,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     println!("Marquee is serving on {}", server.url());
     println!("  Web app: {}/", server.url());
     println!("  API description: {}/api/v1/openapi.json", server.url());
+    if let Some(rtmp) = server.rtmp_addr {
+        println!("  RTMP ingest: rtmp://{rtmp}/live");
+    }
     server.run_until_signalled().await
 }
 

@@ -29,6 +29,10 @@ pub struct Server {
     queue_driver: JoinHandle<()>,
     relay: Option<JoinHandle<()>>,
     notifications: Vec<JoinHandle<()>>,
+    pub rtmp_addr: Option<SocketAddr>,
+    live_tasks: Vec<JoinHandle<()>>,
+    transcoders: JoinHandle<()>,
+    stop_transcoders: watch::Sender<bool>,
 }
 
 impl Server {
@@ -87,6 +91,43 @@ impl Server {
             stopped.clone(),
         );
         let rate_limiter = open_rate_limiter(&config).await?;
+        let live_streams = marquee_media::LiveStreams::with_limit(
+            config.live.reconnect_grace,
+            config.live.max_transcodes,
+        );
+        let rtmp_listener = match config.live.rtmp_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the RTMP listener {addr}"))?,
+            ),
+            None => None,
+        };
+        let rtmp_addr = rtmp_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let recordings = match &config.live.recordings_url {
+            Some(url) => marquee_media::RecordingStore::from_url(url),
+            None => marquee_media::RecordingStore::local(&config.data_dir.join("recordings")),
+        }
+        .context("opening the recordings store")?;
+        let media_root = config.data_dir.join("live");
+        let live = Arc::new(marquee_api::Live::new(
+            Arc::clone(&live_streams),
+            marquee_media::PlaybackTokens::derived_from(secret.expose()),
+            marquee_api::LiveSettings {
+                rtmp_url: config.live.rtmp_public_url.clone().unwrap_or_else(|| {
+                    let addr = rtmp_addr.unwrap_or_else(|| ([127, 0, 0, 1], 1935).into());
+                    format!("rtmp://{addr}/live")
+                }),
+                srt_url: None,
+                public_url: config.live.public_url.clone(),
+                token_ttl: config.live.playback_token_ttl,
+                media_root: media_root.clone(),
+            },
+            recordings.clone(),
+        ));
         let state = AppState {
             venues: marquee_api::VenueCache::default(),
             events: marquee_api::EventCache::with_shared(
@@ -118,7 +159,40 @@ impl Server {
             changes,
             dependencies: Arc::new(dependencies),
             notifications: Arc::new(open_notifications(&config, jobs_pool).await?),
+            live,
         };
+        let mut live_tasks = vec![marquee_api::spawn_status_recorder(
+            state.clone(),
+            stopped.clone(),
+        )];
+        if let Some(listener) = rtmp_listener {
+            live_tasks.push(marquee_media::spawn_rtmp_listener(
+                listener,
+                Arc::new(marquee_api::StreamKeyGate {
+                    store: state.store.clone(),
+                }),
+                Arc::clone(&live_streams),
+                marquee_media::IngestLimits::default(),
+                stopped.clone(),
+            ));
+        }
+        // Stopped by the streams ending (see `shutdown`), not by the stop signal, so that every
+        // ffmpeg finishes its files first.
+        let (stop_transcoders, transcoders_stop) = watch::channel(false);
+        let transcoders = marquee_media::spawn_transcoders(
+            Arc::clone(&live_streams),
+            marquee_media::TranscodeSettings {
+                ffmpeg: config.live.ffmpeg.clone(),
+                output_root: media_root,
+                preset: config.live.preset.clone(),
+                ..marquee_media::TranscodeSettings::default()
+            },
+            Arc::new(marquee_api::RecordingKeeper {
+                store: state.store.clone(),
+                recordings,
+            }),
+            transcoders_stop,
+        );
         let change_feed = marquee_api::spawn_change_feed(state.clone(), stopped.clone());
         let notifications = marquee_api::spawn_notifications(state.clone(), stopped.clone());
         let queue_driver = marquee_api::spawn_queue_driver(state.clone(), stopped.clone());
@@ -184,6 +258,10 @@ impl Server {
             queue_driver,
             relay,
             notifications,
+            rtmp_addr,
+            live_tasks,
+            transcoders,
+            stop_transcoders,
         })
     }
 
@@ -194,6 +272,22 @@ impl Server {
     /// Stops accepting, lets requests in flight finish, and returns when every listener is done.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        // Live shows end: each transcoder writes its last segments and its recording.
+        self.state
+            .live
+            .streams
+            .end_all(Some("the server is shutting down".into()));
+        for task in self.live_tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let _ = self.stop_transcoders.send(true);
+        if tokio::time::timeout(Duration::from_secs(20), self.transcoders)
+            .await
+            .is_err()
+        {
+            tracing::warn!("transcoders did not stop within 20 s");
+        }
         for task in self.tasks {
             task.await.context("server task panicked")??;
         }

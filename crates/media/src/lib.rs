@@ -14,10 +14,20 @@
 //! and DASH renditions), delivery with viewer tokens, recording, and the API that issues keys.
 
 pub mod flv;
+pub mod ladder;
+mod recording;
 mod rtmp;
 mod streams;
+mod token;
+mod transcode;
 
+pub use crate::recording::{RecordingError, RecordingStore, StoredRecording};
 pub use crate::rtmp::{
     spawn_rtmp_listener, Incoming, IngestLimits, PublishGate, RtmpConnection, RtmpError,
 };
 pub use crate::streams::{LiveStreams, Publisher, StatusChange, StreamRefusal, StreamStatus};
+pub use crate::token::{new_stream_key, stream_key_hash, PlaybackTokens, TokenError, Viewer};
+pub use crate::transcode::{
+    ffmpeg_args, spawn_transcoders, stream_dir, FinishedRecording, TranscodeEvents,
+    TranscodeSettings,
+};

@@ -399,7 +399,7 @@ async fn serve(
     let mut connection = RtmpConnection::new(limits.clone());
     let setup_deadline = tokio::time::Instant::now() + limits.setup_timeout;
     let mut buffer = vec![0u8; 16 * 1024];
-    let mut publisher = None;
+    let mut publisher: Option<crate::streams::Publisher> = None;
     loop {
         let read = if publisher.is_none() {
             match tokio::time::timeout_at(setup_deadline, socket.read(&mut buffer)).await {
@@ -414,6 +414,14 @@ async fn serve(
         };
         if read == 0 {
             return Ok(());
+        }
+        if let Some(current) = &publisher {
+            if !current.is_current() {
+                let problem = streams.problem(current.stream()).unwrap_or_default();
+                return Err(ServeError::Refused(format!(
+                    "the stream was ended: {problem}"
+                )));
+            }
         }
         let incoming = connection.receive(&buffer[..read])?;
         for item in incoming {
@@ -441,6 +449,9 @@ async fn serve(
                                 "another publisher is live on this key".to_string()
                             }
                             StreamRefusal::Ended => "the stream has ended".to_string(),
+                            StreamRefusal::AtCapacity => {
+                                "every transcoder of this server is busy; try later".to_string()
+                            }
                         }),
                     };
                     match refusal {

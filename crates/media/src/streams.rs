@@ -40,6 +40,8 @@ pub enum StreamRefusal {
     AlreadyLive,
     #[error("the stream has ended")]
     Ended,
+    #[error("every transcoder of this node is busy")]
+    AtCapacity,
 }
 
 struct Stream {
@@ -54,6 +56,8 @@ struct Stream {
     /// The last timestamp sent, after the offset.
     last: u32,
     bytes: u64,
+    /// Why the stream cannot be played as sent, when it cannot.
+    problem: Option<String>,
 }
 
 /// What a status change says.
@@ -61,21 +65,30 @@ struct Stream {
 pub struct StatusChange {
     pub stream: String,
     pub status: StreamStatus,
+    pub problem: Option<String>,
 }
 
 /// Every live stream of this node.
 pub struct LiveStreams {
     streams: Mutex<HashMap<String, Stream>>,
     grace: Duration,
+    /// Streams that may be live at once: each costs a transcoder.
+    max_live: usize,
     next_publisher: std::sync::atomic::AtomicU64,
     changes: broadcast::Sender<StatusChange>,
 }
 
 impl LiveStreams {
     pub fn new(grace: Duration) -> Arc<LiveStreams> {
+        Self::with_limit(grace, usize::MAX)
+    }
+
+    /// Like [`LiveStreams::new`], refusing a publisher past `max_live` live streams.
+    pub fn with_limit(grace: Duration, max_live: usize) -> Arc<LiveStreams> {
         Arc::new(LiveStreams {
             streams: Mutex::new(HashMap::new()),
             grace,
+            max_live,
             next_publisher: std::sync::atomic::AtomicU64::new(1),
             changes: broadcast::channel(256).0,
         })
@@ -91,6 +104,56 @@ impl LiveStreams {
         self.lock()
             .get(stream)
             .map_or(StreamStatus::Idle, |stream| stream.status)
+    }
+
+    /// Why the stream cannot be played as sent, if it cannot.
+    pub fn problem(&self, stream: &str) -> Option<String> {
+        self.lock()
+            .get(stream)
+            .and_then(|stream| stream.problem.clone())
+    }
+
+    /// Ends a live stream now, saying why (its publisher is dropped at its next send).
+    pub fn end(&self, stream: &str, problem: Option<String>) {
+        let mut streams = self.lock();
+        let Some(entry) = streams.get_mut(stream) else {
+            return;
+        };
+        if entry.status != StreamStatus::Live {
+            return;
+        }
+        entry.status = StreamStatus::Ended;
+        entry.publisher = None;
+        entry.problem = problem.clone();
+        // Readers see the end of the tags once they have read what was sent.
+        entry.tags = broadcast::channel(1).0;
+        drop(streams);
+        metrics::gauge!("marquee_streams_live").decrement(1.0);
+        let _ = self.changes.send(StatusChange {
+            stream: stream.to_string(),
+            status: StreamStatus::Ended,
+            problem,
+        });
+    }
+
+    /// Ends every live stream (the node is stopping), so every transcoder finishes its files.
+    pub fn end_all(&self, problem: Option<String>) {
+        let live: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, entry)| entry.status == StreamStatus::Live)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for stream in live {
+            self.end(&stream, problem.clone());
+        }
+    }
+
+    /// True while `publisher` is the stream's publisher.
+    fn is_current(&self, stream: &str, publisher: u64) -> bool {
+        self.lock()
+            .get(stream)
+            .is_some_and(|entry| entry.publisher == Some(publisher))
     }
 
     /// True while a publisher is attached (false while a live stream waits out its grace).
@@ -150,6 +213,7 @@ impl LiveStreams {
             offset: 0,
             last: 0,
             bytes: 0,
+            problem: None,
         });
         match (entry.status, entry.publisher) {
             (StreamStatus::Ended, _) => return Err(StreamRefusal::Ended),
@@ -158,6 +222,19 @@ impl LiveStreams {
             (StreamStatus::Live, None) => entry.offset = entry.last.saturating_add(1),
             (StreamStatus::Idle, _) => {}
         }
+        if entry.status == StreamStatus::Idle {
+            let live = streams
+                .values()
+                .filter(|other| other.status == StreamStatus::Live)
+                .count();
+            if live >= self.max_live {
+                streams.remove(stream);
+                return Err(StreamRefusal::AtCapacity);
+            }
+        }
+        let Some(entry) = streams.get_mut(stream) else {
+            return Err(StreamRefusal::Ended);
+        };
         entry.publisher = Some(id);
         let became_live = entry.status != StreamStatus::Live;
         entry.status = StreamStatus::Live;
@@ -166,6 +243,7 @@ impl LiveStreams {
             let _ = self.changes.send(StatusChange {
                 stream: stream.to_string(),
                 status: StreamStatus::Live,
+                problem: None,
             });
             metrics::gauge!("marquee_streams_live").increment(1.0);
         }
@@ -228,11 +306,13 @@ impl LiveStreams {
                 return;
             }
             entry.status = StreamStatus::Ended;
+            entry.tags = broadcast::channel(1).0;
             drop(all);
             metrics::gauge!("marquee_streams_live").decrement(1.0);
             let _ = streams.changes.send(StatusChange {
                 stream,
                 status: StreamStatus::Ended,
+                problem: None,
             });
         };
         if wait.is_zero() {
@@ -257,6 +337,11 @@ pub struct Publisher {
 impl Publisher {
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// False once the stream was ended under this publisher (a problem with what it sends).
+    pub fn is_current(&self) -> bool {
+        self.streams.is_current(&self.stream, self.id)
     }
 
     pub fn video(&self, timestamp: u32, data: Bytes) {

@@ -1,4 +1,4 @@
-//! Channel names. Only three shapes exist; anything else is refused before it reaches a hub, so a
+//! Channel names. Only four shapes exist; anything else is refused before it reaches a hub, so a
 //! client cannot create arbitrary channels (or Redis keys) by naming them.
 
 use std::fmt;
@@ -11,6 +11,8 @@ const MAX_ID_LEN: usize = 64;
 pub enum ChannelKind {
     /// `event:{id}:seats` — seat status changes of one event; offsets owned by the store.
     EventSeats,
+    /// `event:{id}:stream` — the live stream's status; offsets owned by the store.
+    EventStream,
     /// `queue:{token}` — one waiting-room place.
     Queue,
     /// `user:{id}` — one user's notifications; private to that user.
@@ -22,7 +24,9 @@ pub enum ChannelKind {
 pub struct Channel(Arc<str>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a channel: expected event:{{id}}:seats, queue:{{token}} or user:{{id}}")]
+#[error(
+    "`{0}` is not a channel: expected event:{{id}}:seats, event:{{id}}:stream, queue:{{token}} or user:{{id}}"
+)]
 pub struct ChannelError(pub String);
 
 fn valid_id(id: &str) -> bool {
@@ -37,7 +41,9 @@ impl Channel {
     pub fn parse(raw: &str) -> Result<Channel, ChannelError> {
         let refused = || ChannelError(raw.chars().take(100).collect());
         let valid = if let Some(rest) = raw.strip_prefix("event:") {
-            rest.strip_suffix(":seats").is_some_and(valid_id)
+            rest.strip_suffix(":seats")
+                .or_else(|| rest.strip_suffix(":stream"))
+                .is_some_and(valid_id)
         } else if let Some(id) = raw.strip_prefix("user:") {
             valid_id(id)
         } else if let Some(token) = raw.strip_prefix("queue:") {
@@ -56,6 +62,10 @@ impl Channel {
         Self::parse(&format!("event:{event_id}:seats"))
     }
 
+    pub fn event_stream(event_id: &str) -> Result<Channel, ChannelError> {
+        Self::parse(&format!("event:{event_id}:stream"))
+    }
+
     pub fn user(user_id: &str) -> Result<Channel, ChannelError> {
         Self::parse(&format!("user:{user_id}"))
     }
@@ -65,7 +75,9 @@ impl Channel {
     }
 
     pub fn kind(&self) -> ChannelKind {
-        if self.0.starts_with("event:") {
+        if self.0.starts_with("event:") && self.0.ends_with(":stream") {
+            ChannelKind::EventStream
+        } else if self.0.starts_with("event:") {
             ChannelKind::EventSeats
         } else if self.0.starts_with("user:") {
             ChannelKind::User
@@ -79,6 +91,7 @@ impl Channel {
         let name: &str = &self.0;
         match self.kind() {
             ChannelKind::EventSeats => &name["event:".len()..name.len() - ":seats".len()],
+            ChannelKind::EventStream => &name["event:".len()..name.len() - ":stream".len()],
             ChannelKind::User => &name["user:".len()..],
             ChannelKind::Queue => &name["queue:".len()..],
         }
@@ -101,6 +114,9 @@ mod tests {
 
     #[test]
     fn the_three_shapes_parse_and_nothing_else() {
+        let stream = Channel::parse("event:01JX:stream").expect("stream");
+        assert_eq!(stream.kind(), ChannelKind::EventStream);
+        assert_eq!(stream.subject(), "01JX");
         let seats = Channel::parse("event:01JX:seats").expect("seats");
         assert_eq!(seats.kind(), ChannelKind::EventSeats);
         assert_eq!(seats.subject(), "01JX");

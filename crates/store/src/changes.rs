@@ -14,6 +14,8 @@ pub enum EntityKind {
     Event,
     /// Seat inventory of one event; the entity id is the event's.
     Seats,
+    /// The live stream of one event; the entity id is the event's.
+    Stream,
 }
 
 impl EntityKind {
@@ -23,6 +25,7 @@ impl EntityKind {
             EntityKind::Venue => "venue",
             EntityKind::Event => "event",
             EntityKind::Seats => "seats",
+            EntityKind::Stream => "stream",
         }
     }
 }
@@ -50,10 +53,13 @@ pub enum ChangeKind {
     SeatsAvailable,
     #[serde(rename = "seats.sold")]
     SeatsSold,
+    /// A live stream went idle, live or ended (payload: status, problem, version).
+    #[serde(rename = "stream.status")]
+    StreamStatus,
 }
 
 impl ChangeKind {
-    pub const ALL: [ChangeKind; 9] = [
+    pub const ALL: [ChangeKind; 10] = [
         ChangeKind::UserRegistered,
         ChangeKind::VenueCreated,
         ChangeKind::EventCreated,
@@ -63,6 +69,7 @@ impl ChangeKind {
         ChangeKind::SeatsHeld,
         ChangeKind::SeatsAvailable,
         ChangeKind::SeatsSold,
+        ChangeKind::StreamStatus,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +83,7 @@ impl ChangeKind {
             ChangeKind::SeatsHeld => "seats.held",
             ChangeKind::SeatsAvailable => "seats.available",
             ChangeKind::SeatsSold => "seats.sold",
+            ChangeKind::StreamStatus => "stream.status",
         }
     }
 
@@ -94,6 +102,7 @@ impl ChangeKind {
             ChangeKind::SeatsHeld | ChangeKind::SeatsAvailable | ChangeKind::SeatsSold => {
                 EntityKind::Seats
             }
+            ChangeKind::StreamStatus => EntityKind::Stream,
         }
     }
 }

@@ -187,7 +187,8 @@ impl SeatChangeRecord<'_> {
             | ChangeKind::EventCreated
             | ChangeKind::EventUpdated
             | ChangeKind::EventPublished
-            | ChangeKind::EventCancelled => "available",
+            | ChangeKind::EventCancelled
+            | ChangeKind::StreamStatus => "available",
         }
     }
 }

@@ -71,6 +71,33 @@ pub struct WebhookEndpoint {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// An event's live stream as the catalog keeps it (the media itself lives on the ingest node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    pub event_id: EventId,
+    /// `idle`, `live` or `ended`.
+    pub status: String,
+    /// Why the stream is not playing as sent (audio only, an unsupported codec, no transcoder
+    /// free), when something is wrong.
+    pub problem: Option<String>,
+    /// Status changes so far: the offset of the status on `event:{id}:stream`.
+    pub version: i64,
+    pub key_issued_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One recorded show, an object in blob storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    pub id: String,
+    pub event_id: EventId,
+    pub object_key: String,
+    pub bytes: i64,
+    pub duration_ms: i64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub ended_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// The catalog. Every mutating method appends to the outbox in the same transaction (webhook
 /// endpoints excepted: they are an organizer's settings, which no follower reads).
 #[async_trait]
@@ -117,4 +144,27 @@ pub trait CatalogStore: InventoryStore + Send + Sync + 'static {
     /// An organizer's endpoints, oldest first.
     async fn webhooks_of(&self, organizer: &UserId) -> Result<Vec<WebhookEndpoint>, StoreError>;
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Gives `event` a new stream key (by its SHA-256); the old key stops working and the
+    /// stream is idle again. Records a `stream.status` change.
+    async fn issue_stream_key(
+        &self,
+        event: &EventId,
+        key_hash: &str,
+    ) -> Result<StreamRecord, StoreError>;
+    /// The event whose current key hashes to `key_hash`.
+    async fn stream_by_key_hash(&self, key_hash: &str) -> Result<Option<EventId>, StoreError>;
+    async fn stream(&self, event: &EventId) -> Result<Option<StreamRecord>, StoreError>;
+    /// Moves the stream to `status` and records a `stream.status` change; a write that would
+    /// not change status or problem is skipped. `NotFound` if the event has no stream key.
+    async fn set_stream_status(
+        &self,
+        event: &EventId,
+        status: &str,
+        problem: Option<&str>,
+    ) -> Result<StreamRecord, StoreError>;
+    /// True when `user` has a confirmed (not refunded) order for `event`.
+    async fn holds_ticket(&self, user: &UserId, event: &EventId) -> Result<bool, StoreError>;
+    async fn add_recording(&self, recording: &Recording) -> Result<(), StoreError>;
+    async fn recordings_of(&self, event: &EventId) -> Result<Vec<Recording>, StoreError>;
 }

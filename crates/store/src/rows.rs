@@ -98,3 +98,26 @@ pub(crate) fn webhook(row: &AnyRow) -> Result<crate::WebhookEndpoint, StoreError
         created_at: time(row, "created_at")?,
     })
 }
+
+pub(crate) fn stream(row: &AnyRow) -> Result<crate::StreamRecord, StoreError> {
+    Ok(crate::StreamRecord {
+        event_id: EventId::from_string(row.try_get::<String, _>("event_id")?),
+        status: row.try_get("status")?,
+        problem: row.try_get("problem")?,
+        version: row.try_get("version")?,
+        key_issued_at: time(row, "key_issued_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+pub(crate) fn recording(row: &AnyRow) -> Result<crate::Recording, StoreError> {
+    Ok(crate::Recording {
+        id: row.try_get("id")?,
+        event_id: EventId::from_string(row.try_get::<String, _>("event_id")?),
+        object_key: row.try_get("object_key")?,
+        bytes: row.try_get("bytes")?,
+        duration_ms: row.try_get("duration_ms")?,
+        started_at: time(row, "started_at")?,
+        ended_at: time(row, "ended_at")?,
+    })
+}

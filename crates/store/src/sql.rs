@@ -553,6 +553,169 @@ impl CatalogStore for SqlCatalogStore {
         write.transaction.commit().await?;
         Ok(deleted.rows_affected() == 1)
     }
+    async fn issue_stream_key(
+        &self,
+        event: &EventId,
+        key_hash: &str,
+    ) -> Result<crate::StreamRecord, StoreError> {
+        let now = rows::millis(marquee_domain::timestamp_now());
+        let mut write = self.begin_write().await?;
+        self.take_outbox_turn(&mut write).await;
+        let exists = sqlx::query("SELECT 1 FROM events WHERE id = $1")
+            .bind(event.as_str())
+            .fetch_optional(&mut *write.transaction)
+            .await?
+            .is_some();
+        if !exists {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO event_streams \
+             (event_id, key_hash, status, problem, version, key_issued_at, updated_at) \
+             VALUES ($1, $2, 'idle', NULL, 1, $3, $3) \
+             ON CONFLICT (event_id) DO UPDATE SET key_hash = excluded.key_hash, \
+             status = CASE WHEN event_streams.status = 'live' THEN 'live' ELSE 'idle' END, \
+             problem = NULL, version = event_streams.version + 1, \
+             key_issued_at = excluded.key_issued_at, updated_at = excluded.updated_at",
+        )
+        .bind(event.as_str())
+        .bind(key_hash)
+        .bind(now)
+        .execute(&mut *write.transaction)
+        .await?;
+        let sql = format!("SELECT {STREAM_COLUMNS} FROM event_streams WHERE event_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(event.as_str())
+            .fetch_one(&mut *write.transaction)
+            .await?;
+        let stream = rows::stream(&row)?;
+        self.append_change(
+            &mut write,
+            ChangeKind::StreamStatus,
+            event.as_str(),
+            &stream_payload(&stream),
+        )
+        .await?;
+        write.transaction.commit().await?;
+        Ok(stream)
+    }
+
+    async fn stream_by_key_hash(&self, key_hash: &str) -> Result<Option<EventId>, StoreError> {
+        let row = sqlx::query("SELECT event_id FROM event_streams WHERE key_hash = $1")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            sqlx::Row::try_get::<String, _>(&row, "event_id")
+                .map(EventId::from_string)
+                .map_err(StoreError::from)
+        })
+        .transpose()
+    }
+
+    async fn stream(&self, event: &EventId) -> Result<Option<crate::StreamRecord>, StoreError> {
+        let sql = format!("SELECT {STREAM_COLUMNS} FROM event_streams WHERE event_id = $1");
+        self.fetch_optional(sqlx::query(&sql).bind(event.as_str()), rows::stream)
+            .await
+    }
+
+    async fn set_stream_status(
+        &self,
+        event: &EventId,
+        status: &str,
+        problem: Option<&str>,
+    ) -> Result<crate::StreamRecord, StoreError> {
+        let mut write = self.begin_write().await?;
+        self.take_outbox_turn(&mut write).await;
+        let sql = format!("SELECT {STREAM_COLUMNS} FROM event_streams WHERE event_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(event.as_str())
+            .fetch_optional(&mut *write.transaction)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut stream = rows::stream(&row)?;
+        if stream.status == status && stream.problem.as_deref() == problem {
+            return Ok(stream);
+        }
+        stream.status = status.to_string();
+        stream.problem = problem.map(str::to_string);
+        stream.version += 1;
+        stream.updated_at = marquee_domain::timestamp_now();
+        sqlx::query(
+            "UPDATE event_streams SET status = $1, problem = $2, version = $3, updated_at = $4 \
+             WHERE event_id = $5",
+        )
+        .bind(status)
+        .bind(problem)
+        .bind(stream.version)
+        .bind(rows::millis(stream.updated_at))
+        .bind(event.as_str())
+        .execute(&mut *write.transaction)
+        .await?;
+        self.append_change(
+            &mut write,
+            ChangeKind::StreamStatus,
+            event.as_str(),
+            &stream_payload(&stream),
+        )
+        .await?;
+        write.transaction.commit().await?;
+        Ok(stream)
+    }
+
+    async fn holds_ticket(&self, user: &UserId, event: &EventId) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS held FROM orders WHERE user_id = $1 AND event_id = $2 \
+             AND status = 'confirmed' LIMIT 1",
+        )
+        .bind(user.as_str())
+        .bind(event.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn add_recording(&self, recording: &crate::Recording) -> Result<(), StoreError> {
+        let mut write = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO recordings \
+             (id, event_id, object_key, bytes, duration_ms, started_at, ended_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(recording.id.as_str())
+        .bind(recording.event_id.as_str())
+        .bind(recording.object_key.as_str())
+        .bind(recording.bytes)
+        .bind(recording.duration_ms)
+        .bind(rows::millis(recording.started_at))
+        .bind(rows::millis(recording.ended_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        write.transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn recordings_of(&self, event: &EventId) -> Result<Vec<crate::Recording>, StoreError> {
+        let sql = format!(
+            "SELECT {RECORDING_COLUMNS} FROM recordings WHERE event_id = $1 \
+             ORDER BY started_at, id LIMIT 1000"
+        );
+        self.fetch_all(sqlx::query(&sql).bind(event.as_str()), rows::recording)
+            .await
+    }
+}
+
+const STREAM_COLUMNS: &str = "event_id, status, problem, version, key_issued_at, updated_at";
+const RECORDING_COLUMNS: &str =
+    "id, event_id, object_key, bytes, duration_ms, started_at, ended_at";
+
+/// What a `stream.status` change carries (and the push channel shows).
+fn stream_payload(stream: &crate::StreamRecord) -> serde_json::Value {
+    serde_json::json!({
+        "status": stream.status,
+        "problem": stream.problem,
+        "version": stream.version,
+    })
 }
 
 const WEBHOOK_COLUMNS: &str = "id, organizer_id, url, events, secret, description, created_at";

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod events;
 pub mod holds;
+pub mod live;
 pub mod orders;
 pub mod push;
 pub mod queue;

@@ -736,10 +736,13 @@ pub async fn operator_publish(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let channel = Channel::parse(&message.channel)
         .map_err(|error| bad_request("invalid_channel", error.to_string()))?;
-    if channel.kind() == marquee_push::ChannelKind::EventSeats {
+    if matches!(
+        channel.kind(),
+        marquee_push::ChannelKind::EventSeats | marquee_push::ChannelKind::EventStream
+    ) {
         return Err(bad_request(
             "invalid_channel",
-            "seat channels carry only the store's changes",
+            "event channels carry only the store's changes",
         ));
     }
     if message.kind.is_empty() || message.kind.len() > 64 || message.kind.contains(['\n', '\r']) {

@@ -206,6 +206,7 @@ impl Cluster {
     pub(crate) async fn start_node(&mut self, index: usize) {
         let node = &self.nodes[index];
         let process = marquee()
+            .env("MARQUEE_RTMP_LISTEN", "off")
             .args(["serve", "--listen", &format!("127.0.0.1:{}", node.port)])
             .args(["--node-id", &node.id])
             .arg("--data-dir")

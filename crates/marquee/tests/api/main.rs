@@ -9,6 +9,7 @@ mod gateway;
 mod gateway_http1;
 mod gateway_processes;
 mod holds;
+mod live;
 mod notifications;
 mod push;
 mod queue;

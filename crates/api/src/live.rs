@@ -1,0 +1,207 @@
+//! Live streaming as the platform sees it: stream keys checked at the ingest, the stream's
+//! status kept in the catalog (so every node answers `GET …/stream` and pushes
+//! `event:{id}:stream`), recordings stored and listed, and viewers counted.
+
+use crate::AppState;
+use async_trait::async_trait;
+use marquee_domain::EventId;
+use marquee_media::{
+    FinishedRecording, LiveStreams, PlaybackTokens, RecordingStore, StreamStatus, TranscodeEvents,
+};
+use marquee_store::CatalogStore;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Where encoders and players are sent, and for how long a playback URL works.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// `rtmp://host:port/live`, as encoders should be told (the key goes in its own box).
+    pub rtmp_url: String,
+    /// `srt://host:port`, when SRT ingest is on.
+    pub srt_url: Option<String>,
+    /// The origin's base URL for playback (`http://host:port`); `None` gives relative URLs.
+    pub public_url: Option<String>,
+    pub token_ttl: Duration,
+    /// Where the transcoders write each stream's files.
+    pub media_root: PathBuf,
+}
+
+/// The live-streaming parts of a node.
+pub struct Live {
+    pub streams: Arc<LiveStreams>,
+    pub tokens: PlaybackTokens,
+    pub settings: LiveSettings,
+    pub recordings: RecordingStore,
+    /// Per event: viewers (by token) and when they last fetched a playlist.
+    viewers: Mutex<HashMap<String, HashMap<String, Instant>>>,
+}
+
+/// A viewer counts as watching this long after their last playlist fetch.
+const VIEWER_WINDOW: Duration = Duration::from_secs(30);
+
+impl Live {
+    pub fn new(
+        streams: Arc<LiveStreams>,
+        tokens: PlaybackTokens,
+        settings: LiveSettings,
+        recordings: RecordingStore,
+    ) -> Live {
+        Live {
+            streams,
+            tokens,
+            settings,
+            recordings,
+            viewers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes a playlist fetch by `viewer` and updates the event's viewer gauge.
+    pub fn saw_viewer(&self, event: &str, viewer: &str) {
+        let mut all = self
+            .viewers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let viewers = all.entry(event.to_string()).or_default();
+        viewers.insert(viewer.to_string(), now);
+        viewers.retain(|_, seen| now.duration_since(*seen) < VIEWER_WINDOW);
+        metrics::gauge!("marquee_stream_viewers", "event" => event.to_string())
+            .set(viewers.len() as f64);
+    }
+
+    /// Viewers of `event` seen within the window.
+    pub fn viewers(&self, event: &str) -> usize {
+        let all = self
+            .viewers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        all.get(event).map_or(0, |viewers| {
+            viewers
+                .values()
+                .filter(|seen| now.duration_since(**seen) < VIEWER_WINDOW)
+                .count()
+        })
+    }
+
+    /// The playback URL of `file` (`master.m3u8`, `manifest.mpd`) for `viewer`.
+    pub fn playback_url(&self, event: &str, viewer: &str, file: &str) -> String {
+        let expires = chrono::Utc::now().timestamp()
+            + i64::try_from(self.settings.token_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let token = self.tokens.sign(event, viewer, expires);
+        let base = self.settings.public_url.as_deref().unwrap_or("");
+        format!("{}/live/{event}/{token}/{file}", base.trim_end_matches('/'))
+    }
+}
+
+/// The ingest's question, answered from the catalog: a key is good while it is its event's
+/// current key and that event's stream has not ended.
+pub struct StreamKeyGate {
+    pub store: Arc<dyn CatalogStore>,
+}
+
+#[async_trait]
+impl marquee_media::PublishGate for StreamKeyGate {
+    async fn stream_for(&self, app: &str, stream_key: &str) -> Option<String> {
+        if app != "live" || stream_key.is_empty() || stream_key.len() > 128 {
+            return None;
+        }
+        let hash = marquee_media::stream_key_hash(stream_key);
+        let event = match self.store.stream_by_key_hash(&hash).await {
+            Ok(event) => event?,
+            Err(error) => {
+                tracing::warn!(%error, "stream key lookup failed");
+                return None;
+            }
+        };
+        match self.store.stream(&event).await {
+            Ok(Some(stream)) if stream.status != "ended" => Some(event.as_str().to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Stores each finished recording and lists it on the event.
+pub struct RecordingKeeper {
+    pub store: Arc<dyn CatalogStore>,
+    pub recordings: RecordingStore,
+}
+
+#[async_trait]
+impl TranscodeEvents for RecordingKeeper {
+    async fn recording_finished(&self, recording: FinishedRecording) {
+        let id = format!("rec_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let key = format!("{}/{id}.mp4", recording.stream);
+        let stored = match self.recordings.upload(&key, &recording.path).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, stream = %recording.stream, "recording upload failed");
+                metrics::counter!("marquee_recordings_failed_total").increment(1);
+                return;
+            }
+        };
+        let row = marquee_store::Recording {
+            id,
+            event_id: EventId::from_string(recording.stream.clone()),
+            object_key: stored.key,
+            bytes: i64::try_from(stored.bytes).unwrap_or(i64::MAX),
+            duration_ms: (recording.ended_at - recording.started_at).num_milliseconds(),
+            started_at: recording.started_at,
+            ended_at: recording.ended_at,
+        };
+        if let Err(error) = self.store.add_recording(&row).await {
+            tracing::error!(%error, stream = %recording.stream, "recording not listed");
+            return;
+        }
+        let _ = tokio::fs::remove_file(&recording.path).await;
+        metrics::counter!("marquee_recordings_total").increment(1);
+    }
+}
+
+/// Writes every status change of this node's streams to the catalog (from where it is pushed
+/// on `event:{id}:stream` by every node's change feed).
+pub fn spawn_status_recorder(
+    state: AppState,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut changes = state.live.streams.changes();
+        loop {
+            let change = tokio::select! {
+                change = changes.recv() => change,
+                _ = crate::push::stopping(&mut stopped) => return,
+            };
+            let change = match change {
+                Ok(change) => change,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "stream status changes missed");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let event = EventId::from_string(change.stream.clone());
+            let status = match change.status {
+                StreamStatus::Idle => "idle",
+                StreamStatus::Live => "live",
+                StreamStatus::Ended => "ended",
+            };
+            for attempt in 0..5u64 {
+                match state
+                    .store
+                    .set_stream_status(&event, status, change.problem.as_deref())
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, attempt, "stream status not recorded yet");
+                        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                    }
+                }
+            }
+        }
+    })
+}

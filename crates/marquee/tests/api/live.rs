@@ -1,0 +1,576 @@
+//! Live streaming end to end: a real ffmpeg publishes ffmpeg's test sources over RTMP to a real
+//! node, whose supervised ffmpeg transcodes and packages them; the test fetches the playlists
+//! and segments over HTTP with playback tokens and checks them with ffprobe.
+
+use crate::holds::{on_sale, OnSale};
+use crate::support::{TestApp, JWT_SECRET};
+use marquee_media::PlaybackTokens;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// A node with RTMP ingest on an ephemeral port.
+async fn live_node(max_transcodes: usize) -> TestApp {
+    TestApp::spawn_with(|config| {
+        config.live.rtmp_listen = Some(([127, 0, 0, 1], 0).into());
+        config.live.max_transcodes = max_transcodes;
+        config.live.reconnect_grace = Duration::from_secs(2);
+        config.live.preset = "ultrafast".into();
+        config.admin_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await
+}
+
+async fn buy_ticket(sale: &OnSale, seat: usize) -> String {
+    let (fan, _) = sale.app.register("fan").await;
+    let hold = sale
+        .hold(&fan, json!({"seat_ids": [sale.seat_ids[seat]]}))
+        .await
+        .expect(StatusCode::CREATED);
+    sale.order(&fan, hold["id"].as_str().expect("hold id"), "tok_visa")
+        .await
+        .expect(StatusCode::CREATED);
+    fan
+}
+
+async fn issue_key(sale: &OnSale) -> Value {
+    sale.app
+        .post(
+            &format!("/api/v1/events/{}/stream", sale.event_id),
+            Some(&sale.organizer),
+            json!({}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+}
+
+/// ffmpeg publishing `seconds` of test picture and tone, in real time, as an encoder would:
+/// H.264 with a keyframe every 2 s, AAC.
+fn publish(url: &str, seconds: u32, video: &[&str], audio: bool) -> Child {
+    let mut command = Command::new("ffmpeg");
+    command.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"]);
+    if !video.is_empty() {
+        command.args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=15"]);
+    }
+    if audio {
+        command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
+    }
+    command.args(["-t", &seconds.to_string()]);
+    command.args(video);
+    if audio {
+        command.args(["-c:a", "aac", "-b:a", "96k"]);
+    }
+    command
+        .args(["-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg runs (scripts/test installs it)")
+}
+
+const H264: [&str; 14] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-tune",
+    "zerolatency",
+    "-pix_fmt",
+    "yuv420p",
+    "-g",
+    "30",
+    "-keyint_min",
+    "30",
+    "-sc_threshold",
+    "0",
+];
+
+async fn stream_of(app: &TestApp, event: &str, token: &str) -> Value {
+    app.get(&format!("/api/v1/events/{event}/stream"), Some(token))
+        .await
+        .expect(StatusCode::OK)
+}
+
+async fn await_status(app: &TestApp, event: &str, token: &str, status: &str) -> Value {
+    for _ in 0..600 {
+        let stream = stream_of(app, event, token).await;
+        if stream["status"] == status {
+            return stream;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the stream never became {status}");
+}
+
+/// The path part of an absolute or relative playback URL.
+fn path_of(url: &str) -> String {
+    match url.find("/live/") {
+        Some(at) => url[at..].to_string(),
+        None => url.to_string(),
+    }
+}
+
+async fn fetch(app: &TestApp, path: &str) -> reqwest::Response {
+    reqwest::get(format!("{}{path}", app.url))
+        .await
+        .expect("media request")
+}
+
+/// Frames of a segment (its init segment before it): the video's size, and per frame whether
+/// it is a keyframe and its timestamp.
+async fn probe_segment(init: &[u8], segment: &[u8]) -> (u64, u64, Vec<(bool, f64)>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("segment.mp4");
+    let mut bytes = init.to_vec();
+    bytes.extend_from_slice(segment);
+    tokio::fs::write(&file, bytes).await.expect("write");
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=width,height:frame=key_frame,pts_time",
+        ])
+        .args(["-of", "json"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("ffprobe runs");
+    assert!(output.status.success(), "ffprobe: {output:?}");
+    let probed: Value = serde_json::from_slice(&output.stdout).expect("ffprobe json");
+    let stream = &probed["streams"][0];
+    let frames = probed["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .map(|frame| {
+            (
+                frame["key_frame"] == 1,
+                frame["pts_time"]
+                    .as_str()
+                    .and_then(|time| time.parse().ok())
+                    .unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    (
+        stream["width"].as_u64().unwrap_or(0),
+        stream["height"].as_u64().unwrap_or(0),
+        frames,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_show_published_over_rtmp_plays_in_every_rendition_for_ticket_holders_only() {
+    let sale = on_sale(live_node(2).await).await;
+    let fan = buy_ticket(&sale, 0).await;
+    let (stranger, _) = sale.app.register("fan").await;
+    let event = sale.event_id.clone();
+
+    // Only the organizer issues keys; ticket holders, the organizer and admins see the stream.
+    let (other_organizer, _) = sale.app.register("organizer").await;
+    sale.app
+        .post(
+            &format!("/api/v1/events/{event}/stream"),
+            Some(&other_organizer),
+            json!({}),
+        )
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+    let first_key = issue_key(&sale).await;
+    let key = issue_key(&sale).await;
+    assert_ne!(
+        first_key["stream_key"], key["stream_key"],
+        "a new call rotates"
+    );
+    let rtmp_url = key["rtmp_url"].as_str().expect("rtmp_url").to_string();
+    assert!(rtmp_url.starts_with("rtmp://127.0.0.1:"), "{rtmp_url}");
+    sale.app
+        .get(&format!("/api/v1/events/{event}/stream"), None)
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    sale.app
+        .get(&format!("/api/v1/events/{event}/stream"), Some(&stranger))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(stream_of(&sale.app, &event, &fan).await["status"], "idle");
+
+    // The rotated-out key and a made-up one are refused by the ingest.
+    for wrong in [
+        first_key["stream_key"].as_str().expect("key").to_string(),
+        "live_not-a-key".to_string(),
+    ] {
+        let refused = publish(&format!("{rtmp_url}/{wrong}"), 3, &H264, true)
+            .wait_with_output()
+            .await
+            .expect("ffmpeg ends");
+        assert!(!refused.status.success(), "a wrong key is refused");
+    }
+    assert_eq!(stream_of(&sale.app, &event, &fan).await["status"], "idle");
+
+    // The show: 12 s of 720p with a keyframe every 2 s.
+    let stream_key = key["stream_key"].as_str().expect("key");
+    let mut encoder = publish(&format!("{rtmp_url}/{stream_key}"), 12, &H264, true);
+    let live = await_status(&sale.app, &event, &fan, "live").await;
+    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
+    let dash = path_of(live["dash_url"].as_str().expect("dash_url"));
+    assert!(hls.ends_with("/master.m3u8") && dash.ends_with("/manifest.mpd"));
+
+    // A second publisher on the live key is refused.
+    let second = publish(&format!("{rtmp_url}/{stream_key}"), 2, &H264, true)
+        .wait_with_output()
+        .await
+        .expect("ffmpeg ends");
+    assert!(!second.status.success(), "a second publisher is refused");
+
+    let encoded = encoder.wait().await.expect("encoder finishes");
+    assert!(encoded.success(), "the encoder published the whole show");
+    let organizer_view = await_status(&sale.app, &event, &sale.organizer, "ended").await;
+    assert!(organizer_view["viewers"].is_number());
+
+    // The master playlist lists the source and every lower rung, never an upscale.
+    let response = fetch(&sale.app, &hls).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=1",
+        "playlists are short-lived"
+    );
+    let master_text = response.bytes().await.expect("master");
+    let master = match m3u8_rs::parse_playlist_res(&master_text) {
+        Ok(m3u8_rs::Playlist::MasterPlaylist(master)) => master,
+        other => panic!("not a master playlist: {other:?}"),
+    };
+    let mut sizes: Vec<(u64, u64)> = master
+        .variants
+        .iter()
+        .map(|variant| {
+            let resolution = variant.resolution.expect("resolution");
+            (resolution.width, resolution.height)
+        })
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [(640, 360), (854, 480), (1280, 720)]);
+    let base = hls.trim_end_matches("master.m3u8").to_string();
+
+    // Every segment of every rendition starts on a keyframe, is the rendition's size and
+    // lasts about 2 s.
+    let mut hls_segments = Vec::new();
+    for variant in &master.variants {
+        let resolution = variant.resolution.expect("resolution");
+        let text = fetch(&sale.app, &format!("{base}{}", variant.uri))
+            .await
+            .bytes()
+            .await
+            .expect("media playlist");
+        let playlist = match m3u8_rs::parse_playlist_res(&text) {
+            Ok(m3u8_rs::Playlist::MediaPlaylist(playlist)) => playlist,
+            other => panic!("not a media playlist: {other:?}"),
+        };
+        assert!(playlist.end_list, "an ended show's playlist is complete");
+        assert_eq!(playlist.target_duration, 2);
+        let init_uri = playlist.segments[0]
+            .map
+            .as_ref()
+            .expect("EXT-X-MAP")
+            .uri
+            .clone();
+        let init = fetch(&sale.app, &format!("{base}{init_uri}"))
+            .await
+            .bytes()
+            .await
+            .expect("init");
+        let whole = playlist.segments.len() - 1;
+        assert!(
+            whole >= 4,
+            "12 s make at least 5 segments: {}",
+            playlist.segments.len()
+        );
+        for segment in &playlist.segments[..whole] {
+            assert!(
+                (segment.duration - 2.0).abs() < 0.15,
+                "segments last 2 s: {}",
+                segment.duration
+            );
+            let response = fetch(&sale.app, &format!("{base}{}", segment.uri)).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()["cache-control"],
+                "public, max-age=31536000, immutable"
+            );
+            let bytes = response.bytes().await.expect("segment");
+            let (width, height, frames) = probe_segment(&init, &bytes).await;
+            assert_eq!((width, height), (resolution.width, resolution.height));
+            assert!(
+                frames.first().is_some_and(|frame| frame.0),
+                "starts on a keyframe"
+            );
+            let span = frames.last().map_or(0.0, |frame| frame.1) - frames[0].1 + 1.0 / 15.0;
+            assert!((span - 2.0).abs() < 0.15, "frames span 2 s: {span}");
+        }
+        hls_segments.push(playlist.segments.len());
+    }
+
+    // The MPD parses and agrees: the same sizes, the same number of segments.
+    let mpd_text = fetch(&sale.app, &dash).await.text().await.expect("mpd");
+    let mpd = roxmltree::Document::parse(&mpd_text).expect("the MPD is XML");
+    let mut mpd_sizes: Vec<(u64, u64)> = mpd
+        .descendants()
+        .filter(|node| node.has_tag_name("Representation") && node.attribute("width").is_some())
+        .map(|node| {
+            let number = |name| {
+                node.attribute(name)
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0)
+            };
+            (number("width"), number("height"))
+        })
+        .collect();
+    mpd_sizes.sort_unstable();
+    assert_eq!(mpd_sizes, sizes);
+    let timelines: Vec<usize> = mpd
+        .descendants()
+        .filter(|node| node.has_tag_name("SegmentTimeline"))
+        .map(|timeline| {
+            timeline
+                .children()
+                .filter(|node| node.has_tag_name("S"))
+                .map(|s| {
+                    1 + s
+                        .attribute("r")
+                        .and_then(|r| r.parse::<usize>().ok())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .collect();
+    for count in &hls_segments {
+        assert!(
+            timelines.iter().any(|timeline| timeline == count),
+            "HLS and DASH list the same segments: {hls_segments:?} / {timelines:?}"
+        );
+    }
+
+    // Media needs a valid token of this event, unexpired.
+    let tokens = PlaybackTokens::derived_from(JWT_SECRET.as_bytes());
+    let now = chrono::Utc::now().timestamp();
+    let expired = tokens.sign(&event, "someone", now - 1);
+    let other_event = tokens.sign("01JOTHEREVENT0000000000000", "someone", now + 600);
+    for token in ["nothing", expired.as_str(), other_event.as_str()] {
+        let response = fetch(&sale.app, &format!("/live/{event}/{token}/master.m3u8")).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "token {token}");
+    }
+    let response = fetch(&sale.app, &format!("{base}../../../jwt-secret")).await;
+    assert_ne!(response.status(), StatusCode::OK);
+
+    // The status went out on the event's push channel: idle, live, ended.
+    let polled = sale
+        .app
+        .get(
+            &format!("/api/v1/push/poll?channel=event:{event}:stream&since=0&timeout_s=1"),
+            Some(&fan),
+        )
+        .await
+        .expect(StatusCode::OK);
+    let statuses: Vec<String> = polled
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|message| message["data"]["status"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        statuses.ends_with(&["live".to_string(), "ended".to_string()]),
+        "{polled}"
+    );
+
+    // The recording is listed for the organizer (only) and plays.
+    let mut recordings = Value::Null;
+    for _ in 0..300 {
+        recordings = sale
+            .app
+            .get(
+                &format!("/api/v1/events/{event}/recordings"),
+                Some(&sale.organizer),
+            )
+            .await
+            .expect(StatusCode::OK);
+        if recordings["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recording = &recordings["items"][0];
+    sale.app
+        .get(&format!("/api/v1/events/{event}/recordings"), Some(&fan))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+    let download = sale
+        .app
+        .client
+        .get(format!(
+            "{}{}",
+            sale.app.url,
+            recording["url"].as_str().expect("url")
+        ))
+        .bearer_auth(&sale.organizer)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(download.status(), StatusCode::OK, "{recording}");
+    let bytes = download.bytes().await.expect("recording");
+    assert_eq!(
+        bytes.len() as u64,
+        recording["bytes"].as_u64().expect("bytes")
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("show.mp4");
+    tokio::fs::write(&file, &bytes).await.expect("write");
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args(["-f", "null", "-"])
+        .output()
+        .await
+        .expect("ffmpeg decodes");
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{decoded:?}"
+    );
+    let duration = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .await
+        .expect("ffprobe");
+    let seconds: f64 = String::from_utf8_lossy(&duration.stdout)
+        .trim()
+        .parse()
+        .expect("a duration");
+    assert!(
+        (10.0..14.0).contains(&seconds),
+        "the whole show: {seconds} s"
+    );
+    sale.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_unsupported_codecs_and_a_full_node_are_refused_with_a_clear_status() {
+    let sale = on_sale(live_node(2).await).await;
+    let organizer = sale.organizer.clone();
+    let key = issue_key(&sale).await;
+    let rtmp = key["rtmp_url"].as_str().expect("rtmp_url").to_string();
+
+    // Audio only: accepted by RTMP, then ended by the transcoder with the reason.
+    let mut audio_only = publish(
+        &format!("{rtmp}/{}", key["stream_key"].as_str().expect("key")),
+        30,
+        &[],
+        true,
+    );
+    let ended = await_status(&sale.app, &sale.event_id, &organizer, "ended").await;
+    assert!(
+        ended["problem"]
+            .as_str()
+            .is_some_and(|problem| problem.contains("audio only")),
+        "{ended}"
+    );
+    let _ = audio_only.wait().await;
+
+    // An unsupported codec (Sorenson H.263, FLV's own) on a new key.
+    let key = issue_key(&sale).await;
+    assert_eq!(
+        stream_of(&sale.app, &sale.event_id, &organizer).await["status"],
+        "idle",
+        "a new key starts a new show"
+    );
+    let mut flv1 = publish(
+        &format!("{rtmp}/{}", key["stream_key"].as_str().expect("key")),
+        30,
+        &["-c:v", "flv1"],
+        false,
+    );
+    let ended = await_status(&sale.app, &sale.event_id, &organizer, "ended").await;
+    assert!(
+        ended["problem"]
+            .as_str()
+            .is_some_and(|problem| problem.contains("unsupported video codec")),
+        "{ended}"
+    );
+    let _ = flv1.wait().await;
+
+    // The node still takes a good publisher afterwards.
+    let key = issue_key(&sale).await;
+    let mut good = publish(
+        &format!("{rtmp}/{}", key["stream_key"].as_str().expect("key")),
+        4,
+        &H264,
+        true,
+    );
+    await_status(&sale.app, &sale.event_id, &organizer, "live").await;
+    assert!(good.wait().await.expect("encoder").success());
+    await_status(&sale.app, &sale.event_id, &organizer, "ended").await;
+    sale.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_transcoder_limit_a_publisher_is_refused() {
+    let first = on_sale(live_node(1).await).await;
+    let key = issue_key(&first).await;
+    let rtmp = key["rtmp_url"].as_str().expect("rtmp_url").to_string();
+    let mut running = publish(
+        &format!("{rtmp}/{}", key["stream_key"].as_str().expect("key")),
+        6,
+        &H264,
+        true,
+    );
+    await_status(&first.app, &first.event_id, &first.organizer, "live").await;
+
+    // A second event on the same node, while the only transcoder is busy.
+    let venue = first.app.create_venue(&first.organizer).await;
+    let mut body = crate::support::event_body(venue["id"].as_str().expect("venue"));
+    body.as_object_mut().expect("object").remove("on_sale_at");
+    let second = first
+        .app
+        .post("/api/v1/events", Some(&first.organizer), body)
+        .await
+        .expect(StatusCode::CREATED);
+    let second_id = second["id"].as_str().expect("id");
+    let second_key = first
+        .app
+        .post(
+            &format!("/api/v1/events/{second_id}/stream"),
+            Some(&first.organizer),
+            json!({}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let refused = publish(
+        &format!("{rtmp}/{}", second_key["stream_key"].as_str().expect("key")),
+        2,
+        &H264,
+        true,
+    )
+    .wait_with_output()
+    .await
+    .expect("ffmpeg ends");
+    assert!(!refused.status.success(), "refused past the limit");
+    assert_eq!(
+        stream_of(&first.app, second_id, &first.organizer).await["status"],
+        "idle"
+    );
+    assert!(running.wait().await.expect("encoder").success());
+    first.app.stop().await;
+}
