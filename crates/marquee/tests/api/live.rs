@@ -574,3 +574,163 @@ async fn past_the_transcoder_limit_a_publisher_is_refused() {
     assert!(running.wait().await.expect("encoder").success());
     first.app.stop().await;
 }
+
+/// A counter's value in the node's Prometheus text (summed over its labels that match).
+async fn counter(app: &TestApp, name: &str, labels: &str) -> f64 {
+    let admin = app
+        .server
+        .as_ref()
+        .and_then(|server| server.admin_addr)
+        .expect("an admin listener");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// nginx running `deploy/nginx/pop.conf` in front of `origin`.
+struct Pop {
+    _nginx: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_pop(origin: &str) -> Pop {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let template = include_str!("../../../../deploy/nginx/pop.conf");
+    let config = template
+        .replace("@ORIGIN@", origin.trim_start_matches("http://"))
+        .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+        .replace("@CACHE_DIR@", &dir.path().display().to_string());
+    let file = dir.path().join("nginx.conf");
+    tokio::fs::write(&file, config).await.expect("write config");
+    let nginx = Command::new("nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&file)
+        .args(["-g", "daemon off;"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nginx runs (scripts/test installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if reqwest::get(format!("{url}/")).await.is_ok() {
+            return Pop {
+                _nginx: nginx,
+                url,
+                _dir: dir,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nginx never answered on {url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_viewers_through_the_nginx_pop_cost_about_one_origin_request_per_segment() {
+    let sale = on_sale(live_node(1).await).await;
+    let event = sale.event_id.clone();
+    let key = issue_key(&sale).await;
+    let rtmp = key["rtmp_url"].as_str().expect("rtmp_url").to_string();
+    let mut encoder = publish(
+        &format!("{rtmp}/{}", key["stream_key"].as_str().expect("key")),
+        10,
+        &H264,
+        true,
+    );
+    await_status(&sale.app, &event, &sale.organizer, "ended").await;
+    assert!(encoder.wait().await.expect("encoder").success());
+
+    let pop = start_pop(&sale.app.url).await;
+    let client = reqwest::Client::new();
+    let tokens = PlaybackTokens::derived_from(JWT_SECRET.as_bytes());
+    let expires = chrono::Utc::now().timestamp() + 600;
+    let before = counter(&sale.app, "marquee_media_requests_total", "segment").await;
+    let auth_before = counter(&sale.app, "marquee_media_auth_total", "").await;
+
+    // A bad token is refused at the PoP too.
+    let refused = client
+        .get(format!(
+            "{}/live/{event}/forged.1.AAAA/master.m3u8",
+            pop.url
+        ))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    // 100 viewers, each with a token of their own, fetch the 480p rendition at once.
+    let viewers = (0..100).map(|viewer| {
+        let client = client.clone();
+        let base = format!(
+            "{}/live/{event}/{}/",
+            pop.url,
+            tokens.sign(&event, &format!("viewer{viewer}"), expires)
+        );
+        tokio::spawn(async move {
+            let get = |file: String| {
+                let client = client.clone();
+                let url = format!("{base}{file}");
+                async move {
+                    let response = client.get(&url).send().await.expect("request");
+                    assert_eq!(response.status(), StatusCode::OK, "{url}");
+                    response.bytes().await.expect("body")
+                }
+            };
+            let master = get("master.m3u8".into()).await;
+            let Ok(m3u8_rs::Playlist::MasterPlaylist(master)) =
+                m3u8_rs::parse_playlist_res(&master)
+            else {
+                panic!("a master playlist");
+            };
+            let variant = master
+                .variants
+                .iter()
+                .find(|variant| variant.resolution.is_some_and(|size| size.height == 480))
+                .expect("480p")
+                .uri
+                .clone();
+            let media = get(variant).await;
+            let Ok(m3u8_rs::Playlist::MediaPlaylist(media)) = m3u8_rs::parse_playlist_res(&media)
+            else {
+                panic!("a media playlist");
+            };
+            let mut files = vec![media.segments[0].map.as_ref().expect("map").uri.clone()];
+            files.extend(media.segments.iter().map(|segment| segment.uri.clone()));
+            for file in &files {
+                get(file.clone()).await;
+            }
+            files
+        })
+    });
+    let mut unique = std::collections::BTreeSet::new();
+    for viewer in futures::future::join_all(viewers).await {
+        unique.extend(viewer.expect("viewer"));
+    }
+    let origin = counter(&sale.app, "marquee_media_requests_total", "segment").await - before;
+    let auth = counter(&sale.app, "marquee_media_auth_total", "").await - auth_before;
+    eprintln!(
+        "{} distinct segments, {origin} origin segment requests, {auth} token checks",
+        unique.len()
+    );
+    assert!(unique.len() >= 5, "{unique:?}");
+    assert!(
+        origin <= unique.len() as f64 + 1.0,
+        "one origin request per segment, not per viewer: {origin} for {}",
+        unique.len()
+    );
+    // One token check per viewer (cached), plus the refused one.
+    assert!(auth <= 101.0 + 5.0, "token checks: {auth}");
+    sale.app.stop().await;
+}
