@@ -243,6 +243,44 @@ const scenarios = {
     await page.locator("#checkin-result.bad", { hasNotText: "Already" }).waitFor({ timeout: PATIENCE });
     await context.close();
   },
+
+  async "a ticket holder watches the live show the organizer publishes over RTMP"({ url, call, browser }) {
+    const organizer = await register(call, "organizer", "Olga Organizer");
+    const fan = await register(call, "fan", "Wes Watcher");
+    const event = await createEvent(call, organizer, "Massive Attack live", false);
+    const hold = await call("POST", `/api/v1/events/${event.id}/holds`, fan.token, { seat_ids: [event.seatIds[0]] });
+    await call("POST", "/api/v1/orders", fan.token, { hold_id: hold.id, payment: { method: "card", token: "tok_visa" } });
+    const key = await call("POST", `/api/v1/events/${event.id}/stream`, organizer.token, {});
+    assert.ok(key.rtmp_url.startsWith("rtmp://"), key.rtmp_url);
+    const encoder = spawn("ffmpeg", ["-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+      "-f", "lavfi", "-i", "testsrc2=size=854x480:rate=15", "-f", "lavfi", "-i", "sine=frequency=440",
+      "-t", "40", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "30",
+      "-keyint_min", "30", "-sc_threshold", "0", "-c:a", "aac", "-f", "flv", `${key.rtmp_url}/${key.stream_key}`],
+      { stdio: ["ignore", "ignore", "inherit"] });
+    try {
+      const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+      const page = await context.newPage();
+      await signIn(page, url, fan);
+      await page.goto(`${url}/events/${event.id}/watch`);
+      await page.locator("#stream-status[data-status='live']").waitFor({ timeout: 30_000 });
+      // Playing: the picture advances (the browser's own HLS over the token-carrying URL).
+      await page.waitForFunction(() => {
+        const video = document.querySelector("#player");
+        return video && video.currentTime > 2 && video.videoWidth > 0;
+      }, null, { timeout: 45_000 }).catch(async (error) => {
+        const state = await page.evaluate(() => {
+          const video = document.querySelector("#player");
+          return { src: video.src, hls: video.canPlayType("application/vnd.apple.mpegurl"), error: video.error && video.error.message, code: video.error && video.error.code, ready: video.readyState, net: video.networkState, time: video.currentTime, note: document.querySelector("#stream-note").textContent };
+        });
+        await page.screenshot({ path: join(artifacts, "watch-failed.png"), fullPage: true });
+        throw new Error(`${error.message}: ${JSON.stringify(state)}`);
+      });
+      await page.screenshot({ path: join(artifacts, "watch.png"), fullPage: true });
+      await context.close();
+    } finally {
+      encoder.kill("SIGKILL");
+    }
+  },
 };
 
 const server = await startServer();

@@ -1,8 +1,8 @@
 //! The rendition ladder: what a source is transcoded into.
 //!
-//! The source itself is always offered (its video copied, not re-encoded: the encoder's own
-//! keyframes, which must fall every 2 s, cut the segments), plus every rung of 720p, 480p and
-//! 360p below the source's height. Nothing is upscaled, and a rung equal to the source is the
+//! The source's size is always offered (re-encoded like the rest, so that every rendition has
+//! its keyframes at the same instants), plus every rung of 720p, 480p and 360p below the
+//! source's height. Nothing is upscaled, and a rung equal to the source is the
 //! source. The source's size comes from its H.264 sequence parameter set, not from what the
 //! encoder's metadata claims.
 
@@ -15,7 +15,7 @@ pub struct Rendition {
     pub name: String,
     pub width: u32,
     pub height: u32,
-    /// Target video bitrate in kbit/s; `None` for the copied source.
+    /// Target video bitrate in kbit/s.
     pub video_kbps: Option<u32>,
 }
 
@@ -28,7 +28,7 @@ pub fn ladder(width: u32, height: u32) -> Vec<Rendition> {
         name: "source".into(),
         width,
         height,
-        video_kbps: None,
+        video_kbps: Some(source_kbps(width, height)),
     }];
     for (rung, kbps) in RUNGS {
         if rung < height {
@@ -43,6 +43,13 @@ pub fn ladder(width: u32, height: u32) -> Vec<Rendition> {
         }
     }
     renditions
+}
+
+/// The source-size rendition's bitrate: about 0.1 bit per pixel at 30 frames a second,
+/// between 800 kbit/s and 12 Mbit/s.
+fn source_kbps(width: u32, height: u32) -> u32 {
+    let pixels = u64::from(width) * u64::from(height);
+    ((pixels * 30 / 10_000) as u32).clamp(800, 12_000)
 }
 
 /// Why a source cannot be transcoded.

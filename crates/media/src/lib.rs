@@ -1,17 +1,20 @@
-//! Live media, first part: ingest. An organizer's encoder (OBS, ffmpeg, a phone) publishes an
-//! event's show over RTMP with the event's current stream key; the ingest checks the key with
-//! the platform ([`PublishGate`]), admits one publisher per stream at a time, keeps a stream
-//! live across a short drop of its publisher, and hands the media on as FLV ([`LiveStreams`])
-//! to whoever transcodes and packages it.
+//! Live media. An organizer's encoder (OBS, ffmpeg, a phone) publishes an event's show over
+//! RTMP with the event's current stream key; the ingest checks the key with the platform
+//! ([`PublishGate`]), admits one publisher per stream at a time and keeps a stream live across
+//! a short drop of its publisher ([`LiveStreams`]); one supervised ffmpeg per show transcodes
+//! the ladder and packages it as CMAF with an HLS master playlist and a DASH MPD
+//! ([`spawn_transcoders`]); playback URLs carry viewer-bound tokens ([`PlaybackTokens`]); each
+//! show is recorded into blob storage ([`RecordingStore`]).
 //!
 //! Why `rml_rtmp`: the RTMP handshake (including the FP9 digest variant encoders send), chunk
 //! stream multiplexing and AMF0 commands are a protocol library's job, and it is sans-I/O, which
 //! lets the ingest be a state machine the fuzzer can drive ([`RtmpConnection`]). What a public
 //! port needs around it (deadlines, byte and chunk-size caps, key checks, one publisher per
-//! stream) is written here.
+//! stream) is written here. Why ffmpeg as a child process: see [`transcode`]. Why
+//! `h264-reader`: the ladder is decided from the stream's own SPS, not the encoder's metadata.
+//! Why `object_store`: one API over local files and S3-compatible stores.
 //!
-//! Still to come in this block (issue 11): SRT ingest, the supervised ffmpeg transcoder (HLS
-//! and DASH renditions), delivery with viewer tokens, recording, and the API that issues keys.
+//! Not here yet: SRT ingest.
 
 pub mod flv;
 pub mod ladder;
@@ -19,7 +22,7 @@ mod recording;
 mod rtmp;
 mod streams;
 mod token;
-mod transcode;
+pub mod transcode;
 
 pub use crate::recording::{RecordingError, RecordingStore, StoredRecording};
 pub use crate::rtmp::{

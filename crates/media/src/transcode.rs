@@ -104,33 +104,33 @@ pub fn ffmpeg_args(
     ]
     .map(String::from)
     .to_vec();
-    let scaled: Vec<&Rendition> = renditions.iter().skip(1).collect();
-    if !scaled.is_empty() {
-        let mut graph = format!("[0:v]split={}", scaled.len());
-        for index in 0..scaled.len() {
-            graph.push_str(&format!("[s{index}]"));
-        }
-        // The scaler keeps the display aspect ratio (an 854-wide 480p gets a sample aspect
-        // ratio just off 1:1), which the DASH muxer requires of one adaptation set.
-        for (index, rendition) in scaled.iter().enumerate() {
+    // Every rendition is encoded, the source's size too: a copied source would keep the
+    // encoder's keyframes and timestamps, and players that switch between it and the
+    // renditions (Chromium's own HLS, for one) fail on the mismatch.
+    let mut graph = format!("[0:v]split={}", renditions.len());
+    for index in 0..renditions.len() {
+        graph.push_str(&format!("[s{index}]"));
+    }
+    // The scaler keeps the display aspect ratio (an 854-wide 480p gets a sample aspect ratio
+    // just off 1:1), which the DASH muxer requires of one adaptation set.
+    for (index, rendition) in renditions.iter().enumerate() {
+        if index == 0 {
+            graph.push_str(&format!(";[s{index}]null[v{index}]"));
+        } else {
             graph.push_str(&format!(
                 ";[s{index}]scale={}:{}[v{index}]",
                 rendition.width, rendition.height
             ));
         }
-        args.extend(["-filter_complex".into(), graph]);
     }
-    args.extend(["-map".into(), "0:v:0".into()]);
-    for index in 0..scaled.len() {
+    args.extend(["-filter_complex".into(), graph]);
+    for index in 0..renditions.len() {
         args.extend(["-map".into(), format!("[v{index}]")]);
     }
     if has_audio {
         args.extend(["-map".into(), "0:a:0".into()]);
     }
-    // The source is copied: its own keyframes cut its segments.
-    args.extend(["-c:v:0".into(), "copy".into()]);
-    for (index, rendition) in scaled.iter().enumerate() {
-        let stream = index + 1;
+    for (stream, rendition) in renditions.iter().enumerate() {
         let kbps = rendition.video_kbps.unwrap_or(1_000);
         args.extend([
             format!("-c:v:{stream}"),
@@ -143,7 +143,7 @@ pub fn ffmpeg_args(
             format!("{}k", kbps * 2),
         ]);
     }
-    if !scaled.is_empty() {
+    {
         args.extend(
             [
                 "-preset",
@@ -619,6 +619,8 @@ mod tests {
             1,
         );
         assert!(!without_audio.iter().any(|arg| arg == "0:a:0"));
-        assert!(!without_audio.iter().any(|arg| arg == "-filter_complex"));
+        assert!(without_audio
+            .iter()
+            .any(|arg| arg == "[s0]null[v0]" || arg.ends_with("[s0]null[v0]")));
     }
 }

@@ -217,6 +217,7 @@ function eventPage() {
       $("#title").textContent = event.title;
       $("#meta").textContent = `${when(event.starts_at)} · ${event.venue ? event.venue.name + ", " + event.venue.city : ""}`;
       $("#description").textContent = event.description || "";
+      $("#watch-link").href = `/events/${encodeURIComponent(eventId)}/watch`;
       $("#event").setAttribute("aria-busy", "false");
       if (event.waiting_room && event.waiting_room.enabled && !sessionStorage.getItem(passKey)) {
         $("#queue-panel").hidden = false;
@@ -783,5 +784,72 @@ function signIn() {
   });
 }
 
+// ---- watching a live show -------------------------------------------------------------
+
+// True once the master playlist and every playlist it names list two segments: a live player
+// handed a playlist that is still being written (or missing its audio) gives up.
+async function playlistsReady(masterUrl) {
+  const text = async (url) => {
+    const response = await fetch(url).catch(() => null);
+    return response && response.ok ? response.text() : null;
+  };
+  const master = await text(masterUrl);
+  if (!master) return false;
+  const base = masterUrl.slice(0, masterUrl.lastIndexOf("/") + 1);
+  const names = [...master.matchAll(/URI="([^"]+)"/g)].map((match) => match[1])
+    .concat(master.split("\n").filter((line) => line && !line.startsWith("#")));
+  for (const name of names) {
+    const playlist = await text(base + name.trim());
+    if (!playlist || (playlist.match(/#EXTINF/g) || []).length < 2) return false;
+  }
+  return names.length > 0;
+}
+
+// The player is the browser's own HLS support (Safari, Chromium): the stream endpoint hands out
+// a playback URL whose token is in the path, so the playlists' relative URLs carry it along.
+async function watchPage() {
+  if (!requireUser()) return;
+  const eventId = decodeURIComponent(location.pathname.split("/")[2] || "");
+  const player = $("#player");
+  let playing = null;
+  const labels = { idle: "The show has not started yet.", live: "Live now", ended: "The show has ended." };
+  try {
+    const event = await api("GET", `/api/v1/events/${encodeURIComponent(eventId)}`);
+    document.title = `${event.title} · live · Marquee`;
+    $("#title").textContent = event.title;
+  } catch (error) { fail(error); }
+  $("#watch").setAttribute("aria-busy", "false");
+  async function check() {
+    let stream;
+    try {
+      stream = await api("GET", `/api/v1/events/${encodeURIComponent(eventId)}/stream`);
+    } catch (error) {
+      $("#stream-status").textContent = error.status === 403 ? "The stream is for ticket holders of this event." : error.message;
+      return;
+    }
+    $("#stream-status").textContent = labels[stream.status] || stream.status;
+    $("#stream-status").dataset.status = stream.status;
+    $("#stream-note").textContent = stream.problem || "";
+    if (stream.status === "live" && !playing) {
+      if (!player.canPlayType("application/vnd.apple.mpegurl")) {
+        $("#stream-note").textContent = "This browser cannot play HLS; open the DASH URL in a DASH player: " + stream.dash_url;
+        return;
+      }
+      // The show is live from the publisher's first frame; its playlist follows a segment later.
+      const ready = await playlistsReady(stream.hls_url);
+      if (!ready) {
+        $("#stream-status").textContent = "Live — starting…";
+        return;
+      }
+      playing = stream.hls_url;
+      player.hidden = false;
+      player.src = stream.hls_url;
+      player.play().catch(() => {});
+    }
+  }
+  await check();
+  setInterval(check, 2000);
+}
+
 header();
-({ home, event: eventPage, orders: ordersPage, signin: signIn, organizer: organizerPage, dashboard: dashboardPage })[page]?.();
+({ home, event: eventPage, watch: watchPage, orders: ordersPage, signin: signIn, organizer: organizerPage, dashboard: dashboardPage })[page]?.();

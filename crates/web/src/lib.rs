@@ -35,6 +35,11 @@ const EVENT: Page = Page {
     name: "event",
     main: include_str!("../assets/event.html"),
 };
+const WATCH: Page = Page {
+    title: "Watch live",
+    name: "watch",
+    main: include_str!("../assets/watch.html"),
+};
 const SIGN_IN: Page = Page {
     title: "Sign in",
     name: "signin",
@@ -85,6 +90,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { render(&HOME) }))
         .route("/events/{id}", get(|| async { render(&EVENT) }))
+        .route("/events/{id}/watch", get(|| async { render(&WATCH) }))
         .route("/signin", get(|| async { render(&SIGN_IN) }))
         .route("/me/orders", get(|| async { render(&ORDERS) }))
         .route("/organizer", get(|| async { render(&ORGANIZER) }))

@@ -251,7 +251,8 @@ fn media_type(file: &str) -> Option<(&'static str, &'static str, &'static str)> 
     Some(match extension {
         "m3u8" => ("application/vnd.apple.mpegurl", PLAYLIST_CACHE, "playlist"),
         "mpd" => ("application/dash+xml", PLAYLIST_CACHE, "playlist"),
-        "m4s" => ("video/iso.segment", SEGMENT_CACHE, "segment"),
+        // `video/iso.segment` is the registered type, but Chromium's own HLS player refuses it.
+        "m4s" => ("video/mp4", SEGMENT_CACHE, "segment"),
         _ => return None,
     })
 }
