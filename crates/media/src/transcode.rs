@@ -600,10 +600,12 @@ mod tests {
         );
         let line = args.join(" ");
         assert!(
-            line.contains("split=2[s0][s1];[s0]scale=854:480[v0];[s1]scale=640:360[v1]"),
+            line.contains(
+                "split=3[s0][s1][s2];[s0]null[v0];[s1]scale=854:480[v1];[s2]scale=640:360[v2]"
+            ),
             "{line}"
         );
-        assert!(line.contains("-c:v:0 copy"));
+        assert!(line.contains("-c:v:0 libx264 -b:v:0 2764k"));
         assert!(line.contains("-c:v:2 libx264 -b:v:2 800k"));
         assert!(line.contains("expr:gte(t,n_forced*2)"));
         assert!(line.contains("-seg_duration 2"));
