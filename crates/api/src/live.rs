@@ -98,6 +98,28 @@ impl Live {
     }
 }
 
+/// Who may watch an event's stream (and follow `event:{id}:stream`): its ticket holders, its
+/// organizer and admins. A draft is hidden (404) from everyone else, a published event is 403.
+/// Returns whether the viewer manages the event.
+pub(crate) async fn may_watch(
+    state: &AppState,
+    viewer: &crate::extract::CurrentUser,
+    event: &marquee_domain::Event,
+) -> Result<bool, crate::ApiError> {
+    if viewer.may_manage(&event.owner_id) {
+        return Ok(true);
+    }
+    if !crate::access::is_public(event) {
+        return Err(crate::ApiError::not_found("event"));
+    }
+    if !state.store.holds_ticket(&viewer.id, &event.id).await? {
+        return Err(crate::ApiError::forbidden(
+            "the stream is for the event's ticket holders",
+        ));
+    }
+    Ok(false)
+}
+
 /// The ingest's question, answered from the catalog: a key is good while it is its event's
 /// current key and that event's stream has not ended.
 pub struct StreamKeyGate {

@@ -217,16 +217,7 @@ pub async fn authorize_channel(
             let Some(viewer) = viewer else {
                 return Err(ApiError::unauthorized());
             };
-            if !viewer.may_manage(&event.owner_id) {
-                if !crate::access::is_public(&event) {
-                    return Err(ApiError::not_found("event"));
-                }
-                if !state.store.holds_ticket(&viewer.id, &id).await? {
-                    return Err(ApiError::forbidden(
-                        "the stream is for the event's ticket holders",
-                    ));
-                }
-            }
+            crate::live::may_watch(state, viewer, &event).await?;
             state.push.caught_up(state).await?;
             let version = state
                 .store

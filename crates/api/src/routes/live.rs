@@ -120,17 +120,7 @@ pub async fn get_stream(
         .get(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
-    let manages = user.may_manage(&event.owner_id);
-    if !manages {
-        if !crate::access::is_public(&event) {
-            return Err(ApiError::not_found("event"));
-        }
-        if !state.store.holds_ticket(&user.id, &id).await? {
-            return Err(ApiError::forbidden(
-                "the stream is for the event's ticket holders",
-            ));
-        }
-    }
+    let manages = crate::live::may_watch(&state, &user, &event).await?;
     let stream = state.store.stream(&id).await?;
     let live = &state.live;
     let expires_at = Utc::now()

@@ -231,6 +231,27 @@ async fn a_show_published_over_rtmp_plays_in_every_rendition_for_ticket_holders_
     let organizer_view = await_status(&sale.app, &event, &sale.organizer, "ended").await;
     assert!(organizer_view["viewers"].is_number());
 
+    // The show's status ends with its publisher; the transcoder then writes its last segment,
+    // the complete playlists and the recording. Its recording being listed says it is done.
+    let mut recordings = Value::Null;
+    for _ in 0..300 {
+        recordings = sale
+            .app
+            .get(
+                &format!("/api/v1/events/{event}/recordings"),
+                Some(&sale.organizer),
+            )
+            .await
+            .expect(StatusCode::OK);
+        if recordings["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The master playlist lists the source and every lower rung, never an upscale.
     let response = fetch(&sale.app, &hls).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -386,25 +407,15 @@ async fn a_show_published_over_rtmp_plays_in_every_rendition_for_ticket_holders_
         "{polled}"
     );
 
+    sale.app
+        .get(
+            &format!("/api/v1/push/poll?channel=event:{event}:stream&since=0&timeout_s=1"),
+            Some(&stranger),
+        )
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+
     // The recording is listed for the organizer (only) and plays.
-    let mut recordings = Value::Null;
-    for _ in 0..300 {
-        recordings = sale
-            .app
-            .get(
-                &format!("/api/v1/events/{event}/recordings"),
-                Some(&sale.organizer),
-            )
-            .await
-            .expect(StatusCode::OK);
-        if recordings["items"]
-            .as_array()
-            .is_some_and(|items| !items.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let recording = &recordings["items"][0];
     sale.app
         .get(&format!("/api/v1/events/{event}/recordings"), Some(&fan))
@@ -596,9 +607,26 @@ async fn counter(app: &TestApp, name: &str, labels: &str) -> f64 {
 
 /// nginx running `deploy/nginx/pop.conf` in front of `origin`.
 struct Pop {
-    _nginx: Child,
+    nginx: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Pop {
+    /// Stops nginx the way an operator would, so its workers go with its master (killing the
+    /// master alone leaves them behind).
+    async fn stop(mut self) {
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(&self.config)
+            .args(["-s", "stop"])
+            .status()
+            .await;
+        let _ = self.nginx.wait().await;
+    }
 }
 
 async fn start_pop(origin: &str) -> Pop {
@@ -627,9 +655,10 @@ async fn start_pop(origin: &str) -> Pop {
     for _ in 0..100 {
         if reqwest::get(format!("{url}/")).await.is_ok() {
             return Pop {
-                _nginx: nginx,
+                nginx,
                 url,
-                _dir: dir,
+                config: file,
+                dir,
             };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -732,5 +761,6 @@ async fn a_hundred_viewers_through_the_nginx_pop_cost_about_one_origin_request_p
     );
     // One token check per viewer (cached), plus the refused one.
     assert!(auth <= 101.0 + 5.0, "token checks: {auth}");
+    pop.stop().await;
     sale.app.stop().await;
 }
