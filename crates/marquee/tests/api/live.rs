@@ -95,13 +95,31 @@ async fn stream_of(app: &TestApp, event: &str, token: &str) -> Value {
         .expect(StatusCode::OK)
 }
 
+/// Waits for the stream to reach `status`, following `event:{id}:stream` by long polling (each
+/// poll returns as soon as the status changes).
 async fn await_status(app: &TestApp, event: &str, token: &str, status: &str) -> Value {
-    for _ in 0..600 {
+    let mut since = 0;
+    for _ in 0..60 {
         let stream = stream_of(app, event, token).await;
         if stream["status"] == status {
             return stream;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let polled = app
+            .get(
+                &format!(
+                    "/api/v1/push/poll?channel=event:{event}:stream&since={since}&timeout_s=5"
+                ),
+                Some(token),
+            )
+            .await
+            .expect(StatusCode::OK);
+        if let Some(offset) = polled
+            .as_array()
+            .and_then(|messages| messages.last())
+            .and_then(|message| message["offset"].as_u64())
+        {
+            since = offset;
+        }
     }
     panic!("the stream never became {status}");
 }
