@@ -22,7 +22,7 @@ const PATIENCE = 15_000;
 
 async function startServer() {
   const dataDir = mkdtempSync(join(tmpdir(), "marquee-e2e-"));
-  const child = spawn(bin, ["--log-filter", "warn", "serve", "--listen", "127.0.0.1:0", "--rtmp-listen", "127.0.0.1:0", "--data-dir", dataDir], {
+  const child = spawn(bin, ["--log-filter", "warn", "serve", "--listen", "127.0.0.1:0", "--rtmp-listen", "127.0.0.1:0", "--srt-listen", "127.0.0.1:0", "--data-dir", dataDir], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   const url = await new Promise((resolveUrl, reject) => {

@@ -126,6 +126,7 @@ async fn start_cluster(
         let port = free_port()?;
         let child = Command::new(&exe)
             .env("MARQUEE_RTMP_LISTEN", "off")
+            .env("MARQUEE_SRT_LISTEN", "off")
             .args(["--log-filter", "error", "serve"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--node-id", &format!("node-{n}")])

@@ -70,6 +70,7 @@ pub async fn run_gateway_bench(bench: &GatewayBench) -> anyhow::Result<GatewayRe
     let _node = Process(
         Command::new(&exe)
             .env("MARQUEE_RTMP_LISTEN", "off")
+            .env("MARQUEE_SRT_LISTEN", "off")
             .args([
                 "--log-filter",
                 "warn",
@@ -88,6 +89,7 @@ pub async fn run_gateway_bench(bench: &GatewayBench) -> anyhow::Result<GatewayRe
     let _gateway = Process(
         Command::new(&exe)
             .env("MARQUEE_RTMP_LISTEN", "off")
+            .env("MARQUEE_SRT_LISTEN", "off")
             .args([
                 "--log-filter",
                 "warn",

@@ -117,6 +117,7 @@ impl Target {
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let child = Command::new(std::env::current_exe()?)
             .env("MARQUEE_RTMP_LISTEN", "off")
+            .env("MARQUEE_SRT_LISTEN", "off")
             .args(["--log-filter", "warn", "serve", "--listen"])
             .arg(addr.to_string())
             .arg("--admin-listen")

@@ -66,6 +66,10 @@ pub struct LiveConfig {
     pub rtmp_listen: Option<SocketAddr>,
     /// What encoders are told to publish to; `None` derives `rtmp://<listen>/live`.
     pub rtmp_public_url: Option<String>,
+    /// The SRT ingest listener (UDP); `None` takes no SRT.
+    pub srt_listen: Option<SocketAddr>,
+    /// What SRT encoders are told to call; `None` derives `srt://<listen>`.
+    pub srt_public_url: Option<String>,
     /// The origin's base URL in playback URLs (`http://host:port`); `None` gives paths.
     pub public_url: Option<String>,
     pub ffmpeg: PathBuf,
@@ -85,6 +89,8 @@ impl Default for LiveConfig {
         LiveConfig {
             rtmp_listen: None,
             rtmp_public_url: None,
+            srt_listen: None,
+            srt_public_url: None,
             public_url: None,
             ffmpeg: PathBuf::from("ffmpeg"),
             max_transcodes: 2,

@@ -828,7 +828,16 @@ struct LiveArgs {
     #[arg(long, env = "MARQUEE_RTMP_PUBLIC_URL")]
     rtmp_public_url: Option<String>,
 
-    /// The ffmpeg that transcodes live streams.
+    /// The SRT ingest listener, UDP (encoders call srt://<this> with the event's key as the
+    /// stream id); `off` takes no SRT.
+    #[arg(long, env = "MARQUEE_SRT_LISTEN", default_value = "127.0.0.1:9000", value_parser = parse_listen_or_off)]
+    srt_listen: ListenOrOff,
+
+    /// The SRT URL encoders are given, when it is not the listen address (a public name).
+    #[arg(long, env = "MARQUEE_SRT_PUBLIC_URL")]
+    srt_public_url: Option<String>,
+
+    /// The ffmpeg that transcodes live streams (and remuxes SRT's MPEG-TS).
     #[arg(long, env = "MARQUEE_FFMPEG", default_value = "ffmpeg")]
     ffmpeg: PathBuf,
 
@@ -873,6 +882,8 @@ impl LiveArgs {
     fn apply(self, config: &mut ServerConfig, public_url: Option<String>) {
         config.live.rtmp_listen = self.rtmp_listen.0;
         config.live.rtmp_public_url = self.rtmp_public_url;
+        config.live.srt_listen = self.srt_listen.0;
+        config.live.srt_public_url = self.srt_public_url;
         config.live.ffmpeg = self.ffmpeg;
         config.live.max_transcodes = usize::try_from(self.max_transcodes).unwrap_or(2);
         config.live.preset = self.transcode_preset;
@@ -1057,6 +1068,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     println!("  API description: {}/api/v1/openapi.json", server.url());
     if let Some(rtmp) = server.rtmp_addr {
         println!("  RTMP ingest: rtmp://{rtmp}/live");
+    }
+    if let Some(srt) = server.srt_addr {
+        println!("  SRT ingest: srt://{srt}");
     }
     server.run_until_signalled().await
 }

@@ -30,6 +30,7 @@ pub struct Server {
     relay: Option<JoinHandle<()>>,
     notifications: Vec<JoinHandle<()>>,
     pub rtmp_addr: Option<SocketAddr>,
+    pub srt_addr: Option<SocketAddr>,
     live_tasks: Vec<JoinHandle<()>>,
     transcoders: JoinHandle<()>,
     stop_transcoders: watch::Sender<bool>,
@@ -107,6 +108,26 @@ impl Server {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
+        let srt = match config.live.srt_listen {
+            Some(addr) => Some(
+                marquee_media::spawn_srt_listener(
+                    addr,
+                    Arc::new(marquee_api::StreamKeyGate {
+                        store: store.clone(),
+                    }),
+                    Arc::clone(&live_streams),
+                    marquee_media::SrtSettings {
+                        ffmpeg: config.live.ffmpeg.clone(),
+                        ..marquee_media::SrtSettings::default()
+                    },
+                    stopped.clone(),
+                )
+                .await
+                .with_context(|| format!("binding the SRT listener {addr}"))?,
+            ),
+            None => None,
+        };
+        let srt_addr = srt.as_ref().map(|srt| srt.local_addr);
         let recordings = match &config.live.recordings_url {
             Some(url) => marquee_media::RecordingStore::from_url(url),
             None => marquee_media::RecordingStore::local(&config.data_dir.join("recordings")),
@@ -121,7 +142,11 @@ impl Server {
                     let addr = rtmp_addr.unwrap_or_else(|| ([127, 0, 0, 1], 1935).into());
                     format!("rtmp://{addr}/live")
                 }),
-                srt_url: None,
+                srt_url: config
+                    .live
+                    .srt_public_url
+                    .clone()
+                    .or_else(|| srt_addr.map(|addr| format!("srt://{addr}"))),
                 public_url: config.live.public_url.clone(),
                 token_ttl: config.live.playback_token_ttl,
                 media_root: media_root.clone(),
@@ -165,6 +190,9 @@ impl Server {
             state.clone(),
             stopped.clone(),
         )];
+        if let Some(srt) = srt {
+            live_tasks.push(srt.task);
+        }
         if let Some(listener) = rtmp_listener {
             live_tasks.push(marquee_media::spawn_rtmp_listener(
                 listener,
@@ -259,6 +287,7 @@ impl Server {
             relay,
             notifications,
             rtmp_addr,
+            srt_addr,
             live_tasks,
             transcoders,
             stop_transcoders,

@@ -86,6 +86,88 @@ pub fn timestamp_of(tag: &[u8]) -> u32 {
     u32::from_be_bytes([tag[7], tag[4], tag[5], tag[6]])
 }
 
+/// An audio or video tag read from a byte stream, owning its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub kind: TagKind,
+    pub timestamp: u32,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlvError {
+    #[error("not an FLV stream")]
+    NotFlv,
+}
+
+/// Reads tags from FLV arriving in pieces (a remuxer's stdout): bytes in with
+/// [`FlvReader::push`], whole audio and video tags out of [`FlvReader::next_tag`]. Script tags
+/// are skipped. It holds at most one tag's worth of bytes beyond what it was given (a tag's
+/// 24-bit size caps that at 16 MiB).
+#[derive(Default)]
+pub struct FlvReader {
+    buffer: BytesMut,
+    header_read: bool,
+}
+
+impl FlvReader {
+    pub fn new() -> FlvReader {
+        FlvReader::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next whole tag, `Ok(None)` when more bytes are needed.
+    pub fn next_tag(&mut self) -> Result<Option<Tag>, FlvError> {
+        if !self.header_read {
+            if self.buffer.len() < 9 {
+                return Ok(None);
+            }
+            if &self.buffer[..3] != b"FLV" {
+                return Err(FlvError::NotFlv);
+            }
+            let data_offset = u32::from_be_bytes([
+                self.buffer[5],
+                self.buffer[6],
+                self.buffer[7],
+                self.buffer[8],
+            ]) as usize;
+            // The header, then the first previous-tag-size.
+            let skip = data_offset.max(9) + 4;
+            if self.buffer.len() < skip {
+                return Ok(None);
+            }
+            let _ = self.buffer.split_to(skip);
+            self.header_read = true;
+        }
+        loop {
+            if self.buffer.len() < 11 {
+                return Ok(None);
+            }
+            let size = usize::from(self.buffer[1]) << 16
+                | usize::from(self.buffer[2]) << 8
+                | usize::from(self.buffer[3]);
+            let total = 11 + size + 4;
+            if self.buffer.len() < total {
+                return Ok(None);
+            }
+            let tag = self.buffer.split_to(total).freeze();
+            let kind = match tag[0] & 0x1F {
+                8 => TagKind::Audio,
+                9 => TagKind::Video,
+                _ => continue,
+            };
+            return Ok(Some(Tag {
+                kind,
+                timestamp: timestamp_of(&tag),
+                body: tag.slice(11..11 + size),
+            }));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +198,32 @@ mod tests {
                 (TagKind::Video, 0x0102_0304, vec![0x17, 0, 9])
             ]
         );
+    }
+
+    #[test]
+    fn a_reader_fed_byte_by_byte_finds_the_same_tags() {
+        let mut bytes = HEADER.to_vec();
+        bytes.extend_from_slice(&tag(TagKind::Script, 0, b"onMetaData"));
+        bytes.extend_from_slice(&tag(TagKind::Video, 40, &[0x17, 1, 2, 3]));
+        bytes.extend_from_slice(&tag(TagKind::Audio, 0x0100_0000, &[0xAF, 1]));
+        let mut reader = FlvReader::new();
+        let mut tags = Vec::new();
+        for byte in &bytes {
+            reader.push(std::slice::from_ref(byte));
+            while let Some(tag) = reader.next_tag().expect("flv") {
+                tags.push((tag.kind, tag.timestamp, tag.body.to_vec()));
+            }
+        }
+        assert_eq!(
+            tags,
+            [
+                (TagKind::Video, 40, vec![0x17, 1, 2, 3]),
+                (TagKind::Audio, 0x0100_0000, vec![0xAF, 1])
+            ]
+        );
+        let mut garbage = FlvReader::new();
+        garbage.push(b"GET / HTTP/1.1\r\n");
+        assert_eq!(garbage.next_tag(), Err(FlvError::NotFlv));
     }
 
     #[test]

@@ -12,14 +12,14 @@
 //! port needs around it (deadlines, byte and chunk-size caps, key checks, one publisher per
 //! stream) is written here. Why ffmpeg as a child process: see [`transcode`]. Why
 //! `h264-reader`: the ladder is decided from the stream's own SPS, not the encoder's metadata.
-//! Why `object_store`: one API over local files and S3-compatible stores.
-//!
-//! Not here yet: SRT ingest.
+//! Why `object_store`: one API over local files and S3-compatible stores. Why `srt-tokio`:
+//! see [`spawn_srt_listener`].
 
 pub mod flv;
 pub mod ladder;
 mod recording;
 mod rtmp;
+mod srt;
 mod streams;
 mod token;
 pub mod transcode;
@@ -28,6 +28,7 @@ pub use crate::recording::{RecordingError, RecordingStore, StoredRecording};
 pub use crate::rtmp::{
     spawn_rtmp_listener, Incoming, IngestLimits, PublishGate, RtmpConnection, RtmpError,
 };
+pub use crate::srt::{parse_stream_id, spawn_srt_listener, SrtIngest, SrtSettings};
 pub use crate::streams::{LiveStreams, Publisher, StatusChange, StreamRefusal, StreamStatus};
 pub use crate::token::{new_stream_key, stream_key_hash, PlaybackTokens, TokenError, Viewer};
 pub use crate::transcode::{

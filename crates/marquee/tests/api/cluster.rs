@@ -207,6 +207,7 @@ impl Cluster {
         let node = &self.nodes[index];
         let process = marquee()
             .env("MARQUEE_RTMP_LISTEN", "off")
+            .env("MARQUEE_SRT_LISTEN", "off")
             .args(["serve", "--listen", &format!("127.0.0.1:{}", node.port)])
             .args(["--node-id", &node.id])
             .arg("--data-dir")

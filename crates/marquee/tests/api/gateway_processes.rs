@@ -53,6 +53,7 @@ async fn answers(url: &str) {
 async fn spawn_node(port: u16, node_id: &str, data_dir: &Path) -> Child {
     let child = marquee()
         .env("MARQUEE_RTMP_LISTEN", "off")
+        .env("MARQUEE_SRT_LISTEN", "off")
         .args([
             "serve",
             "--listen",

@@ -1,4 +1,4 @@
-//! Live streaming end to end: a real ffmpeg publishes ffmpeg's test sources over RTMP to a real
+//! Live streaming end to end: a real ffmpeg publishes ffmpeg's test sources over RTMP or SRT to a real
 //! node, whose supervised ffmpeg transcodes and packages them; the test fetches the playlists
 //! and segments over HTTP with playback tokens and checks them with ffprobe.
 
@@ -11,10 +11,11 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
-/// A node with RTMP ingest on an ephemeral port.
+/// A node with RTMP and SRT ingest on ephemeral ports.
 async fn live_node(max_transcodes: usize) -> TestApp {
     TestApp::spawn_with(|config| {
         config.live.rtmp_listen = Some(([127, 0, 0, 1], 0).into());
+        config.live.srt_listen = Some(([127, 0, 0, 1], 0).into());
         config.live.max_transcodes = max_transcodes;
         config.live.reconnect_grace = Duration::from_secs(2);
         config.live.preset = "ultrafast".into();
@@ -181,6 +182,216 @@ async fn probe_segment(init: &[u8], segment: &[u8]) -> (u64, u64, Vec<(bool, f64
     )
 }
 
+/// Checks an ended show's packaging: the master playlist lists the source (720p) and every
+/// lower rung; every segment of every rendition starts on a keyframe, is its rendition's size
+/// and lasts about 2 s; the MPD lists the same renditions and segments. Returns the
+/// playlists' base path.
+async fn assert_packaged(app: &TestApp, hls: &str, dash: &str) -> String {
+    // The master playlist lists the source and every lower rung, never an upscale.
+    let response = fetch(app, hls).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=1",
+        "playlists are short-lived"
+    );
+    let master_text = response.bytes().await.expect("master");
+    let master = match m3u8_rs::parse_playlist_res(&master_text) {
+        Ok(m3u8_rs::Playlist::MasterPlaylist(master)) => master,
+        other => panic!("not a master playlist: {other:?}"),
+    };
+    let mut sizes: Vec<(u64, u64)> = master
+        .variants
+        .iter()
+        .map(|variant| {
+            let resolution = variant.resolution.expect("resolution");
+            (resolution.width, resolution.height)
+        })
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [(640, 360), (854, 480), (1280, 720)]);
+    let base = hls.trim_end_matches("master.m3u8").to_string();
+
+    // Every segment of every rendition starts on a keyframe, is the rendition's size and
+    // lasts about 2 s.
+    let mut hls_segments = Vec::new();
+    for variant in &master.variants {
+        let resolution = variant.resolution.expect("resolution");
+        let text = fetch(app, &format!("{base}{}", variant.uri))
+            .await
+            .bytes()
+            .await
+            .expect("media playlist");
+        let playlist = match m3u8_rs::parse_playlist_res(&text) {
+            Ok(m3u8_rs::Playlist::MediaPlaylist(playlist)) => playlist,
+            other => panic!("not a media playlist: {other:?}"),
+        };
+        assert!(playlist.end_list, "an ended show's playlist is complete");
+        assert_eq!(playlist.target_duration, 2);
+        let init_uri = playlist.segments[0]
+            .map
+            .as_ref()
+            .expect("EXT-X-MAP")
+            .uri
+            .clone();
+        let init = fetch(app, &format!("{base}{init_uri}"))
+            .await
+            .bytes()
+            .await
+            .expect("init");
+        let whole = playlist.segments.len() - 1;
+        assert!(
+            whole >= 4,
+            "12 s make at least 5 segments: {}",
+            playlist.segments.len()
+        );
+        for segment in &playlist.segments[..whole] {
+            assert!(
+                (segment.duration - 2.0).abs() < 0.15,
+                "segments last 2 s: {}",
+                segment.duration
+            );
+            let response = fetch(app, &format!("{base}{}", segment.uri)).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()["cache-control"],
+                "public, max-age=31536000, immutable"
+            );
+            let bytes = response.bytes().await.expect("segment");
+            let (width, height, frames) = probe_segment(&init, &bytes).await;
+            assert_eq!((width, height), (resolution.width, resolution.height));
+            assert!(
+                frames.first().is_some_and(|frame| frame.0),
+                "starts on a keyframe"
+            );
+            let span = frames.last().map_or(0.0, |frame| frame.1) - frames[0].1 + 1.0 / 15.0;
+            assert!((span - 2.0).abs() < 0.15, "frames span 2 s: {span}");
+        }
+        hls_segments.push(playlist.segments.len());
+    }
+
+    // The MPD parses and agrees: the same sizes, the same number of segments.
+    let mpd_text = fetch(app, dash).await.text().await.expect("mpd");
+    let mpd = roxmltree::Document::parse(&mpd_text).expect("the MPD is XML");
+    let mut mpd_sizes: Vec<(u64, u64)> = mpd
+        .descendants()
+        .filter(|node| node.has_tag_name("Representation") && node.attribute("width").is_some())
+        .map(|node| {
+            let number = |name| {
+                node.attribute(name)
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0)
+            };
+            (number("width"), number("height"))
+        })
+        .collect();
+    mpd_sizes.sort_unstable();
+    assert_eq!(mpd_sizes, sizes);
+    let timelines: Vec<usize> = mpd
+        .descendants()
+        .filter(|node| node.has_tag_name("SegmentTimeline"))
+        .map(|timeline| {
+            timeline
+                .children()
+                .filter(|node| node.has_tag_name("S"))
+                .map(|s| {
+                    1 + s
+                        .attribute("r")
+                        .and_then(|r| r.parse::<usize>().ok())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .collect();
+    for count in &hls_segments {
+        assert!(
+            timelines.iter().any(|timeline| timeline == count),
+            "HLS and DASH list the same segments: {hls_segments:?} / {timelines:?}"
+        );
+    }
+    base
+}
+
+/// The event's recordings once the transcoder has stored one (it does so after writing the
+/// show's last segments and playlists).
+async fn await_recording(sale: &OnSale) -> Value {
+    let mut recordings = Value::Null;
+    for _ in 0..300 {
+        recordings = sale
+            .app
+            .get(
+                &format!("/api/v1/events/{}/recordings", sale.event_id),
+                Some(&sale.organizer),
+            )
+            .await
+            .expect(StatusCode::OK);
+        if recordings["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
+            return recordings;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no recording was stored: {recordings}");
+}
+
+/// ffmpeg publishing `seconds` of 720p test picture and tone over SRT (MPEG-TS), as a
+/// hardware encoder would.
+fn publish_srt(url: &str, seconds: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=15"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args(H264)
+        .args(["-c:a", "aac", "-b:a", "96k", "-f", "mpegts"])
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg runs (scripts/test installs it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_show_published_over_srt_plays_in_every_rendition() {
+    let sale = on_sale(live_node(2).await).await;
+    let fan = buy_ticket(&sale, 0).await;
+    let event = sale.event_id.clone();
+    let key = issue_key(&sale).await;
+    let stream_key = key["stream_key"].as_str().expect("key");
+    let srt_url = key["srt_url"].as_str().expect("srt_url").to_string();
+    assert!(
+        srt_url.starts_with("srt://127.0.0.1:")
+            && srt_url.ends_with(&format!("?streamid={stream_key}")),
+        "{srt_url}"
+    );
+
+    // A made-up key is refused at the SRT handshake.
+    let wrong = srt_url.replace(stream_key, "live_not-a-key");
+    let refused = publish_srt(&wrong, 2)
+        .wait_with_output()
+        .await
+        .expect("ffmpeg ends");
+    assert!(!refused.status.success(), "a wrong key is refused");
+    assert_eq!(stream_of(&sale.app, &event, &fan).await["status"], "idle");
+
+    let mut encoder = publish_srt(&srt_url, 12);
+    let live = await_status(&sale.app, &event, &fan, "live").await;
+    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
+    let dash = path_of(live["dash_url"].as_str().expect("dash_url"));
+    let encoded = encoder.wait().await.expect("encoder finishes");
+    assert!(encoded.success(), "the encoder published the whole show");
+    // SRT has no unpublish: the show ends when the reconnect grace runs out.
+    await_status(&sale.app, &event, &fan, "ended").await;
+    let recordings = await_recording(&sale).await;
+    assert_packaged(&sale.app, &hls, &dash).await;
+    assert!(recordings["items"][0]["bytes"].as_u64().unwrap_or(0) > 4_096);
+    sale.app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_show_published_over_rtmp_plays_in_every_rendition_for_ticket_holders_only() {
     let sale = on_sale(live_node(2).await).await;
@@ -251,147 +462,9 @@ async fn a_show_published_over_rtmp_plays_in_every_rendition_for_ticket_holders_
 
     // The show's status ends with its publisher; the transcoder then writes its last segment,
     // the complete playlists and the recording. Its recording being listed says it is done.
-    let mut recordings = Value::Null;
-    for _ in 0..300 {
-        recordings = sale
-            .app
-            .get(
-                &format!("/api/v1/events/{event}/recordings"),
-                Some(&sale.organizer),
-            )
-            .await
-            .expect(StatusCode::OK);
-        if recordings["items"]
-            .as_array()
-            .is_some_and(|items| !items.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let recordings = await_recording(&sale).await;
 
-    // The master playlist lists the source and every lower rung, never an upscale.
-    let response = fetch(&sale.app, &hls).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()["cache-control"],
-        "public, max-age=1",
-        "playlists are short-lived"
-    );
-    let master_text = response.bytes().await.expect("master");
-    let master = match m3u8_rs::parse_playlist_res(&master_text) {
-        Ok(m3u8_rs::Playlist::MasterPlaylist(master)) => master,
-        other => panic!("not a master playlist: {other:?}"),
-    };
-    let mut sizes: Vec<(u64, u64)> = master
-        .variants
-        .iter()
-        .map(|variant| {
-            let resolution = variant.resolution.expect("resolution");
-            (resolution.width, resolution.height)
-        })
-        .collect();
-    sizes.sort_unstable();
-    assert_eq!(sizes, [(640, 360), (854, 480), (1280, 720)]);
-    let base = hls.trim_end_matches("master.m3u8").to_string();
-
-    // Every segment of every rendition starts on a keyframe, is the rendition's size and
-    // lasts about 2 s.
-    let mut hls_segments = Vec::new();
-    for variant in &master.variants {
-        let resolution = variant.resolution.expect("resolution");
-        let text = fetch(&sale.app, &format!("{base}{}", variant.uri))
-            .await
-            .bytes()
-            .await
-            .expect("media playlist");
-        let playlist = match m3u8_rs::parse_playlist_res(&text) {
-            Ok(m3u8_rs::Playlist::MediaPlaylist(playlist)) => playlist,
-            other => panic!("not a media playlist: {other:?}"),
-        };
-        assert!(playlist.end_list, "an ended show's playlist is complete");
-        assert_eq!(playlist.target_duration, 2);
-        let init_uri = playlist.segments[0]
-            .map
-            .as_ref()
-            .expect("EXT-X-MAP")
-            .uri
-            .clone();
-        let init = fetch(&sale.app, &format!("{base}{init_uri}"))
-            .await
-            .bytes()
-            .await
-            .expect("init");
-        let whole = playlist.segments.len() - 1;
-        assert!(
-            whole >= 4,
-            "12 s make at least 5 segments: {}",
-            playlist.segments.len()
-        );
-        for segment in &playlist.segments[..whole] {
-            assert!(
-                (segment.duration - 2.0).abs() < 0.15,
-                "segments last 2 s: {}",
-                segment.duration
-            );
-            let response = fetch(&sale.app, &format!("{base}{}", segment.uri)).await;
-            assert_eq!(response.status(), StatusCode::OK);
-            assert_eq!(
-                response.headers()["cache-control"],
-                "public, max-age=31536000, immutable"
-            );
-            let bytes = response.bytes().await.expect("segment");
-            let (width, height, frames) = probe_segment(&init, &bytes).await;
-            assert_eq!((width, height), (resolution.width, resolution.height));
-            assert!(
-                frames.first().is_some_and(|frame| frame.0),
-                "starts on a keyframe"
-            );
-            let span = frames.last().map_or(0.0, |frame| frame.1) - frames[0].1 + 1.0 / 15.0;
-            assert!((span - 2.0).abs() < 0.15, "frames span 2 s: {span}");
-        }
-        hls_segments.push(playlist.segments.len());
-    }
-
-    // The MPD parses and agrees: the same sizes, the same number of segments.
-    let mpd_text = fetch(&sale.app, &dash).await.text().await.expect("mpd");
-    let mpd = roxmltree::Document::parse(&mpd_text).expect("the MPD is XML");
-    let mut mpd_sizes: Vec<(u64, u64)> = mpd
-        .descendants()
-        .filter(|node| node.has_tag_name("Representation") && node.attribute("width").is_some())
-        .map(|node| {
-            let number = |name| {
-                node.attribute(name)
-                    .and_then(|value| value.parse().ok())
-                    .unwrap_or(0)
-            };
-            (number("width"), number("height"))
-        })
-        .collect();
-    mpd_sizes.sort_unstable();
-    assert_eq!(mpd_sizes, sizes);
-    let timelines: Vec<usize> = mpd
-        .descendants()
-        .filter(|node| node.has_tag_name("SegmentTimeline"))
-        .map(|timeline| {
-            timeline
-                .children()
-                .filter(|node| node.has_tag_name("S"))
-                .map(|s| {
-                    1 + s
-                        .attribute("r")
-                        .and_then(|r| r.parse::<usize>().ok())
-                        .unwrap_or(0)
-                })
-                .sum()
-        })
-        .collect();
-    for count in &hls_segments {
-        assert!(
-            timelines.iter().any(|timeline| timeline == count),
-            "HLS and DASH list the same segments: {hls_segments:?} / {timelines:?}"
-        );
-    }
+    let base = assert_packaged(&sale.app, &hls, &dash).await;
 
     // Media needs a valid token of this event, unexpired.
     let tokens = PlaybackTokens::derived_from(JWT_SECRET.as_bytes());
