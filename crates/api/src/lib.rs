@@ -137,8 +137,6 @@ pub fn router(state: AppState) -> Router {
     let (routes, document) = api_routes().split_for_parts();
     let document = Arc::new(document);
     let routes = routes
-        .route("/live/_auth", get(routes::live::media_auth))
-        .route("/live/{event}/{token}/{file}", get(routes::live::media))
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -159,7 +157,34 @@ pub fn router(state: AppState) -> Router {
                 "this route does not accept that method",
             )
         });
-    with_middleware(routes, &state).with_state(state)
+    with_middleware(routes, &state)
+        .merge(media_router(&state))
+        .with_state(state)
+}
+
+/// The media origin (`/live/…`): every viewer fetches a playlist every segment and each
+/// segment once, so these requests outnumber the API's by far. They carry their own access
+/// check (the playback token), and get lean middleware: no request id, span or rate-limit
+/// lookup per request; panics are still caught and every request still counted.
+fn media_router(state: &AppState) -> Router<AppState> {
+    let node_id = HeaderValue::from_str(&state.settings.node_id)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-node-id"));
+    Router::new()
+        .route("/live/_auth", get(routes::live::media_auth))
+        .route("/live/{event}/{token}/{file}", get(routes::live::media))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetResponseHeaderLayer::overriding(
+                    HeaderName::from_static("x-marquee-node"),
+                    node_id,
+                ))
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    HeaderName::from_static("x-content-type-options"),
+                    HeaderValue::from_static("nosniff"),
+                ))
+                .layer(axum::middleware::from_fn(middleware::observe))
+                .layer(CatchPanicLayer::custom(middleware::panic_response)),
+        )
 }
 
 /// The admin listener: metrics, probes and operator announcements (`POST /push/publish`)

@@ -38,7 +38,18 @@ pub struct Live {
     pub recordings: RecordingStore,
     /// Per event: viewers (by token) and when they last fetched a playlist.
     viewers: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// Segments recently served, by path: every viewer of a show asks for the same few files
+    /// within seconds, and segments never change under their name (see
+    /// `marquee_media::transcode`). Bounded by bytes; concurrent misses of one file make one
+    /// read.
+    pub segments: moka::future::Cache<PathBuf, bytes::Bytes>,
 }
+
+/// Bytes of segments the origin keeps in memory: about a minute of a 3-rendition 720p show
+/// for a few shows at once.
+const SEGMENT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// A segment nobody asked for in this long has left every live window.
+const SEGMENT_IDLE: Duration = Duration::from_secs(60);
 
 /// A viewer counts as watching this long after their last playlist fetch.
 const VIEWER_WINDOW: Duration = Duration::from_secs(30);
@@ -56,6 +67,13 @@ impl Live {
             settings,
             recordings,
             viewers: Mutex::new(HashMap::new()),
+            segments: moka::future::Cache::builder()
+                .max_capacity(SEGMENT_CACHE_BYTES)
+                .weigher(|path: &PathBuf, bytes: &bytes::Bytes| {
+                    u32::try_from(bytes.len() + path.as_os_str().len()).unwrap_or(u32::MAX)
+                })
+                .time_to_idle(SEGMENT_IDLE)
+                .build(),
         }
     }
 

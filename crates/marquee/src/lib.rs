@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bench_cache;
 pub mod bench_cluster;
 pub mod bench_gateway;
+pub mod bench_live;
 pub mod bench_push;
 pub mod bench_search;
 pub mod bench_search_data;

@@ -221,6 +221,35 @@ enum BenchCommand {
     /// PostgreSQL (with and without ordering keys), beside RabbitMQ and JetStream moving the
     /// same messages.
     Jobs(JobsBenchArgs),
+    /// Live streaming: glass-to-glass latency beside nginx-rtmp fed the same stream, the
+    /// transcoder's CPU per rendition, and segment requests/s from the origin beside nginx
+    /// serving the same files.
+    Live(LiveBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct LiveBenchArgs {
+    /// Length of the show.
+    #[arg(long, default_value_t = 40)]
+    seconds: u32,
+    /// Frames per second of the source.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Source size.
+    #[arg(long, default_value = "1280x720")]
+    size: String,
+    /// x264 preset of the renditions.
+    #[arg(long, default_value = "veryfast")]
+    preset: String,
+    /// wrk connections for segment serving.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Length of each segment-serving run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    serve_duration: Duration,
+    /// Interleaved segment-serving rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -1041,6 +1070,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Gateway(args)) => bench_gateway(args).await,
         Command::Bench(BenchCommand::Cache(args)) => bench_cache(args),
         Command::Bench(BenchCommand::Jobs(args)) => bench_jobs::run(args).await,
+        Command::Bench(BenchCommand::Live(args)) => {
+            let bench = marquee::bench_live::LiveBench {
+                seconds: args.seconds.clamp(10, 3_600),
+                fps: args.fps.clamp(1, 60),
+                size: args.size,
+                preset: args.preset,
+                connections: args.connections.max(1),
+                serve_duration: args.serve_duration,
+                rounds: args.rounds.max(1),
+            };
+            let report = marquee::bench_live::run_live_bench(&bench).await?;
+            marquee::bench_live::print_report(&bench, &report);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Cluster(args)) => {
             let bench = marquee::bench_cluster::ClusterBench {
                 max_nodes: args.nodes.clamp(1, 8),

@@ -149,6 +149,16 @@ impl LiveStreams {
         }
     }
 
+    /// Cuts off the stream's publisher (its key was rotated): it is dropped at its next send,
+    /// and the stream waits out the grace for a publisher with the new key, which continues
+    /// the same show.
+    pub fn disconnect_publisher(self: &Arc<Self>, stream: &str) {
+        let publisher = self.lock().get(stream).and_then(|entry| entry.publisher);
+        if let Some(publisher) = publisher {
+            self.detach(stream, publisher, false);
+        }
+    }
+
     /// True while `publisher` is the stream's publisher.
     fn is_current(&self, stream: &str, publisher: u64) -> bool {
         self.lock()
@@ -414,6 +424,35 @@ mod tests {
         assert_eq!(seen, [StreamStatus::Live, StreamStatus::Ended]);
         streams.reset("e1");
         assert_eq!(streams.status("e1"), StreamStatus::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnected_publisher_is_cut_off_and_the_next_one_continues_the_show() {
+        let streams = LiveStreams::new(Duration::from_secs(5));
+        let first = streams.attach("e3").expect("publisher");
+        first.video(0, body(0x17, 0));
+        streams.disconnect_publisher("e3");
+        assert!(!first.is_current(), "the old key's publisher is cut off");
+        assert_eq!(streams.status("e3"), StreamStatus::Live, "within the grace");
+        let (_, mut tags) = streams.subscribe("e3").expect("stream");
+        first.video(40, body(0x27, 1));
+        assert!(
+            tags.try_recv().is_err(),
+            "nothing more from the cut-off publisher"
+        );
+        let second = streams.attach("e3").expect("the new key's publisher");
+        second.video(0, body(0x17, 1));
+        let tag = tags.try_recv().expect("the new publisher's tag");
+        assert_eq!(
+            flv::timestamp_of(&tag),
+            1,
+            "the show continues after the last timestamp"
+        );
+        drop(first);
+        assert!(
+            second.is_current(),
+            "dropping the old publisher changes nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,9 +10,10 @@
 //! each segment once.
 //!
 //! Every file of a stream is in `<root>/<stream>/`. Each run of ffmpeg (the first, and each
-//! restart after a crash) names its segments with its run number (`chunk-r2-1-00007.m4s`), so a
-//! restart never rewrites a segment that a player or a cache already holds under that name:
-//! segments are immutable, only the playlists and the MPD change.
+//! restart after a crash) names its segments with its run number
+//! (`chunk-r1764707712346-1-00007.m4s`; runs count on from the show's start in milliseconds),
+//! so neither a restart nor a later show rewrites a segment that a player or a cache already
+//! holds under that name: segments are immutable, only the playlists and the MPD change.
 
 use crate::flv;
 use crate::ladder::{self, Rendition, SourceError};
@@ -319,7 +320,10 @@ impl Supervisor {
         }
         let mut first = Some((head, source.buffered.clone()));
         let mut restarts = 0;
-        let mut run = 1;
+        // Runs are numbered from the show's start (milliseconds), so neither a restart nor a
+        // later show of the same event (a new key) reuses a segment name that a player, the
+        // origin's cache or a PoP holds as immutable.
+        let mut run = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
         loop {
             let (head, buffered) = match first.take() {
                 Some(start) => start,

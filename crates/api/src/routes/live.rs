@@ -80,8 +80,14 @@ pub async fn issue_stream_key(
         .store
         .issue_stream_key(&owned.event.id, &marquee_media::stream_key_hash(&key))
         .await?;
-    // A show that ended may start again with the new key.
+    // A show that ended may start again with the new key; a live one loses the publisher of
+    // the old key (a leaked key stops working at once) and waits out the reconnect grace for
+    // one with the new key, which continues the show.
     state.live.streams.reset(owned.event.id.as_str());
+    state
+        .live
+        .streams
+        .disconnect_publisher(owned.event.id.as_str());
     let settings = &state.live.settings;
     Ok((
         StatusCode::CREATED,
@@ -281,7 +287,23 @@ pub async fn media(
         state.live.saw_viewer(&event, &viewer.viewer);
     }
     let path = marquee_media::stream_dir(&state.live.settings.media_root, &event).join(&file);
-    let bytes = match tokio::fs::read(&path).await {
+    let read = |path: std::path::PathBuf| async move {
+        tokio::fs::read(&path).await.map(bytes::Bytes::from)
+    };
+    // The packager renames a segment into place once it is whole (ffmpeg writes `*.tmp`
+    // first), so a segment found is complete and may be kept; playlists change every segment
+    // and are always read afresh.
+    let read = if kind == "segment" {
+        state
+            .live
+            .segments
+            .try_get_with(path.clone(), read(path))
+            .await
+            .map_err(|error| std::io::Error::new(error.kind(), error.to_string()))
+    } else {
+        read(path).await
+    };
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::not_found("media file"))

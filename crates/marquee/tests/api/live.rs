@@ -13,11 +13,15 @@ use tokio::process::{Child, Command};
 
 /// A node with RTMP and SRT ingest on ephemeral ports.
 async fn live_node(max_transcodes: usize) -> TestApp {
-    TestApp::spawn_with(|config| {
+    live_node_with_grace(max_transcodes, Duration::from_secs(2)).await
+}
+
+async fn live_node_with_grace(max_transcodes: usize, grace: Duration) -> TestApp {
+    TestApp::spawn_with(move |config| {
         config.live.rtmp_listen = Some(([127, 0, 0, 1], 0).into());
         config.live.srt_listen = Some(([127, 0, 0, 1], 0).into());
         config.live.max_transcodes = max_transcodes;
-        config.live.reconnect_grace = Duration::from_secs(2);
+        config.live.reconnect_grace = grace;
         config.live.preset = "ultrafast".into();
         config.admin_listen = Some(([127, 0, 0, 1], 0).into());
     })
@@ -624,6 +628,65 @@ async fn audio_only_unsupported_codecs_and_a_full_node_are_refused_with_a_clear_
     await_status(&sale.app, &sale.event_id, &organizer, "live").await;
     assert!(good.wait().await.expect("encoder").success());
     await_status(&sale.app, &sale.event_id, &organizer, "ended").await;
+    sale.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_key_cuts_off_the_live_publisher_and_the_new_key_continues_the_show() {
+    let sale = on_sale(live_node_with_grace(2, Duration::from_secs(15)).await).await;
+    let event = sale.event_id.clone();
+    let old = issue_key(&sale).await;
+    let rtmp_url = old["rtmp_url"].as_str().expect("rtmp_url").to_string();
+    let old_key = old["stream_key"].as_str().expect("key").to_string();
+    let mut leaked = publish(&format!("{rtmp_url}/{old_key}"), 60, &H264, true);
+    await_status(&sale.app, &event, &sale.organizer, "live").await;
+
+    let new = issue_key(&sale).await;
+    let new_key = new["stream_key"].as_str().expect("key");
+    let cut_off = tokio::time::timeout(Duration::from_secs(30), leaked.wait())
+        .await
+        .expect("the old key's publisher is cut off")
+        .expect("ffmpeg exits");
+    assert!(
+        !cut_off.success(),
+        "the old key's publisher did not finish its show"
+    );
+    assert_eq!(
+        stream_of(&sale.app, &event, &sale.organizer).await["status"],
+        "live",
+        "the show waits for the new key within the grace"
+    );
+    let refused = publish(&format!("{rtmp_url}/{old_key}"), 2, &H264, true)
+        .wait_with_output()
+        .await
+        .expect("ffmpeg ends");
+    assert!(!refused.status.success(), "the old key no longer publishes");
+    let continued = publish(&format!("{rtmp_url}/{new_key}"), 4, &H264, true)
+        .wait_with_output()
+        .await
+        .expect("ffmpeg ends");
+    assert!(continued.status.success(), "the new key continues the show");
+    // One show: no end between the two publishers; the new one's unpublish ends it.
+    let polled = sale
+        .app
+        .get(
+            &format!("/api/v1/push/poll?channel=event:{event}:stream&since=0&timeout_s=1"),
+            Some(&sale.organizer),
+        )
+        .await
+        .expect(StatusCode::OK);
+    let statuses: Vec<&str> = polled
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|message| message["data"]["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|status| **status == "ended").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&"ended"), "{statuses:?}");
     sale.app.stop().await;
 }
 

@@ -1,0 +1,710 @@
+//! `marquee bench live`: glass-to-glass latency of a live show beside nginx-rtmp fed the same
+//! stream, the transcoder's CPU per rendition, and segment requests per second from the origin
+//! beside nginx serving the same files.
+//!
+//! One ffmpeg publisher encodes `testsrc2` + `sine` in real time and sends the same stream to
+//! both servers (`-f tee`): to a Marquee node (in this process) over RTMP, and to nginx with
+//! `libnginx-mod-rtmp` packaging HLS. A watcher per server does what a player at the live edge
+//! does: it polls the media playlist (every 100 ms, finer than a player, to see each segment
+//! as soon as it is listed) and downloads each new segment. A frame at stream time `t` left
+//! the publisher at `T0 + t`, where `T0` is when the node received the stream's first media
+//! bytes (the same instant for both servers, within the tee's few milliseconds); it can play
+//! once its segment is downloaded, so its latency is `downloaded - (T0 + t)`. Every frame of
+//! every segment counts; p50 and p95 are over frames.
+//!
+//! Marquee transcodes the 720p source into 720p/480p/360p; nginx-rtmp only repackages it. The
+//! latency compared is of the 720p rendition against nginx's copy of the source.
+
+use crate::bench_gateway::median;
+use crate::bench_push::{free_port, nginx_private_paths, wait_for_port};
+use crate::{Server, ServerConfig};
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "marquee live bench secret, not for production";
+
+pub struct LiveBench {
+    /// Length of the show.
+    pub seconds: u32,
+    pub fps: u32,
+    /// Source size, `WxH`.
+    pub size: String,
+    /// x264 preset of the renditions.
+    pub preset: String,
+    /// wrk connections and duration of each segment-serving run.
+    pub connections: usize,
+    pub serve_duration: Duration,
+    pub rounds: usize,
+}
+
+pub struct Latency {
+    pub name: &'static str,
+    pub segments: usize,
+    /// Per frame, seconds.
+    pub p50: f64,
+    pub p95: f64,
+    /// Per segment, from its last frame leaving the publisher to it being downloaded.
+    pub newest_frame_p50: f64,
+}
+
+pub struct ServeRate {
+    pub file: String,
+    pub bytes: u64,
+    pub marquee_rps: Vec<f64>,
+    pub nginx_rps: Vec<f64>,
+}
+
+pub struct LiveReport {
+    pub latency: Vec<Latency>,
+    /// Cores the transcoder used while live, and its renditions.
+    pub transcoder_cores: f64,
+    pub renditions: Vec<String>,
+    /// Cores nginx's workers used packaging the same stream.
+    pub nginx_cores: f64,
+    pub serving: Vec<ServeRate>,
+}
+
+pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
+    let dir = tempfile::tempdir()?;
+    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), dir.path().join("node"));
+    config.jwt_secret = Some(SECRET.to_string());
+    config.live.rtmp_listen = Some(([127, 0, 0, 1], 0).into());
+    config.live.preset = bench.preset.clone();
+    config.live.reconnect_grace = Duration::from_secs(1);
+    let server = Server::start(config).await?;
+    let url = server.url();
+    let rtmp = server.rtmp_addr.context("the node has no RTMP listener")?;
+    let client = reqwest::Client::new();
+    let show = organize_show(&client, &url).await?;
+    let stream_dir = dir.path().join("node").join("live").join(&show.event);
+
+    let nginx_dir = dir.path().join("nginx");
+    std::fs::create_dir_all(nginx_dir.join("hls"))?;
+    let nginx_rtmp = free_port()?;
+    let nginx_http = free_port()?;
+    let mut nginx = start_nginx_rtmp(&nginx_dir, nginx_rtmp, nginx_http, &stream_dir)?;
+    wait_for_port(([127, 0, 0, 1], nginx_http).into()).await?;
+    wait_for_port(([127, 0, 0, 1], nginx_rtmp).into()).await?;
+
+    let outcome = async {
+        let marquee_url = format!("rtmp://{rtmp}/live/{}", show.stream_key);
+        let nginx_url = format!("rtmp://127.0.0.1:{nginx_rtmp}/live/bench");
+        let spawned = Instant::now();
+        let mut publisher = publish(bench, &marquee_url, &nginx_url)?;
+        let publisher_pid = publisher.id();
+        // T0: the stream's first media bytes at the node.
+        let mut t0 = None;
+        while spawned.elapsed() < Duration::from_secs(20) {
+            if server.state.live.streams.bytes_received(&show.event) > 0 {
+                t0 = Some(Instant::now());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let t0 = t0.context("the node never received the publisher's stream")?;
+        let nginx_cpu_start = nginx_cpu(&nginx_dir);
+        let marquee_watch = tokio::spawn(watch(
+            client.clone(),
+            format!("{url}{}", show.hls_path),
+            true,
+            t0,
+            bench.fps,
+        ));
+        let nginx_watch = tokio::spawn(watch(
+            client.clone(),
+            format!("http://127.0.0.1:{nginx_http}/hls/bench.m3u8"),
+            false,
+            t0,
+            bench.fps,
+        ));
+        // The transcoder's CPU, sampled from the middle of the show to its end.
+        tokio::time::sleep(Duration::from_secs(u64::from(bench.seconds / 4).max(2))).await;
+        let transcoder = transcoder_pid(publisher_pid).context("no transcoder process")?;
+        let (cpu_start, wall_start) = (cpu_ticks(transcoder)?, Instant::now());
+        let nginx_wall_start = Instant::now();
+        let mut cpu_end = cpu_start;
+        let mut wall_end = wall_start;
+        loop {
+            tokio::select! {
+                status = publisher.wait() => {
+                    let status = status?;
+                    if !status.success() {
+                        bail!("the publisher failed: {status}");
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Ok(ticks) = cpu_ticks(transcoder) {
+                        cpu_end = ticks;
+                        wall_end = Instant::now();
+                    }
+                }
+            }
+        }
+        let transcoder_cores = (cpu_end - cpu_start) as f64
+            / clock_ticks_per_second()
+            / wall_end.duration_since(wall_start).as_secs_f64().max(0.001);
+        let nginx_cores = (nginx_cpu(&nginx_dir) - nginx_cpu_start) as f64
+            / clock_ticks_per_second()
+            / nginx_wall_start.elapsed().as_secs_f64().max(0.001);
+        let marquee_latency = marquee_watch.await??;
+        let nginx_latency = nginx_watch.await??;
+        let renditions = renditions(&client, &format!("{url}{}", show.hls_path)).await?;
+
+        // Segment serving: the origin (token checked on every request) beside nginx's static
+        // file serving of the same directory.
+        let mut serving = Vec::new();
+        for file in serving_files(&stream_dir)? {
+            let bytes = std::fs::metadata(stream_dir.join(&file))?.len();
+            let origin = format!("{url}{}{file}", show.media_base);
+            let static_url = format!("http://127.0.0.1:{nginx_http}/files/{file}");
+            let mut rate = ServeRate {
+                file: file.clone(),
+                bytes,
+                marquee_rps: Vec::new(),
+                nginx_rps: Vec::new(),
+            };
+            for _ in 0..bench.rounds {
+                rate.marquee_rps
+                    .push(wrk(&origin, bench.connections, bench.serve_duration)?);
+                rate.nginx_rps
+                    .push(wrk(&static_url, bench.connections, bench.serve_duration)?);
+            }
+            serving.push(rate);
+        }
+        Ok(LiveReport {
+            latency: vec![
+                summarize("marquee (720p rendition)", marquee_latency),
+                summarize("nginx-rtmp (source)", nginx_latency),
+            ],
+            transcoder_cores,
+            renditions,
+            nginx_cores,
+            serving,
+        })
+    }
+    .await;
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    server.shutdown().await?;
+    outcome
+}
+
+struct Show {
+    event: String,
+    stream_key: String,
+    /// `/live/{event}/{token}/master.m3u8`
+    hls_path: String,
+    /// `/live/{event}/{token}/`
+    media_base: String,
+}
+
+/// An organizer, a venue, a published event and its stream key, over the API.
+async fn organize_show(client: &reqwest::Client, url: &str) -> anyhow::Result<Show> {
+    let registered: Value = client
+        .post(format!("{url}/api/v1/auth/register"))
+        .json(
+            &json!({"email": "organizer@bench.test", "password": "correct horse battery",
+                      "name": "Bench", "role": "organizer"}),
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = registered["token"].as_str().context("token")?.to_string();
+    let post = |path: String, body: Value| {
+        let request = client
+            .post(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            anyhow::Ok(
+                request
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<Value>()
+                    .await?,
+            )
+        }
+    };
+    let venue = post(
+        "/api/v1/venues".into(),
+        json!({"name": "Bench Hall", "city": "Leeds", "country": "GB", "lat": 53.8, "lon": -1.55,
+               "sections": [{"name": "Floor", "rows": [{"label": "A", "seats": 10}]}]}),
+    )
+    .await?;
+    let event = post(
+        "/api/v1/events".into(),
+        json!({"title": "Bench Live", "venue_id": venue["id"], "category": "concert",
+               "starts_at": "2031-01-01T20:00:00Z",
+               "price_tiers": [{"name": "Floor", "price_cents": 1000, "currency": "GBP",
+                                "sections": ["Floor"]}]}),
+    )
+    .await?;
+    let event = event["id"].as_str().context("event id")?.to_string();
+    post(format!("/api/v1/events/{event}/publish"), json!({})).await?;
+    let key = post(format!("/api/v1/events/{event}/stream"), json!({})).await?;
+    let stream: Value = client
+        .get(format!("{url}/api/v1/events/{event}/stream"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let hls_url = stream["hls_url"].as_str().context("hls_url")?;
+    let hls_path = match hls_url.find("/live/") {
+        Some(at) => hls_url[at..].to_string(),
+        None => hls_url.to_string(),
+    };
+    let media_base = hls_path.trim_end_matches("master.m3u8").to_string();
+    Ok(Show {
+        event,
+        stream_key: key["stream_key"].as_str().context("key")?.to_string(),
+        hls_path,
+        media_base,
+    })
+}
+
+/// The publisher: one encode, teed to both servers.
+fn publish(bench: &LiveBench, marquee: &str, nginx: &str) -> anyhow::Result<tokio::process::Child> {
+    let gop = (bench.fps * 2).to_string();
+    tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={}:rate={}", bench.size, bench.fps))
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &bench.seconds.to_string()])
+        .args(["-map", "0:v", "-map", "1:a"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-b:v", "3000k", "-maxrate", "3000k"])
+        .args(["-bufsize", "3000k", "-g", &gop, "-keyint_min", &gop])
+        .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "128k"])
+        .args(["-flags", "+global_header", "-f", "tee"])
+        .arg(format!(
+            "[f=flv:onfail=ignore]{marquee}|[f=flv:onfail=ignore]{nginx}"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running ffmpeg (apt-get install ffmpeg)")
+}
+
+/// One segment as the watcher saw it: its stream time, duration and download instant.
+struct Seen {
+    start: f64,
+    duration: f64,
+    downloaded: Instant,
+}
+
+/// A player at the live edge: polls the (first) media playlist, downloads each new segment.
+/// With `master`, `url` is a master playlist and the first variant of the source's height is
+/// followed. Ends when the playlist ends or nothing new is listed for 8 s.
+async fn watch(
+    client: reqwest::Client,
+    url: String,
+    master: bool,
+    t0: Instant,
+    fps: u32,
+) -> anyhow::Result<(Vec<Seen>, Instant, u32)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let media_url = if master {
+        loop {
+            if Instant::now() > deadline {
+                bail!("no master playlist at {url}");
+            }
+            let response = client.get(&url).send().await?;
+            if response.status().is_success() {
+                let body = response.bytes().await?;
+                if let Ok(m3u8_rs::Playlist::MasterPlaylist(playlist)) =
+                    m3u8_rs::parse_playlist_res(&body)
+                {
+                    let best = playlist
+                        .variants
+                        .iter()
+                        .max_by_key(|variant| variant.resolution.map_or(0, |size| size.height))
+                        .context("no variants")?;
+                    break join(&url, &best.uri);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        url
+    };
+    let mut starts: HashMap<u64, f64> = HashMap::new();
+    let mut done: HashSet<u64> = HashSet::new();
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut last_new = Instant::now();
+    loop {
+        if last_new.elapsed() > Duration::from_secs(8)
+            || Instant::now() > deadline + Duration::from_secs(600)
+        {
+            break;
+        }
+        let response = client.get(&media_url).send().await?;
+        if !response.status().is_success() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let body = response.bytes().await?;
+        let Ok(m3u8_rs::Playlist::MediaPlaylist(playlist)) = m3u8_rs::parse_playlist_res(&body)
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let first_sequence = playlist.media_sequence;
+        for (index, segment) in playlist.segments.iter().enumerate() {
+            let sequence = first_sequence + index as u64;
+            if done.contains(&sequence) {
+                continue;
+            }
+            // Stream time: the previous segment's start plus its duration; the first segment
+            // seen starts the stream (the watcher starts before the show).
+            let start = match starts.get(&sequence) {
+                Some(start) => *start,
+                None if done.is_empty() => 0.0,
+                None => bail!("segment {sequence} came without its predecessor"),
+            };
+            let bytes = client
+                .get(join(&media_url, &segment.uri))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            if bytes.is_empty() {
+                bail!("an empty segment");
+            }
+            let downloaded = Instant::now();
+            let duration = f64::from(segment.duration);
+            done.insert(sequence);
+            starts.insert(sequence + 1, start + duration);
+            seen.push(Seen {
+                start,
+                duration,
+                downloaded,
+            });
+            last_new = downloaded;
+        }
+        if playlist.end_list {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((seen, t0, fps))
+}
+
+fn join(base: &str, relative: &str) -> String {
+    if relative.starts_with("http://") || relative.starts_with("https://") {
+        return relative.to_string();
+    }
+    match base.rfind('/') {
+        Some(at) => format!("{}/{relative}", &base[..at]),
+        None => relative.to_string(),
+    }
+}
+
+fn summarize(name: &'static str, (seen, t0, fps): (Vec<Seen>, Instant, u32)) -> Latency {
+    let mut frames = Vec::new();
+    let mut newest = Vec::new();
+    for segment in &seen {
+        let available = segment.downloaded.duration_since(t0).as_secs_f64();
+        let count = (segment.duration * f64::from(fps)).round().max(1.0) as u32;
+        for frame in 0..count {
+            frames.push(available - (segment.start + f64::from(frame) / f64::from(fps)));
+        }
+        newest.push(available - (segment.start + segment.duration));
+    }
+    Latency {
+        name,
+        segments: seen.len(),
+        p50: percentile(&mut frames, 0.50),
+        p95: percentile(&mut frames, 0.95),
+        newest_frame_p50: percentile(&mut newest, 0.50),
+    }
+}
+
+fn percentile(values: &mut [f64], quantile: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = ((values.len() - 1) as f64 * quantile).round() as usize;
+    values[at]
+}
+
+/// The renditions the master playlist lists, as `WxH`.
+async fn renditions(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<String>> {
+    let body = client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    match m3u8_rs::parse_playlist_res(&body) {
+        Ok(m3u8_rs::Playlist::MasterPlaylist(playlist)) => Ok(playlist
+            .variants
+            .iter()
+            .filter_map(|variant| variant.resolution)
+            .map(|size| format!("{}x{}", size.width, size.height))
+            .collect()),
+        _ => bail!("{url} is not a master playlist"),
+    }
+}
+
+/// A segment of the top and of the bottom rendition, from the middle of the show.
+fn serving_files(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut chunks: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.starts_with("chunk-") && name.ends_with(".m4s"))
+        .collect();
+    chunks.sort();
+    let pick = |rendition: &str| {
+        let of: Vec<&String> = chunks
+            .iter()
+            .filter(|name| name.split('-').nth(2) == Some(rendition))
+            .collect();
+        of.get(of.len() / 2).map(|name| name.to_string())
+    };
+    let files: Vec<String> = [pick("0"), pick("2")].into_iter().flatten().collect();
+    if files.is_empty() {
+        bail!("no segments in {}", dir.display());
+    }
+    Ok(files)
+}
+
+/// nginx with the RTMP module: `live` packages HLS into `hls/` (served at `/hls/`), and the
+/// node's stream directory is served statically at `/files/`.
+fn start_nginx_rtmp(
+    dir: &Path,
+    rtmp_port: u16,
+    http_port: u16,
+    stream_dir: &Path,
+) -> anyhow::Result<std::process::Child> {
+    let module = ["/usr/lib/nginx/modules/ngx_rtmp_module.so"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .context("nginx's RTMP module is missing (apt-get install libnginx-mod-rtmp)")?;
+    let config = format!(
+        r#"load_module {module};
+worker_processes 2;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+rtmp {{
+  server {{
+    listen 127.0.0.1:{rtmp_port};
+    chunk_size 4096;
+    application live {{
+      live on;
+      hls on;
+      hls_path {dir}/hls;
+      hls_fragment 2s;
+      hls_playlist_length 20s;
+      hls_fragment_naming sequential;
+    }}
+  }}
+}}
+http {{
+{private}
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  types {{
+    application/vnd.apple.mpegurl m3u8;
+    video/mp2t ts;
+    video/mp4 m4s mp4;
+  }}
+  server {{
+    listen 127.0.0.1:{http_port};
+    location /hls/ {{
+      alias {dir}/hls/;
+      add_header Cache-Control no-cache;
+    }}
+    location /files/ {{
+      alias {stream}/;
+      add_header Cache-Control "public, max-age=31536000, immutable";
+    }}
+  }}
+}}
+"#,
+        module = module.display(),
+        dir = dir.display(),
+        private = nginx_private_paths(dir),
+        stream = stream_dir.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    std::process::Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx (apt-get install nginx-light libnginx-mod-rtmp)")
+}
+
+/// `wrk -t2 -cN -dD URL`: requests per second.
+fn wrk(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
+    let output = std::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}")])
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("wrk saw errors against {url}:\n{text}");
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// The transcoder: this process's ffmpeg child that is not the publisher.
+fn transcoder_pid(publisher: Option<u32>) -> Option<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| Some(*pid) != publisher)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (comm, rest) = stat.split_once(") ")?;
+                    let parent: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+                    Some(comm.ends_with("(ffmpeg") && parent == me)
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let (_, rest) = stat.split_once(") ").context("stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 of stat(5); utime and stime are 14 and 15.
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// The CPU ticks of nginx's worker processes (children of the master in `dir`'s pid file).
+fn nginx_cpu(dir: &Path) -> u64 {
+    let Some(master) = std::fs::read_to_string(dir.join("nginx.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+    else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.split_once(") ")?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(master)
+        })
+        .chain(std::iter::once(master))
+        .filter_map(|pid| cpu_ticks(pid).ok())
+        .sum()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // USER_HZ is 100 on every Linux this runs on (it is fixed by the kernel ABI for /proc).
+    100.0
+}
+
+/// The report as BENCHMARKS.md shows it.
+pub fn print_report(bench: &LiveBench, report: &LiveReport) {
+    println!(
+        "show: {} s of {} at {} fps, renditions {} (x264 {})",
+        bench.seconds,
+        bench.size,
+        bench.fps,
+        report.renditions.join(", "),
+        bench.preset
+    );
+    println!(
+        "{:<28} {:>9} {:>10} {:>10} {:>18}",
+        "glass-to-glass", "segments", "p50 s", "p95 s", "newest frame p50"
+    );
+    for latency in &report.latency {
+        println!(
+            "{:<28} {:>9} {:>10.2} {:>10.2} {:>18.2}",
+            latency.name, latency.segments, latency.p50, latency.p95, latency.newest_frame_p50
+        );
+    }
+    if let [marquee, nginx] = &report.latency[..] {
+        println!(
+            "latency ratio marquee / nginx-rtmp (p50): {:.2}",
+            marquee.p50 / nginx.p50
+        );
+    }
+    let renditions = report.renditions.len().max(1) as f64;
+    println!(
+        "transcoder CPU: {:.2} cores for {} renditions ({:.2} per rendition); nginx-rtmp \
+         repackaging: {:.2} cores",
+        report.transcoder_cores,
+        report.renditions.len(),
+        report.transcoder_cores / renditions,
+        report.nginx_cores
+    );
+    println!(
+        "{:<32} {:>10} {:>14} {:>14} {:>8}",
+        "segment serving (wrk)", "bytes", "origin req/s", "nginx req/s", "ratio"
+    );
+    for rate in &report.serving {
+        let (origin, nginx) = (median(&rate.marquee_rps), median(&rate.nginx_rps));
+        println!(
+            "{:<32} {:>10} {:>14.0} {:>14.0} {:>8.2}",
+            rate.file,
+            rate.bytes,
+            origin,
+            nginx,
+            origin / nginx
+        );
+        println!(
+            "  rounds: origin {:?}, nginx {:?}",
+            rate.marquee_rps
+                .iter()
+                .map(|rps| rps.round())
+                .collect::<Vec<_>>(),
+            rate.nginx_rps
+                .iter()
+                .map(|rps| rps.round())
+                .collect::<Vec<_>>()
+        );
+    }
+}
