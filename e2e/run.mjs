@@ -263,15 +263,26 @@ const scenarios = {
       await signIn(page, url, fan);
       await page.goto(`${url}/events/${event.id}/watch`);
       await page.locator("#stream-status[data-status='live']").waitFor({ timeout: 30_000 });
-      // The page hands the browser's player the ticket holder's token-carrying playlist once
-      // every playlist it names has segments. (Playback itself is not asserted: Chromium's
-      // own HLS fails now and then on a live master playlist with DEMUXER_ERROR_COULD_NOT_PARSE;
-      // see ARCHITECTURE.md.)
+      // The page hands the player (hls.js over MSE) the ticket holder's token-carrying master
+      // playlist once every playlist it names has segments; then the show plays: frames decoded
+      // and the playhead moving on.
       await page.waitForFunction((id) => {
         const video = document.querySelector("#player");
-        return video && !video.hidden && video.src.includes(`/live/${id}/`) && video.src.endsWith("/master.m3u8");
+        const source = video?.dataset.source || "";
+        return !video.hidden && source.includes(`/live/${id}/`) && source.endsWith("/master.m3u8");
       }, event.id, { timeout: 45_000 });
-      const served = await page.evaluate(async () => (await fetch(document.querySelector("#player").src)).status);
+      await page.waitForFunction(() => {
+        const video = document.querySelector("#player");
+        return video.readyState >= 3 && video.videoWidth > 0 && video.currentTime > 0 && !video.error;
+      }, null, { timeout: 45_000 });
+      const { playhead, width } = await page.evaluate(() => {
+        const video = document.querySelector("#player");
+        return { playhead: video.currentTime, width: video.videoWidth };
+      });
+      assert.ok([854, 640].includes(width), `a 480p source plays as itself or its 360p rendition, not ${width} wide`);
+      await page.waitForFunction((from) => document.querySelector("#player").currentTime > from + 2, playhead, { timeout: 30_000 });
+      assert.equal(await page.locator("#player-note").textContent(), "", "no playback problem shown");
+      const served = await page.evaluate(async () => (await fetch(document.querySelector("#player").dataset.source)).status);
       assert.equal(served, 200);
       await page.screenshot({ path: join(artifacts, "watch.png"), fullPage: true });
       await context.close();

@@ -167,21 +167,13 @@ pub fn router(state: AppState) -> Router {
 /// check (the playback token), and get lean middleware: no request id, span or rate-limit
 /// lookup per request; panics are still caught and every request still counted.
 fn media_router(state: &AppState) -> Router<AppState> {
-    let node_id = HeaderValue::from_str(&state.settings.node_id)
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid-node-id"));
     Router::new()
         .route("/live/_auth", get(routes::live::media_auth))
         .route("/live/{event}/{token}/{file}", get(routes::live::media))
         .layer(
             ServiceBuilder::new()
-                .layer(SetResponseHeaderLayer::overriding(
-                    HeaderName::from_static("x-marquee-node"),
-                    node_id,
-                ))
-                .layer(SetResponseHeaderLayer::if_not_present(
-                    HeaderName::from_static("x-content-type-options"),
-                    HeaderValue::from_static("nosniff"),
-                ))
+                .layer(node_header(state))
+                .layer(no_sniff())
                 .layer(axum::middleware::from_fn(middleware::observe))
                 .layer(CatchPanicLayer::custom(middleware::panic_response)),
         )
@@ -202,22 +194,28 @@ pub fn admin_router(state: AppState) -> Router {
     with_middleware(routes, &state).with_state(state)
 }
 
-fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
-    let request_id = HeaderName::from_static(middleware::REQUEST_ID_HEADER);
+/// `x-marquee-node` on every response: which node answered.
+fn node_header(state: &AppState) -> SetResponseHeaderLayer<HeaderValue> {
     let node_id = HeaderValue::from_str(&state.settings.node_id)
         .unwrap_or_else(|_| HeaderValue::from_static("invalid-node-id"));
+    SetResponseHeaderLayer::overriding(HeaderName::from_static("x-marquee-node"), node_id)
+}
+
+fn no_sniff() -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    )
+}
+
+fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let request_id = HeaderName::from_static(middleware::REQUEST_ID_HEADER);
     routes.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(PropagateRequestIdLayer::new(request_id))
-            .layer(SetResponseHeaderLayer::overriding(
-                HeaderName::from_static("x-marquee-node"),
-                node_id,
-            ))
-            .layer(SetResponseHeaderLayer::if_not_present(
-                HeaderName::from_static("x-content-type-options"),
-                HeaderValue::from_static("nosniff"),
-            ))
+            .layer(node_header(state))
+            .layer(no_sniff())
             .layer(
                 TraceLayer::new_for_http()
                     .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))

@@ -201,13 +201,13 @@ http {{
 }
 
 /// `wrk -t2 -cN -dD URL`: requests per second.
-fn wrk(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
+pub(crate) fn wrk(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
     let output = Command::new("wrk")
         .args(["-t2", &format!("-c{connections}")])
         .arg(format!("-d{}s", duration.as_secs().max(1)))
         .arg(url)
         .output()
-        .context("running wrk")?;
+        .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout);
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("wrk saw errors against {url}:\n{text}");

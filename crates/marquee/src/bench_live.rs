@@ -15,7 +15,7 @@
 //! Marquee transcodes the 720p source into 720p/480p/360p; nginx-rtmp only repackages it. The
 //! latency compared is of the 720p rendition against nginx's copy of the source.
 
-use crate::bench_gateway::median;
+use crate::bench_gateway::{median, wrk};
 use crate::bench_push::{free_port, nginx_private_paths, wait_for_port};
 use crate::{Server, ServerConfig};
 use anyhow::{bail, Context};
@@ -564,24 +564,6 @@ http {{
         .stdout(Stdio::null())
         .spawn()
         .context("starting nginx (apt-get install nginx-light libnginx-mod-rtmp)")
-}
-
-/// `wrk -t2 -cN -dD URL`: requests per second.
-fn wrk(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
-    let output = std::process::Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}")])
-        .arg(format!("-d{}s", duration.as_secs().max(1)))
-        .arg(url)
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if text.contains("Non-2xx") || text.contains("Socket errors") {
-        bail!("wrk saw errors against {url}:\n{text}");
-    }
-    text.lines()
-        .find_map(|line| line.strip_prefix("Requests/sec:"))
-        .and_then(|value| value.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
 }
 
 /// The transcoder: this process's ffmpeg child that is not the publisher.

@@ -212,3 +212,43 @@ async fn an_srt_stream_ffmpeg_cannot_remux_ends_with_the_reason() {
     assert!(problem.contains("SRT stream cannot be read"), "{problem}");
     let _ = tokio::time::timeout(PATIENCE, encoder.wait()).await;
 }
+
+#[tokio::test]
+async fn an_srt_publisher_that_drops_and_comes_back_continues_the_same_stream() {
+    let ingest = ingest(Duration::from_secs(15)).await;
+    let mut changes = ingest.streams.changes();
+    let mut first = publish(ingest.addr, "live_good", 30, H264);
+    eventually("live", || {
+        ingest.streams.status("event-s") == StreamStatus::Live
+            && ingest.streams.bytes_received("event-s") > 0
+    })
+    .await;
+    // The encoder dies without a word (no SRT shutdown): the ingest notices once the peer is
+    // idle past its timeout and the grace starts.
+    first.start_kill().expect("kill");
+    let _ = first.wait().await;
+    eventually("the dead publisher is noticed", || {
+        !ingest.streams.has_publisher("event-s")
+    })
+    .await;
+    let before = ingest.streams.bytes_received("event-s");
+    let mut again = publish(ingest.addr, "live_good", 3, H264);
+    eventually("the returning publisher sends", || {
+        ingest.streams.bytes_received("event-s") > before
+    })
+    .await;
+    assert_eq!(ingest.streams.status("event-s"), StreamStatus::Live);
+    let status = tokio::time::timeout(PATIENCE, again.wait())
+        .await
+        .expect("ends in time")
+        .expect("ffmpeg exits");
+    assert!(status.success());
+    let seen: Vec<StreamStatus> = std::iter::from_fn(|| changes.try_recv().ok())
+        .map(|change| change.status)
+        .collect();
+    assert_eq!(
+        seen,
+        [StreamStatus::Live],
+        "one show, never ended in between"
+    );
+}

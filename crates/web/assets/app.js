@@ -805,14 +805,16 @@ async function playlistsReady(masterUrl) {
   return names.length > 0;
 }
 
-// The player is the browser's own HLS support (Safari, Chromium): the stream endpoint hands out
-// a playback URL whose token is in the path, so the playlists' relative URLs carry it along.
+// The player is hls.js (bundled as /assets/player.js, loaded here alone), or the browser's own
+// HLS where it lacks Media Source Extensions: the stream endpoint hands out a playback URL whose
+// token is in the path, so the playlists' relative URLs carry it along.
 async function watchPage() {
   if (!requireUser()) return;
   const eventId = decodeURIComponent(location.pathname.split("/")[2] || "");
   const player = $("#player");
   let playing = null;
   const labels = { idle: "The show has not started yet.", live: "Live now", ended: "The show has ended." };
+  const { play } = await import("/assets/player.js");
   try {
     const event = await api("GET", `/api/v1/events/${encodeURIComponent(eventId)}`);
     document.title = `${event.title} · live · Marquee`;
@@ -831,20 +833,21 @@ async function watchPage() {
     $("#stream-status").dataset.status = stream.status;
     $("#stream-note").textContent = stream.problem || "";
     if (stream.status === "live" && !playing) {
-      if (!player.canPlayType("application/vnd.apple.mpegurl")) {
-        $("#stream-note").textContent = "This browser cannot play HLS; open the DASH URL in a DASH player: " + stream.dash_url;
-        return;
-      }
       // The show is live from the publisher's first frame; its playlist follows a segment later.
       const ready = await playlistsReady(stream.hls_url);
       if (!ready) {
         $("#stream-status").textContent = "Live — starting…";
         return;
       }
+      // When the show ends the player plays out what it has: the playlists end with the show.
+      const stop = play(player, stream.hls_url, (problem) => { $("#player-note").textContent = problem || ""; });
+      if (!stop) {
+        $("#stream-note").textContent = "This browser cannot play HLS; open the DASH URL in a DASH player: " + stream.dash_url;
+        return;
+      }
       playing = stream.hls_url;
+      player.dataset.source = stream.hls_url;
       player.hidden = false;
-      player.src = stream.hls_url;
-      player.play().catch(() => {});
     }
   }
   await check();

@@ -1,6 +1,7 @@
 //! The web app: a few HTML pages and one small ES module, embedded in the binary
-//! (`include_str!`), so `cargo run` serves them with no build step and nothing is loaded from the
-//! internet. Pages are plain HTML shells; `app.js` fills them from the HTTP API with the user's
+//! (`include_str!`), so `cargo run` serves them and nothing is loaded from the internet. The one
+//! library the app uses, hls.js for the watch page, is an npm dependency that `build.rs` bundles
+//! (`/assets/player.js`, loaded by the watch page alone). Pages are plain HTML shells; `app.js` fills them from the HTTP API with the user's
 //! bearer token (kept in `localStorage`), follows seat maps and waiting-room places over SSE, and
 //! shows the API's error bodies as they are.
 //!
@@ -15,6 +16,8 @@ use axum::Router;
 const LAYOUT: &str = include_str!("../assets/layout.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+/// hls.js and the watch page's glue, bundled by `build.rs` from the npm lockfile.
+const PLAYER_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/player.bundle.js"));
 /// The demo's GeoNames city extract, so "near a city" works with nothing fetched from outside.
 const CITIES_CSV: &str = include_str!("../../marquee/data/cities.csv");
 
@@ -101,6 +104,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/assets/player.js",
+            get(|| async { asset("text/javascript; charset=utf-8", PLAYER_JS) }),
         )
         .route(
             "/assets/cities.csv",

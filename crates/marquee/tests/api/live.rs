@@ -54,6 +54,11 @@ async fn issue_key(sale: &OnSale) -> Value {
 /// ffmpeg publishing `seconds` of test picture and tone, in real time, as an encoder would:
 /// H.264 with a keyframe every 2 s, AAC.
 fn publish(url: &str, seconds: u32, video: &[&str], audio: bool) -> Child {
+    publish_as(url, seconds, video, audio, "flv")
+}
+
+/// Like [`publish`], in `format` (`flv` for RTMP, `mpegts` for SRT).
+fn publish_as(url: &str, seconds: u32, video: &[&str], audio: bool, format: &str) -> Child {
     let mut command = Command::new("ffmpeg");
     command.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"]);
     if !video.is_empty() {
@@ -68,7 +73,7 @@ fn publish(url: &str, seconds: u32, video: &[&str], audio: bool) -> Child {
         command.args(["-c:a", "aac", "-b:a", "96k"]);
     }
     command
-        .args(["-f", "flv", url])
+        .args(["-f", format, url])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -343,20 +348,7 @@ async fn await_recording(sale: &OnSale) -> Value {
 /// ffmpeg publishing `seconds` of 720p test picture and tone over SRT (MPEG-TS), as a
 /// hardware encoder would.
 fn publish_srt(url: &str, seconds: u32) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=15"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", &seconds.to_string()])
-        .args(H264)
-        .args(["-c:a", "aac", "-b:a", "96k", "-f", "mpegts"])
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ffmpeg runs (scripts/test installs it)")
+    publish_as(url, seconds, &H264, true, "mpegts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,21 @@ async fn pages_and_assets_are_served_from_the_binary() {
         "text/javascript; charset=utf-8"
     );
     assert!(script.text().await.expect("js").contains("EventSource"));
+    // The watch page's player: hls.js bundled from npm at build time, an ES module with `play`.
+    let player = app
+        .client
+        .get(format!("{}/assets/player.js", app.url))
+        .send()
+        .await
+        .expect("player");
+    assert_eq!(player.status(), StatusCode::OK);
+    assert_eq!(
+        player.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let player = player.text().await.expect("player js");
+    assert!(player.contains("isSupported"), "hls.js is in the bundle");
+    assert!(player.contains("as play"), "the bundle exports play");
     let unknown = app.get("/assets/nope.js", None).await;
     unknown.expect_error(StatusCode::NOT_FOUND, "not_found");
     app.stop().await;
