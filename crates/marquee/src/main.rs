@@ -1274,6 +1274,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  Search:        {url}/api/v1/search?q=homecomming&lat=51.5&lon=-0.12&radius_km=50");
     println!("  API (OpenAPI): {url}/api/v1/openapi.json");
     println!("  Health:        {url}/healthz");
+    if let Some(rtmp) = server.rtmp_addr {
+        println!("  RTMP ingest:   rtmp://{rtmp}/live");
+    }
+    if let Some(srt) = server.srt_addr {
+        println!("  SRT ingest:    srt://{srt}");
+    }
+    println!();
+    println!("Go live: as the organizer, POST {url}/api/v1/events/{{id}}/stream for a stream key,");
+    println!(
+        "publish to the ingest URL with it; ticket holders watch at {url}/events/{{id}}/watch."
+    );
     println!();
     println!("Sign in with POST {url}/api/v1/auth/login as:");
     for account in &DEMO_ACCOUNTS {

@@ -98,6 +98,11 @@ pub fn ffmpeg_args(
         "-nostdin",
         "-progress",
         "pipe:1",
+        // The decoder's default frame threading holds one frame per thread before it hands
+        // the first one out: a frame of latency per core. Slice threading adds none, and one
+        // decode feeds every rendition, so it is not the bottleneck.
+        "-thread_type",
+        "slice",
         "-f",
         "flv",
         "-i",
@@ -612,6 +617,10 @@ mod tests {
         assert!(line.contains("-c:v:0 libx264 -b:v:0 2764k"));
         assert!(line.contains("-c:v:2 libx264 -b:v:2 800k"));
         assert!(line.contains("expr:gte(t,n_forced*2)"));
+        assert!(
+            line.contains("-thread_type slice -f flv -i pipe:0"),
+            "the decoder holds no frames back: {line}"
+        );
         assert!(line.contains("-seg_duration 2"));
         assert!(line.contains("-hls_playlist 1"));
         assert!(line.contains("id=0,streams=v id=1,streams=a"));

@@ -8,10 +8,12 @@
 //! **Boundary:** no server-side logic beyond serving files; everything goes through the public
 //! API, so the app can do nothing a client of the API could not.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 
 const LAYOUT: &str = include_str!("../assets/layout.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -80,13 +82,65 @@ fn render(page: &Page) -> Response {
         .into_response()
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    let mut response = (StatusCode::OK, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+/// A file served from the binary. Browsers revalidate it on each use (`no-cache`) and get a 304
+/// while it is unchanged: its ETag is a hash of its bytes, so a new build's file is fetched
+/// anew and an unchanged one (the player bundle is 590 KB) is not sent again.
+struct Asset {
+    content_type: &'static str,
+    body: &'static str,
+    etag: OnceLock<HeaderValue>,
 }
+
+impl Asset {
+    const fn new(content_type: &'static str, body: &'static str) -> Asset {
+        Asset {
+            content_type,
+            body,
+            etag: OnceLock::new(),
+        }
+    }
+
+    fn etag(&self) -> &HeaderValue {
+        self.etag.get_or_init(|| {
+            // SipHash with fixed keys: the same bytes give the same tag in every process of
+            // this build, which is all an ETag needs (it is not a security boundary).
+            let mut hasher = std::hash::DefaultHasher::new();
+            self.body.hash(&mut hasher);
+            HeaderValue::from_str(&format!("\"{:016x}\"", hasher.finish()))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+        })
+    }
+
+    fn respond(&self, request: &HeaderMap) -> Response {
+        let etag = self.etag();
+        let unchanged = request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == etag.as_bytes());
+        let mut response = if unchanged {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            let mut response = (StatusCode::OK, self.body).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(self.content_type),
+            );
+            response
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(header::ETAG, etag.clone());
+        response
+    }
+}
+
+static APP_JS_ASSET: Asset = Asset::new("text/javascript; charset=utf-8", APP_JS);
+static PLAYER_JS_ASSET: Asset = Asset::new("text/javascript; charset=utf-8", PLAYER_JS);
+static CITIES_CSV_ASSET: Asset = Asset::new("text/csv; charset=utf-8", CITIES_CSV);
+static APP_CSS_ASSET: Asset = Asset::new("text/css; charset=utf-8", APP_CSS);
 
 /// The pages and assets, for any state: merge into the API router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
@@ -103,18 +157,18 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
         .route(
             "/assets/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+            get(|headers: HeaderMap| async move { APP_JS_ASSET.respond(&headers) }),
         )
         .route(
             "/assets/player.js",
-            get(|| async { asset("text/javascript; charset=utf-8", PLAYER_JS) }),
+            get(|headers: HeaderMap| async move { PLAYER_JS_ASSET.respond(&headers) }),
         )
         .route(
             "/assets/cities.csv",
-            get(|| async { asset("text/csv; charset=utf-8", CITIES_CSV) }),
+            get(|headers: HeaderMap| async move { CITIES_CSV_ASSET.respond(&headers) }),
         )
         .route(
             "/assets/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+            get(|headers: HeaderMap| async move { APP_CSS_ASSET.respond(&headers) }),
         )
 }

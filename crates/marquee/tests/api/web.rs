@@ -60,9 +60,29 @@ async fn pages_and_assets_are_served_from_the_binary() {
         player.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
+    let etag = player.headers()["etag"].clone();
     let player = player.text().await.expect("player js");
     assert!(player.contains("isSupported"), "hls.js is in the bundle");
     assert!(player.contains("as play"), "the bundle exports play");
+    // A browser that has the bundle revalidates it and is not sent its 590 KB again.
+    let revalidated = app
+        .client
+        .get(format!("{}/assets/player.js", app.url))
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .expect("revalidate");
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(revalidated.headers()["etag"], etag);
+    assert!(revalidated.bytes().await.expect("body").is_empty());
+    let other = app
+        .client
+        .get(format!("{}/assets/player.js", app.url))
+        .header("if-none-match", "\"another\"")
+        .send()
+        .await
+        .expect("stale");
+    assert_eq!(other.status(), StatusCode::OK, "a stale copy is replaced");
     let unknown = app.get("/assets/nope.js", None).await;
     unknown.expect_error(StatusCode::NOT_FOUND, "not_found");
     app.stop().await;
