@@ -910,3 +910,127 @@ async fn a_hundred_viewers_through_the_nginx_pop_cost_about_one_origin_request_p
     pop.stop().await;
     sale.app.stop().await;
 }
+
+/// The run number in the first media playlist's `init-r{run}-…` map, once it lists segments.
+async fn current_run(app: &TestApp, hls: &str) -> Option<u64> {
+    let master = fetch(app, hls).await.bytes().await.ok()?;
+    let Ok(m3u8_rs::Playlist::MasterPlaylist(master)) = m3u8_rs::parse_playlist_res(&master) else {
+        return None;
+    };
+    let base = hls.trim_end_matches("master.m3u8");
+    let uri = &master.variants.first()?.uri;
+    let text = fetch(app, &format!("{base}{uri}"))
+        .await
+        .text()
+        .await
+        .ok()?;
+    if !text.contains("#EXTINF") {
+        return None;
+    }
+    let at = text.find("init-r")? + "init-r".len();
+    let run: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    run.parse().ok()
+}
+
+/// This process's child ffmpeg that packages `event` (its arguments name the event's directory).
+fn transcoder_of(event: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
+            let ppid = stat.rsplit_once(") ")?.1.split(' ').nth(1)?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            (ppid == me && cmdline.contains("dash") && cmdline.contains(event)).then_some(pid)
+        })
+}
+
+/// Whether `pid` is gone: exited and waited for by its parent. A zombie (exited, never
+/// waited for) keeps its `/proc` entry.
+fn reaped(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_the_show_goes_on() {
+    let sale = on_sale(live_node(1).await).await;
+    let event = sale.event_id.clone();
+    let key = issue_key(&sale).await;
+    let url = format!(
+        "{}/{}",
+        key["rtmp_url"].as_str().expect("rtmp_url"),
+        key["stream_key"].as_str().expect("key")
+    );
+    let restarts_before = counter(&sale.app, "marquee_transcoder_restarts_total", "").await;
+    let mut encoder = publish(&url, 40, &H264, true);
+    let live = await_status(&sale.app, &event, &sale.organizer, "live").await;
+    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
+
+    let mut first_run = None;
+    for _ in 0..120 {
+        first_run = current_run(&sale.app, &hls).await;
+        if first_run.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let first_run = first_run.expect("the first run packages segments");
+    let crashed = transcoder_of(&event).expect("the transcoder is this node's child");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &crashed.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+
+    // A new run takes over under a new name, and the crashed one is waited for.
+    let mut second_run = None;
+    for _ in 0..120 {
+        match current_run(&sale.app, &hls).await {
+            Some(run) if run != first_run => {
+                second_run = Some(run);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let second_run = second_run.expect("a restarted run packages segments");
+    assert!(second_run > first_run, "{second_run} after {first_run}");
+    assert!(
+        reaped(crashed),
+        "the crashed ffmpeg was reaped, not left a zombie"
+    );
+    let restarted = transcoder_of(&event).expect("a new transcoder");
+    assert_ne!(restarted, crashed);
+    assert_eq!(
+        stream_of(&sale.app, &event, &sale.organizer).await["status"],
+        "live",
+        "a crash inside the show does not end it"
+    );
+    assert!(
+        counter(&sale.app, "marquee_transcoder_restarts_total", "").await > restarts_before,
+        "the restart is counted"
+    );
+
+    encoder.kill().await.expect("stop the encoder");
+    await_status(&sale.app, &event, &sale.organizer, "ended").await;
+    // Its ffmpeg exits once it has written the last segment, and is waited for.
+    for _ in 0..120 {
+        if reaped(restarted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        reaped(restarted),
+        "the show's end stops its transcoder and reaps it"
+    );
+    assert_eq!(transcoder_of(&event), None);
+    sale.app.stop().await;
+}
