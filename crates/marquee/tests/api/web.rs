@@ -37,55 +37,42 @@ async fn pages_and_assets_are_served_from_the_binary() {
             "nothing from the internet"
         );
     }
-    let script = app
-        .client
-        .get(format!("{}/assets/app.js", app.url))
-        .send()
-        .await
-        .expect("script");
+    let script = asset(&app, "app.js", None).await;
     assert_eq!(
         script.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
     assert!(script.text().await.expect("js").contains("EventSource"));
     // The watch page's player: hls.js bundled from npm at build time, an ES module with `play`.
-    let player = app
-        .client
-        .get(format!("{}/assets/player.js", app.url))
-        .send()
-        .await
-        .expect("player");
+    let player = asset(&app, "player.js", None).await;
     assert_eq!(player.status(), StatusCode::OK);
     assert_eq!(
         player.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
-    let etag = player.headers()["etag"].clone();
+    let etag = player.headers()["etag"].to_str().expect("etag").to_string();
     let player = player.text().await.expect("player js");
     assert!(player.contains("isSupported"), "hls.js is in the bundle");
     assert!(player.contains("as play"), "the bundle exports play");
     // A browser that has the bundle revalidates it and is not sent its 590 KB again.
-    let revalidated = app
-        .client
-        .get(format!("{}/assets/player.js", app.url))
-        .header("if-none-match", etag.clone())
-        .send()
-        .await
-        .expect("revalidate");
+    let revalidated = asset(&app, "player.js", Some(&etag)).await;
     assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
-    assert_eq!(revalidated.headers()["etag"], etag);
+    assert_eq!(revalidated.headers()["etag"], etag.as_str());
     assert!(revalidated.bytes().await.expect("body").is_empty());
-    let other = app
-        .client
-        .get(format!("{}/assets/player.js", app.url))
-        .header("if-none-match", "\"another\"")
-        .send()
-        .await
-        .expect("stale");
-    assert_eq!(other.status(), StatusCode::OK, "a stale copy is replaced");
+    let stale = asset(&app, "player.js", Some("\"another\"")).await;
+    assert_eq!(stale.status(), StatusCode::OK, "a stale copy is replaced");
     let unknown = app.get("/assets/nope.js", None).await;
     unknown.expect_error(StatusCode::NOT_FOUND, "not_found");
     app.stop().await;
+}
+
+/// `/assets/{name}`, revalidating `if_none_match` when given.
+async fn asset(app: &TestApp, name: &str, if_none_match: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(format!("{}/assets/{name}", app.url));
+    if let Some(etag) = if_none_match {
+        request = request.header("if-none-match", etag);
+    }
+    request.send().await.expect("asset")
 }
 
 #[tokio::test]
