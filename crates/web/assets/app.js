@@ -840,8 +840,8 @@ async function watchPage() {
         return;
       }
       // When the show ends the player plays out what it has: the playlists end with the show.
-      const stop = play(player, stream.hls_url, (problem) => { $("#player-note").textContent = problem || ""; });
-      if (!stop) {
+      const started = play(player, stream.hls_url, (problem) => { $("#player-note").textContent = problem || ""; });
+      if (!started) {
         $("#stream-note").textContent = "This browser cannot play HLS; open the DASH URL in a DASH player: " + stream.dash_url;
         return;
       }

@@ -9,16 +9,13 @@
 import Hls from "hls.js";
 
 // Starts playing `url` in `video`. `report(text)` is told of each problem a viewer should see,
-// and of `null` once playback recovers. Returns a function that stops playback, or null when
-// this browser cannot play HLS at all.
+// and of `null` once playback recovers. Returns false when this browser cannot play HLS at all.
 export function play(video, url, report) {
   if (Hls.isSupported()) {
     const hls = new Hls({
       // Two segments behind the live edge: the playlists' own hold-back, not less, so the
       // player never asks for a segment the packager has not finished.
       liveSyncDurationCount: 2,
-      // The token is in the path; the playlists' relative URLs inherit it, so no credentials.
-      xhrSetup: (xhr) => { xhr.withCredentials = false; },
     });
     let mediaRecoveries = 0;
     hls.on(Hls.Events.ERROR, (_event, data) => {
@@ -39,12 +36,12 @@ export function play(video, url, report) {
     hls.loadSource(url);
     hls.attachMedia(video);
     video.play().catch(() => {});
-    return () => hls.destroy();
+    return true;
   }
   if (video.canPlayType("application/vnd.apple.mpegurl")) {
     video.src = url;
     video.play().catch(() => {});
-    return () => { video.removeAttribute("src"); video.load(); };
+    return true;
   }
-  return null;
+  return false;
 }

@@ -324,6 +324,12 @@ async fn assert_packaged(app: &TestApp, hls: &str, dash: &str) -> String {
 /// The event's recordings once the transcoder has stored one (it does so after writing the
 /// show's last segments and playlists).
 async fn await_recording(sale: &OnSale) -> Value {
+    await_recordings(sale, 1).await
+}
+
+/// The event's recordings once there are `count`: the transcoder stores each run's recording
+/// after it has waited for (reaped) that run's ffmpeg, a crashed run's too.
+async fn await_recordings(sale: &OnSale, count: usize) -> Value {
     let mut recordings = Value::Null;
     for _ in 0..300 {
         recordings = sale
@@ -336,13 +342,13 @@ async fn await_recording(sale: &OnSale) -> Value {
             .expect(StatusCode::OK);
         if recordings["items"]
             .as_array()
-            .is_some_and(|items| !items.is_empty())
+            .is_some_and(|items| items.len() >= count)
         {
             return recordings;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no recording was stored: {recordings}");
+    panic!("{count} recordings were never stored: {recordings}");
 }
 
 /// ffmpeg publishing `seconds` of 720p test picture and tone over SRT (MPEG-TS), as a
@@ -935,6 +941,18 @@ async fn current_run(app: &TestApp, hls: &str) -> Option<u64> {
     run.parse().ok()
 }
 
+/// Waits for a run other than `after` to list segments, and returns its number. This polls:
+/// ffmpeg writes playlists as files, and nothing announces a new one.
+async fn await_run(app: &TestApp, hls: &str, after: Option<u64>) -> u64 {
+    for _ in 0..120 {
+        match current_run(app, hls).await {
+            Some(run) if Some(run) != after => return run,
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    panic!("no run after {after:?} packaged segments");
+}
+
 /// This process's child ffmpeg that packages `event` (its arguments name the event's directory).
 fn transcoder_of(event: &str) -> Option<u32> {
     let me = std::process::id().to_string();
@@ -973,15 +991,7 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
     let live = await_status(&sale.app, &event, &sale.organizer, "live").await;
     let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
 
-    let mut first_run = None;
-    for _ in 0..120 {
-        first_run = current_run(&sale.app, &hls).await;
-        if first_run.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let first_run = first_run.expect("the first run packages segments");
+    let first_run = await_run(&sale.app, &hls, None).await;
     let crashed = transcoder_of(&event).expect("the transcoder is this node's child");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &crashed.to_string()])
@@ -989,23 +999,15 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
         .expect("kill");
     assert!(killed.success());
 
-    // A new run takes over under a new name, and the crashed one is waited for.
-    let mut second_run = None;
-    for _ in 0..120 {
-        match current_run(&sale.app, &hls).await {
-            Some(run) if run != first_run => {
-                second_run = Some(run);
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-    let second_run = second_run.expect("a restarted run packages segments");
-    assert!(second_run > first_run, "{second_run} after {first_run}");
+    // The crashed run's recording is kept once its ffmpeg is waited for; a new run takes over
+    // under new names.
+    await_recordings(&sale, 1).await;
     assert!(
         reaped(crashed),
         "the crashed ffmpeg was reaped, not left a zombie"
     );
+    let second_run = await_run(&sale.app, &hls, Some(first_run)).await;
+    assert!(second_run > first_run, "{second_run} after {first_run}");
     let restarted = transcoder_of(&event).expect("a new transcoder");
     assert_ne!(restarted, crashed);
     assert_eq!(
@@ -1020,13 +1022,13 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
 
     encoder.kill().await.expect("stop the encoder");
     await_status(&sale.app, &event, &sale.organizer, "ended").await;
-    // Its ffmpeg exits once it has written the last segment, and is waited for.
-    for _ in 0..120 {
-        if reaped(restarted) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Its ffmpeg finishes the show's files and is waited for; then its recording is stored.
+    let recordings = await_recordings(&sale, 2).await;
+    assert_eq!(
+        recordings["items"].as_array().map(Vec::len),
+        Some(2),
+        "one per run"
+    );
     assert!(
         reaped(restarted),
         "the show's end stops its transcoder and reaps it"
