@@ -240,17 +240,44 @@ fn wal_path(database: &Path) -> std::path::PathBuf {
 /// file is cut back to `journal_size_limit` (16 MiB), so size past it means frames in use.
 const WAL_HARD_LIMIT: u64 = 24 << 20;
 
+/// How long the writer, past [`WAL_HARD_LIMIT`], keeps trying to restart the log before it
+/// lets the batch go and tries again after the next one.
+const RESTART_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn restart_log_if_too_long(connection: &Connection, log: &Path) {
     if std::fs::metadata(log).map_or(0, |meta| meta.len()) <= WAL_HARD_LIMIT {
         return;
     }
-    // Readers of old frames are short; never wait long for one that is not.
-    let restarted = connection
+    // `PRAGMA wal_checkpoint` reports a checkpoint it could not finish in its first column
+    // rather than failing. It gives up at once, never calling the busy handler, while the
+    // checkpoint thread holds the checkpoint lock for a passive pass, and that pass is slowest
+    // (a long copy and an fsync) exactly when the log is this long. Giving up then let writes
+    // run on at full speed and the log grow past 40 MiB in a second. So the writer, which holds
+    // the write gate and adds no frames meanwhile, tries again until the restart goes through.
+    // Readers of old frames are short; the busy timeout bounds each wait for one.
+    let restart = || -> Result<bool, rusqlite::Error> {
+        connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+            row.get::<_, i64>(0).map(|busy| busy == 0)
+        })
+    };
+    let started = std::time::Instant::now();
+    let outcome = connection
         .busy_timeout(std::time::Duration::from_millis(50))
-        .and_then(|()| connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
-        .and_then(|()| connection.busy_timeout(BUSY_TIMEOUT));
-    if let Err(error) = restarted {
-        tracing::warn!(%error, "could not restart the write-ahead log");
+        .and_then(|()| loop {
+            match restart() {
+                Ok(false) if started.elapsed() < RESTART_PATIENCE => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                done => break done,
+            }
+        });
+    let reset = connection.busy_timeout(BUSY_TIMEOUT);
+    match outcome.and_then(|restarted| reset.map(|()| restarted)) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(patience = ?RESTART_PATIENCE, "the write-ahead log is past its limit and readers kept it from restarting");
+        }
+        Err(error) => tracing::warn!(%error, "could not restart the write-ahead log"),
     }
 }
 
