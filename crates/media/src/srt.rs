@@ -12,8 +12,12 @@
 //! ingests. A TS that ffmpeg cannot remux to FLV (no H.264, say) ends the stream with ffmpeg's
 //! reason as its problem.
 //!
-//! SRT has no "unpublish" message: a caller that closes and one whose network dropped look
-//! alike, so an SRT stream ends when the reconnect grace runs out.
+//! SRT has no "unpublish" message, but a caller that closes its socket sends a shutdown, and
+//! the connection ends right after its last packet; one whose network dropped (or that was
+//! killed) goes silent, and the connection ends only past the peer idle timeout. `srt-tokio`
+//! does not say which happened, so the ingest tells them apart by that silence: a connection
+//! that ends within half the idle timeout of its last packet was closed, and the show ends
+//! as it does on an RTMP unpublish; any other end starts the reconnect grace.
 
 use crate::flv::{FlvReader, TagKind};
 use crate::rtmp::PublishGate;
@@ -189,15 +193,29 @@ async fn serve(
     };
     let socket = request.accept(None).await?;
     metrics::counter!("marquee_srt_publishers_total").increment(1);
-    let outcome = remux(socket, &publisher, &settings).await;
-    if let Err(problem) = &outcome {
-        // What the publisher sends cannot be used: say why on the stream.
-        if publisher.is_current() {
-            streams.end(&stream, Some(problem.clone()));
+    match remux(socket, &publisher, &settings).await {
+        Ok(Departure::Closed) => {
+            publisher.finish();
+            Ok(())
+        }
+        Ok(Departure::Dropped) => Ok(()),
+        Err(problem) => {
+            // What the publisher sends cannot be used: say why on the stream.
+            if publisher.is_current() {
+                streams.end(&stream, Some(problem.clone()));
+            }
+            Err(ServeError::Refused(problem))
         }
     }
-    drop(publisher);
-    outcome.map_err(ServeError::Refused)
+}
+
+/// How an SRT publisher that sent a usable stream went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// It closed its socket (an SRT shutdown): the show is over.
+    Closed,
+    /// It went silent or its remuxer stopped: it may come back within the grace.
+    Dropped,
 }
 
 /// Pipes the caller's TS through `ffmpeg -c copy -f flv` into `publisher` until the caller
@@ -206,7 +224,7 @@ async fn remux(
     mut socket: SrtSocket,
     publisher: &Publisher,
     settings: &SrtSettings,
-) -> Result<(), String> {
+) -> Result<Departure, String> {
     let mut child = Command::new(&settings.ffmpeg)
         .args([
             "-hide_banner",
@@ -245,15 +263,31 @@ async fn remux(
         text
     });
     // The caller's packets into ffmpeg; ends when the caller goes (or ffmpeg does).
-    let feed = async move {
-        while let Some(Ok((_, packet))) = socket.next().await {
-            metrics::counter!("marquee_srt_bytes_total").increment(packet.len() as u64);
-            if stdin.write_all(&packet).await.is_err() {
-                break;
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let silence_of_a_drop = settings.idle_timeout / 2;
+    let feed = {
+        let closed = Arc::clone(&closed);
+        async move {
+            let mut last_packet = tokio::time::Instant::now();
+            let ended = loop {
+                match socket.next().await {
+                    Some(Ok((_, packet))) => {
+                        last_packet = tokio::time::Instant::now();
+                        metrics::counter!("marquee_srt_bytes_total").increment(packet.len() as u64);
+                        if stdin.write_all(&packet).await.is_err() {
+                            break false;
+                        }
+                    }
+                    Some(Err(_)) => break false,
+                    None => break true,
+                }
+            };
+            if ended && last_packet.elapsed() < silence_of_a_drop {
+                closed.store(true, std::sync::atomic::Ordering::Relaxed);
             }
+            // Closing stdin lets ffmpeg write out what it holds and exit.
+            drop(stdin);
         }
-        // Closing stdin lets ffmpeg write out what it holds and exit.
-        drop(stdin);
     };
     let read = async {
         let mut reader = FlvReader::new();
@@ -284,6 +318,12 @@ async fn remux(
     let status = child.wait().await;
     let errors = errors.await.unwrap_or_default();
     read?;
+    // Set before stdin closed, so before ffmpeg could exit and end `read`.
+    let departure = if closed.load(std::sync::atomic::Ordering::Relaxed) {
+        Departure::Closed
+    } else {
+        Departure::Dropped
+    };
     match status {
         Ok(status) if !status.success() && publisher.is_current() => {
             let reason = errors
@@ -295,12 +335,12 @@ async fn remux(
                 .to_string();
             // A caller that went away mid-packet is not a problem with the stream.
             if reason.is_empty() {
-                Ok(())
+                Ok(departure)
             } else {
                 Err(format!("the SRT stream cannot be read: {reason}"))
             }
         }
-        _ => Ok(()),
+        _ => Ok(departure),
     }
 }
 

@@ -386,7 +386,7 @@ async fn a_show_published_over_srt_plays_in_every_rendition() {
     let dash = path_of(live["dash_url"].as_str().expect("dash_url"));
     let encoded = encoder.wait().await.expect("encoder finishes");
     assert!(encoded.success(), "the encoder published the whole show");
-    // SRT has no unpublish: the show ends when the reconnect grace runs out.
+    // The encoder closes its SRT socket at the end: the show ends as on an RTMP unpublish.
     await_status(&sale.app, &event, &fan, "ended").await;
     let recordings = await_recording(&sale).await;
     assert_packaged(&sale.app, &hls, &dash).await;
