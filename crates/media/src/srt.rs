@@ -231,6 +231,11 @@ async fn remux(
             "-loglevel",
             "error",
             "-nostdin",
+            // ffmpeg holds its input back while it probes the streams, 5 s of it by default:
+            // 5 s before the show starts and every viewer's delay. 2 s still finds a keyframe
+            // (and with it the picture size) in a caller that joins a 2-second GOP anywhere.
+            "-analyzeduration",
+            "2000000",
             "-f",
             "mpegts",
             "-i",
@@ -268,11 +273,14 @@ async fn remux(
     let feed = {
         let closed = Arc::clone(&closed);
         async move {
-            let mut last_packet = tokio::time::Instant::now();
+            // When the last packet was sent (its SRT timestamp on this host's clock), not when
+            // this loop got to it: a loop running behind under load must not take the end of a
+            // dropped caller's backlog for a close.
+            let mut last_packet = std::time::Instant::now();
             let ended = loop {
                 match socket.next().await {
-                    Some(Ok((_, packet))) => {
-                        last_packet = tokio::time::Instant::now();
+                    Some(Ok((sent, packet))) => {
+                        last_packet = sent;
                         metrics::counter!("marquee_srt_bytes_total").increment(packet.len() as u64);
                         if stdin.write_all(&packet).await.is_err() {
                             break false;

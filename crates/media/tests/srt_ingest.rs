@@ -235,7 +235,8 @@ async fn an_srt_publisher_that_drops_and_comes_back_continues_the_same_stream() 
     })
     .await;
     let before = ingest.streams.bytes_received("event-s");
-    let mut again = publish(ingest.addr, "live_good", 3, H264);
+    // Long enough that its packets flow well before its close ends the show.
+    let mut again = publish(ingest.addr, "live_good", 6, H264);
     eventually("the returning publisher sends", || {
         ingest.streams.bytes_received("event-s") > before
     })
@@ -246,12 +247,17 @@ async fn an_srt_publisher_that_drops_and_comes_back_continues_the_same_stream() 
         .expect("ends in time")
         .expect("ffmpeg exits");
     assert!(status.success());
+    // The returning publisher closed its socket: that, and only that, ends the show.
+    eventually("the close ends the show", || {
+        ingest.streams.status("event-s") == StreamStatus::Ended
+    })
+    .await;
     let seen: Vec<StreamStatus> = std::iter::from_fn(|| changes.try_recv().ok())
         .map(|change| change.status)
         .collect();
     assert_eq!(
         seen,
-        [StreamStatus::Live],
+        [StreamStatus::Live, StreamStatus::Ended],
         "one show, never ended in between"
     );
 }

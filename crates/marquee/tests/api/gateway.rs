@@ -601,7 +601,14 @@ async fn load_is_shed_but_checkout_keeps_its_reserve() {
     // Checkout still gets through on the reserve.
     hold_first_seat(&through, &sale, &fan).await;
     let poll = long_poll.await.expect("task").expect("long poll answered");
-    assert_eq!(poll.status(), StatusCode::OK);
+    let status = poll.status();
+    let answered_by = format!("{:?}", poll.headers().get("x-marquee-node"));
+    let body = poll.text().await.unwrap_or_default();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the long poll, answered by {answered_by}: {body}"
+    );
     // With the slot free again, browsing is served.
     assert_eq!(
         through.get("/api/v1/events", None).await.status,
