@@ -376,20 +376,24 @@ async fn both_feeds_serve_every_change_in_order_from_either_source() {
 
 /// A `nats-server` of this test's own, with JetStream on a data dir that outlives restarts.
 struct PrivateNats {
-    port: u16,
+    /// On a loopback address of its own (127.0.0.0/8 is all loopback): on 127.0.0.1, while it
+    /// is down another test binding port 0 could be handed its port.
+    address: std::net::SocketAddr,
     dir: tempfile::TempDir,
     process: Option<std::process::Child>,
 }
 
 impl PrivateNats {
     fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        let [a, b, c, ..] = random.to_le_bytes();
+        let ip = std::net::Ipv4Addr::new(127, a.clamp(1, 254), b, c.clamp(1, 254));
+        let address = std::net::TcpListener::bind((ip, 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port on a loopback address");
         let mut nats = PrivateNats {
-            port,
+            address,
             dir: tempfile::tempdir().expect("tempdir"),
             process: None,
         };
@@ -398,16 +402,16 @@ impl PrivateNats {
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", self.address)
     }
 
     fn restart(&mut self) {
         let process = std::process::Command::new("nats-server")
             .args([
                 "-a",
-                "127.0.0.1",
+                &self.address.ip().to_string(),
                 "-p",
-                &self.port.to_string(),
+                &self.address.port().to_string(),
                 "-js",
                 "-sd",
             ])
@@ -418,12 +422,12 @@ impl PrivateNats {
             .expect("nats-server is installed (scripts/test installs it)");
         self.process = Some(process);
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(self.address).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("nats-server did not listen on {}", self.port);
+        panic!("nats-server did not listen on {}", self.address);
     }
 
     fn kill(&mut self) {

@@ -6,9 +6,11 @@
 //! restart Redis or NATS run a server of their own, so the machine's shared ones stay up.
 
 use crate::gateway::gateway_config;
-use crate::gateway_processes::{free_port, marquee};
+use crate::gateway_processes::marquee;
 use crate::push::SseStream;
-use crate::support::{event_body, postgres_url, sqlx_admin, ulid_lower, TestApp, JWT_SECRET};
+use crate::support::{
+    event_body, own_address, postgres_url, sqlx_admin, ulid_lower, TestApp, JWT_SECRET,
+};
 use marquee_auth::{SigningSecret, TokenIssuer};
 use marquee_domain::{DisplayName, Email, Role, User, UserId};
 use marquee_gateway::{Gateway, Policy};
@@ -41,7 +43,8 @@ fn nats_url() -> String {
 /// nothing).
 pub(crate) struct OwnServer {
     program: &'static str,
-    port: u16,
+    /// Its own loopback address: restarted on it, it is never anyone else's while down.
+    address: std::net::SocketAddr,
     dir: tempfile::TempDir,
     process: Option<std::process::Child>,
 }
@@ -58,7 +61,7 @@ impl OwnServer {
     fn start(program: &'static str) -> OwnServer {
         let mut server = OwnServer {
             program,
-            port: free_port(),
+            address: own_address(),
             dir: tempfile::tempdir().expect("tempdir"),
             process: None,
         };
@@ -68,27 +71,30 @@ impl OwnServer {
 
     pub(crate) fn url(&self) -> String {
         match self.program {
-            "redis-server" => format!("redis://127.0.0.1:{}", self.port),
-            _ => format!("nats://127.0.0.1:{}", self.port),
+            "redis-server" => format!("redis://{}", self.address),
+            _ => format!("nats://{}", self.address),
         }
     }
 
     pub(crate) fn restart(&mut self) {
-        let port = self.port.to_string();
+        let (ip, port) = (
+            self.address.ip().to_string(),
+            self.address.port().to_string(),
+        );
         let mut command = std::process::Command::new(self.program);
         match self.program {
             "redis-server" => command.args([
                 "--port",
                 &port,
                 "--bind",
-                "127.0.0.1",
+                &ip,
                 "--save",
                 "",
                 "--appendonly",
                 "no",
             ]),
             _ => command
-                .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                .args(["-a", &ip, "-p", &port, "-js", "-sd"])
                 .arg(self.dir.path()),
         };
         let process = command
@@ -103,12 +109,12 @@ impl OwnServer {
             });
         self.process = Some(process);
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(self.address).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("{} did not listen on {}", self.program, self.port);
+        panic!("{} did not listen on {}", self.program, self.address);
     }
 
     pub(crate) fn kill(&mut self) {
@@ -127,7 +133,8 @@ impl Drop for OwnServer {
 
 struct Node {
     id: String,
-    port: u16,
+    /// Its own loopback address, kept across restarts.
+    address: std::net::SocketAddr,
     data_dir: PathBuf,
     process: Option<Child>,
 }
@@ -172,7 +179,7 @@ impl Cluster {
             nodes: (1..=nodes)
                 .map(|n| Node {
                     id: format!("node-{n}"),
-                    port: free_port(),
+                    address: own_address(),
                     data_dir: dir.path().join(format!("node-{n}")),
                     process: None,
                 })
@@ -192,7 +199,7 @@ impl Cluster {
     }
 
     pub(crate) fn url(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[index].port)
+        format!("http://{}", self.nodes[index].address)
     }
 
     pub(crate) fn urls(&self) -> Vec<String> {
@@ -208,7 +215,7 @@ impl Cluster {
         let process = marquee()
             .env("MARQUEE_RTMP_LISTEN", "off")
             .env("MARQUEE_SRT_LISTEN", "off")
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", node.port)])
+            .args(["serve", "--listen", &node.address.to_string()])
             .args(["--node-id", &node.id])
             .arg("--data-dir")
             .arg(&node.data_dir)

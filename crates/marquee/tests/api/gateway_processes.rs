@@ -2,11 +2,12 @@
 //! a run and started again, and three `marquee gateway` processes sharing one Redis quota.
 
 use crate::gateway::gateway_config;
-use crate::support::{ulid_lower, TestApp, JWT_SECRET};
+use crate::support::{own_address, ulid_lower, TestApp, JWT_SECRET};
 use futures::StreamExt;
 use marquee_gateway::{Gateway, Policy};
 use reqwest::StatusCode;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,13 +16,6 @@ use tokio::process::{Child, Command};
 
 /// Only a bound on a hung test; no assertion depends on it.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 pub(crate) fn marquee() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_marquee"));
@@ -50,14 +44,14 @@ async fn answers(url: &str) {
         .unwrap_or_else(|_| panic!("{url} never answered"));
 }
 
-async fn spawn_node(port: u16, node_id: &str, data_dir: &Path) -> Child {
+async fn spawn_node(address: SocketAddr, node_id: &str, data_dir: &Path) -> Child {
     let child = marquee()
         .env("MARQUEE_RTMP_LISTEN", "off")
         .env("MARQUEE_SRT_LISTEN", "off")
         .args([
             "serve",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &address.to_string(),
             "--node-id",
             node_id,
         ])
@@ -65,7 +59,7 @@ async fn spawn_node(port: u16, node_id: &str, data_dir: &Path) -> Child {
         .arg(data_dir)
         .spawn()
         .expect("marquee serve starts");
-    answers(&format!("http://127.0.0.1:{port}")).await;
+    answers(&format!("http://{address}")).await;
     child
 }
 
@@ -87,15 +81,16 @@ async fn until(
 #[tokio::test]
 async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Node 2's port stays aimed at while it is down: on an address no other test binds.
+    let addresses: Vec<SocketAddr> = (0..3).map(|_| own_address()).collect();
     let mut nodes = Vec::new();
-    for (n, port) in ports.iter().enumerate() {
+    for (n, address) in addresses.iter().enumerate() {
         let data_dir = dir.path().join(format!("node-{}", n + 1));
-        nodes.push(spawn_node(*port, &format!("node-{}", n + 1), &data_dir).await);
+        nodes.push(spawn_node(*address, &format!("node-{}", n + 1), &data_dir).await);
     }
-    let urls: Vec<String> = ports
+    let urls: Vec<String> = addresses
         .iter()
-        .map(|port| format!("http://127.0.0.1:{port}"))
+        .map(|address| format!("http://{address}"))
         .collect();
     let mut config = gateway_config(&urls);
     config.policies = vec![marquee_gateway::GroupPolicy {
@@ -157,7 +152,7 @@ async fn a_killed_node_is_ejected_then_taken_back_and_no_request_fails() {
     until(&watch, |outcomes| outcomes.len() >= killed_at + 600).await;
 
     // Started again on the same port and data: it is taken back and serves again.
-    nodes[1] = spawn_node(ports[1], "node-2", &dir.path().join("node-2")).await;
+    nodes[1] = spawn_node(addresses[1], "node-2", &dir.path().join("node-2")).await;
     let restarted_at = watch.borrow().len();
     until(&watch, |outcomes| {
         outcomes[restarted_at..]
@@ -203,14 +198,14 @@ async fn three_gateway_processes_share_one_redis_quota_within_one_percent() {
     let quota = 300;
     let mut gateways = Vec::new();
     let mut urls = Vec::new();
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = own_address().to_string();
     for n in 0..3 {
-        let port = free_port();
+        let address = own_address();
         let child = marquee()
             .args([
                 "gateway",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &address.to_string(),
                 "--upstream",
                 &node.url,
                 "--rate-limit",
@@ -229,7 +224,7 @@ async fn three_gateway_processes_share_one_redis_quota_within_one_percent() {
             })
             .spawn()
             .expect("marquee gateway starts");
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{address}");
         answers(&url).await;
         gateways.push(child);
         urls.push(url);

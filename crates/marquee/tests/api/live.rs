@@ -783,14 +783,12 @@ impl Pop {
 
 async fn start_pop(origin: &str) -> Pop {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
+    // nginx binds it after this probe let it go: an address no other test binds.
+    let address = crate::support::own_address();
     let template = include_str!("../../../../deploy/nginx/pop.conf");
     let config = template
         .replace("@ORIGIN@", origin.trim_start_matches("http://"))
-        .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+        .replace("@LISTEN@", &address.to_string())
         .replace("@CACHE_DIR@", &dir.path().display().to_string());
     let file = dir.path().join("nginx.conf");
     tokio::fs::write(&file, config).await.expect("write config");
@@ -803,7 +801,7 @@ async fn start_pop(origin: &str) -> Pop {
         .kill_on_drop(true)
         .spawn()
         .expect("nginx runs (scripts/test installs it)");
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("http://{address}");
     for _ in 0..100 {
         if reqwest::get(format!("{url}/")).await.is_ok() {
             return Pop {

@@ -3,7 +3,7 @@
 //! in the node's jobs database, and `marquee jobs` replaying them.
 
 use crate::holds::{on_sale, OnSale};
-use crate::support::TestApp;
+use crate::support::{own_address, TestApp};
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use marquee_jobs::{JobFilter, JobQueue, JobState, SqlJobQueue};
 use reqwest::StatusCode;
@@ -36,35 +36,29 @@ where
     }
 }
 
-/// An aiosmtpd server on a port of its own.
+/// An aiosmtpd server on an address of its own.
 struct SmtpSink {
     _child: Child,
     out: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-async fn free_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
 impl SmtpSink {
-    async fn start(port: u16) -> SmtpSink {
+    async fn start(address: SocketAddr) -> SmtpSink {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("mail.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
         let child = Command::new("python3")
             .arg(script)
-            .arg(port.to_string())
+            .arg(address.ip().to_string())
+            .arg(address.port().to_string())
             .arg(&out)
             .kill_on_drop(true)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("python3 with aiosmtpd (installed by scripts/test)");
         eventually("the SMTP sink to listen", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
+            tokio::net::TcpStream::connect(address)
                 .await
                 .ok()
                 .map(|_| ())
@@ -143,10 +137,10 @@ fn quick_retries(config: &mut marquee::ServerConfig, attempts: u32) {
 
 #[tokio::test]
 async fn fans_get_an_email_for_each_confirmation_refund_and_cancellation_in_order() {
-    let port = free_port().await;
-    let sink = SmtpSink::start(port).await;
+    let address = own_address();
+    let sink = SmtpSink::start(address).await;
     let app = TestApp::spawn_with(|config| {
-        config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        config.smtp_url = Some(format!("smtp://{address}"));
         config.mail_from = "Marquee Tickets <tickets@marquee.test>".into();
         config.notifications.public_url = Some("https://tickets.example".into());
     })
@@ -232,9 +226,10 @@ async fn fans_get_an_email_for_each_confirmation_refund_and_cancellation_in_orde
 
 #[tokio::test]
 async fn while_smtp_is_unreachable_the_email_waits_in_its_job_and_goes_once_it_is_back() {
-    let port = free_port().await;
+    // The app keeps trying this address while the sink is not up: one no other test binds.
+    let address = own_address();
     let app = TestApp::spawn_with(|config| {
-        config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        config.smtp_url = Some(format!("smtp://{address}"));
         quick_retries(config, 100);
     })
     .await;
@@ -265,7 +260,7 @@ async fn while_smtp_is_unreachable_the_email_waits_in_its_job_and_goes_once_it_i
             .is_some_and(|error| error.contains("SMTP")),
         "{failing:?}"
     );
-    let sink = SmtpSink::start(port).await;
+    let sink = SmtpSink::start(address).await;
     let messages = sink.await_messages(1).await;
     assert!(messages[0]["body"]
         .as_str()

@@ -253,6 +253,23 @@ pub async fn sqlx_admin(statement: &str) {
     pool.close().await;
 }
 
+/// A free port on a loopback address of this test's own (all of 127.0.0.0/8 is loopback), for
+/// a server the test starts as a process, kills or restarts. On 127.0.0.1, the port it is
+/// given is free again between the probe and the bind and while the server is down, and
+/// another test binding port 0 may be handed it: its server then takes the traffic aimed at
+/// this one (CI once saw a gateway test's only browsing slot taken by another test's
+/// requests for a killed node). Nothing else binds these addresses.
+pub fn own_address() -> std::net::SocketAddr {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(ulid_lower());
+    let [a, b, c, ..] = random.to_le_bytes();
+    // 127.0.x.x stays clear for the machine; .0 and .255 are not host addresses.
+    let ip = std::net::Ipv4Addr::new(127, a.clamp(1, 254), b, c.clamp(1, 254));
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on a loopback address")
+}
+
 pub fn ulid_lower() -> String {
     marquee_domain::UserId::generate().as_str().to_lowercase()
 }

@@ -3,7 +3,7 @@
 Python's `email` package decodes what the client encoded (RFC 2047 subjects, quoted-printable
 or base64 bodies), so tests compare plain text. Usage:
 
-    python3 smtp_sink.py PORT OUT_FILE
+    python3 smtp_sink.py HOST PORT OUT_FILE
 """
 
 import asyncio
@@ -36,8 +36,8 @@ class Recorder:
         return "250 Message accepted for delivery"
 
 
-async def main(port, out):
-    controller = Controller(Recorder(out), hostname="127.0.0.1", port=port)
+async def main(host, port, out):
+    controller = Controller(Recorder(out), hostname=host, port=port)
     controller.start()
     print("ready", flush=True)
     try:
@@ -47,4 +47,4 @@ async def main(port, out):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
