@@ -3,14 +3,15 @@
 //! beside nginx serving the same files.
 //!
 //! One ffmpeg publisher encodes `testsrc2` + `sine` in real time and sends the same stream to
-//! both servers (`-f tee`): to a Marquee node (in this process) over RTMP, and to nginx with
-//! `libnginx-mod-rtmp` packaging HLS. A watcher per server does what a player at the live edge
-//! does: it polls the media playlist (every 100 ms, finer than a player, to see each segment
-//! as soon as it is listed) and downloads each new segment. A frame at stream time `t` left
-//! the publisher at `T0 + t`, where `T0` is when the node received the stream's first media
-//! bytes (the same instant for both servers, within the tee's few milliseconds); it can play
-//! once its segment is downloaded, so its latency is `downloaded - (T0 + t)`. Every frame of
-//! every segment counts; p50 and p95 are over frames.
+//! both servers (`-f tee`): to a Marquee node (in this process) over RTMP, or over SRT with
+//! `--ingest srt`, and to nginx with `libnginx-mod-rtmp` packaging HLS. A watcher per server
+//! does what a player at the live edge does: it polls the media playlist (every 100 ms, finer
+//! than a player, to see each segment as soon as it is listed) and downloads each new segment.
+//! A frame at stream time `t` left the publisher at `T0 + t`, where `T0` is when the stream's
+//! first bytes reached a third output of the same tee, a TCP socket of the bench's own (so
+//! `T0` owes nothing to either server's ingest, and the SRT remuxer's probe counts against
+//! Marquee); it can play once its segment is downloaded, so its latency is
+//! `downloaded - (T0 + t)`. Every frame of every segment counts; p50 and p95 are over frames.
 //!
 //! Marquee transcodes the 720p source into 720p/480p/360p; nginx-rtmp only repackages it. The
 //! latency compared is of the 720p rendition against nginx's copy of the source.
@@ -27,7 +28,16 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "marquee live bench secret, not for production";
 
+/// How the publisher reaches the Marquee node (nginx-rtmp always gets RTMP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    Rtmp,
+    /// MPEG-TS over SRT, remuxed to FLV by the node before the same transcoder.
+    Srt,
+}
+
 pub struct LiveBench {
+    pub ingest: Ingest,
     /// Length of the show.
     pub seconds: u32,
     pub fps: u32,
@@ -59,6 +69,8 @@ pub struct ServeRate {
 }
 
 pub struct LiveReport {
+    /// From T0 to the node's stream getting its first media.
+    pub first_media: Duration,
     pub latency: Vec<Latency>,
     /// Cores the transcoder used while live, and its renditions.
     pub transcoder_cores: f64,
@@ -73,11 +85,13 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
     let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), dir.path().join("node"));
     config.jwt_secret = Some(SECRET.to_string());
     config.live.rtmp_listen = Some(([127, 0, 0, 1], 0).into());
+    config.live.srt_listen = Some(([127, 0, 0, 1], 0).into());
     config.live.preset = bench.preset.clone();
     config.live.reconnect_grace = Duration::from_secs(1);
     let server = Server::start(config).await?;
     let url = server.url();
     let rtmp = server.rtmp_addr.context("the node has no RTMP listener")?;
+    let srt = server.srt_addr.context("the node has no SRT listener")?;
     let client = reqwest::Client::new();
     let show = organize_show(&client, &url).await?;
     let stream_dir = dir.path().join("node").join("live").join(&show.event);
@@ -91,21 +105,41 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
     wait_for_port(([127, 0, 0, 1], nginx_rtmp).into()).await?;
 
     let outcome = async {
-        let marquee_url = format!("rtmp://{rtmp}/live/{}", show.stream_key);
+        let marquee_output = match bench.ingest {
+            Ingest::Rtmp => format!(
+                "[f=flv:onfail=ignore]rtmp://{rtmp}/live/{}",
+                show.stream_key
+            ),
+            Ingest::Srt => format!(
+                "[f=mpegts:onfail=ignore]srt://{srt}?streamid={}&latency=120000",
+                show.stream_key
+            ),
+        };
         let nginx_url = format!("rtmp://127.0.0.1:{nginx_rtmp}/live/bench");
-        let spawned = Instant::now();
-        let mut publisher = publish(bench, &marquee_url, &nginx_url)?;
-        let publisher_pid = publisher.id();
-        // T0: the stream's first media bytes at the node.
-        let mut t0 = None;
-        while spawned.elapsed() < Duration::from_secs(20) {
-            if server.state.live.streams.bytes_received(&show.event) > 0 {
-                t0 = Some(Instant::now());
-                break;
+        // T0: the stream's first bytes at the bench's own output of the tee.
+        let clock = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let clock_url = format!("tcp://{}", clock.local_addr()?);
+        let (first_bytes, first_bytes_seen) = tokio::sync::oneshot::channel();
+        let _clock = AbortOnDrop(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let Ok((mut socket, _)) = clock.accept().await else {
+                return;
+            };
+            let mut buffer = vec![0u8; 64 * 1024];
+            let mut first_bytes = Some(first_bytes);
+            // Read to the end, so the tee never waits on this output.
+            while let Ok(1..) = socket.read(&mut buffer).await {
+                if let Some(first_bytes) = first_bytes.take() {
+                    let _ = first_bytes.send(Instant::now());
+                }
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let t0 = t0.context("the node never received the publisher's stream")?;
+        }));
+        let mut publisher = publish(bench, &marquee_output, &nginx_url, &clock_url)?;
+        let publisher_pid = publisher.id();
+        let t0 = tokio::time::timeout(Duration::from_secs(20), first_bytes_seen)
+            .await
+            .context("the publisher sent nothing for 20 s")?
+            .context("the publisher never reached the bench's clock")?;
         let nginx_cpu_start = nginx_cpu(&nginx_dir);
         let marquee_watch = tokio::spawn(watch(
             client.clone(),
@@ -121,6 +155,17 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
             t0,
             bench.fps,
         ));
+        // When the node's stream got its first media, after T0: a check on T0 over RTMP (a
+        // few ms), and over SRT what the remuxer's probe holds back.
+        let mut first_media = None;
+        while t0.elapsed() < Duration::from_secs(20) {
+            if server.state.live.streams.bytes_received(&show.event) > 0 {
+                first_media = Some(t0.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let first_media = first_media.context("the node never received the publisher's stream")?;
         // The transcoder's CPU, sampled from the middle of the show to its end.
         tokio::time::sleep(Duration::from_secs(u64::from(bench.seconds / 4).max(2))).await;
         let transcoder = transcoder_pid(publisher_pid).context("no transcoder process")?;
@@ -177,8 +222,15 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
             serving.push(rate);
         }
         Ok(LiveReport {
+            first_media,
             latency: vec![
-                summarize("marquee (720p rendition)", marquee_latency),
+                summarize(
+                    match bench.ingest {
+                        Ingest::Rtmp => "marquee (720p rendition)",
+                        Ingest::Srt => "marquee SRT (720p rendition)",
+                    },
+                    marquee_latency,
+                ),
                 summarize("nginx-rtmp (source)", nginx_latency),
             ],
             transcoder_cores,
@@ -272,8 +324,14 @@ async fn organize_show(client: &reqwest::Client, url: &str) -> anyhow::Result<Sh
     })
 }
 
-/// The publisher: one encode, teed to both servers.
-fn publish(bench: &LiveBench, marquee: &str, nginx: &str) -> anyhow::Result<tokio::process::Child> {
+/// The publisher: one encode, teed to both servers and to the bench's clock. `marquee` is a
+/// whole tee slave (`[f=…]url`): FLV over RTMP or MPEG-TS over SRT.
+fn publish(
+    bench: &LiveBench,
+    marquee: &str,
+    nginx: &str,
+    clock: &str,
+) -> anyhow::Result<tokio::process::Child> {
     let gop = (bench.fps * 2).to_string();
     tokio::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
@@ -295,7 +353,7 @@ fn publish(bench: &LiveBench, marquee: &str, nginx: &str) -> anyhow::Result<toki
         .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "128k"])
         .args(["-flags", "+global_header", "-f", "tee"])
         .arg(format!(
-            "[f=flv:onfail=ignore]{marquee}|[f=flv:onfail=ignore]{nginx}"
+            "{marquee}|[f=flv:onfail=ignore]{nginx}|[f=flv:onfail=ignore]{clock}"
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -407,6 +465,15 @@ async fn watch(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok((seen, t0, fps))
+}
+
+/// Aborts its task when dropped, so no early return leaves it running.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn join(base: &str, relative: &str) -> String {
@@ -566,7 +633,7 @@ http {{
         .context("starting nginx (apt-get install nginx-light libnginx-mod-rtmp)")
 }
 
-/// The transcoder: this process's ffmpeg child that is not the publisher.
+/// The transcoder: this process's ffmpeg child that is neither the publisher nor a remuxer.
 fn transcoder_pid(publisher: Option<u32>) -> Option<u32> {
     let me = std::process::id();
     std::fs::read_dir("/proc")
@@ -582,6 +649,9 @@ fn transcoder_pid(publisher: Option<u32>) -> Option<u32> {
                     Some(comm.ends_with("(ffmpeg") && parent == me)
                 })
                 .unwrap_or(false)
+                // Not the SRT remuxer: only the transcoder reports `-progress`.
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| cmdline.split(|byte| *byte == 0).any(|arg| arg == b"-progress"))
         })
 }
 
@@ -631,10 +701,14 @@ fn clock_ticks_per_second() -> f64 {
 /// The report as BENCHMARKS.md shows it.
 pub fn print_report(bench: &LiveBench, report: &LiveReport) {
     println!(
-        "show: {} s of {} at {} fps, renditions {} (x264 {})",
+        "show: {} s of {} at {} fps over {} to the node, renditions {} (x264 {})",
         bench.seconds,
         bench.size,
         bench.fps,
+        match bench.ingest {
+            Ingest::Rtmp => "RTMP",
+            Ingest::Srt => "SRT",
+        },
         report.renditions.join(", "),
         bench.preset
     );
@@ -648,6 +722,10 @@ pub fn print_report(bench: &LiveBench, report: &LiveReport) {
             latency.name, latency.segments, latency.p50, latency.p95, latency.newest_frame_p50
         );
     }
+    println!(
+        "the node's stream had its first media {:.3} s after the publisher sent its first bytes",
+        report.first_media.as_secs_f64()
+    );
     if let [marquee, nginx] = &report.latency[..] {
         println!(
             "latency ratio marquee / nginx-rtmp (p50): {:.2}",

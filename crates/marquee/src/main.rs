@@ -229,6 +229,9 @@ enum BenchCommand {
 
 #[derive(Debug, Args)]
 struct LiveBenchArgs {
+    /// How the publisher reaches the node: `rtmp` or `srt` (nginx-rtmp always gets RTMP).
+    #[arg(long, default_value = "rtmp", value_parser = ["rtmp", "srt"])]
+    ingest: String,
     /// Length of the show.
     #[arg(long, default_value_t = 40)]
     seconds: u32,
@@ -1072,6 +1075,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Jobs(args)) => bench_jobs::run(args).await,
         Command::Bench(BenchCommand::Live(args)) => {
             let bench = marquee::bench_live::LiveBench {
+                ingest: match args.ingest.as_str() {
+                    "srt" => marquee::bench_live::Ingest::Srt,
+                    _ => marquee::bench_live::Ingest::Rtmp,
+                },
                 seconds: args.seconds.clamp(10, 3_600),
                 fps: args.fps.clamp(1, 60),
                 size: args.size,
