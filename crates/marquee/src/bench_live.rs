@@ -134,6 +134,7 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
                 }
             }
         }));
+        let going_live = server.state.live.streams.changes();
         let mut publisher = publish(bench, &marquee_output, &nginx_url, &clock_url)?;
         let publisher_pid = publisher.id();
         let t0 = tokio::time::timeout(Duration::from_secs(20), first_bytes_seen)
@@ -157,15 +158,13 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
         ));
         // When the node's stream got its first media, after T0: a check on T0 over RTMP (a
         // few ms), and over SRT what the remuxer's probe holds back.
-        let mut first_media = None;
-        while t0.elapsed() < Duration::from_secs(20) {
-            if server.state.live.streams.bytes_received(&show.event) > 0 {
-                first_media = Some(t0.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let first_media = first_media.context("the node never received the publisher's stream")?;
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            first_media(&server.state.live.streams, &show.event, going_live),
+        )
+        .await
+        .context("the node never received the publisher's stream")??;
+        let first_media = t0.elapsed();
         // The transcoder's CPU, sampled from the middle of the show to its end.
         tokio::time::sleep(Duration::from_secs(u64::from(bench.seconds / 4).max(2))).await;
         let transcoder = transcoder_pid(publisher_pid).context("no transcoder process")?;
@@ -465,6 +464,28 @@ async fn watch(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok((seen, t0, fps))
+}
+
+/// Returns once `stream` has its first media: after its going live is pushed on `changes`,
+/// its first tag (or at once, if one came before this could subscribe).
+async fn first_media(
+    streams: &marquee_media::LiveStreams,
+    stream: &str,
+    mut changes: tokio::sync::broadcast::Receiver<marquee_media::StatusChange>,
+) -> anyhow::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    while streams.status(stream) != marquee_media::StreamStatus::Live {
+        if let Err(RecvError::Closed) = changes.recv().await {
+            bail!("the node's streams are gone");
+        }
+    }
+    let (_, mut tags) = streams.subscribe(stream).context("the stream is gone")?;
+    if streams.bytes_received(stream) == 0 {
+        if let Err(RecvError::Closed) = tags.recv().await {
+            bail!("the stream ended before any media");
+        }
+    }
+    Ok(())
 }
 
 /// Aborts its task when dropped, so no early return leaves it running.

@@ -231,9 +231,9 @@ async fn remux(
             "-loglevel",
             "error",
             "-nostdin",
-            // ffmpeg holds its input back while it probes the streams, 5 s of it by default:
-            // 5 s before the show starts and every viewer's delay. 2 s still finds a keyframe
-            // (and with it the picture size) in a caller that joins a 2-second GOP anywhere.
+            // ffmpeg holds its input back while it probes the streams, 5 s of it by default,
+            // and the show starts only after that. 2 s still finds a keyframe (and with it the
+            // picture size) in a caller that joins a 2-second GOP anywhere.
             "-analyzeduration",
             "2000000",
             "-f",
