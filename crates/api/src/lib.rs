@@ -25,6 +25,7 @@ mod request_context;
 pub mod routes;
 mod state;
 pub mod wire;
+pub mod zero_copy;
 
 pub use error::ApiError;
 pub use live::{spawn_status_recorder, Live, LiveSettings, RecordingKeeper, StreamKeyGate};
@@ -38,6 +39,7 @@ pub use state::{
     ApiSettings, AppState, Dependency, EventCache, EventJson, SeatMapCache, SharedEvents,
     VenueCache,
 };
+pub use zero_copy::{zero_copy, ZeroCopyListener, ZeroCopyStream};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode};

@@ -41,13 +41,18 @@ pub struct Live {
     /// Segments recently served, by path: every viewer of a show asks for the same few files
     /// within seconds, and segments never change under their name (see
     /// `marquee_media::transcode`). Bounded by bytes; concurrent misses of one file make one
-    /// read.
+    /// read. Each is file-backed (`crate::zero_copy`): served with `sendfile` from its file.
     pub segments: moka::future::Cache<PathBuf, bytes::Bytes>,
+    /// Segments still being written, for viewers who ask for them early.
+    pub edge: Arc<marquee_media::LiveEdge>,
 }
 
 /// Bytes of segments the origin keeps in memory: about a minute of a 3-rendition 720p show
 /// for a few shows at once.
 const SEGMENT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// Each cached segment holds its file open (to send it with `sendfile`), so a segment weighs
+/// at least this much: at most 4,096 descriptors, whatever the segments' sizes.
+const SEGMENT_MIN_WEIGHT: usize = (SEGMENT_CACHE_BYTES / 4096) as usize;
 /// A segment nobody asked for in this long has left every live window.
 const SEGMENT_IDLE: Duration = Duration::from_secs(60);
 
@@ -70,10 +75,16 @@ impl Live {
             segments: moka::future::Cache::builder()
                 .max_capacity(SEGMENT_CACHE_BYTES)
                 .weigher(|path: &PathBuf, bytes: &bytes::Bytes| {
-                    u32::try_from(bytes.len() + path.as_os_str().len()).unwrap_or(u32::MAX)
+                    let weight = (bytes.len() + path.as_os_str().len()).max(SEGMENT_MIN_WEIGHT);
+                    u32::try_from(weight).unwrap_or(u32::MAX)
                 })
                 .time_to_idle(SEGMENT_IDLE)
                 .build(),
+            edge: marquee_media::LiveEdge::new(marquee_media::EdgeSettings::for_segments(
+                Duration::from_secs(u64::from(
+                    marquee_media::TranscodeSettings::default().segment_seconds,
+                )),
+            )),
         }
     }
 

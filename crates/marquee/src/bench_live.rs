@@ -7,11 +7,22 @@
 //! `--ingest srt`, and to nginx with `libnginx-mod-rtmp` packaging HLS. A watcher per server
 //! does what a player at the live edge does: it polls the media playlist (every 100 ms, finer
 //! than a player, to see each segment as soon as it is listed) and downloads each new segment.
-//! A frame at stream time `t` left the publisher at `T0 + t`, where `T0` is when the stream's
-//! first bytes reached a third output of the same tee, a TCP socket of the bench's own (so
-//! `T0` owes nothing to either server's ingest, and the SRT remuxer's probe counts against
-//! Marquee); it can play once its segment is downloaded, so its latency is
-//! `downloaded - (T0 + t)`. Every frame of every segment counts; p50 and p95 are over frames.
+//! A frame at stream time `t` left the publisher at `T0 + t`. The tee has a third output, a
+//! TCP socket of the bench's own, that reads the FLV as the servers get it, so `T0` owes
+//! nothing to either server's ingest (and the SRT remuxer's probe counts against Marquee):
+//! `T0` is the earliest of `arrival - timestamp` over its video tags, the stream's clock as
+//! the encoder keeps it. (The stream's first bytes are not: ffmpeg's `-re` clock starts
+//! before the tee has connected its outputs, and the first frames then leave in a burst,
+//! later than their timestamps say; taking `T0` from the first bytes made every latency look
+//! 0.2-0.3 s shorter than it was.) A frame can play once its segment is downloaded, so its
+//! latency is `downloaded - (T0 + t)`. Every frame of every segment counts; p50 and p95 are
+//! over frames.
+//!
+//! A third watcher plays the node's 720p rendition at the live edge, as a low-latency DASH or
+//! LHLS player does: it asks for each next segment as soon as it has the last one and reads it
+//! as the origin sends it while the packager writes it; a frame can play once the CMAF
+//! fragment holding it has arrived. nginx-rtmp has no such mode: it lists a fragment only once
+//! it is whole, and its static files are served at their length when asked.
 //!
 //! Marquee transcodes the 720p source into 720p/480p/360p; nginx-rtmp only repackages it. The
 //! latency compared is of the 720p rendition against nginx's copy of the source.
@@ -69,7 +80,7 @@ pub struct ServeRate {
 }
 
 pub struct LiveReport {
-    /// From T0 to the node's stream getting its first media.
+    /// From the publisher's first bytes to the node's stream getting its first media.
     pub first_media: Duration,
     pub latency: Vec<Latency>,
     /// Cores the transcoder used while live, and its renditions.
@@ -116,28 +127,40 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
             ),
         };
         let nginx_url = format!("rtmp://127.0.0.1:{nginx_rtmp}/live/bench");
-        // T0: the stream's first bytes at the bench's own output of the tee.
+        // The stream's clock, read off the bench's own output of the tee.
         let clock = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let clock_url = format!("tcp://{}", clock.local_addr()?);
         let (first_bytes, first_bytes_seen) = tokio::sync::oneshot::channel();
-        let _clock = AbortOnDrop(tokio::spawn(async move {
+        let stream_clock = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
-            let Ok((mut socket, _)) = clock.accept().await else {
-                return;
-            };
+            let (mut socket, _) = clock.accept().await?;
             let mut buffer = vec![0u8; 64 * 1024];
             let mut first_bytes = Some(first_bytes);
+            let mut flv = marquee_media::flv::FlvReader::new();
+            let mut origin: Option<Instant> = None;
             // Read to the end, so the tee never waits on this output.
-            while let Ok(1..) = socket.read(&mut buffer).await {
+            while let Ok(read @ 1..) = socket.read(&mut buffer).await {
+                let now = Instant::now();
                 if let Some(first_bytes) = first_bytes.take() {
-                    let _ = first_bytes.send(Instant::now());
+                    let _ = first_bytes.send(now);
+                }
+                flv.push(&buffer[..read]);
+                while let Some(tag) = flv.next_tag()? {
+                    if tag.kind != marquee_media::flv::TagKind::Video {
+                        continue;
+                    }
+                    let stamped = Duration::from_millis(u64::from(tag.timestamp));
+                    let left = now.checked_sub(stamped).unwrap_or(now);
+                    origin = Some(origin.map_or(left, |origin| origin.min(left)));
                 }
             }
-        }));
+            origin.context("no video reached the bench's clock")
+        });
+        let _clock = AbortOnDrop(stream_clock.abort_handle());
         let going_live = server.state.live.streams.changes();
         let mut publisher = publish(bench, &marquee_output, &nginx_url, &clock_url)?;
         let publisher_pid = publisher.id();
-        let t0 = tokio::time::timeout(Duration::from_secs(20), first_bytes_seen)
+        let first_bytes = tokio::time::timeout(Duration::from_secs(20), first_bytes_seen)
             .await
             .context("the publisher sent nothing for 20 s")?
             .context("the publisher never reached the bench's clock")?;
@@ -146,25 +169,27 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
             client.clone(),
             format!("{url}{}", show.hls_path),
             true,
-            t0,
             bench.fps,
+        ));
+        let edge_watch = tokio::spawn(watch_edge(
+            client.clone(),
+            format!("{url}{}", show.hls_path),
         ));
         let nginx_watch = tokio::spawn(watch(
             client.clone(),
             format!("http://127.0.0.1:{nginx_http}/hls/bench.m3u8"),
             false,
-            t0,
             bench.fps,
         ));
-        // When the node's stream got its first media, after T0: a check on T0 over RTMP (a
-        // few ms), and over SRT what the remuxer's probe holds back.
+        // When the node's stream got its first media, after the publisher's first bytes: a few
+        // ms over RTMP, and over SRT what the remuxer's probe holds back.
         tokio::time::timeout(
             Duration::from_secs(20),
             first_media(&server.state.live.streams, &show.event, going_live),
         )
         .await
         .context("the node never received the publisher's stream")??;
-        let first_media = t0.elapsed();
+        let first_media = first_bytes.elapsed();
         // The transcoder's CPU, sampled from the middle of the show to its end.
         tokio::time::sleep(Duration::from_secs(u64::from(bench.seconds / 4).max(2))).await;
         let transcoder = transcoder_pid(publisher_pid).context("no transcoder process")?;
@@ -195,7 +220,9 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
         let nginx_cores = (nginx_cpu(&nginx_dir) - nginx_cpu_start) as f64
             / clock_ticks_per_second()
             / nginx_wall_start.elapsed().as_secs_f64().max(0.001);
+        let t0 = stream_clock.await??;
         let marquee_latency = marquee_watch.await??;
+        let edge_latency = edge_watch.await??;
         let nginx_latency = nginx_watch.await??;
         let renditions = renditions(&client, &format!("{url}{}", show.hls_path)).await?;
 
@@ -228,9 +255,18 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
                         Ingest::Rtmp => "marquee (720p rendition)",
                         Ingest::Srt => "marquee SRT (720p rendition)",
                     },
-                    marquee_latency,
+                    &marquee_latency,
+                    t0,
                 ),
-                summarize("nginx-rtmp (source)", nginx_latency),
+                summarize("nginx-rtmp (source)", &nginx_latency, t0),
+                summarize(
+                    match bench.ingest {
+                        Ingest::Rtmp => "marquee live edge (720p)",
+                        Ingest::Srt => "marquee SRT live edge (720p)",
+                    },
+                    &edge_latency,
+                    t0,
+                ),
             ],
             transcoder_cores,
             renditions,
@@ -361,11 +397,12 @@ fn publish(
         .context("running ffmpeg (apt-get install ffmpeg)")
 }
 
-/// One segment as the watcher saw it: its stream time, duration and download instant.
+/// One segment as a watcher saw it: its stream time and duration, and when each of its
+/// frames (by stream time) could first be played.
 struct Seen {
     start: f64,
     duration: f64,
-    downloaded: Instant,
+    frames: Vec<(f64, Instant)>,
 }
 
 /// A player at the live edge: polls the (first) media playlist, downloads each new segment.
@@ -375,31 +412,11 @@ async fn watch(
     client: reqwest::Client,
     url: String,
     master: bool,
-    t0: Instant,
     fps: u32,
-) -> anyhow::Result<(Vec<Seen>, Instant, u32)> {
+) -> anyhow::Result<Vec<Seen>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let media_url = if master {
-        loop {
-            if Instant::now() > deadline {
-                bail!("no master playlist at {url}");
-            }
-            let response = client.get(&url).send().await?;
-            if response.status().is_success() {
-                let body = response.bytes().await?;
-                if let Ok(m3u8_rs::Playlist::MasterPlaylist(playlist)) =
-                    m3u8_rs::parse_playlist_res(&body)
-                {
-                    let best = playlist
-                        .variants
-                        .iter()
-                        .max_by_key(|variant| variant.resolution.map_or(0, |size| size.height))
-                        .context("no variants")?;
-                    break join(&url, &best.uri);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        top_media_playlist(&client, &url, deadline).await?
     } else {
         url
     };
@@ -451,10 +468,13 @@ async fn watch(
             let duration = f64::from(segment.duration);
             done.insert(sequence);
             starts.insert(sequence + 1, start + duration);
+            let count = (duration * f64::from(fps)).round().max(1.0) as u32;
             seen.push(Seen {
                 start,
                 duration,
-                downloaded,
+                frames: (0..count)
+                    .map(|frame| (start + f64::from(frame) / f64::from(fps), downloaded))
+                    .collect(),
             });
             last_new = downloaded;
         }
@@ -463,7 +483,268 @@ async fn watch(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((seen, t0, fps))
+    Ok(seen)
+}
+
+/// The media playlist of the master playlist at `url`'s tallest variant, once it is served.
+async fn top_media_playlist(
+    client: &reqwest::Client,
+    url: &str,
+    deadline: Instant,
+) -> anyhow::Result<String> {
+    loop {
+        if Instant::now() > deadline {
+            bail!("no master playlist at {url}");
+        }
+        let response = client.get(url).send().await?;
+        if response.status().is_success() {
+            let body = response.bytes().await?;
+            if let Ok(m3u8_rs::Playlist::MasterPlaylist(playlist)) =
+                m3u8_rs::parse_playlist_res(&body)
+            {
+                let best = playlist
+                    .variants
+                    .iter()
+                    .max_by_key(|variant| variant.resolution.map_or(0, |size| size.height))
+                    .context("no variants")?;
+                return Ok(join(url, &best.uri));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A low-latency player at the live edge: from the first segment listed on, it asks for each
+/// next segment as soon as it has the last one, before that segment is listed or whole, and
+/// reads it as the origin sends it (`marquee_media::LiveEdge`). A frame can play once the
+/// CMAF fragment holding it has arrived; its stream time comes from the fragment's `tfdt` and
+/// `trun`, counted from the first segment's start (as the whole-segment watcher counts). Ends
+/// when the next segment never comes (the show ended).
+async fn watch_edge(client: reqwest::Client, master_url: String) -> anyhow::Result<Vec<Seen>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let media_url = top_media_playlist(&client, &master_url, deadline).await?;
+    let (init, mut segment) = loop {
+        if Instant::now() > deadline {
+            bail!("no segment listed at {media_url}");
+        }
+        let body = client.get(&media_url).send().await?.bytes().await?;
+        if let Ok(m3u8_rs::Playlist::MediaPlaylist(playlist)) = m3u8_rs::parse_playlist_res(&body) {
+            if let Some(first) = playlist.segments.first() {
+                let init = first
+                    .map
+                    .as_ref()
+                    .map(|map| map.uri.clone())
+                    .or_else(|| {
+                        // The map tag is written once, before the first segment.
+                        playlist
+                            .segments
+                            .iter()
+                            .find_map(|s| s.map.as_ref())
+                            .map(|m| m.uri.clone())
+                    })
+                    .context("no EXT-X-MAP (init segment) in the media playlist")?;
+                break (init, first.uri.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let init = client
+        .get(join(&media_url, &init))
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    let timescale = cmaf::timescale(&init).context("no mdhd timescale in the init segment")?;
+    let mut origin: Option<u64> = None;
+    let mut seen = Vec::new();
+    loop {
+        let mut response = client.get(join(&media_url, &segment)).send().await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            break;
+        }
+        let response_status = response.status();
+        if !response_status.is_success() {
+            bail!("{segment}: {response_status}");
+        }
+        let mut reader = cmaf::FragmentReader::default();
+        let mut frames = Vec::new();
+        let mut span: Option<(u64, u64)> = None;
+        while let Some(chunk) = response.chunk().await? {
+            let arrived = Instant::now();
+            for fragment in reader.push(&chunk) {
+                let origin = *origin.get_or_insert(fragment.decode_time);
+                let mut time = fragment.decode_time;
+                for duration in &fragment.sample_durations {
+                    frames.push((
+                        time.saturating_sub(origin) as f64 / f64::from(timescale),
+                        arrived,
+                    ));
+                    time += u64::from(*duration);
+                }
+                let (start, _) = span.get_or_insert((fragment.decode_time, time));
+                span = Some((*start, time));
+            }
+        }
+        let (Some((start, end)), Some(origin)) = (span, origin) else {
+            bail!("{segment} held no fragment");
+        };
+        seen.push(Seen {
+            start: start.saturating_sub(origin) as f64 / f64::from(timescale),
+            duration: (end - start) as f64 / f64::from(timescale),
+            frames,
+        });
+        segment = next_segment_name(&segment).context("segment names are not numbered")?;
+    }
+    Ok(seen)
+}
+
+/// `chunk-r1-0-00007.m4s` → `chunk-r1-0-00008.m4s`: the number before the extension, plus one.
+fn next_segment_name(name: &str) -> Option<String> {
+    let (stem, extension) = name.rsplit_once('.')?;
+    let digits = stem.len() - stem.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return None;
+    }
+    let (prefix, number) = stem.split_at(stem.len() - digits);
+    let next = number.parse::<u64>().ok()? + 1;
+    Some(format!("{prefix}{next:0digits$}.{extension}"))
+}
+
+/// Just enough ISO BMFF to time CMAF fragments as they arrive: the track's timescale from the
+/// init segment, and each `moof`'s decode time and sample durations once its `mdat` is in.
+mod cmaf {
+    /// Boxes of `data` (complete ones) as (type, body).
+    fn boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+        std::iter::from_fn(move || {
+            let (size, header) = box_size(data)?;
+            if size > data.len() {
+                return None;
+            }
+            let kind = [data[4], data[5], data[6], data[7]];
+            let body = &data[header..size];
+            data = &data[size..];
+            Some((kind, body))
+        })
+    }
+
+    /// A box's whole size and header length, if its header is all there.
+    fn box_size(data: &[u8]) -> Option<(usize, usize)> {
+        let size = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?);
+        match size {
+            1 => {
+                let large = u64::from_be_bytes(data.get(8..16)?.try_into().ok()?);
+                Some((usize::try_from(large).ok()?.max(16), 16))
+            }
+            0 => None, // "to the end of the file": not in fragments
+            size => Some((usize::try_from(size).ok()?.max(8), 8)),
+        }
+    }
+
+    fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
+        boxes(data)
+            .find(|(found, _)| found == kind)
+            .map(|(_, body)| body)
+    }
+
+    fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    /// The media timescale of the (first) track of an init segment.
+    pub fn timescale(init: &[u8]) -> Option<u32> {
+        let mdhd = child(
+            child(child(child(init, b"moov")?, b"trak")?, b"mdia")?,
+            b"mdhd",
+        )?;
+        // version 1 has 64-bit creation and modification times.
+        u32_at(mdhd, if mdhd.first()? == &1 { 20 } else { 12 })
+    }
+
+    #[derive(Debug)]
+    pub struct Fragment {
+        pub decode_time: u64,
+        pub sample_durations: Vec<u32>,
+    }
+
+    /// Reads a segment's bytes as they arrive and hands out each fragment once whole.
+    #[derive(Default)]
+    pub struct FragmentReader {
+        pending: Vec<u8>,
+        moof: Option<Fragment>,
+    }
+
+    impl FragmentReader {
+        pub fn push(&mut self, bytes: &[u8]) -> Vec<Fragment> {
+            self.pending.extend_from_slice(bytes);
+            let mut whole = Vec::new();
+            while let Some((size, header)) = box_size(&self.pending) {
+                if size > self.pending.len() {
+                    break;
+                }
+                match &self.pending[4..8] {
+                    b"moof" => self.moof = parse_moof(&self.pending[header..size]),
+                    b"mdat" => whole.extend(self.moof.take()),
+                    _ => {}
+                }
+                self.pending.drain(..size);
+            }
+            whole
+        }
+    }
+
+    fn parse_moof(moof: &[u8]) -> Option<Fragment> {
+        let traf = child(moof, b"traf")?;
+        let tfhd = child(traf, b"tfhd")?;
+        let tfhd_flags = u32_at(tfhd, 0)? & 0x00ff_ffff;
+        // track_ID, then the optional fields in order.
+        let mut at = 8;
+        if tfhd_flags & 0x01 != 0 {
+            at += 8; // base_data_offset
+        }
+        if tfhd_flags & 0x02 != 0 {
+            at += 4; // sample_description_index
+        }
+        let default_duration = if tfhd_flags & 0x08 != 0 {
+            u32_at(tfhd, at)
+        } else {
+            None
+        };
+        let tfdt = child(traf, b"tfdt")?;
+        let decode_time = if tfdt.first()? == &1 {
+            u64::from_be_bytes(tfdt.get(4..12)?.try_into().ok()?)
+        } else {
+            u64::from(u32_at(tfdt, 4)?)
+        };
+        let trun = child(traf, b"trun")?;
+        let flags = u32_at(trun, 0)? & 0x00ff_ffff;
+        let count = u32_at(trun, 4)?;
+        let mut at = 8;
+        if flags & 0x01 != 0 {
+            at += 4; // data_offset
+        }
+        if flags & 0x04 != 0 {
+            at += 4; // first_sample_flags
+        }
+        let per_sample = [0x100, 0x200, 0x400, 0x800]
+            .iter()
+            .filter(|bit| flags & **bit != 0)
+            .count()
+            * 4;
+        let mut sample_durations = Vec::new();
+        for sample in 0..count as usize {
+            let duration = if flags & 0x100 != 0 {
+                u32_at(trun, at + sample * per_sample)?
+            } else {
+                default_duration?
+            };
+            sample_durations.push(duration);
+        }
+        Some(Fragment {
+            decode_time,
+            sample_durations,
+        })
+    }
 }
 
 /// Returns once `stream` has its first media: after its going live is pushed on `changes`,
@@ -489,7 +770,7 @@ async fn first_media(
 }
 
 /// Aborts its task when dropped, so no early return leaves it running.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -507,16 +788,22 @@ fn join(base: &str, relative: &str) -> String {
     }
 }
 
-fn summarize(name: &'static str, (seen, t0, fps): (Vec<Seen>, Instant, u32)) -> Latency {
+/// Latency per frame: when it could play, less when it left the publisher (`t0` plus its
+/// stream time).
+fn summarize(name: &'static str, seen: &[Seen], t0: Instant) -> Latency {
+    let since_t0 = |instant: Instant| match instant.checked_duration_since(t0) {
+        Some(after) => after.as_secs_f64(),
+        None => -t0.duration_since(instant).as_secs_f64(),
+    };
     let mut frames = Vec::new();
     let mut newest = Vec::new();
-    for segment in &seen {
-        let available = segment.downloaded.duration_since(t0).as_secs_f64();
-        let count = (segment.duration * f64::from(fps)).round().max(1.0) as u32;
-        for frame in 0..count {
-            frames.push(available - (segment.start + f64::from(frame) / f64::from(fps)));
+    for segment in seen {
+        for (time, available) in &segment.frames {
+            frames.push(since_t0(*available) - time);
         }
-        newest.push(available - (segment.start + segment.duration));
+        if let Some(last) = segment.frames.iter().map(|(_, available)| *available).max() {
+            newest.push(since_t0(last) - (segment.start + segment.duration));
+        }
     }
     Latency {
         name,
@@ -747,10 +1034,11 @@ pub fn print_report(bench: &LiveBench, report: &LiveReport) {
         "the node's stream had its first media {:.3} s after the publisher sent its first bytes",
         report.first_media.as_secs_f64()
     );
-    if let [marquee, nginx] = &report.latency[..] {
+    if let [marquee, nginx, edge] = &report.latency[..] {
         println!(
-            "latency ratio marquee / nginx-rtmp (p50): {:.2}",
-            marquee.p50 / nginx.p50
+            "latency ratio marquee / nginx-rtmp (p50), whole segments: {:.2}; at the live edge: {:.2}",
+            marquee.p50 / nginx.p50,
+            edge.p50 / nginx.p50
         );
     }
     let renditions = report.renditions.len().max(1) as f64;
@@ -787,5 +1075,94 @@ pub fn print_report(bench: &LiveBench, report: &LiveReport) {
                 .map(|rps| rps.round())
                 .collect::<Vec<_>>()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_segment_name_counts_on_with_its_padding() {
+        assert_eq!(
+            next_segment_name("chunk-r17-0-00009.m4s").as_deref(),
+            Some("chunk-r17-0-00010.m4s")
+        );
+        assert_eq!(
+            next_segment_name("chunk-r17-0-99999.m4s").as_deref(),
+            Some("chunk-r17-0-100000.m4s")
+        );
+        assert_eq!(next_segment_name("bench.m3u8"), None);
+    }
+
+    fn mp4_box(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A `moof` of `durations` samples at `decode_time`, its `trun` carrying durations and
+    /// sizes, followed by its `mdat`.
+    fn fragment(decode_time: u64, durations: &[u32]) -> Vec<u8> {
+        let tfhd = mp4_box(b"tfhd", &[0, 0x02, 0, 0, 0, 0, 0, 1]); // default-base-is-moof
+        let mut tfdt_body = vec![1, 0, 0, 0];
+        tfdt_body.extend_from_slice(&decode_time.to_be_bytes());
+        let tfdt = mp4_box(b"tfdt", &tfdt_body);
+        let mut trun_body = vec![0, 0, 0x03, 0x01]; // data offset, durations, sizes
+        trun_body.extend_from_slice(&(durations.len() as u32).to_be_bytes());
+        trun_body.extend_from_slice(&0u32.to_be_bytes());
+        for duration in durations {
+            trun_body.extend_from_slice(&duration.to_be_bytes());
+            trun_body.extend_from_slice(&100u32.to_be_bytes());
+        }
+        let trun = mp4_box(b"trun", &trun_body);
+        let traf = mp4_box(b"traf", &[tfhd, tfdt, trun].concat());
+        let mut out = mp4_box(b"moof", &[mp4_box(b"mfhd", &[0; 8]), traf].concat());
+        out.extend(mp4_box(b"mdat", &vec![0u8; 300]));
+        out
+    }
+
+    #[test]
+    fn fragments_are_timed_once_their_media_is_in_however_the_bytes_are_cut() {
+        let segment = [
+            mp4_box(b"styp", b"msdhcmfs"),
+            fragment(30_720, &[512, 512, 512]),
+            fragment(32_256, &[512, 512]),
+        ]
+        .concat();
+        for cut in [1, 7, 100, segment.len()] {
+            let mut reader = cmaf::FragmentReader::default();
+            let mut fragments = Vec::new();
+            for piece in segment.chunks(cut) {
+                fragments.extend(reader.push(piece));
+            }
+            assert_eq!(fragments.len(), 2, "cut every {cut} bytes");
+            assert_eq!(fragments[0].decode_time, 30_720);
+            assert_eq!(fragments[0].sample_durations, vec![512, 512, 512]);
+            assert_eq!(fragments[1].decode_time, 32_256);
+            assert_eq!(fragments[1].sample_durations.len(), 2);
+        }
+        // A moof without its mdat yet is not handed out.
+        let mut reader = cmaf::FragmentReader::default();
+        let first = fragment(0, &[512]);
+        assert!(reader.push(&first[..first.len() - 1]).is_empty());
+        assert_eq!(reader.push(&first[first.len() - 1..]).len(), 1);
+    }
+
+    #[test]
+    fn the_timescale_comes_from_the_init_segments_media_header() {
+        let mut mdhd = vec![0u8; 24];
+        mdhd[12..16].copy_from_slice(&15_360u32.to_be_bytes());
+        let init = [
+            mp4_box(b"ftyp", b"isom"),
+            mp4_box(
+                b"moov",
+                &mp4_box(b"trak", &mp4_box(b"mdia", &mp4_box(b"mdhd", &mdhd))),
+            ),
+        ]
+        .concat();
+        assert_eq!(cmaf::timescale(&init), Some(15_360));
+        assert_eq!(cmaf::timescale(b"junk"), None);
     }
 }

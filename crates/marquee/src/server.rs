@@ -234,14 +234,17 @@ impl Server {
         let router = marquee_api::router(state.clone()).merge(marquee_web::router());
         // Responses are written whole; Nagle would hold a small one back until the client's
         // delayed ACK of the previous one (tens of milliseconds on an idle keep-alive connection).
-        let nodelay = |stream: &mut tokio::net::TcpStream| {
-            let _ = stream.set_nodelay(true);
+        let nodelay = |stream: &mut marquee_api::ZeroCopyStream| {
+            let _ = stream.get_ref().set_nodelay(true);
         };
+        // Either way, cached live segments go out with sendfile (see `marquee_api::zero_copy`).
         if config.push_lean_sse {
             // SSE connections are served by a lean path of their own; the rest by axum.
-            let listener = marquee_api::push_aware(listener, state.clone())?.tap_io(nodelay);
-            tasks.push(serve(listener, router, stopped.clone()));
+            let listener =
+                marquee_api::zero_copy(marquee_api::push_aware(listener, state.clone())?);
+            tasks.push(serve(listener.tap_io(nodelay), router, stopped.clone()));
         } else {
+            let listener = marquee_api::zero_copy(listener);
             tasks.push(serve(listener.tap_io(nodelay), router, stopped.clone()));
         }
 

@@ -4,7 +4,8 @@
 //! a short drop of its publisher ([`LiveStreams`]); one supervised ffmpeg per show transcodes
 //! the ladder and packages it as CMAF with an HLS master playlist and a DASH MPD
 //! ([`spawn_transcoders`]); playback URLs carry viewer-bound tokens ([`PlaybackTokens`]); each
-//! show is recorded into blob storage ([`RecordingStore`]).
+//! show is recorded into blob storage ([`RecordingStore`]); a segment still being written is
+//! delivered to viewers at the live edge as it grows ([`LiveEdge`]).
 //!
 //! Why `rml_rtmp`: the RTMP handshake (including the FP9 digest variant encoders send), chunk
 //! stream multiplexing and AMF0 commands are a protocol library's job, and it is sans-I/O, which
@@ -15,6 +16,7 @@
 //! Why `object_store`: one API over local files and S3-compatible stores. Why `srt-tokio`:
 //! see [`spawn_srt_listener`].
 
+mod edge;
 pub mod flv;
 pub mod ladder;
 mod recording;
@@ -24,6 +26,9 @@ mod streams;
 mod token;
 pub mod transcode;
 
+pub use crate::edge::{
+    Abandoned, EdgeError, EdgeSettings, GrowingSegment, LiveEdge, FRAGMENT_SECONDS,
+};
 pub use crate::recording::{RecordingError, RecordingStore, StoredRecording};
 pub use crate::rtmp::{
     spawn_rtmp_listener, Incoming, IngestLimits, PublishGate, RtmpConnection, RtmpError,
@@ -32,6 +37,6 @@ pub use crate::srt::{parse_stream_id, spawn_srt_listener, SrtIngest, SrtSettings
 pub use crate::streams::{LiveStreams, Publisher, StatusChange, StreamRefusal, StreamStatus};
 pub use crate::token::{new_stream_key, stream_key_hash, PlaybackTokens, TokenError, Viewer};
 pub use crate::transcode::{
-    ffmpeg_args, spawn_transcoders, stream_dir, FinishedRecording, TranscodeEvents,
+    ffmpeg_args, preceding_file, spawn_transcoders, stream_dir, FinishedRecording, TranscodeEvents,
     TranscodeSettings,
 };

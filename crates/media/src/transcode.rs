@@ -195,6 +195,17 @@ pub fn ffmpeg_args(
             &settings.window_segments.to_string(),
             "-adaptation_sets",
             sets,
+            // Each segment is written as it is encoded, a small CMAF fragment at a time, so
+            // the origin can hand it to viewers at the live edge before it is whole
+            // (`crate::edge`); the MPD says so (`availabilityTimeComplete="false"`).
+            "-streaming",
+            "1",
+            "-ldash",
+            "1",
+            "-frag_type",
+            "duration",
+            "-frag_duration",
+            &crate::edge::FRAGMENT_SECONDS.to_string(),
             "-hls_playlist",
             "1",
             "-hls_master_name",
@@ -588,6 +599,25 @@ fn watch_output(child: &mut Child, stream: &str) -> JoinHandle<()> {
     })
 }
 
+/// The file the packager writes just before `segment` in the same rendition: the previous
+/// segment (`chunk-r{run}-{rep}-{n-1}.m4s`), or the rendition's init segment before the first.
+/// `None` for anything that is not one of its segment names.
+pub fn preceding_file(segment: &str) -> Option<String> {
+    let rest = segment.strip_prefix("chunk-r")?.strip_suffix(".m4s")?;
+    let mut parts = rest.splitn(3, '-');
+    let (run, representation, number) = (parts.next()?, parts.next()?, parts.next()?);
+    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(run) || !all_digits(representation) || !all_digits(number) {
+        return None;
+    }
+    let number: u64 = number.parse().ok()?;
+    Some(match number {
+        0 => return None,
+        1 => format!("init-r{run}-{representation}.m4s"),
+        _ => format!("chunk-r{run}-{representation}-{:05}.m4s", number - 1),
+    })
+}
+
 /// The directory a stream's files are in.
 pub fn stream_dir(output_root: &Path, stream: &str) -> PathBuf {
     output_root.join(stream)
@@ -596,6 +626,32 @@ pub fn stream_dir(output_root: &Path, stream: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_before_a_segment_is_its_predecessor_or_its_init_segment() {
+        assert_eq!(
+            preceding_file("chunk-r1764707712346-2-00010.m4s").as_deref(),
+            Some("chunk-r1764707712346-2-00009.m4s")
+        );
+        assert_eq!(
+            preceding_file("chunk-r5-0-00001.m4s").as_deref(),
+            Some("init-r5-0.m4s")
+        );
+        assert_eq!(
+            preceding_file("chunk-r5-0-123456.m4s").as_deref(),
+            Some("chunk-r5-0-123455.m4s")
+        );
+        for other in [
+            "chunk-r5-0-00000.m4s",
+            "init-r5-0.m4s",
+            "manifest.mpd",
+            "chunk-r5-0-0001x.m4s",
+            "chunk-r-0-00001.m4s",
+            "chunk-r5-0-00001.m4s.tmp",
+        ] {
+            assert_eq!(preceding_file(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn the_command_maps_every_rendition_with_aligned_keyframes() {
@@ -622,6 +678,10 @@ mod tests {
             "the decoder holds no frames back: {line}"
         );
         assert!(line.contains("-seg_duration 2"));
+        assert!(
+            line.contains("-streaming 1 -ldash 1 -frag_type duration -frag_duration 0.1"),
+            "segments are written fragment by fragment for the live edge: {line}"
+        );
         assert!(line.contains("-hls_playlist 1"));
         assert!(line.contains("id=0,streams=v id=1,streams=a"));
         assert!(line.contains("chunk-r3-$RepresentationID$-$Number%05d$.$ext$"));

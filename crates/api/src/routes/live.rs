@@ -287,41 +287,62 @@ pub async fn media(
         state.live.saw_viewer(&event, &viewer.viewer);
     }
     let path = marquee_media::stream_dir(&state.live.settings.media_root, &event).join(&file);
-    let read = |path: std::path::PathBuf| async move {
-        tokio::fs::read(&path).await.map(bytes::Bytes::from)
-    };
     // The packager renames a segment into place once it is whole (ffmpeg writes `*.tmp`
-    // first), so a segment found is complete and may be kept; playlists change every segment
-    // and are always read afresh.
+    // first), so a segment found is complete and may be kept, and sent from its file
+    // (`crate::zero_copy`); playlists change every segment and are always read afresh.
     let read = if kind == "segment" {
         state
             .live
             .segments
-            .try_get_with(path.clone(), read(path))
+            .try_get_with(path.clone(), read_segment(path.clone()))
             .await
             .map_err(|error| std::io::Error::new(error.kind(), error.to_string()))
     } else {
-        read(path).await
+        tokio::fs::read(&path).await.map(bytes::Bytes::from)
     };
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        (
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        ),
+    ];
     let bytes = match read {
         Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && kind == "segment" => {
+            // Not whole yet: at the live edge, sent as the packager writes it.
+            let mut growing = match state.live.edge.follow(&path).await {
+                Ok(Some(growing)) => growing,
+                Ok(None) => return Err(ApiError::not_found("media file")),
+                Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
+            };
+            if !growing.started().await {
+                return Err(ApiError::not_found("media file"));
+            }
+            metrics::counter!("marquee_media_requests_total", "kind" => "growing_segment")
+                .increment(1);
+            return Ok((headers, Body::from_stream(growing.into_stream())).into_response());
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::not_found("media file"))
         }
         Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
-            (
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    Ok((headers, bytes).into_response())
+}
+
+/// A whole segment, kept open so that it can be sent with `sendfile`.
+async fn read_segment(path: std::path::PathBuf) -> std::io::Result<bytes::Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path)?;
+        let mut data = Vec::with_capacity(usize::try_from(file.metadata()?.len()).unwrap_or(0));
+        file.read_to_end(&mut data)?;
+        Ok(crate::zero_copy::file_backed(data, file))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// For a point of presence (nginx `auth_request`): 204 when the token in `X-Original-URI`

@@ -1034,3 +1034,154 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
     assert_eq!(transcoder_of(&event), None);
     sale.app.stop().await;
 }
+
+/// The newest segment listed in the top rendition's media playlist, with the init segment and
+/// the media playlist's path, once one is listed. Polls: ffmpeg writes playlists as files.
+async fn newest_listed_segment(app: &TestApp, hls: &str) -> (String, String, String) {
+    let base = hls.trim_end_matches("master.m3u8");
+    for _ in 0..400 {
+        let master = fetch(app, hls).await.bytes().await.expect("master");
+        if let Ok(m3u8_rs::Playlist::MasterPlaylist(master)) = m3u8_rs::parse_playlist_res(&master)
+        {
+            let top = master
+                .variants
+                .iter()
+                .max_by_key(|variant| variant.resolution.map_or(0, |size| size.height))
+                .expect("a variant");
+            let media = format!("{base}{}", top.uri);
+            let text = fetch(app, &media)
+                .await
+                .bytes()
+                .await
+                .expect("media playlist");
+            if let Ok(m3u8_rs::Playlist::MediaPlaylist(playlist)) =
+                m3u8_rs::parse_playlist_res(&text)
+            {
+                if let (Some(first), Some(last)) =
+                    (playlist.segments.first(), playlist.segments.last())
+                {
+                    let init = first.map.as_ref().expect("EXT-X-MAP").uri.clone();
+                    return (media, init, last.uri.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no segment was listed");
+}
+
+/// `chunk-r1-0-00007.m4s` → the same name `ahead` numbers later.
+fn segment_after(name: &str, ahead: u64) -> String {
+    let (stem, extension) = name.rsplit_once('.').expect("an extension");
+    let (prefix, number) = stem.rsplit_once('-').expect("a numbered name");
+    let next = number.parse::<u64>().expect("a number") + ahead;
+    format!("{prefix}-{next:05}.{extension}")
+}
+
+fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_segment_being_written_is_sent_as_it_grows_and_ends_whole() {
+    let sale = on_sale(live_node(1).await).await;
+    let fan = buy_ticket(&sale, 0).await;
+    let event = sale.event_id.clone();
+    let key = issue_key(&sale).await;
+    let url = format!(
+        "{}/{}",
+        key["rtmp_url"].as_str().expect("rtmp_url"),
+        key["stream_key"].as_str().expect("key")
+    );
+    let mut encoder = publish(&url, 20, &H264, true);
+    let publisher = encoder.id().expect("the encoder runs");
+    let live = await_status(&sale.app, &event, &fan, "live").await;
+    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
+    let (media, init, newest) = newest_listed_segment(&sale.app, &hls).await;
+    let base = media.rsplit_once('/').expect("a path").0.to_string();
+
+    // The encoder stops: the segment after the newest cannot be finished (it needs 2 s more of
+    // the show) until it goes on, so whatever arrives of it now arrived before it was whole.
+    signal(publisher, "-STOP");
+    let next = segment_after(&newest, 1);
+    let mut growing = fetch(&sale.app, &format!("{base}/{next}")).await;
+    assert_eq!(
+        growing.status(),
+        StatusCode::OK,
+        "the next segment is followed"
+    );
+    assert_eq!(
+        growing.headers()["cache-control"],
+        "public, max-age=31536000, immutable",
+        "its bytes are the finished segment's"
+    );
+    assert!(
+        growing.headers().get("content-length").is_none(),
+        "its length is not known yet"
+    );
+    let first = growing
+        .chunk()
+        .await
+        .expect("a chunk")
+        .expect("bytes before the segment is whole");
+    let listed = fetch(&sale.app, &media)
+        .await
+        .text()
+        .await
+        .expect("playlist");
+    assert!(
+        !listed.contains(&next),
+        "{next} is not listed while the encoder is stopped:\n{listed}"
+    );
+    // Far ahead of the packager: not waited for.
+    fetch(&sale.app, &format!("{base}/{}", segment_after(&newest, 5)))
+        .await
+        .error_for_status()
+        .expect_err("a segment far ahead is 404");
+
+    signal(publisher, "-CONT");
+    let mut streamed = first.to_vec();
+    while let Some(chunk) = growing.chunk().await.expect("the segment completes") {
+        streamed.extend_from_slice(&chunk);
+    }
+    let whole = fetch(&sale.app, &format!("{base}/{next}")).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert!(whole.headers().get("content-length").is_some(), "now whole");
+    let whole = whole.bytes().await.expect("segment");
+    assert!(
+        streamed[..] == whole[..],
+        "the streamed segment is the finished file ({} and {} bytes)",
+        streamed.len(),
+        whole.len()
+    );
+    let init = fetch(&sale.app, &format!("{base}/{init}"))
+        .await
+        .bytes()
+        .await
+        .expect("init");
+    let (width, height, frames) = probe_segment(&init, &streamed).await;
+    assert_eq!((width, height), (1280, 720));
+    assert!(
+        frames.first().is_some_and(|frame| frame.0),
+        "starts on a keyframe"
+    );
+    let span = frames.last().map_or(0.0, |frame| frame.1) - frames[0].1 + 1.0 / 15.0;
+    assert!((span - 2.0).abs() < 0.15, "frames span 2 s: {span}");
+    assert!(
+        counter(
+            &sale.app,
+            "marquee_media_requests_total",
+            "kind=\"growing_segment\""
+        )
+        .await
+            >= 1.0
+    );
+
+    assert!(encoder.wait().await.expect("encoder").success());
+    await_status(&sale.app, &event, &fan, "ended").await;
+    sale.app.stop().await;
+}

@@ -1,0 +1,482 @@
+//! The live edge: a segment delivered while the packager is still writing it.
+//!
+//! A player that waits for a segment to be listed sees its first frame a whole segment (2 s)
+//! after the frame was encoded. The transcoder writes each segment as a run of small CMAF
+//! fragments (`-streaming 1`, a fragment every [`FRAGMENT_SECONDS`]), flushed to
+//! `<name>.tmp` as it goes and renamed to `<name>` once whole. A request for a segment that
+//! is not whole yet is answered from the `.tmp` file as it grows, with chunked transfer, and
+//! ends when the rename says the segment is complete: the frames reach the player a fragment
+//! after they were encoded. This is what low-latency DASH players (dash.js, with the MPD's
+//! `availabilityTimeComplete="false"`) and LHLS players do: ask for the next segment early
+//! and read it as it arrives. The bytes are exactly the finished file's, so caches may keep
+//! the response as they keep the whole segment.
+//!
+//! One follower task per growing file reads it and shares what it read with every viewer
+//! asking for it, so a thousand viewers at the edge cost one reader, not a thousand. The file
+//! is polled ([`EdgeSettings::poll`]); a handful of files are growing at any time per show, and
+//! a poll every few milliseconds of each costs far less than an inotify watch per request.
+//!
+//! Only a segment that is being written or comes next is waited for (its `.tmp` exists, or
+//! the segment before it is whole), and only for so long, so a request for a made-up or a
+//! long-gone name is still a quick 404.
+
+use bytes::Bytes;
+use futures::Stream;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How much media each CMAF fragment of a segment holds: what a viewer at the live edge waits
+/// for beyond the encoder. Three frames at 30 fps; each fragment costs a `moof` box (about
+/// 100 bytes), a few percent of an AAC stream's bytes at this rate.
+pub const FRAGMENT_SECONDS: f64 = 0.1;
+
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// How often a growing file is checked for new bytes.
+    pub poll: Duration,
+    /// How long a request may wait for the next segment's file to appear.
+    pub start_wait: Duration,
+    /// A file that grows no more for this long was abandoned (its ffmpeg died).
+    pub stall: Duration,
+    /// Growing files followed at once on this node.
+    pub max_growing: usize,
+}
+
+impl EdgeSettings {
+    /// For segments of `segment` length.
+    pub fn for_segments(segment: Duration) -> EdgeSettings {
+        EdgeSettings {
+            poll: Duration::from_millis(5),
+            start_wait: segment + Duration::from_millis(500),
+            stall: segment * 2,
+            max_growing: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("too many segments are being followed on this node")]
+    Busy,
+}
+
+/// What a follower has read of a growing file so far.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    chunks: Vec<Bytes>,
+    end: Option<End>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Renamed into place: every byte has been read.
+    Complete,
+    /// Never appeared, stopped growing, or could not be read.
+    Abandoned,
+}
+
+/// Segments still being written, followed for the viewers who asked for them early.
+pub struct LiveEdge {
+    settings: EdgeSettings,
+    growing: Mutex<HashMap<PathBuf, watch::Receiver<Progress>>>,
+}
+
+impl LiveEdge {
+    pub fn new(settings: EdgeSettings) -> Arc<LiveEdge> {
+        Arc::new(LiveEdge {
+            settings,
+            growing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The segment at `path`, as it is written, if it is being written or comes next; `None`
+    /// when it is not expected (the caller answers 404).
+    pub async fn follow(
+        self: &Arc<Self>,
+        path: &Path,
+    ) -> Result<Option<GrowingSegment>, EdgeError> {
+        if let Some(progress) = self.lock().get(path) {
+            return Ok(Some(GrowingSegment::new(progress.clone())));
+        }
+        if !is_expected(path).await {
+            return Ok(None);
+        }
+        let progress = {
+            let mut growing = self.lock();
+            if let Some(progress) = growing.get(path) {
+                progress.clone()
+            } else {
+                if growing.len() >= self.settings.max_growing {
+                    return Err(EdgeError::Busy);
+                }
+                let (sender, progress) = watch::channel(Progress::default());
+                growing.insert(path.to_path_buf(), progress.clone());
+                let edge = Arc::clone(self);
+                let path = path.to_path_buf();
+                tokio::spawn(async move {
+                    metrics::gauge!("marquee_media_growing_segments").increment(1.0);
+                    let end = read_growing(&path, &edge.settings, &sender).await;
+                    sender.send_modify(|progress| progress.end = Some(end));
+                    edge.lock().remove(&path);
+                    metrics::gauge!("marquee_media_growing_segments").decrement(1.0);
+                });
+                progress
+            }
+        };
+        Ok(Some(GrowingSegment::new(progress)))
+    }
+
+    /// Files followed now.
+    pub fn growing(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, watch::Receiver<Progress>>> {
+        self.growing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The packager's in-progress name for `path`.
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Whether the segment at `path` is being written now or is the next to be.
+async fn is_expected(path: &Path) -> bool {
+    if tokio::fs::try_exists(temporary(path))
+        .await
+        .unwrap_or(false)
+    {
+        return true;
+    }
+    let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+        return false;
+    };
+    match crate::transcode::preceding_file(name) {
+        Some(before) => tokio::fs::try_exists(path.with_file_name(before))
+            .await
+            .unwrap_or(false),
+        None => false,
+    }
+}
+
+/// Reads the file at `path` (from `path.tmp` while it is written) into `progress` until it is
+/// whole or abandoned.
+async fn read_growing(
+    path: &Path,
+    settings: &EdgeSettings,
+    progress: &watch::Sender<Progress>,
+) -> End {
+    let tmp = temporary(path);
+    let started = Instant::now();
+    let mut file = loop {
+        if let Ok(file) = tokio::fs::File::open(&tmp).await {
+            break file;
+        }
+        // Renamed between the check and the open: the segment is whole.
+        if let Ok(file) = tokio::fs::File::open(path).await {
+            break file;
+        }
+        if started.elapsed() > settings.start_wait {
+            return End::Abandoned;
+        }
+        tokio::time::sleep(settings.poll).await;
+    };
+    let mut grew = Instant::now();
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buffer).await {
+            Ok(0) => {}
+            Ok(read) => {
+                let chunk = Bytes::copy_from_slice(&buffer[..read]);
+                progress.send_modify(|progress| progress.chunks.push(chunk));
+                grew = Instant::now();
+                continue;
+            }
+            Err(_) => return End::Abandoned,
+        }
+        // At the end of what is written. ffmpeg closes the file before it renames it, so once
+        // the final name exists, what is left to read is the last of it.
+        if tokio::fs::try_exists(path).await.unwrap_or(false) {
+            loop {
+                match file.read(&mut buffer).await {
+                    Ok(0) => return End::Complete,
+                    Ok(read) => {
+                        let chunk = Bytes::copy_from_slice(&buffer[..read]);
+                        progress.send_modify(|progress| progress.chunks.push(chunk));
+                    }
+                    Err(_) => return End::Abandoned,
+                }
+            }
+        }
+        if grew.elapsed() > settings.stall {
+            return End::Abandoned;
+        }
+        tokio::time::sleep(settings.poll).await;
+    }
+}
+
+/// One viewer's read of a growing segment.
+pub struct GrowingSegment {
+    progress: watch::Receiver<Progress>,
+    sent: usize,
+    done: bool,
+}
+
+/// The segment was abandoned before it was whole: the response must not look complete.
+#[derive(Debug, thiserror::Error)]
+#[error("the segment was abandoned before it was complete")]
+pub struct Abandoned;
+
+impl GrowingSegment {
+    fn new(progress: watch::Receiver<Progress>) -> GrowingSegment {
+        GrowingSegment {
+            progress,
+            sent: 0,
+            done: false,
+        }
+    }
+
+    /// Waits for the segment's first bytes: `false` if it ends with none (the file never
+    /// came), so the caller can still answer 404.
+    pub async fn started(&mut self) -> bool {
+        let outcome = self
+            .progress
+            .wait_for(|progress| !progress.chunks.is_empty() || progress.end.is_some())
+            .await;
+        outcome.is_ok_and(|progress| !progress.chunks.is_empty())
+    }
+
+    async fn next(&mut self) -> Option<Result<Bytes, Abandoned>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let (chunk, end) = {
+                let progress = self.progress.borrow_and_update();
+                (progress.chunks.get(self.sent).cloned(), progress.end)
+            };
+            if let Some(chunk) = chunk {
+                self.sent += 1;
+                return Some(Ok(chunk));
+            }
+            match end {
+                Some(End::Complete) => {
+                    self.done = true;
+                    return None;
+                }
+                Some(End::Abandoned) => {
+                    self.done = true;
+                    return Some(Err(Abandoned));
+                }
+                None => {
+                    if self.progress.changed().await.is_err() {
+                        self.done = true;
+                        return Some(Err(Abandoned));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The segment's bytes as they are written; an error last if it was abandoned.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Abandoned>> + Send {
+        futures::stream::unfold(self, |mut segment| async move {
+            let item = segment.next().await?;
+            Some((item, segment))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::io::Write;
+
+    fn settings() -> EdgeSettings {
+        EdgeSettings {
+            poll: Duration::from_millis(2),
+            start_wait: Duration::from_secs(5),
+            stall: Duration::from_secs(5),
+            max_growing: 4,
+        }
+    }
+
+    /// Writes a segment the way the packager does: `.tmp` in pieces, then renamed.
+    struct Packager {
+        tmp: PathBuf,
+        path: PathBuf,
+        file: std::fs::File,
+        written: Vec<u8>,
+    }
+
+    impl Packager {
+        fn start(path: &Path) -> Packager {
+            let tmp = temporary(path);
+            Packager {
+                file: std::fs::File::create(&tmp).expect("create tmp"),
+                tmp,
+                path: path.to_path_buf(),
+                written: Vec::new(),
+            }
+        }
+
+        fn write(&mut self, bytes: &[u8]) {
+            self.file.write_all(bytes).expect("write");
+            self.file.flush().expect("flush");
+            self.written.extend_from_slice(bytes);
+        }
+
+        fn finish(self) -> Vec<u8> {
+            drop(self.file);
+            std::fs::rename(&self.tmp, &self.path).expect("rename");
+            self.written
+        }
+    }
+
+    #[tokio::test]
+    async fn a_viewer_gets_the_bytes_before_the_segment_is_whole_and_all_of_them_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("chunk-r7-0-00004.m4s"), b"before").expect("before");
+        let path = dir.path().join("chunk-r7-0-00005.m4s");
+        let edge = LiveEdge::new(settings());
+        // Asked for before the packager starts it: its predecessor is whole, so it is next.
+        let mut segment = edge
+            .follow(&path)
+            .await
+            .expect("not busy")
+            .expect("the next segment is expected");
+        let mut packager = Packager::start(&path);
+        packager.write(b"first fragment ");
+        assert!(segment.started().await);
+        // A second viewer shares the same follower.
+        let second = edge
+            .follow(&path)
+            .await
+            .expect("not busy")
+            .expect("followed");
+        assert_eq!(edge.growing(), 1);
+        let mut stream = Box::pin(segment.into_stream());
+        let first = stream
+            .next()
+            .await
+            .expect("a chunk")
+            .expect("not abandoned");
+        assert_eq!(
+            &first[..],
+            b"first fragment ",
+            "delivered before the rename"
+        );
+        assert!(!path.exists(), "the segment is not whole yet");
+        packager.write(b"second fragment ");
+        packager.write(&vec![7u8; 300 * 1024]);
+        let written = packager.finish();
+        let mut received = first.to_vec();
+        while let Some(chunk) = stream.next().await {
+            received.extend_from_slice(&chunk.expect("complete"));
+        }
+        assert!(
+            received == written,
+            "the viewer got the finished file's bytes"
+        );
+        let mut other = Vec::new();
+        let mut stream = Box::pin(second.into_stream());
+        while let Some(chunk) = stream.next().await {
+            other.extend_from_slice(&chunk.expect("complete"));
+        }
+        assert!(other == written);
+    }
+
+    #[tokio::test]
+    async fn names_not_being_written_or_next_are_not_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let edge = LiveEdge::new(settings());
+        for name in [
+            "chunk-r7-0-00009.m4s", // its predecessor is not there
+            "manifest.mpd",
+            "chunk-r7-0-0000x.m4s",
+        ] {
+            assert!(
+                edge.follow(&dir.path().join(name))
+                    .await
+                    .expect("not busy")
+                    .is_none(),
+                "{name}"
+            );
+        }
+        // The first segment of a run comes after its init segment.
+        std::fs::write(dir.path().join("init-r7-0.m4s"), b"init").expect("init");
+        assert!(edge
+            .follow(&dir.path().join("chunk-r7-0-00001.m4s"))
+            .await
+            .expect("not busy")
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn a_segment_that_stops_growing_ends_in_an_error_not_a_short_success() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chunk-r7-0-00002.m4s");
+        let mut packager = Packager::start(&path);
+        packager.write(b"a fragment, then the packager dies");
+        let edge = LiveEdge::new(EdgeSettings {
+            stall: Duration::from_millis(50),
+            ..settings()
+        });
+        let segment = edge
+            .follow(&path)
+            .await
+            .expect("not busy")
+            .expect("growing");
+        let chunks: Vec<_> = segment.into_stream().collect().await;
+        assert!(matches!(chunks.first(), Some(Ok(_))));
+        assert!(matches!(chunks.last(), Some(Err(Abandoned))));
+        assert_eq!(edge.growing(), 0, "the follower is gone");
+    }
+
+    #[tokio::test]
+    async fn a_next_segment_that_never_comes_is_not_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("chunk-r7-0-00004.m4s"), b"last").expect("last");
+        let edge = LiveEdge::new(EdgeSettings {
+            start_wait: Duration::from_millis(30),
+            ..settings()
+        });
+        let mut segment = edge
+            .follow(&dir.path().join("chunk-r7-0-00005.m4s"))
+            .await
+            .expect("not busy")
+            .expect("expected next");
+        assert!(!segment.started().await, "the show ended before it");
+    }
+
+    #[tokio::test]
+    async fn followers_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let edge = LiveEdge::new(EdgeSettings {
+            max_growing: 2,
+            ..settings()
+        });
+        let mut packagers = Vec::new();
+        for number in 1..=3 {
+            let path = dir.path().join(format!("chunk-r7-{number}-00001.m4s"));
+            packagers.push(Packager::start(&path));
+            let followed = edge.follow(&path).await;
+            if number <= 2 {
+                assert!(matches!(followed, Ok(Some(_))));
+            } else {
+                assert!(matches!(followed, Err(EdgeError::Busy)));
+            }
+        }
+    }
+}
