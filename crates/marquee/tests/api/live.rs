@@ -51,6 +51,15 @@ async fn issue_key(sale: &OnSale) -> Value {
         .expect(StatusCode::CREATED)
 }
 
+/// Where an encoder publishes with the key `issue_key` answered: `{rtmp_url}/{stream_key}`.
+fn rtmp_publish_url(key: &Value) -> String {
+    format!(
+        "{}/{}",
+        key["rtmp_url"].as_str().expect("rtmp_url"),
+        key["stream_key"].as_str().expect("key")
+    )
+}
+
 /// ffmpeg publishing `seconds` of test picture and tone, in real time, as an encoder would:
 /// H.264 with a keyframe every 2 s, AAC.
 fn publish(url: &str, seconds: u32, video: &[&str], audio: bool) -> Child {
@@ -191,6 +200,18 @@ async fn probe_segment(init: &[u8], segment: &[u8]) -> (u64, u64, Vec<(bool, f64
     )
 }
 
+/// A segment (of 15 fps video) is `size`, starts on a keyframe and spans 2 s.
+async fn assert_two_second_segment(init: &[u8], segment: &[u8], size: (u64, u64)) {
+    let (width, height, frames) = probe_segment(init, segment).await;
+    assert_eq!((width, height), size);
+    assert!(
+        frames.first().is_some_and(|frame| frame.0),
+        "starts on a keyframe"
+    );
+    let span = frames.last().map_or(0.0, |frame| frame.1) - frames[0].1 + 1.0 / 15.0;
+    assert!((span - 2.0).abs() < 0.15, "frames span 2 s: {span}");
+}
+
 /// Checks an ended show's packaging: the master playlist lists the source (720p) and every
 /// lower rung; every segment of every rendition starts on a keyframe, is its rendition's size
 /// and lasts about 2 s; the MPD lists the same renditions and segments. Returns the
@@ -267,14 +288,7 @@ async fn assert_packaged(app: &TestApp, hls: &str, dash: &str) -> String {
                 "public, max-age=31536000, immutable"
             );
             let bytes = response.bytes().await.expect("segment");
-            let (width, height, frames) = probe_segment(&init, &bytes).await;
-            assert_eq!((width, height), (resolution.width, resolution.height));
-            assert!(
-                frames.first().is_some_and(|frame| frame.0),
-                "starts on a keyframe"
-            );
-            let span = frames.last().map_or(0.0, |frame| frame.1) - frames[0].1 + 1.0 / 15.0;
-            assert!((span - 2.0).abs() < 0.15, "frames span 2 s: {span}");
+            assert_two_second_segment(&init, &bytes, (resolution.width, resolution.height)).await;
         }
         hls_segments.push(playlist.segments.len());
     }
@@ -979,11 +993,7 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
     let sale = on_sale(live_node(1).await).await;
     let event = sale.event_id.clone();
     let key = issue_key(&sale).await;
-    let url = format!(
-        "{}/{}",
-        key["rtmp_url"].as_str().expect("rtmp_url"),
-        key["stream_key"].as_str().expect("key")
-    );
+    let url = rtmp_publish_url(&key);
     let restarts_before = counter(&sale.app, "marquee_transcoder_restarts_total", "").await;
     let mut encoder = publish(&url, 40, &H264, true);
     let live = await_status(&sale.app, &event, &sale.organizer, "live").await;
@@ -1092,11 +1102,7 @@ async fn the_segment_being_written_is_sent_as_it_grows_and_ends_whole() {
     let fan = buy_ticket(&sale, 0).await;
     let event = sale.event_id.clone();
     let key = issue_key(&sale).await;
-    let url = format!(
-        "{}/{}",
-        key["rtmp_url"].as_str().expect("rtmp_url"),
-        key["stream_key"].as_str().expect("key")
-    );
+    let url = rtmp_publish_url(&key);
     let mut encoder = publish(&url, 20, &H264, true);
     let publisher = encoder.id().expect("the encoder runs");
     let live = await_status(&sale.app, &event, &fan, "live").await;
@@ -1163,14 +1169,7 @@ async fn the_segment_being_written_is_sent_as_it_grows_and_ends_whole() {
         .bytes()
         .await
         .expect("init");
-    let (width, height, frames) = probe_segment(&init, &streamed).await;
-    assert_eq!((width, height), (1280, 720));
-    assert!(
-        frames.first().is_some_and(|frame| frame.0),
-        "starts on a keyframe"
-    );
-    let span = frames.last().map_or(0.0, |frame| frame.1) - frames[0].1 + 1.0 / 15.0;
-    assert!((span - 2.0).abs() < 0.15, "frames span 2 s: {span}");
+    assert_two_second_segment(&init, &streamed, (1280, 720)).await;
     assert!(
         counter(
             &sale.app,
