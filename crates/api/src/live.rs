@@ -51,8 +51,10 @@ pub struct Live {
 /// for a few shows at once.
 const SEGMENT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Each cached segment holds its file open (to send it with `sendfile`), so a segment weighs
-/// at least this much: at most 4,096 descriptors, whatever the segments' sizes.
-const SEGMENT_MIN_WEIGHT: usize = (SEGMENT_CACHE_BYTES / 4096) as usize;
+/// at least this much: at most 1,024 descriptors, whatever the segments' sizes (the node
+/// raises its soft limit to the hard one at start-up; 1,024 fits under the most common soft
+/// limit even where it cannot).
+const SEGMENT_MIN_WEIGHT: usize = (SEGMENT_CACHE_BYTES / 1024) as usize;
 /// A segment nobody asked for in this long has left every live window.
 const SEGMENT_IDLE: Duration = Duration::from_secs(60);
 

@@ -1056,11 +1056,30 @@ impl NodeArgs {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as Go's runtime does: a node holds a
+/// descriptor per push connection and per cached live segment (sent with `sendfile`), and
+/// many systems start processes at a soft limit of 1,024 under a far higher hard one.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(limit = ?limit.maximum, "open files limit raised"),
+            Err(error) => tracing::warn!(%error, "the open files limit could not be raised"),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let format = LogFormat::parse(&cli.log_format).unwrap_or(LogFormat::Auto);
     marquee_telemetry::init_logging(format, &cli.log_filter)?;
+    raise_open_files_limit();
     match cli.command {
         Command::Serve(args) => serve(args.into_config()).await,
         Command::Demo(args) => demo(args).await,

@@ -103,7 +103,7 @@ impl LiveEdge {
         if let Some(progress) = self.lock().get(path) {
             return Ok(Some(GrowingSegment::new(progress.clone())));
         }
-        if !is_expected(path).await {
+        if !is_expected(path, &self.settings).await {
             return Ok(None);
         }
         let progress = {
@@ -143,6 +143,27 @@ impl LiveEdge {
     }
 }
 
+/// Whether `data` is a whole init segment: top-level boxes that end exactly at its end, a
+/// `moov` among them. ffmpeg writes init segments in place (not through `.tmp`), so one read
+/// as it is written can come up empty or short; such a read must not be served or kept.
+pub fn is_whole_init(data: &[u8]) -> bool {
+    let mut rest = data;
+    let mut moov = false;
+    while !rest.is_empty() {
+        let Some(size) = rest.get(0..4).and_then(|size| size.try_into().ok()) else {
+            return false;
+        };
+        let size = u32::from_be_bytes(size) as usize;
+        // 0 ("to the end") and 1 (64-bit size) are not written in init segments.
+        if size < 8 || size > rest.len() {
+            return false;
+        }
+        moov |= &rest[4..8] == b"moov";
+        rest = &rest[size..];
+    }
+    moov
+}
+
 /// The packager's in-progress name for `path`.
 fn temporary(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -151,22 +172,24 @@ fn temporary(path: &Path) -> PathBuf {
 }
 
 /// Whether the segment at `path` is being written now or is the next to be.
-async fn is_expected(path: &Path) -> bool {
-    if tokio::fs::try_exists(temporary(path))
-        .await
-        .unwrap_or(false)
-    {
-        return true;
-    }
+async fn is_expected(path: &Path, settings: &EdgeSettings) -> bool {
     let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
         return false;
     };
-    match crate::transcode::preceding_file(name) {
-        Some(before) => tokio::fs::try_exists(path.with_file_name(before))
-            .await
-            .unwrap_or(false),
-        None => false,
+    let Some(before) = crate::transcode::preceding_file(name) else {
+        return false;
+    };
+    if let Ok(tmp) = tokio::fs::metadata(temporary(path)).await {
+        // One a dead ffmpeg left behind is not coming.
+        return tmp
+            .modified()
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|since| since < settings.stall);
     }
+    tokio::fs::metadata(path.with_file_name(before))
+        .await
+        .is_ok_and(|before| before.len() > 0)
 }
 
 /// Reads the file at `path` (from `path.tmp` while it is written) into `progress` until it is
@@ -421,6 +444,38 @@ mod tests {
             .await
             .expect("not busy")
             .is_some());
+    }
+
+    #[test]
+    fn an_init_segment_is_whole_once_its_boxes_tile_it_and_it_has_a_moov() {
+        let mp4_box = |kind: &[u8; 4], body: &[u8]| {
+            let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(body);
+            out
+        };
+        let init = [mp4_box(b"ftyp", b"iso6cmfc"), mp4_box(b"moov", &[0; 40])].concat();
+        assert!(is_whole_init(&init));
+        assert!(!is_whole_init(&[]), "written but not filled yet");
+        assert!(!is_whole_init(&init[..init.len() - 1]), "short");
+        assert!(
+            !is_whole_init(&mp4_box(b"ftyp", b"iso6cmfc")),
+            "no moov yet"
+        );
+        assert!(!is_whole_init(&[0, 0, 0, 0, b'm', b'o', b'o', b'v']));
+    }
+
+    #[tokio::test]
+    async fn a_tmp_file_that_stopped_growing_long_ago_is_not_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chunk-r7-0-00003.m4s");
+        drop(Packager::start(&path));
+        let edge = LiveEdge::new(EdgeSettings {
+            stall: Duration::from_millis(20),
+            ..settings()
+        });
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(edge.follow(&path).await.expect("not busy").is_none());
     }
 
     #[tokio::test]

@@ -606,11 +606,16 @@ pub fn preceding_file(segment: &str) -> Option<String> {
     let rest = segment.strip_prefix("chunk-r")?.strip_suffix(".m4s")?;
     let mut parts = rest.splitn(3, '-');
     let (run, representation, number) = (parts.next()?, parts.next()?, parts.next()?);
-    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    if !all_digits(run) || !all_digits(representation) || !all_digits(number) {
-        return None;
-    }
-    let number: u64 = number.parse().ok()?;
+    // Only the spelling ffmpeg writes (no extra leading zeros), so one segment has one name:
+    // aliases would each get a follower of their own at the live edge.
+    let canonical = |part: &str, width: usize| {
+        let value: u64 = part.parse().ok()?;
+        (part.bytes().all(|b| b.is_ascii_digit()) && format!("{value:0width$}") == part)
+            .then_some(value)
+    };
+    canonical(run, 1)?;
+    canonical(representation, 1)?;
+    let number = canonical(number, 5)?;
     Some(match number {
         0 => return None,
         1 => format!("init-r{run}-{representation}.m4s"),
@@ -648,6 +653,11 @@ mod tests {
             "chunk-r5-0-0001x.m4s",
             "chunk-r-0-00001.m4s",
             "chunk-r5-0-00001.m4s.tmp",
+            "chunk-r5-0-000010.m4s",
+            "chunk-r5-0-0001.m4s",
+            "chunk-r05-0-00001.m4s",
+            "chunk-r5-00-00001.m4s",
+            "chunk-r5-+0-00001.m4s",
         ] {
             assert_eq!(preceding_file(other), None, "{other}");
         }

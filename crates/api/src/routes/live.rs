@@ -272,6 +272,7 @@ fn media_forbidden(error: marquee_media::TokenError) -> ApiError {
 pub async fn media(
     State(state): State<AppState>,
     Path((event, token, file)): Path<(String, String, String)>,
+    version: axum::http::Version,
 ) -> Result<Response, ApiError> {
     let viewer = state
         .live
@@ -322,7 +323,21 @@ pub async fn media(
             }
             metrics::counter!("marquee_media_requests_total", "kind" => "growing_segment")
                 .increment(1);
-            return Ok((headers, Body::from_stream(growing.into_stream())).into_response());
+            if version >= axum::http::Version::HTTP_11 {
+                return Ok((headers, Body::from_stream(growing.into_stream())).into_response());
+            }
+            // HTTP/1.0 has no chunked transfer: the body would end with the connection, and an
+            // abandoned segment would look whole to the peer (a proxy would cache it). It gets
+            // the segment once whole, with its length.
+            let mut whole = Vec::new();
+            let mut chunks = std::pin::pin!(growing.into_stream());
+            while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+                match chunk {
+                    Ok(chunk) => whole.extend_from_slice(&chunk),
+                    Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
+                }
+            }
+            return Ok((headers, bytes::Bytes::from(whole)).into_response());
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::not_found("media file"))
@@ -339,6 +354,17 @@ async fn read_segment(path: std::path::PathBuf) -> std::io::Result<bytes::Bytes>
         let mut file = std::fs::File::open(&path)?;
         let mut data = Vec::with_capacity(usize::try_from(file.metadata()?.len()).unwrap_or(0));
         file.read_to_end(&mut data)?;
+        let is_init = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("init-"));
+        if is_init && !marquee_media::is_whole_init(&data) {
+            // Still being written in place: not there yet, and not to be cached.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the init segment is still being written",
+            ));
+        }
         Ok(crate::zero_copy::file_backed(data, file))
     })
     .await

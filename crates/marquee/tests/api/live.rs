@@ -1143,6 +1143,22 @@ async fn the_segment_being_written_is_sent_as_it_grows_and_ends_whole() {
         !listed.contains(&next),
         "{next} is not listed while the encoder is stopped:\n{listed}"
     );
+    // An HTTP/1.0 peer (no chunked transfer) gets the segment once whole, with its length,
+    // so it can tell a whole segment from a cut one.
+    let old_peer = {
+        let address = sale.app.url.trim_start_matches("http://").to_string();
+        let request = format!("GET {base}/{next} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut socket = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect");
+            socket.write_all(request.as_bytes()).await.expect("request");
+            let mut response = Vec::new();
+            socket.read_to_end(&mut response).await.expect("response");
+            response
+        })
+    };
     // Far ahead of the packager: not waited for.
     fetch(&sale.app, &format!("{base}/{}", segment_after(&newest, 5)))
         .await
@@ -1170,6 +1186,21 @@ async fn the_segment_being_written_is_sent_as_it_grows_and_ends_whole() {
         .await
         .expect("init");
     assert_two_second_segment(&init, &streamed, (1280, 720)).await;
+    let old_peer = old_peer.await.expect("the HTTP/1.0 request");
+    let head_end = old_peer
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&old_peer[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", whole.len())),
+        "{head}"
+    );
+    assert!(
+        old_peer[head_end + 4..] == whole[..],
+        "the HTTP/1.0 peer got the whole segment"
+    );
     assert!(
         counter(
             &sale.app,
