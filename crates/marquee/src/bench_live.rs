@@ -530,18 +530,12 @@ async fn watch_edge(client: reqwest::Client, master_url: String) -> anyhow::Resu
         let body = client.get(&media_url).send().await?.bytes().await?;
         if let Ok(m3u8_rs::Playlist::MediaPlaylist(playlist)) = m3u8_rs::parse_playlist_res(&body) {
             if let Some(first) = playlist.segments.first() {
-                let init = first
-                    .map
-                    .as_ref()
+                // The map tag is written once, before the first segment.
+                let init = playlist
+                    .segments
+                    .iter()
+                    .find_map(|segment| segment.map.as_ref())
                     .map(|map| map.uri.clone())
-                    .or_else(|| {
-                        // The map tag is written once, before the first segment.
-                        playlist
-                            .segments
-                            .iter()
-                            .find_map(|s| s.map.as_ref())
-                            .map(|m| m.uri.clone())
-                    })
                     .context("no EXT-X-MAP (init segment) in the media playlist")?;
                 break (init, first.uri.clone());
             }

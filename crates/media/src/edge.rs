@@ -143,10 +143,17 @@ impl LiveEdge {
     }
 }
 
+/// Whether `data`, just read from the packager's file `name`, is all of that file. Media
+/// segments are renamed into place once whole, so any read of one is. Init segments are
+/// written in place (not through `.tmp`), so a read as one is written can come up empty or
+/// short; such a read must not be served or kept.
+pub fn is_whole_file(name: &str, data: &[u8]) -> bool {
+    !name.starts_with("init-") || is_whole_init(data)
+}
+
 /// Whether `data` is a whole init segment: top-level boxes that end exactly at its end, a
-/// `moov` among them. ffmpeg writes init segments in place (not through `.tmp`), so one read
-/// as it is written can come up empty or short; such a read must not be served or kept.
-pub fn is_whole_init(data: &[u8]) -> bool {
+/// `moov` among them.
+fn is_whole_init(data: &[u8]) -> bool {
     let mut rest = data;
     let mut moov = false;
     while !rest.is_empty() {
@@ -448,6 +455,11 @@ mod tests {
 
     #[test]
     fn an_init_segment_is_whole_once_its_boxes_tile_it_and_it_has_a_moov() {
+        assert!(
+            is_whole_file("chunk-r7-0-00001.m4s", b""),
+            "renamed when whole"
+        );
+        assert!(!is_whole_file("init-r7-0.m4s", b""));
         let mp4_box = |kind: &[u8; 4], body: &[u8]| {
             let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
             out.extend_from_slice(kind);
@@ -469,12 +481,14 @@ mod tests {
     async fn a_tmp_file_that_stopped_growing_long_ago_is_not_waited_for() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("chunk-r7-0-00003.m4s");
-        drop(Packager::start(&path));
-        let edge = LiveEdge::new(EdgeSettings {
-            stall: Duration::from_millis(20),
-            ..settings()
-        });
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        let packager = Packager::start(&path);
+        // Last written a minute ago, as a dead run leaves it.
+        packager
+            .file
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+            .expect("set mtime");
+        drop(packager);
+        let edge = LiveEdge::new(settings());
         assert!(edge.follow(&path).await.expect("not busy").is_none());
     }
 

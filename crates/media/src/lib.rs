@@ -27,7 +27,7 @@ mod token;
 pub mod transcode;
 
 pub use crate::edge::{
-    is_whole_init, Abandoned, EdgeError, EdgeSettings, GrowingSegment, LiveEdge, FRAGMENT_SECONDS,
+    is_whole_file, Abandoned, EdgeError, EdgeSettings, GrowingSegment, LiveEdge, FRAGMENT_SECONDS,
 };
 pub use crate::recording::{RecordingError, RecordingStore, StoredRecording};
 pub use crate::rtmp::{

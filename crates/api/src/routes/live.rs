@@ -354,15 +354,15 @@ async fn read_segment(path: std::path::PathBuf) -> std::io::Result<bytes::Bytes>
         let mut file = std::fs::File::open(&path)?;
         let mut data = Vec::with_capacity(usize::try_from(file.metadata()?.len()).unwrap_or(0));
         file.read_to_end(&mut data)?;
-        let is_init = path
+        let name = path
             .file_name()
             .and_then(|name| name.to_str())
-            .is_some_and(|name| name.starts_with("init-"));
-        if is_init && !marquee_media::is_whole_init(&data) {
+            .unwrap_or("");
+        if !marquee_media::is_whole_file(name, &data) {
             // Still being written in place: not there yet, and not to be cached.
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "the init segment is still being written",
+                "the file is still being written",
             ));
         }
         Ok(crate::zero_copy::file_backed(data, file))
