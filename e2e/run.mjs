@@ -282,6 +282,10 @@ const scenarios = {
       assert.ok([854, 640].includes(width), `a 480p source plays as itself or its 360p rendition, not ${width} wide`);
       await page.waitForFunction((from) => document.querySelector("#player").currentTime > from + 2, playhead, { timeout: 30_000 });
       assert.equal(await page.locator("#player-note").textContent(), "", "no playback problem shown");
+      // It plays low-latency HLS: parts as they are written, learnt of by blocking reloads.
+      const loaded = await page.evaluate(() => performance.getEntriesByType("resource").map((entry) => entry.name));
+      assert.ok(loaded.some((name) => /\.part\d+\.m4s$/.test(name)), "the player loads parts");
+      assert.ok(loaded.some((name) => name.includes("_HLS_msn=")), "the player blocks on playlist reloads");
       const served = await page.evaluate(async () => (await fetch(document.querySelector("#player").dataset.source)).status);
       assert.equal(served, 200);
       await page.screenshot({ path: join(artifacts, "watch.png"), fullPage: true });

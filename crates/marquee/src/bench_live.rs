@@ -24,6 +24,11 @@
 //! fragment holding it has arrived. nginx-rtmp has no such mode: it lists a fragment only once
 //! it is whole, and its static files are served at their length when asked.
 //!
+//! A fourth watcher plays the same rendition as a low-latency HLS player does (hls.js with
+//! `lowLatencyMode`, Safari): blocking playlist reloads for the part after the last it has,
+//! and each part downloaded whole once listed (`marquee_media::llhls`). This is standard HLS
+//! (RFC 8216bis); nginx-rtmp does not offer it.
+//!
 //! Marquee transcodes the 720p source into 720p/480p/360p; nginx-rtmp only repackages it. The
 //! latency compared is of the 720p rendition against nginx's copy of the source.
 
@@ -31,6 +36,7 @@ use crate::bench_gateway::{median, wrk};
 use crate::bench_push::{free_port, nginx_private_paths, wait_for_port};
 use crate::{Server, ServerConfig};
 use anyhow::{bail, Context};
+use marquee_media::cmaf;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -175,6 +181,10 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
             client.clone(),
             format!("{url}{}", show.hls_path),
         ));
+        let low_latency_watch = tokio::spawn(watch_low_latency(
+            client.clone(),
+            format!("{url}{}", show.hls_path),
+        ));
         let nginx_watch = tokio::spawn(watch(
             client.clone(),
             format!("http://127.0.0.1:{nginx_http}/hls/bench.m3u8"),
@@ -223,6 +233,7 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
         let t0 = stream_clock.await??;
         let marquee_latency = marquee_watch.await??;
         let edge_latency = edge_watch.await??;
+        let low_latency = low_latency_watch.await??;
         let nginx_latency = nginx_watch.await??;
         let renditions = renditions(&client, &format!("{url}{}", show.hls_path)).await?;
 
@@ -265,6 +276,14 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
                         Ingest::Srt => "marquee SRT live edge (720p)",
                     },
                     &edge_latency,
+                    t0,
+                ),
+                summarize(
+                    match bench.ingest {
+                        Ingest::Rtmp => "marquee LL-HLS parts (720p)",
+                        Ingest::Srt => "marquee SRT LL-HLS (720p)",
+                    },
+                    &low_latency,
                     t0,
                 ),
             ],
@@ -593,6 +612,170 @@ async fn watch_edge(client: reqwest::Client, master_url: String) -> anyhow::Resu
     Ok(seen)
 }
 
+/// A low-latency HLS player (hls.js with `lowLatencyMode`, Safari): it asks for the playlist
+/// with `_HLS_msn`/`_HLS_part` naming the part after the last it has, so the origin answers
+/// the moment that part is written, and downloads each new part whole. A frame can play once
+/// the part holding it is downloaded. From the first segment listed on; ends with the
+/// playlist.
+async fn watch_low_latency(
+    client: reqwest::Client,
+    master_url: String,
+) -> anyhow::Result<Vec<Seen>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let media_url = top_media_playlist(&client, &master_url, deadline).await?;
+    let mut timescale = None;
+    let mut origin: Option<u64> = None;
+    // The next part wanted: (media sequence number, part index).
+    let mut wanted: Option<(u64, usize)> = None;
+    let mut seen: Vec<(u64, Seen)> = Vec::new();
+    loop {
+        let url = match wanted {
+            Some((msn, part)) => format!("{media_url}?_HLS_msn={msn}&_HLS_part={part}"),
+            None => media_url.clone(),
+        };
+        let response = client.get(&url).send().await?;
+        if !response.status().is_success() {
+            // Not there yet (before the first segment), or not in time (the show is over).
+            if wanted.is_some() && Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let playlist = PartList::parse(&response.text().await?);
+        if timescale.is_none() {
+            let Some(map) = &playlist.map else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let init = client
+                .get(join(&media_url, map))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            timescale = Some(cmaf::timescale(&init).context("no timescale in the init segment")?);
+        }
+        let timescale = f64::from(timescale.unwrap_or(1));
+        let (mut msn, mut index) = match wanted {
+            Some(wanted) => wanted,
+            None => match playlist.parts.first() {
+                Some((msn, ..)) => (*msn, 0),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        for (part_msn, part_index, uri) in &playlist.parts {
+            if (*part_msn, *part_index) < (msn, index) {
+                continue;
+            }
+            if (*part_msn, *part_index) != (msn, index) {
+                bail!("part {index} of segment {msn} was skipped: {part_msn}/{part_index} came");
+            }
+            let bytes = client
+                .get(join(&media_url, uri))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            let arrived = Instant::now();
+            if seen.last().map(|(last, _)| *last) != Some(msn) {
+                seen.push((
+                    msn,
+                    Seen {
+                        start: f64::MAX,
+                        duration: 0.0,
+                        frames: Vec::new(),
+                    },
+                ));
+            }
+            let (_, segment) = seen.last_mut().context("a segment")?;
+            for fragment in cmaf::fragments(&bytes) {
+                let origin = *origin.get_or_insert(fragment.decode_time);
+                let start = fragment.decode_time.saturating_sub(origin) as f64 / timescale;
+                let mut time = fragment.decode_time;
+                for duration in &fragment.sample_durations {
+                    segment
+                        .frames
+                        .push((time.saturating_sub(origin) as f64 / timescale, arrived));
+                    time += u64::from(*duration);
+                }
+                segment.start = segment.start.min(start);
+                segment.duration = time.saturating_sub(origin) as f64 / timescale - segment.start;
+            }
+            index += 1;
+        }
+        // Past the last part of a segment listed whole: the next segment's first part.
+        if playlist.whole.contains(&msn) && !playlist.lists_part(msn, index) {
+            msn += 1;
+            index = 0;
+        }
+        wanted = Some((msn, index));
+        if playlist.ended && msn >= playlist.next_msn {
+            break;
+        }
+    }
+    Ok(seen.into_iter().map(|(_, seen)| seen).collect())
+}
+
+/// What a low-latency player reads of a media playlist.
+struct PartList {
+    map: Option<String>,
+    /// (segment's media sequence number, part index, URI), in order.
+    parts: Vec<(u64, usize, String)>,
+    /// Media sequence numbers of the segments listed whole.
+    whole: HashSet<u64>,
+    next_msn: u64,
+    ended: bool,
+}
+
+impl PartList {
+    fn lists_part(&self, msn: u64, index: usize) -> bool {
+        self.parts
+            .iter()
+            .any(|(at, part, _)| (*at, *part) == (msn, index))
+    }
+
+    fn parse(text: &str) -> PartList {
+        let mut list = PartList {
+            map: None,
+            parts: Vec::new(),
+            whole: HashSet::new(),
+            next_msn: 0,
+            ended: false,
+        };
+        let uri = |line: &str| {
+            line.split_once("URI=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(uri, _)| uri.to_string())
+        };
+        let mut index = 0;
+        for line in text.lines() {
+            if let Some(value) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+                list.next_msn = value.trim().parse().unwrap_or(0);
+            } else if line.starts_with("#EXT-X-MAP:") {
+                list.map = uri(line);
+            } else if line.starts_with("#EXT-X-PART:") {
+                if let Some(uri) = uri(line) {
+                    list.parts.push((list.next_msn, index, uri));
+                    index += 1;
+                }
+            } else if line == "#EXT-X-ENDLIST" {
+                list.ended = true;
+            } else if !line.starts_with('#') && !line.trim().is_empty() {
+                list.whole.insert(list.next_msn);
+                list.next_msn += 1;
+                index = 0;
+            }
+        }
+        list
+    }
+}
+
 /// `chunk-r1-0-00007.m4s` → `chunk-r1-0-00008.m4s`: the number before the extension, plus one.
 fn next_segment_name(name: &str) -> Option<String> {
     let (stem, extension) = name.rsplit_once('.')?;
@@ -603,142 +786,6 @@ fn next_segment_name(name: &str) -> Option<String> {
     let (prefix, number) = stem.split_at(stem.len() - digits);
     let next = number.parse::<u64>().ok()? + 1;
     Some(format!("{prefix}{next:0digits$}.{extension}"))
-}
-
-/// Just enough ISO BMFF to time CMAF fragments as they arrive: the track's timescale from the
-/// init segment, and each `moof`'s decode time and sample durations once its `mdat` is in.
-mod cmaf {
-    /// Boxes of `data` (complete ones) as (type, body).
-    fn boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
-        std::iter::from_fn(move || {
-            let (size, header) = box_size(data)?;
-            if size > data.len() {
-                return None;
-            }
-            let kind = [data[4], data[5], data[6], data[7]];
-            let body = &data[header..size];
-            data = &data[size..];
-            Some((kind, body))
-        })
-    }
-
-    /// A box's whole size and header length, if its header is all there.
-    fn box_size(data: &[u8]) -> Option<(usize, usize)> {
-        let size = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?);
-        match size {
-            1 => {
-                let large = u64::from_be_bytes(data.get(8..16)?.try_into().ok()?);
-                Some((usize::try_from(large).ok()?.max(16), 16))
-            }
-            0 => None, // "to the end of the file": not in fragments
-            size => Some((usize::try_from(size).ok()?.max(8), 8)),
-        }
-    }
-
-    fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
-        boxes(data)
-            .find(|(found, _)| found == kind)
-            .map(|(_, body)| body)
-    }
-
-    fn u32_at(data: &[u8], at: usize) -> Option<u32> {
-        Some(u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?))
-    }
-
-    /// The media timescale of the (first) track of an init segment.
-    pub fn timescale(init: &[u8]) -> Option<u32> {
-        let mdhd = child(
-            child(child(child(init, b"moov")?, b"trak")?, b"mdia")?,
-            b"mdhd",
-        )?;
-        // version 1 has 64-bit creation and modification times.
-        u32_at(mdhd, if mdhd.first()? == &1 { 20 } else { 12 })
-    }
-
-    #[derive(Debug)]
-    pub struct Fragment {
-        pub decode_time: u64,
-        pub sample_durations: Vec<u32>,
-    }
-
-    /// Reads a segment's bytes as they arrive and hands out each fragment once whole.
-    #[derive(Default)]
-    pub struct FragmentReader {
-        pending: Vec<u8>,
-        moof: Option<Fragment>,
-    }
-
-    impl FragmentReader {
-        pub fn push(&mut self, bytes: &[u8]) -> Vec<Fragment> {
-            self.pending.extend_from_slice(bytes);
-            let mut whole = Vec::new();
-            while let Some((size, header)) = box_size(&self.pending) {
-                if size > self.pending.len() {
-                    break;
-                }
-                match &self.pending[4..8] {
-                    b"moof" => self.moof = parse_moof(&self.pending[header..size]),
-                    b"mdat" => whole.extend(self.moof.take()),
-                    _ => {}
-                }
-                self.pending.drain(..size);
-            }
-            whole
-        }
-    }
-
-    fn parse_moof(moof: &[u8]) -> Option<Fragment> {
-        let traf = child(moof, b"traf")?;
-        let tfhd = child(traf, b"tfhd")?;
-        let tfhd_flags = u32_at(tfhd, 0)? & 0x00ff_ffff;
-        // track_ID, then the optional fields in order.
-        let mut at = 8;
-        if tfhd_flags & 0x01 != 0 {
-            at += 8; // base_data_offset
-        }
-        if tfhd_flags & 0x02 != 0 {
-            at += 4; // sample_description_index
-        }
-        let default_duration = if tfhd_flags & 0x08 != 0 {
-            u32_at(tfhd, at)
-        } else {
-            None
-        };
-        let tfdt = child(traf, b"tfdt")?;
-        let decode_time = if tfdt.first()? == &1 {
-            u64::from_be_bytes(tfdt.get(4..12)?.try_into().ok()?)
-        } else {
-            u64::from(u32_at(tfdt, 4)?)
-        };
-        let trun = child(traf, b"trun")?;
-        let flags = u32_at(trun, 0)? & 0x00ff_ffff;
-        let count = u32_at(trun, 4)?;
-        let mut at = 8;
-        if flags & 0x01 != 0 {
-            at += 4; // data_offset
-        }
-        if flags & 0x04 != 0 {
-            at += 4; // first_sample_flags
-        }
-        let per_sample = [0x100, 0x200, 0x400, 0x800]
-            .iter()
-            .filter(|bit| flags & **bit != 0)
-            .count()
-            * 4;
-        let mut sample_durations = Vec::new();
-        for sample in 0..count as usize {
-            let duration = if flags & 0x100 != 0 {
-                u32_at(trun, at + sample * per_sample)?
-            } else {
-                default_duration?
-            };
-            sample_durations.push(duration);
-        }
-        Some(Fragment {
-            decode_time,
-            sample_durations,
-        })
-    }
 }
 
 /// Returns once `stream` has its first media: after its going live is pushed on `changes`,
@@ -1028,10 +1075,12 @@ pub fn print_report(bench: &LiveBench, report: &LiveReport) {
         "the node's stream had its first media {:.3} s after the publisher sent its first bytes",
         report.first_media.as_secs_f64()
     );
-    if let [marquee, nginx, edge] = &report.latency[..] {
+    if let [marquee, nginx, edge, low_latency] = &report.latency[..] {
         println!(
-            "latency ratio marquee / nginx-rtmp (p50), whole segments: {:.2}; at the live edge: {:.2}",
+            "latency ratio marquee / nginx-rtmp (p50), whole segments: {:.2}; LL-HLS parts: \
+             {:.2}; at the live edge: {:.2}",
             marquee.p50 / nginx.p50,
+            low_latency.p50 / nginx.p50,
             edge.p50 / nginx.p50
         );
     }
@@ -1087,76 +1136,5 @@ mod tests {
             Some("chunk-r17-0-100000.m4s")
         );
         assert_eq!(next_segment_name("bench.m3u8"), None);
-    }
-
-    fn mp4_box(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(body);
-        out
-    }
-
-    /// A `moof` of `durations` samples at `decode_time`, its `trun` carrying durations and
-    /// sizes, followed by its `mdat`.
-    fn fragment(decode_time: u64, durations: &[u32]) -> Vec<u8> {
-        let tfhd = mp4_box(b"tfhd", &[0, 0x02, 0, 0, 0, 0, 0, 1]); // default-base-is-moof
-        let mut tfdt_body = vec![1, 0, 0, 0];
-        tfdt_body.extend_from_slice(&decode_time.to_be_bytes());
-        let tfdt = mp4_box(b"tfdt", &tfdt_body);
-        let mut trun_body = vec![0, 0, 0x03, 0x01]; // data offset, durations, sizes
-        trun_body.extend_from_slice(&(durations.len() as u32).to_be_bytes());
-        trun_body.extend_from_slice(&0u32.to_be_bytes());
-        for duration in durations {
-            trun_body.extend_from_slice(&duration.to_be_bytes());
-            trun_body.extend_from_slice(&100u32.to_be_bytes());
-        }
-        let trun = mp4_box(b"trun", &trun_body);
-        let traf = mp4_box(b"traf", &[tfhd, tfdt, trun].concat());
-        let mut out = mp4_box(b"moof", &[mp4_box(b"mfhd", &[0; 8]), traf].concat());
-        out.extend(mp4_box(b"mdat", &vec![0u8; 300]));
-        out
-    }
-
-    #[test]
-    fn fragments_are_timed_once_their_media_is_in_however_the_bytes_are_cut() {
-        let segment = [
-            mp4_box(b"styp", b"msdhcmfs"),
-            fragment(30_720, &[512, 512, 512]),
-            fragment(32_256, &[512, 512]),
-        ]
-        .concat();
-        for cut in [1, 7, 100, segment.len()] {
-            let mut reader = cmaf::FragmentReader::default();
-            let mut fragments = Vec::new();
-            for piece in segment.chunks(cut) {
-                fragments.extend(reader.push(piece));
-            }
-            assert_eq!(fragments.len(), 2, "cut every {cut} bytes");
-            assert_eq!(fragments[0].decode_time, 30_720);
-            assert_eq!(fragments[0].sample_durations, vec![512, 512, 512]);
-            assert_eq!(fragments[1].decode_time, 32_256);
-            assert_eq!(fragments[1].sample_durations.len(), 2);
-        }
-        // A moof without its mdat yet is not handed out.
-        let mut reader = cmaf::FragmentReader::default();
-        let first = fragment(0, &[512]);
-        assert!(reader.push(&first[..first.len() - 1]).is_empty());
-        assert_eq!(reader.push(&first[first.len() - 1..]).len(), 1);
-    }
-
-    #[test]
-    fn the_timescale_comes_from_the_init_segments_media_header() {
-        let mut mdhd = vec![0u8; 24];
-        mdhd[12..16].copy_from_slice(&15_360u32.to_be_bytes());
-        let init = [
-            mp4_box(b"ftyp", b"isom"),
-            mp4_box(
-                b"moov",
-                &mp4_box(b"trak", &mp4_box(b"mdia", &mp4_box(b"mdhd", &mdhd))),
-            ),
-        ]
-        .concat();
-        assert_eq!(cmaf::timescale(&init), Some(15_360));
-        assert_eq!(cmaf::timescale(b"junk"), None);
     }
 }

@@ -20,7 +20,8 @@
 //! the segment before it is whole), and only for so long, so a request for a made-up or a
 //! long-gone name is still a quick 404.
 
-use bytes::Bytes;
+use crate::cmaf::{Fragment, FragmentReader};
+use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,7 +70,30 @@ pub enum EdgeError {
 #[derive(Debug, Clone, Default)]
 struct Progress {
     chunks: Vec<Bytes>,
+    /// The whole fragments among them, in order: a low-latency HLS playlist's parts.
+    fragments: Vec<Fragment>,
     end: Option<End>,
+}
+
+impl Progress {
+    /// Bytes `start..end` of what was read, which must all be in.
+    fn range(&self, start: u64, end: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(usize::try_from(end - start).unwrap_or(0));
+        let mut at = 0u64;
+        for chunk in &self.chunks {
+            let chunk_end = at + chunk.len() as u64;
+            if chunk_end > start && at < end {
+                let from = start.saturating_sub(at) as usize;
+                let to = (end.min(chunk_end) - at) as usize;
+                out.extend_from_slice(&chunk[from..to]);
+            }
+            at = chunk_end;
+            if at >= end {
+                break;
+            }
+        }
+        out.freeze()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +108,11 @@ enum End {
 pub struct LiveEdge {
     settings: EdgeSettings,
     growing: Mutex<HashMap<PathBuf, watch::Receiver<Progress>>>,
+    /// The fragments of whole segments, for the parts of a low-latency playlist: a follower
+    /// leaves its segment's here when it completes; others are read once when first needed.
+    fragments: moka::sync::Cache<PathBuf, Arc<Vec<Fragment>>>,
+    /// Init segments' timescales.
+    timescales: moka::sync::Cache<PathBuf, u32>,
 }
 
 impl LiveEdge {
@@ -91,7 +120,51 @@ impl LiveEdge {
         Arc::new(LiveEdge {
             settings,
             growing: Mutex::new(HashMap::new()),
+            // A few segments per rendition per show are listed with parts.
+            fragments: moka::sync::Cache::new(4_096),
+            timescales: moka::sync::Cache::new(1_024),
         })
+    }
+
+    pub fn settings(&self) -> &EdgeSettings {
+        &self.settings
+    }
+
+    /// The segment at `path` if it is being followed now (a viewer or a playlist asked for
+    /// it), without starting to.
+    pub fn following(&self, path: &Path) -> Option<GrowingSegment> {
+        self.lock()
+            .get(path)
+            .map(|progress| GrowingSegment::new(progress.clone()))
+    }
+
+    /// The fragments of the whole segment at `path` (`data`, when the caller has read it).
+    pub async fn fragments_of(
+        &self,
+        path: &Path,
+        data: Option<&Bytes>,
+    ) -> std::io::Result<Arc<Vec<Fragment>>> {
+        if let Some(fragments) = self.fragments.get(path) {
+            return Ok(fragments);
+        }
+        let fragments = Arc::new(match data {
+            Some(data) => crate::cmaf::fragments(data),
+            None => crate::cmaf::fragments(&tokio::fs::read(path).await?),
+        });
+        self.fragments
+            .insert(path.to_path_buf(), Arc::clone(&fragments));
+        Ok(fragments)
+    }
+
+    /// The timescale of the init segment at `path`; `None` while it is not (wholly) there.
+    pub async fn timescale(&self, path: &Path) -> Option<u32> {
+        if let Some(timescale) = self.timescales.get(path) {
+            return Some(timescale);
+        }
+        let init = tokio::fs::read(path).await.ok()?;
+        let timescale = crate::cmaf::timescale(&init).filter(|&timescale| timescale > 0)?;
+        self.timescales.insert(path.to_path_buf(), timescale);
+        Some(timescale)
     }
 
     /// The segment at `path`, as it is written, if it is being written or comes next; `None`
@@ -121,6 +194,10 @@ impl LiveEdge {
                 tokio::spawn(async move {
                     metrics::gauge!("marquee_media_growing_segments").increment(1.0);
                     let end = read_growing(&path, &edge.settings, &sender).await;
+                    if end == End::Complete {
+                        let fragments = sender.borrow().fragments.clone();
+                        edge.fragments.insert(path.clone(), Arc::new(fragments));
+                    }
                     sender.send_modify(|progress| progress.end = Some(end));
                     edge.lock().remove(&path);
                     metrics::gauge!("marquee_media_growing_segments").decrement(1.0);
@@ -223,12 +300,20 @@ async fn read_growing(
     };
     let mut grew = Instant::now();
     let mut buffer = vec![0u8; 256 * 1024];
+    let mut reader = FragmentReader::default();
+    let mut take = |read: &[u8]| {
+        let chunk = Bytes::copy_from_slice(read);
+        let fragments = reader.push(&chunk);
+        progress.send_modify(|progress| {
+            progress.chunks.push(chunk);
+            progress.fragments.extend(fragments);
+        });
+    };
     loop {
         match file.read(&mut buffer).await {
             Ok(0) => {}
             Ok(read) => {
-                let chunk = Bytes::copy_from_slice(&buffer[..read]);
-                progress.send_modify(|progress| progress.chunks.push(chunk));
+                take(&buffer[..read]);
                 grew = Instant::now();
                 continue;
             }
@@ -240,10 +325,7 @@ async fn read_growing(
             loop {
                 match file.read(&mut buffer).await {
                     Ok(0) => return End::Complete,
-                    Ok(read) => {
-                        let chunk = Bytes::copy_from_slice(&buffer[..read]);
-                        progress.send_modify(|progress| progress.chunks.push(chunk));
-                    }
+                    Ok(read) => take(&buffer[..read]),
                     Err(_) => return End::Abandoned,
                 }
             }
@@ -284,6 +366,43 @@ impl GrowingSegment {
             .wait_for(|progress| !progress.chunks.is_empty() || progress.end.is_some())
             .await;
         outcome.is_ok_and(|progress| !progress.chunks.is_empty())
+    }
+
+    /// The whole fragments so far, and whether the segment is complete (`Some(true)`) or was
+    /// abandoned (`Some(false)`).
+    pub fn fragments(&self) -> (Vec<Fragment>, Option<bool>) {
+        let progress = self.progress.borrow();
+        (
+            progress.fragments.clone(),
+            progress.end.map(|end| end == End::Complete),
+        )
+    }
+
+    /// Waits until something more is known of the segment (bytes, a fragment, its end), or
+    /// `deadline`.
+    pub async fn changed(&mut self, deadline: Instant) {
+        let _ = tokio::time::timeout_at(deadline, self.progress.changed()).await;
+    }
+
+    /// The segment's `index`th fragment, once whole; `None` if the segment completed with
+    /// fewer (the caller answers 404).
+    pub async fn fragment(&mut self, index: usize) -> Result<Option<Bytes>, Abandoned> {
+        let progress = self
+            .progress
+            .wait_for(|progress| progress.fragments.len() > index || progress.end.is_some())
+            .await
+            .map_err(|_| Abandoned)?;
+        let Some(fragment) = progress.fragments.get(index) else {
+            return match progress.end {
+                Some(End::Complete) => Ok(None),
+                _ => Err(Abandoned),
+            };
+        };
+        let start = index
+            .checked_sub(1)
+            .and_then(|before| progress.fragments.get(before))
+            .map_or(0, |before| before.end);
+        Ok(Some(progress.range(start, fragment.end)))
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, Abandoned>> {

@@ -5,7 +5,8 @@
 //! the ladder and packages it as CMAF with an HLS master playlist and a DASH MPD
 //! ([`spawn_transcoders`]); playback URLs carry viewer-bound tokens ([`PlaybackTokens`]); each
 //! show is recorded into blob storage ([`RecordingStore`]); a segment still being written is
-//! delivered to viewers at the live edge as it grows ([`LiveEdge`]).
+//! delivered to viewers at the live edge as it grows ([`LiveEdge`]), and listed fragment by
+//! fragment as low-latency HLS parts ([`llhls`]).
 //!
 //! Why `rml_rtmp`: the RTMP handshake (including the FP9 digest variant encoders send), chunk
 //! stream multiplexing and AMF0 commands are a protocol library's job, and it is sans-I/O, which
@@ -16,9 +17,11 @@
 //! Why `object_store`: one API over local files and S3-compatible stores. Why `srt-tokio`:
 //! see [`spawn_srt_listener`].
 
+pub mod cmaf;
 mod edge;
 pub mod flv;
 pub mod ladder;
+pub mod llhls;
 mod recording;
 mod rtmp;
 mod srt;
@@ -37,6 +40,6 @@ pub use crate::srt::{parse_stream_id, spawn_srt_listener, SrtIngest, SrtSettings
 pub use crate::streams::{LiveStreams, Publisher, StatusChange, StreamRefusal, StreamStatus};
 pub use crate::token::{new_stream_key, stream_key_hash, PlaybackTokens, TokenError, Viewer};
 pub use crate::transcode::{
-    ffmpeg_args, preceding_file, spawn_transcoders, stream_dir, FinishedRecording, TranscodeEvents,
-    TranscodeSettings,
+    ffmpeg_args, following_file, preceding_file, spawn_transcoders, stream_dir, FinishedRecording,
+    TranscodeEvents, TranscodeSettings,
 };

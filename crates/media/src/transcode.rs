@@ -603,24 +603,48 @@ fn watch_output(child: &mut Child, stream: &str) -> JoinHandle<()> {
 /// segment (`chunk-r{run}-{rep}-{n-1}.m4s`), or the rendition's init segment before the first.
 /// `None` for anything that is not one of its segment names.
 pub fn preceding_file(segment: &str) -> Option<String> {
-    let rest = segment.strip_prefix("chunk-r")?.strip_suffix(".m4s")?;
-    let mut parts = rest.splitn(3, '-');
-    let (run, representation, number) = (parts.next()?, parts.next()?, parts.next()?);
-    // Only the spelling ffmpeg writes (no extra leading zeros), so one segment has one name:
-    // aliases would each get a follower of their own at the live edge.
-    let canonical = |part: &str, width: usize| {
-        let value: u64 = part.parse().ok()?;
-        (part.bytes().all(|b| b.is_ascii_digit()) && format!("{value:0width$}") == part)
-            .then_some(value)
-    };
-    canonical(run, 1)?;
-    canonical(representation, 1)?;
-    let number = canonical(number, 5)?;
+    let (run, representation, number) = segment_name(segment)?;
     Some(match number {
         0 => return None,
         1 => format!("init-r{run}-{representation}.m4s"),
         _ => format!("chunk-r{run}-{representation}-{:05}.m4s", number - 1),
     })
+}
+
+/// The segment the packager writes after `file` (a segment, or the init segment before the
+/// first) in the same rendition. `None` for anything that is not one of its names.
+pub fn following_file(file: &str) -> Option<String> {
+    if let Some((run, representation, number)) = segment_name(file) {
+        return Some(format!(
+            "chunk-r{run}-{representation}-{:05}.m4s",
+            number.checked_add(1)?
+        ));
+    }
+    let rest = file.strip_prefix("init-r")?.strip_suffix(".m4s")?;
+    let (run, representation) = rest.split_once('-')?;
+    let (run, representation) = (canonical(run, 1)?, canonical(representation, 1)?);
+    Some(format!("chunk-r{run}-{representation}-00001.m4s"))
+}
+
+/// `chunk-r{run}-{rep}-{number}.m4s` as (run, rep, number), in the spelling ffmpeg writes
+/// only (no extra leading zeros), so one segment has one name: aliases would each get a
+/// follower of their own at the live edge.
+fn segment_name(segment: &str) -> Option<(u64, u64, u64)> {
+    let rest = segment.strip_prefix("chunk-r")?.strip_suffix(".m4s")?;
+    let mut parts = rest.splitn(3, '-');
+    let (run, representation, number) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((
+        canonical(run, 1)?,
+        canonical(representation, 1)?,
+        canonical(number, 5)?,
+    ))
+}
+
+/// `part` as a number, if it is written as `{:0width$}` writes it.
+fn canonical(part: &str, width: usize) -> Option<u64> {
+    let value: u64 = part.parse().ok()?;
+    (part.bytes().all(|b| b.is_ascii_digit()) && format!("{value:0width$}") == part)
+        .then_some(value)
 }
 
 /// The directory a stream's files are in.
@@ -631,6 +655,26 @@ pub fn stream_dir(output_root: &Path, stream: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_after_a_segment_or_init_segment_is_the_next_segment() {
+        assert_eq!(
+            following_file("chunk-r17-2-00009.m4s").as_deref(),
+            Some("chunk-r17-2-00010.m4s")
+        );
+        assert_eq!(
+            following_file("init-r17-2.m4s").as_deref(),
+            Some("chunk-r17-2-00001.m4s")
+        );
+        for name in [
+            "init-r017-2.m4s",
+            "chunk-r17-2-0009.m4s",
+            "media_0.m3u8",
+            "init-r1.m4s",
+        ] {
+            assert_eq!(following_file(name), None, "{name}");
+        }
+    }
 
     #[test]
     fn the_file_before_a_segment_is_its_predecessor_or_its_init_segment() {

@@ -13,9 +13,11 @@ import Hls from "hls.js";
 export function play(video, url, report) {
   if (Hls.isSupported()) {
     const hls = new Hls({
-      // Two segments behind the live edge: the playlists' own hold-back, not less, so the
-      // player never asks for a segment the packager has not finished.
-      liveSyncDurationCount: 2,
+      // The origin's media playlists are low-latency HLS: the player loads each part (a tenth
+      // of a second) as it is written, with blocking playlist reloads, and plays the
+      // playlist's PART-HOLD-BACK behind the live edge. Setting liveSyncDuration or
+      // liveSyncDurationCount here would override that hold-back with whole segments.
+      lowLatencyMode: true,
     });
     let mediaRecoveries = 0;
     hls.on(Hls.Events.ERROR, (_event, data) => {

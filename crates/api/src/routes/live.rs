@@ -7,12 +7,13 @@ use crate::extract::CurrentUser;
 use crate::wire::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use marquee_domain::EventId;
+use marquee_media::llhls;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -268,10 +269,13 @@ fn media_forbidden(error: marquee_media::TokenError) -> ApiError {
     ApiError::forbidden(error.to_string())
 }
 
-/// The origin: a stream's playlists and segments, for a valid playback token.
+/// The origin: a stream's playlists and segments, for a valid playback token. Media playlists
+/// are low-latency HLS (`marquee_media::llhls`): they list each segment's parts and answer
+/// blocking reloads (`?_HLS_msn=…&_HLS_part=…`) once the part asked for is there.
 pub async fn media(
     State(state): State<AppState>,
     Path((event, token, file)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
     version: axum::http::Version,
 ) -> Result<Response, ApiError> {
     let viewer = state
@@ -287,7 +291,29 @@ pub async fn media(
     if kind == "playlist" {
         state.live.saw_viewer(&event, &viewer.viewer);
     }
-    let path = marquee_media::stream_dir(&state.live.settings.media_root, &event).join(&file);
+    let dir = marquee_media::stream_dir(&state.live.settings.media_root, &event);
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        (
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        ),
+    ];
+    if llhls::is_media_playlist(&file) {
+        let request = llhls::blocking_request(query.as_deref()).map_err(playlist_error)?;
+        let playlist = llhls::low_latency_playlist(&state.live.edge, &dir, &file, request)
+            .await
+            .map_err(playlist_error)?;
+        return Ok((headers, playlist).into_response());
+    }
+    if let Some((segment, index)) = llhls::parse_part_name(&file) {
+        metrics::counter!("marquee_media_requests_total", "kind" => "part").increment(1);
+        return part(&state, &dir.join(segment), index)
+            .await
+            .map(|part| (headers, part).into_response());
+    }
+    let path = dir.join(&file);
     // The packager renames a segment into place once it is whole (ffmpeg writes `*.tmp`
     // first), so a segment found is complete and may be kept, and sent from its file
     // (`crate::zero_copy`); playlists change every segment and are always read afresh.
@@ -301,14 +327,6 @@ pub async fn media(
     } else {
         tokio::fs::read(&path).await.map(bytes::Bytes::from)
     };
-    let headers = [
-        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-        (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
-        (
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        ),
-    ];
     let bytes = match read {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound && kind == "segment" => {
@@ -345,6 +363,74 @@ pub async fn media(
         Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
     };
     Ok((headers, bytes).into_response())
+}
+
+fn playlist_error(error: llhls::PlaylistError) -> ApiError {
+    match error {
+        llhls::PlaylistError::BadRequest(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+        }
+        llhls::PlaylistError::NotYet => ApiError::unavailable("media", error.to_string()),
+        llhls::PlaylistError::Io(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            ApiError::not_found("media file")
+        }
+        llhls::PlaylistError::Io(error) => ApiError::unavailable("media", error.to_string()),
+    }
+}
+
+/// Part `index` of the segment at `path` (one CMAF fragment): from the whole segment once it
+/// is, or as soon as the packager has written it.
+async fn part(
+    state: &AppState,
+    path: &std::path::Path,
+    index: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let live = &state.live;
+    let whole = live
+        .segments
+        .try_get_with(path.to_path_buf(), read_segment(path.to_path_buf()))
+        .await;
+    match whole {
+        Ok(segment) => {
+            let fragments = live
+                .edge
+                .fragments_of(path, Some(&segment))
+                .await
+                .map_err(|error| ApiError::unavailable("media", error.to_string()))?;
+            let end = fragments
+                .get(index)
+                .map(|fragment| fragment.end)
+                .ok_or_else(|| ApiError::not_found("media file"))?;
+            let start = index
+                .checked_sub(1)
+                .and_then(|before| fragments.get(before))
+                .map_or(0, |before| before.end);
+            let (start, end) = (usize::try_from(start), usize::try_from(end));
+            match (start, end) {
+                // A slice of the cached segment: still sent from its file.
+                (Ok(start), Ok(end)) if start <= end && end <= segment.len() => {
+                    Ok(segment.slice(start..end))
+                }
+                _ => Err(ApiError::not_found("media file")),
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut growing = match live.edge.follow(path).await {
+                Ok(Some(growing)) => growing,
+                Ok(None) => return Err(ApiError::not_found("media file")),
+                Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
+            };
+            if !growing.started().await {
+                return Err(ApiError::not_found("media file"));
+            }
+            match growing.fragment(index).await {
+                Ok(Some(part)) => Ok(part),
+                Ok(None) => Err(ApiError::not_found("media file")),
+                Err(error) => Err(ApiError::unavailable("media", error.to_string())),
+            }
+        }
+        Err(error) => Err(ApiError::unavailable("media", error.to_string())),
+    }
 }
 
 /// A whole segment, kept open so that it can be sent with `sendfile`.

@@ -1215,3 +1215,198 @@ async fn the_segment_being_written_is_sent_as_it_grows_and_ends_whole() {
     await_status(&sale.app, &event, &fan, "ended").await;
     sale.app.stop().await;
 }
+
+/// What a low-latency HLS player reads of a media playlist: its parts (`segment msn`, URI,
+/// duration, independent), the segments listed whole, and the preload hint.
+struct LowLatencyPlaylist {
+    text: String,
+    parts: Vec<(u64, String, f64, bool)>,
+    whole: Vec<String>,
+    hint: Option<String>,
+    /// The media sequence number of the segment after the last listed whole.
+    next_msn: u64,
+}
+
+fn low_latency(text: String) -> LowLatencyPlaylist {
+    let attribute = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!("{name}="))? + name.len() + 1;
+        let rest = &line[start..];
+        Some(match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next()?.to_string(),
+            None => rest.split(',').next()?.to_string(),
+        })
+    };
+    let mut msn = text
+        .lines()
+        .find_map(|line| line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|value| value.parse::<u64>().ok())
+        .expect("a media sequence");
+    let (mut parts, mut whole, mut hint) = (Vec::new(), Vec::new(), None);
+    for line in text.lines() {
+        if let Some(part) = line.strip_prefix("#EXT-X-PART:") {
+            parts.push((
+                msn,
+                attribute(part, "URI").expect("a part URI"),
+                attribute(part, "DURATION")
+                    .and_then(|duration| duration.parse().ok())
+                    .expect("a part duration"),
+                part.contains("INDEPENDENT=YES"),
+            ));
+        } else if let Some(preload) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
+            hint = attribute(preload, "URI");
+        } else if !line.starts_with('#') && !line.is_empty() {
+            whole.push(line.to_string());
+            msn += 1;
+        }
+    }
+    LowLatencyPlaylist {
+        text,
+        parts,
+        whole,
+        hint,
+        next_msn: msn,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_make_the_segment() {
+    let sale = on_sale(live_node(1).await).await;
+    let fan = buy_ticket(&sale, 0).await;
+    let event = sale.event_id.clone();
+    let key = issue_key(&sale).await;
+    let _encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
+    let live = await_status(&sale.app, &event, &fan, "live").await;
+    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
+    let (media, init, _) = newest_listed_segment(&sale.app, &hls).await;
+    let base = media.rsplit_once('/').expect("a path").0.to_string();
+
+    let playlist = low_latency(
+        fetch(&sale.app, &media)
+            .await
+            .text()
+            .await
+            .expect("playlist"),
+    );
+    assert!(
+        playlist
+            .text
+            .contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK="),
+        "{}",
+        playlist.text
+    );
+    // 15 fps: two frames reach the 0.1 s the packager cuts fragments at.
+    assert!(
+        playlist
+            .text
+            .contains("#EXT-X-PART-INF:PART-TARGET=0.134\n"),
+        "{}",
+        playlist.text
+    );
+    // The segment after the last listed one is being written: follow it part by part, as a
+    // player does, each playlist request blocking until the next part is there.
+    let next_msn = playlist.next_msn;
+    let next = playlist
+        .hint
+        .as_deref()
+        .and_then(|hint| hint.split_once(".part"))
+        .map(|(stem, _)| format!("{stem}.m4s"))
+        .expect("a preload hint of the segment being written");
+    assert!(!playlist.whole.contains(&next));
+    let mut streamed = Vec::new();
+    let mut durations = 0.0;
+    let mut seen_before_whole = 0;
+    for index in 0.. {
+        let reload = format!("{media}?_HLS_msn={next_msn}&_HLS_part={index}");
+        let response = fetch(&sale.app, &reload).await;
+        assert_eq!(response.status(), StatusCode::OK, "{reload}");
+        let playlist = low_latency(response.text().await.expect("playlist"));
+        let listed_whole = playlist.whole.contains(&next);
+        let parts: Vec<_> = playlist
+            .parts
+            .iter()
+            .filter(|(msn, ..)| *msn == next_msn)
+            .collect();
+        let Some((_, uri, duration, independent)) = parts.get(index) else {
+            // Answered without the part: the segment is whole, with fewer parts.
+            assert!(listed_whole, "blocked for part {index}:\n{}", playlist.text);
+            assert!(index > 1, "the segment had parts");
+            break;
+        };
+        if !listed_whole {
+            seen_before_whole += 1;
+        }
+        assert_eq!(
+            *independent,
+            index == 0,
+            "only the first part starts on a keyframe"
+        );
+        durations += duration;
+        let part = fetch(&sale.app, &format!("{base}/{uri}")).await;
+        assert_eq!(part.status(), StatusCode::OK, "{uri}");
+        assert_eq!(
+            part.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        streamed.extend_from_slice(&part.bytes().await.expect("part"));
+    }
+    assert!(
+        seen_before_whole > 1,
+        "parts were listed before their segment was whole"
+    );
+    let whole = fetch(&sale.app, &format!("{base}/{next}"))
+        .await
+        .bytes()
+        .await
+        .expect("segment");
+    assert!(
+        streamed[..] == whole[..],
+        "the parts make up the segment ({} and {} bytes)",
+        streamed.len(),
+        whole.len()
+    );
+    assert!(
+        (durations - 2.0).abs() < 0.15,
+        "the parts' durations add up to the segment's: {durations}"
+    );
+    let init = fetch(&sale.app, &format!("{base}/{init}"))
+        .await
+        .bytes()
+        .await
+        .expect("init");
+    assert_two_second_segment(&init, &streamed, (1280, 720)).await;
+    // Parts of a whole segment are still served, from the segment.
+    let first_part = fetch(
+        &sale.app,
+        &format!("{base}/{}", next.replace(".m4s", ".part0.m4s")),
+    )
+    .await
+    .bytes()
+    .await
+    .expect("part");
+    assert!(whole.starts_with(&first_part));
+
+    // What a player may not ask for.
+    for (path, status) in [
+        (
+            format!("{media}?_HLS_msn={}", next_msn + 5),
+            StatusCode::BAD_REQUEST,
+        ),
+        (format!("{media}?_HLS_part=1"), StatusCode::BAD_REQUEST),
+        (format!("{media}?_HLS_msn=x"), StatusCode::BAD_REQUEST),
+        (
+            format!("{base}/{}", next.replace(".m4s", ".part999.m4s")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!(
+                "{base}/{}",
+                segment_after(&next, 5).replace(".m4s", ".part0.m4s")
+            ),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        assert_eq!(fetch(&sale.app, &path).await.status(), status, "{path}");
+    }
+    // Fifteen parts of the segment followed, and the one read again.
+    assert!(counter(&sale.app, "marquee_media_requests_total", "kind=\"part\"").await >= 10.0);
+}
