@@ -49,8 +49,7 @@ struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        crate::bench_push::stop_child(&mut self.0);
     }
 }
 

@@ -294,8 +294,7 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
         })
     }
     .await;
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    crate::bench_push::stop_child(&mut nginx);
     server.shutdown().await?;
     outcome
 }

@@ -69,9 +69,30 @@ impl Drop for Target {
         let child = match self {
             Target::Marquee { child, .. } | Target::Nchan { child, .. } => child,
         };
-        let _ = child.kill();
-        let _ = child.wait();
+        stop_child(child);
     }
+}
+
+/// Stops a server the benchmark started the way its operator would: SIGTERM, so that an nginx
+/// master takes its workers with it (SIGKILL leaves them running, holding their sockets), and
+/// SIGKILL if it has not gone within five seconds.
+pub(crate) fn stop_child(child: &mut Child) {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// nginx's `http` settings that keep a benchmark's nginx off the system's log and temp

@@ -783,15 +783,35 @@ impl Pop {
     /// Stops nginx the way an operator would, so its workers go with its master (killing the
     /// master alone leaves them behind).
     async fn stop(mut self) {
-        let _ = Command::new("nginx")
+        self.signal_stop();
+        let _ = self.nginx.wait().await;
+    }
+
+    fn signal_stop(&self) {
+        let _ = std::process::Command::new("nginx")
             .arg("-p")
             .arg(self.dir.path())
             .arg("-c")
             .arg(&self.config)
             .args(["-s", "stop"])
-            .status()
-            .await;
-        let _ = self.nginx.wait().await;
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Pop {
+    /// A test that fails part way still takes its nginx workers down.
+    fn drop(&mut self) {
+        if matches!(self.nginx.try_wait(), Ok(None)) {
+            self.signal_stop();
+            // The master must see its workers out before the child handle's kill reaches it.
+            for _ in 0..250 {
+                if !matches!(self.nginx.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
 
@@ -1409,4 +1429,96 @@ async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_
     }
     // Fifteen parts of the segment followed, and the one read again.
     assert!(counter(&sale.app, "marquee_media_requests_total", "kind=\"part\"").await >= 10.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_waiting_on_the_same_part_through_the_nginx_pop_share_one_origin_request() {
+    let sale = on_sale(live_node(1).await).await;
+    let fan = buy_ticket(&sale, 0).await;
+    let event = sale.event_id.clone();
+    let key = issue_key(&sale).await;
+    let _encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
+    let live = await_status(&sale.app, &event, &fan, "live").await;
+    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
+    let (media, _, _) = newest_listed_segment(&sale.app, &hls).await;
+    let playlist_file = media.rsplit_once('/').expect("a path").1.to_string();
+    let pop = start_pop(&sale.app.url).await;
+    let tokens = PlaybackTokens::derived_from(JWT_SECRET.as_bytes());
+    let expires = chrono::Utc::now().timestamp() + 600;
+    let client = reqwest::Client::new();
+
+    // A part two ahead of what is written now: every viewer's reload blocks on it.
+    let now = low_latency(
+        fetch(&sale.app, &media)
+            .await
+            .text()
+            .await
+            .expect("playlist"),
+    );
+    let written = now
+        .parts
+        .iter()
+        .filter(|(msn, ..)| *msn == now.next_msn)
+        .count();
+    let (msn, part) = (now.next_msn, written + 2);
+    // The plain playlist is in the PoP's cache: a reload must not be answered with it.
+    let plain = format!(
+        "{}/live/{event}/{}/{playlist_file}",
+        pop.url,
+        tokens.sign(&event, "viewer-early", expires)
+    );
+    let cached = client.get(&plain).send().await.expect("playlist");
+    assert_eq!(cached.status(), StatusCode::OK);
+    let playlists_before = counter(&sale.app, "marquee_media_requests_total", "playlist").await;
+    let parts_before = counter(&sale.app, "marquee_media_requests_total", "kind=\"part\"").await;
+    let viewers = (0..50).map(|viewer| {
+        let client = client.clone();
+        let base = format!(
+            "{}/live/{event}/{}/",
+            pop.url,
+            tokens.sign(&event, &format!("viewer{viewer}"), expires)
+        );
+        let reload = format!("{base}{playlist_file}?_HLS_msn={msn}&_HLS_part={part}");
+        tokio::spawn(async move {
+            let response = client.get(&reload).send().await.expect("reload");
+            assert_eq!(response.status(), StatusCode::OK, "{reload}");
+            let playlist = low_latency(response.text().await.expect("playlist"));
+            let (_, uri, ..) = playlist
+                .parts
+                .iter()
+                .filter(|(at, ..)| *at == msn)
+                .nth(part)
+                .unwrap_or_else(|| panic!("part {part} of {msn} listed:\n{}", playlist.text))
+                .clone();
+            let bytes = client
+                .get(format!("{base}{uri}"))
+                .send()
+                .await
+                .expect("part")
+                .error_for_status()
+                .expect("part served")
+                .bytes()
+                .await
+                .expect("part body");
+            assert!(!bytes.is_empty());
+            bytes
+        })
+    });
+    let mut bodies = std::collections::HashSet::new();
+    for viewer in futures::future::join_all(viewers).await {
+        bodies.insert(viewer.expect("viewer"));
+    }
+    assert_eq!(bodies.len(), 1, "every viewer got the same part");
+    let playlists =
+        counter(&sale.app, "marquee_media_requests_total", "playlist").await - playlists_before;
+    let parts =
+        counter(&sale.app, "marquee_media_requests_total", "kind=\"part\"").await - parts_before;
+    eprintln!("50 viewers: {playlists} origin playlist requests, {parts} origin part requests");
+    assert!(
+        playlists <= 2.0,
+        "blocking reloads were collapsed: {playlists}"
+    );
+    assert!(parts <= 2.0, "part requests were collapsed: {parts}");
+    pop.stop().await;
+    sale.app.stop().await;
 }
