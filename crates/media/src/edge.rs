@@ -378,10 +378,15 @@ impl GrowingSegment {
         )
     }
 
-    /// Waits until something more is known of the segment (bytes, a fragment, its end), or
-    /// `deadline`.
-    pub async fn changed(&mut self, deadline: Instant) {
-        let _ = tokio::time::timeout_at(deadline, self.progress.changed()).await;
+    /// Waits until the segment has more than `known` whole fragments or has ended, or until
+    /// `deadline`. Bytes that complete no fragment wake nobody.
+    pub async fn more_fragments_than(&mut self, known: usize, deadline: Instant) {
+        let _ = tokio::time::timeout_at(
+            deadline,
+            self.progress
+                .wait_for(|progress| progress.fragments.len() > known || progress.end.is_some()),
+        )
+        .await;
     }
 
     /// The segment's `index`th fragment, once whole; `None` if the segment completed with

@@ -247,7 +247,10 @@ pub async fn low_latency_playlist(
             // after the segment completes, which is checked for a little later.
             Some(mut growing) if end.is_none() => {
                 growing
-                    .changed(deadline.min(now + Duration::from_millis(250)))
+                    .more_fragments_than(
+                        fragments.len(),
+                        deadline.min(now + Duration::from_millis(250)),
+                    )
                     .await
             }
             _ => tokio::time::sleep(edge.settings().poll.max(Duration::from_millis(10))).await,
