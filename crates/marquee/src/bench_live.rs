@@ -672,7 +672,15 @@ async fn watch_low_latency(
                 continue;
             }
             if (*part_msn, *part_index) != (msn, index) {
-                bail!("part {index} of segment {msn} was skipped: {part_msn}/{part_index} came");
+                // The segment ended before the part asked for: the next one's first part.
+                let ended_before =
+                    playlist.whole.contains(&msn) && !playlist.lists_part(msn, index);
+                if !(ended_before && (*part_msn, *part_index) == (msn + 1, 0)) {
+                    bail!(
+                        "part {index} of segment {msn} was skipped: {part_msn}/{part_index} came"
+                    );
+                }
+                (msn, index) = (msn + 1, 0);
             }
             let bytes = client
                 .get(join(&media_url, uri))
@@ -1135,5 +1143,38 @@ mod tests {
             Some("chunk-r17-0-100000.m4s")
         );
         assert_eq!(next_segment_name("bench.m3u8"), None);
+    }
+
+    #[test]
+    fn a_low_latency_playlist_is_read_as_numbered_parts_and_whole_segments() {
+        let playlist = PartList::parse(
+            "#EXTM3U
+#EXT-X-TARGETDURATION:2
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.000
+#EXT-X-PART-INF:PART-TARGET=0.100
+#EXT-X-MEDIA-SEQUENCE:19
+#EXT-X-MAP:URI=\"init-r1-0.m4s\"
+#EXTINF:2.000000,
+chunk-r1-0-00019.m4s
+#EXT-X-PART:DURATION=0.10000,URI=\"chunk-r1-0-00020.part0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.10000,URI=\"chunk-r1-0-00020.part1.m4s\"
+#EXTINF:0.200000,
+chunk-r1-0-00020.m4s
+#EXT-X-PART:DURATION=0.10000,URI=\"chunk-r1-0-00021.part0.m4s\",INDEPENDENT=YES
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"chunk-r1-0-00021.part1.m4s\"
+",
+        );
+        assert_eq!(playlist.map.as_deref(), Some("init-r1-0.m4s"));
+        let numbered: Vec<_> = playlist
+            .parts
+            .iter()
+            .map(|(msn, index, _)| (*msn, *index))
+            .collect();
+        assert_eq!(numbered, vec![(20, 0), (20, 1), (21, 0)]);
+        assert_eq!(playlist.parts[2].2, "chunk-r1-0-00021.part0.m4s");
+        assert_eq!(playlist.whole, HashSet::from([19, 20]));
+        assert_eq!(playlist.next_msn, 21);
+        assert!(playlist.lists_part(20, 1) && !playlist.lists_part(20, 2));
+        assert!(!playlist.ended);
     }
 }
