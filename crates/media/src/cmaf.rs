@@ -287,19 +287,23 @@ pub(crate) mod tests {
         assert_eq!(fragments(&segment).len(), 2);
     }
 
-    #[test]
-    fn the_timescale_comes_from_the_init_segments_media_header() {
+    /// An init segment of one track with media timescale `timescale`.
+    pub fn init_segment(timescale: u32) -> Vec<u8> {
         let mut mdhd = vec![0u8; 24];
-        mdhd[12..16].copy_from_slice(&15_360u32.to_be_bytes());
-        let init = [
-            mp4_box(b"ftyp", b"isom"),
+        mdhd[12..16].copy_from_slice(&timescale.to_be_bytes());
+        [
+            mp4_box(b"ftyp", b"iso6cmfc"),
             mp4_box(
                 b"moov",
                 &mp4_box(b"trak", &mp4_box(b"mdia", &mp4_box(b"mdhd", &mdhd))),
             ),
         ]
-        .concat();
-        assert_eq!(timescale(&init), Some(15_360));
+        .concat()
+    }
+
+    #[test]
+    fn the_timescale_comes_from_the_init_segments_media_header() {
+        assert_eq!(timescale(&init_segment(15_360)), Some(15_360));
         assert_eq!(timescale(b"junk"), None);
     }
 

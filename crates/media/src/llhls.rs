@@ -539,21 +539,11 @@ chunk-r1-0-00004.m4s
 
     #[tokio::test]
     async fn a_playlist_lists_the_parts_of_its_last_segments_and_of_the_one_being_written() {
-        use crate::cmaf::tests::{fragment as cmaf_fragment, mp4_box};
+        use crate::cmaf::tests::{fragment as cmaf_fragment, init_segment, mp4_box};
         use crate::EdgeSettings;
         use std::io::Write;
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut mdhd = vec![0u8; 24];
-        mdhd[12..16].copy_from_slice(&15_360u32.to_be_bytes());
-        let init = [
-            mp4_box(b"ftyp", b"iso6cmfc"),
-            mp4_box(
-                b"moov",
-                &mp4_box(b"trak", &mp4_box(b"mdia", &mp4_box(b"mdhd", &mdhd))),
-            ),
-        ]
-        .concat();
-        std::fs::write(dir.path().join("init-r1-0.m4s"), &init).expect("init");
+        std::fs::write(dir.path().join("init-r1-0.m4s"), init_segment(15_360)).expect("init");
         let segment = |start: u64| {
             [
                 mp4_box(b"styp", b"msdhcmfs"),

@@ -1288,16 +1288,22 @@ fn low_latency(text: String) -> LowLatencyPlaylist {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_make_the_segment() {
+/// A show 30 s long, live with a segment listed: the sale, a ticket holder's media playlist of
+/// the top rendition and its init segment, and the publisher (stopped when dropped).
+async fn show_with_a_segment() -> (OnSale, String, String, Child) {
     let sale = on_sale(live_node(1).await).await;
     let fan = buy_ticket(&sale, 0).await;
-    let event = sale.event_id.clone();
     let key = issue_key(&sale).await;
-    let _encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
-    let live = await_status(&sale.app, &event, &fan, "live").await;
+    let encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
+    let live = await_status(&sale.app, &sale.event_id, &fan, "live").await;
     let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
     let (media, init, _) = newest_listed_segment(&sale.app, &hls).await;
+    (sale, media, init, encoder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_make_the_segment() {
+    let (sale, media, init, _encoder) = show_with_a_segment().await;
     let base = media.rsplit_once('/').expect("a path").0.to_string();
 
     let playlist = low_latency(
@@ -1433,14 +1439,8 @@ async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_waiting_on_the_same_part_through_the_nginx_pop_share_one_origin_request() {
-    let sale = on_sale(live_node(1).await).await;
-    let fan = buy_ticket(&sale, 0).await;
+    let (sale, media, _, _encoder) = show_with_a_segment().await;
     let event = sale.event_id.clone();
-    let key = issue_key(&sale).await;
-    let _encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
-    let live = await_status(&sale.app, &event, &fan, "live").await;
-    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
-    let (media, _, _) = newest_listed_segment(&sale.app, &hls).await;
     let playlist_file = media.rsplit_once('/').expect("a path").1.to_string();
     let pop = start_pop(&sale.app.url).await;
     let tokens = PlaybackTokens::derived_from(JWT_SECRET.as_bytes());
