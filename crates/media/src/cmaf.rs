@@ -129,6 +129,10 @@ pub fn fragments(segment: &[u8]) -> Vec<Fragment> {
     FragmentReader::default().push(segment)
 }
 
+/// The most samples one fragment may claim: a 0.1 s fragment holds a handful, a whole 2 s
+/// segment's single fragment a few hundred.
+const MAX_SAMPLES: u32 = 65_536;
+
 /// `sample_is_non_sync_sample` in the sample flags.
 const NON_SYNC: u32 = 0x0001_0000;
 
@@ -195,7 +199,11 @@ fn parse_moof(moof: &[u8]) -> Option<Moof> {
         })
         .or(default_flags)
         .unwrap_or(0);
-    // The count is the file's word; what it claims must fit in the box.
+    // The count is the file's word: what it claims must fit in the box, and with no fields
+    // per sample (every sample the track's default) it is still bounded.
+    if count > MAX_SAMPLES {
+        return None;
+    }
     if per_sample > 0
         && (count as usize).saturating_mul(per_sample) > trun.len() - at.min(trun.len())
     {

@@ -72,6 +72,9 @@ struct Progress {
     chunks: Vec<Bytes>,
     /// The whole fragments among them, in order: a low-latency HLS playlist's parts.
     fragments: Vec<Fragment>,
+    /// The follower has read all the file held at some point: what it has is not just the
+    /// start of what is already there.
+    caught_up: bool,
     end: Option<End>,
 }
 
@@ -113,6 +116,8 @@ pub struct LiveEdge {
     fragments: moka::sync::Cache<PathBuf, Arc<Vec<Fragment>>>,
     /// Init segments' timescales.
     timescales: moka::sync::Cache<PathBuf, u32>,
+    /// Each rendition's LL-HLS part target, by init segment: it must not change during a run.
+    part_targets: moka::sync::Cache<PathBuf, f64>,
 }
 
 impl LiveEdge {
@@ -123,6 +128,7 @@ impl LiveEdge {
             // A few segments per rendition per show are listed with parts.
             fragments: moka::sync::Cache::new(4_096),
             timescales: moka::sync::Cache::new(1_024),
+            part_targets: moka::sync::Cache::new(1_024),
         })
     }
 
@@ -136,6 +142,23 @@ impl LiveEdge {
         self.lock()
             .get(path)
             .map(|progress| GrowingSegment::new(progress.clone()))
+    }
+
+    /// The fragments of the segment at `path` if it is known to be whole (a follower saw it
+    /// complete, or it was read whole), without reading anything.
+    pub fn known_whole(&self, path: &Path) -> Option<Arc<Vec<Fragment>>> {
+        self.fragments.get(path)
+    }
+
+    /// The part target fixed for the rendition of `init`: `candidate` the first time, and
+    /// after that only ever raised, to cover a longer part than any before.
+    pub fn part_target(&self, init: &Path, candidate: f64) -> f64 {
+        let target = self
+            .part_targets
+            .get(init)
+            .map_or(candidate, |fixed| fixed.max(candidate));
+        self.part_targets.insert(init.to_path_buf(), target);
+        target
     }
 
     /// The fragments of the whole segment at `path` (`data`, when the caller has read it).
@@ -173,6 +196,22 @@ impl LiveEdge {
         self: &Arc<Self>,
         path: &Path,
     ) -> Result<Option<GrowingSegment>, EdgeError> {
+        self.follow_within(path, true).await
+    }
+
+    /// Like [`LiveEdge::follow`], for the segment a media playlist names as next. Not counted
+    /// against [`EdgeSettings::max_growing`]: there is one such segment per rendition of each
+    /// show this node packages, however many viewers ask, and a playlist must not lose its
+    /// parts because viewers' own requests filled the node.
+    pub async fn follow_for_playlist(self: &Arc<Self>, path: &Path) -> Option<GrowingSegment> {
+        self.follow_within(path, false).await.ok().flatten()
+    }
+
+    async fn follow_within(
+        self: &Arc<Self>,
+        path: &Path,
+        capped: bool,
+    ) -> Result<Option<GrowingSegment>, EdgeError> {
         if let Some(progress) = self.lock().get(path) {
             return Ok(Some(GrowingSegment::new(progress.clone())));
         }
@@ -184,7 +223,7 @@ impl LiveEdge {
             if let Some(progress) = growing.get(path) {
                 progress.clone()
             } else {
-                if growing.len() >= self.settings.max_growing {
+                if capped && growing.len() >= self.settings.max_growing {
                     return Err(EdgeError::Busy);
                 }
                 let (sender, progress) = watch::channel(Progress::default());
@@ -311,7 +350,11 @@ async fn read_growing(
     };
     loop {
         match file.read(&mut buffer).await {
-            Ok(0) => {}
+            Ok(0) => {
+                if !progress.borrow().caught_up {
+                    progress.send_modify(|progress| progress.caught_up = true);
+                }
+            }
             Ok(read) => {
                 take(&buffer[..read]);
                 grew = Instant::now();
@@ -376,6 +419,17 @@ impl GrowingSegment {
             progress.fragments.clone(),
             progress.end.map(|end| end == End::Complete),
         )
+    }
+
+    /// Waits until the follower has read what the file held when it started (or the segment
+    /// ended), or until `deadline`.
+    pub async fn caught_up(&mut self, deadline: Instant) {
+        let _ = tokio::time::timeout_at(
+            deadline,
+            self.progress
+                .wait_for(|progress| progress.caught_up || progress.end.is_some()),
+        )
+        .await;
     }
 
     /// Waits until the segment has more than `known` whole fragments or has ended, or until

@@ -21,7 +21,7 @@
 //! CORS preflight for browsers on another origin.
 
 use crate::cmaf::Fragment;
-use crate::edge::{GrowingSegment, LiveEdge};
+use crate::edge::LiveEdge;
 use crate::transcode::following_file;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -32,6 +32,13 @@ use tokio::time::Instant;
 /// Whole segments at the end of the playlist that are listed with their parts: the spec's
 /// "three target durations", which a player joining at the live edge starts within.
 const SEGMENTS_WITH_PARTS: usize = 3;
+
+/// How long a playlist request waits for a follower it started to read what is written.
+const CATCH_UP: Duration = Duration::from_millis(100);
+
+/// How often a blocking request rereads ffmpeg's playlist when no follower will wake it (the
+/// segment is whole and about to be listed, or the run is restarting).
+const PLAYLIST_RECHECK: Duration = Duration::from_millis(50);
 
 /// The most parts a segment may have: a 2 s segment has 20; names past this are not served.
 pub const MAX_PARTS: usize = 1_000;
@@ -57,28 +64,50 @@ pub struct BlockingRequest {
 }
 
 /// The blocking request in a playlist URL's query (`_HLS_msn`, `_HLS_part`); other
-/// parameters (`_HLS_skip`, cache busters) are ignored.
+/// parameters (cache busters) are ignored.
+///
+/// Strict, because a cache in front keys blocking reloads by these two values as it reads
+/// them (nginx: the first occurrence, its name's case ignored, nothing decoded): any spelling
+/// the two could read differently — a case variant, an encoded name, a repeat, a number with
+/// leading zeros or a sign — is refused (400, which caches do not keep), so it can neither
+/// put a non-blocking answer under a blocking request's key nor split one key into many.
 pub fn blocking_request(query: Option<&str>) -> Result<Option<BlockingRequest>, PlaylistError> {
     let (mut msn, mut part) = (None, None);
-    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*name {
-            "_HLS_msn" => {
-                msn = Some(value.parse::<u64>().map_err(|_| {
-                    PlaylistError::BadRequest("_HLS_msn must be a media sequence number")
-                })?)
+    for pair in query.unwrap_or_default().split('&') {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_encoding::percent_decode_str(raw_name).decode_utf8_lossy();
+        if !name.to_ascii_lowercase().starts_with("_hls_") {
+            continue;
+        }
+        let slot = match raw_name {
+            "_HLS_msn" => &mut msn,
+            "_HLS_part" => &mut part,
+            // No delta updates are offered (`CAN-SKIP-UNTIL`), so none is asked for.
+            "_HLS_skip" => continue,
+            _ => {
+                return Err(PlaylistError::BadRequest(
+                    "unknown or misspelt _HLS_ parameter",
+                ))
             }
-            "_HLS_part" => {
-                part = Some(
-                    value
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&part| part < MAX_PARTS)
-                        .ok_or(PlaylistError::BadRequest("_HLS_part must be a part index"))?,
-                )
-            }
-            _ => {}
+        };
+        let canonical = !raw_value.is_empty()
+            && raw_value.bytes().all(|b| b.is_ascii_digit())
+            && (raw_value == "0" || !raw_value.starts_with('0'));
+        let value = raw_value.parse::<u64>().ok().filter(|_| canonical).ok_or(
+            PlaylistError::BadRequest("_HLS_msn and _HLS_part are whole numbers"),
+        )?;
+        if slot.replace(value).is_some() {
+            return Err(PlaylistError::BadRequest("an _HLS_ parameter is repeated"));
         }
     }
+    let part = part
+        .map(|part| {
+            usize::try_from(part)
+                .ok()
+                .filter(|&part| part < MAX_PARTS)
+                .ok_or(PlaylistError::BadRequest("_HLS_part must be a part index"))
+        })
+        .transpose()?;
     match (msn, part) {
         (None, Some(_)) => Err(PlaylistError::BadRequest("_HLS_part needs _HLS_msn")),
         (None, None) => Ok(None),
@@ -169,7 +198,18 @@ impl<'a> SourcePlaylist<'a> {
             }
         }
         playlist.trailer = pending;
+        playlist.media_sequence += playlist.map.map_or(0, sequence_offset);
         playlist
+    }
+
+    /// A header line as served: the media sequence counted on across runs.
+    fn write_header_line(&self, out: &mut String, line: &str) {
+        if line.starts_with("#EXT-X-MEDIA-SEQUENCE:") {
+            let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}", self.media_sequence);
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
 
     fn uri(segment: &[&'a str]) -> &'a str {
@@ -188,6 +228,19 @@ impl<'a> SourcePlaylist<'a> {
             None => following_file(self.map?),
         }
     }
+}
+
+/// What a run's media sequence numbers start from: its start in seconds (runs are numbered
+/// by their start in milliseconds, `crate::transcode`). Each ffmpeg run numbers its segments
+/// from 1 again; counted on from its start, the numbers only ever grow across restarts, as a
+/// player's blocking reloads need (a 2 s segment a number, a second a number), so a player
+/// that asks for the next number of a run that crashed is answered with the new run's
+/// playlist, not refused as asking too far ahead.
+fn sequence_offset(map: &str) -> u64 {
+    map.strip_prefix("init-r")
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(run, _)| run.parse::<u64>().ok())
+        .map_or(0, |run| run / 1000)
 }
 
 /// The media playlist `file` of the stream in `dir` with its parts, once it satisfies
@@ -213,17 +266,26 @@ pub async fn low_latency_playlist(
             // Nothing more is coming: what there is, is the answer.
             return Ok(render(edge, dir, &source, &[], Some(false)).await);
         }
-        let growing = match source.next_segment() {
-            Some(next) => match edge.follow(&dir.join(&next)).await {
-                Ok(growing) => growing,
-                // Parts are a bonus; the playlist is still the playlist.
-                Err(_) => edge.following(&dir.join(next.as_str())),
-            },
-            None => None,
+        let next = source.next_segment().map(|next| dir.join(next));
+        let mut growing = None;
+        let whole = next.as_ref().and_then(|next| edge.known_whole(next));
+        let (fragments, end) = match (&next, whole) {
+            // Whole, but not listed yet: ffmpeg rewrites the playlist just after.
+            (_, Some(whole)) => ((*whole).clone(), Some(true)),
+            (Some(next), None) => {
+                growing = edge.follow_for_playlist(next).await;
+                match &mut growing {
+                    Some(growing) => {
+                        // A follower just started has read nothing yet; the parts the file
+                        // already holds are listed, not only those written from now on.
+                        growing.caught_up(Instant::now() + CATCH_UP).await;
+                        growing.fragments()
+                    }
+                    None => (Vec::new(), None),
+                }
+            }
+            (None, None) => (Vec::new(), None),
         };
-        let (fragments, end) = growing
-            .as_ref()
-            .map_or((Vec::new(), None), GrowingSegment::fragments);
         let satisfied = match request {
             None => true,
             Some(request) => {
@@ -253,7 +315,7 @@ pub async fn low_latency_playlist(
                     )
                     .await
             }
-            _ => tokio::time::sleep(edge.settings().poll.max(Duration::from_millis(10))).await,
+            _ => tokio::time::sleep(PLAYLIST_RECHECK).await,
         }
     }
 }
@@ -295,10 +357,14 @@ async fn render(
             .chain(growing.iter()),
         timescale,
     );
+    // Fixed for the run (the spec: it must not change), from the first playlist served.
+    let part_target = match source.map {
+        Some(map) => edge.part_target(&dir.join(map), part_target),
+        None => part_target,
+    };
     let mut out = String::with_capacity(4_096);
     for line in &source.header {
-        out.push_str(line);
-        out.push('\n');
+        source.write_header_line(&mut out, line);
         if line.starts_with("#EXT-X-TARGETDURATION:") {
             let _ = writeln!(
                 out,
@@ -365,12 +431,10 @@ async fn render(
 
 fn plain(source: &SourcePlaylist<'_>) -> String {
     let mut out = String::new();
-    for line in source
-        .header
-        .iter()
-        .chain(source.segments.iter().flatten())
-        .chain(&source.trailer)
-    {
+    for line in &source.header {
+        source.write_header_line(&mut out, line);
+    }
+    for line in source.segments.iter().flatten().chain(&source.trailer) {
         out.push_str(line);
         out.push('\n');
     }
@@ -458,6 +522,25 @@ chunk-r1-0-00004.m4s
     }
 
     #[test]
+    fn media_sequence_numbers_count_on_from_the_runs_start_across_restarts() {
+        let run = |run: u64, sequence: u64| {
+            format!(
+                "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{sequence}\n\
+                 #EXT-X-MAP:URI=\"init-r{run}-0.m4s\"\n#EXTINF:2.000000,\nchunk-r{run}-0-{sequence:05}.m4s\n"
+            )
+        };
+        // A run that started at 1,796,620,000 s and wrote 30 segments, then crashed; the next
+        // run started 61 s later, and ffmpeg numbers from 1 again.
+        let first = run(1_796_620_000_000, 30);
+        let first = SourcePlaylist::parse(&first);
+        let second = run(1_796_620_061_000, 1);
+        let second = SourcePlaylist::parse(&second);
+        assert_eq!(first.media_sequence, 1_796_620_030);
+        assert!(second.media_sequence > first.next_msn());
+        assert!(plain(&second).contains("#EXT-X-MEDIA-SEQUENCE:1796620062\n"));
+    }
+
+    #[test]
     fn blocking_requests_are_read_from_the_query_and_bad_ones_refused() {
         assert_eq!(blocking_request(None).expect("none"), None);
         assert_eq!(
@@ -471,11 +554,27 @@ chunk-r1-0-00004.m4s
             blocking_request(Some("_HLS_msn=7&_HLS_skip=YES")).expect("valid"),
             Some(BlockingRequest { msn: 7, part: None })
         );
+        assert_eq!(
+            blocking_request(Some("v=3&_HLS_msn=0&_HLS_part=0")).expect("valid"),
+            Some(BlockingRequest {
+                msn: 0,
+                part: Some(0)
+            })
+        );
         for bad in [
             "_HLS_part=1",
             "_HLS_msn=x",
             "_HLS_msn=-1",
             "_HLS_msn=1&_HLS_part=99999",
+            // Spellings a cache could read as another request than the origin does.
+            "_hls_msn=5&_hls_part=3",
+            "_HLS_msn=5&_HLS_part=3&_HLS_msn=0",
+            "_HLS_%6Dsn=0",
+            "_HLS_msn=0005",
+            "_HLS_msn=+5",
+            "_HLS_msn=%35",
+            "_HLS_msn=",
+            "_HLS_msn",
         ] {
             assert!(
                 matches!(

@@ -336,7 +336,7 @@ impl Supervisor {
         }
         let mut first = Some((head, source.buffered.clone()));
         let mut restarts = 0;
-        // Runs are numbered from the show's start (milliseconds), so neither a restart nor a
+        // Runs are numbered by the time they start (milliseconds), so neither a restart nor a
         // later show of the same event (a new key) reuses a segment name that a player, the
         // origin's cache or a PoP holds as immutable.
         let mut run = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
@@ -371,7 +371,10 @@ impl Supervisor {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(250 * u64::from(restarts))).await;
-                    run += 1;
+                    // The clock again, so that a run's number says when it started: LL-HLS
+                    // media sequence numbers count on from it across runs (`crate::llhls`).
+                    let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+                    run = (run + 1).max(now);
                 }
             }
         }

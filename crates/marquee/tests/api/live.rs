@@ -1020,6 +1020,14 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
     let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
 
     let first_run = await_run(&sale.app, &hls, None).await;
+    let (media, _, _) = newest_listed_segment(&sale.app, &hls).await;
+    let listed_before = low_latency(
+        fetch(&sale.app, &media)
+            .await
+            .text()
+            .await
+            .expect("playlist"),
+    );
     let crashed = transcoder_of(&event).expect("the transcoder is this node's child");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &crashed.to_string()])
@@ -1036,6 +1044,31 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
     );
     let second_run = await_run(&sale.app, &hls, Some(first_run)).await;
     assert!(second_run > first_run, "{second_run} after {first_run}");
+    // ffmpeg numbers the new run's segments from 1 again; players' blocking reloads need the
+    // media sequence to go on growing.
+    let listed_after = low_latency(
+        fetch(&sale.app, &media)
+            .await
+            .text()
+            .await
+            .expect("playlist"),
+    );
+    assert!(
+        listed_after.next_msn > listed_before.next_msn,
+        "the media sequence grows across the restart:\n{}\n{}",
+        listed_before.text,
+        listed_after.text
+    );
+    let blocking = fetch(
+        &sale.app,
+        &format!("{media}?_HLS_msn={}", listed_before.next_msn),
+    )
+    .await;
+    assert_eq!(
+        blocking.status(),
+        StatusCode::OK,
+        "a reload blocking on the crashed run's next segment is answered"
+    );
     let restarted = transcoder_of(&event).expect("a new transcoder");
     assert_ne!(restarted, crashed);
     assert_eq!(
@@ -1469,6 +1502,19 @@ async fn viewers_waiting_on_the_same_part_through_the_nginx_pop_share_one_origin
     );
     let cached = client.get(&plain).send().await.expect("playlist");
     assert_eq!(cached.status(), StatusCode::OK);
+    // A spelling nginx keys as the viewers' blocking reload but that would not block at the
+    // origin is refused there, so its answer cannot stand in the cache for theirs.
+    for poison in [
+        format!("_hls_msn={msn}&_hls_part={part}"),
+        format!("_HLS_msn={msn}&_HLS_part={part}&_HLS_msn=0"),
+    ] {
+        let refused = client
+            .get(format!("{plain}?{poison}"))
+            .send()
+            .await
+            .expect("reload");
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{poison}");
+    }
     let playlists_before = counter(&sale.app, "marquee_media_requests_total", "playlist").await;
     let parts_before = counter(&sale.app, "marquee_media_requests_total", "kind=\"part\"").await;
     let viewers = (0..50).map(|viewer| {
