@@ -1021,13 +1021,7 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
 
     let first_run = await_run(&sale.app, &hls, None).await;
     let (media, _, _) = newest_listed_segment(&sale.app, &hls).await;
-    let listed_before = low_latency(
-        fetch(&sale.app, &media)
-            .await
-            .text()
-            .await
-            .expect("playlist"),
-    );
+    let listed_before = read_low_latency(&sale.app, &media).await;
     let crashed = transcoder_of(&event).expect("the transcoder is this node's child");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &crashed.to_string()])
@@ -1046,13 +1040,7 @@ async fn a_transcoder_that_crashes_is_reaped_and_restarted_as_a_new_run_while_th
     assert!(second_run > first_run, "{second_run} after {first_run}");
     // ffmpeg numbers the new run's segments from 1 again; players' blocking reloads need the
     // media sequence to go on growing.
-    let listed_after = low_latency(
-        fetch(&sale.app, &media)
-            .await
-            .text()
-            .await
-            .expect("playlist"),
-    );
+    let listed_after = read_low_latency(&sale.app, &media).await;
     assert!(
         listed_after.next_msn > listed_before.next_msn,
         "the media sequence grows across the restart:\n{}\n{}",
@@ -1280,6 +1268,11 @@ struct LowLatencyPlaylist {
     next_msn: u64,
 }
 
+/// The media playlist at `path`, as a low-latency player reads it.
+async fn read_low_latency(app: &TestApp, path: &str) -> LowLatencyPlaylist {
+    low_latency(fetch(app, path).await.text().await.expect("playlist"))
+}
+
 fn low_latency(text: String) -> LowLatencyPlaylist {
     let attribute = |line: &str, name: &str| -> Option<String> {
         let start = line.find(&format!("{name}="))? + name.len() + 1;
@@ -1339,13 +1332,7 @@ async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_
     let (sale, media, init, _encoder) = show_with_a_segment().await;
     let base = media.rsplit_once('/').expect("a path").0.to_string();
 
-    let playlist = low_latency(
-        fetch(&sale.app, &media)
-            .await
-            .text()
-            .await
-            .expect("playlist"),
-    );
+    let playlist = read_low_latency(&sale.app, &media).await;
     assert!(
         playlist
             .text
@@ -1481,13 +1468,7 @@ async fn viewers_waiting_on_the_same_part_through_the_nginx_pop_share_one_origin
     let client = reqwest::Client::new();
 
     // A part two ahead of what is written now: every viewer's reload blocks on it.
-    let now = low_latency(
-        fetch(&sale.app, &media)
-            .await
-            .text()
-            .await
-            .expect("playlist"),
-    );
+    let now = read_low_latency(&sale.app, &media).await;
     let written = now
         .parts
         .iter()
