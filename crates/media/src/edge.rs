@@ -132,18 +132,6 @@ impl LiveEdge {
         })
     }
 
-    pub fn settings(&self) -> &EdgeSettings {
-        &self.settings
-    }
-
-    /// The segment at `path` if it is being followed now (a viewer or a playlist asked for
-    /// it), without starting to.
-    pub fn following(&self, path: &Path) -> Option<GrowingSegment> {
-        self.lock()
-            .get(path)
-            .map(|progress| GrowingSegment::new(progress.clone()))
-    }
-
     /// The fragments of the segment at `path` if it is known to be whole (a follower saw it
     /// complete, or it was read whole), without reading anything.
     pub fn known_whole(&self, path: &Path) -> Option<Arc<Vec<Fragment>>> {

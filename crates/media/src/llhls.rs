@@ -694,8 +694,10 @@ chunk-r1-0-00004.m4s
         ), "{playlist}");
         // The part asked for next is served as it completes, its bytes the segment's.
         let mut growing = edge
-            .following(&dir.path().join("chunk-r1-0-00005.m4s"))
+            .follow_for_playlist(&dir.path().join("chunk-r1-0-00005.m4s"))
+            .await
             .expect("followed for the playlist");
+        assert_eq!(edge.growing(), 1, "the playlist's follower, shared");
         let waiting = tokio::spawn(async move { growing.fragment(1).await });
         tmp.write_all(&fifth[first_end..]).expect("write");
         drop(tmp);

@@ -151,6 +151,13 @@ fn path_of(url: &str) -> String {
     }
 }
 
+/// The body at `path`, which must be served (`what` names it in a failure).
+async fn fetch_bytes(app: &TestApp, path: &str, what: &str) -> bytes::Bytes {
+    let response = fetch(app, path).await;
+    assert_eq!(response.status(), StatusCode::OK, "{what}: {path}");
+    response.bytes().await.expect(what)
+}
+
 async fn fetch(app: &TestApp, path: &str) -> reqwest::Response {
     reqwest::get(format!("{}{path}", app.url))
         .await
@@ -1221,11 +1228,7 @@ async fn the_segment_being_written_is_sent_as_it_grows_and_ends_whole() {
         streamed.len(),
         whole.len()
     );
-    let init = fetch(&sale.app, &format!("{base}/{init}"))
-        .await
-        .bytes()
-        .await
-        .expect("init");
+    let init = fetch_bytes(&sale.app, &format!("{base}/{init}"), "init").await;
     assert_two_second_segment(&init, &streamed, (1280, 720)).await;
     let old_peer = old_peer.await.expect("the HTTP/1.0 request");
     let head_end = old_peer
@@ -1399,11 +1402,7 @@ async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_
         seen_before_whole > 1,
         "parts were listed before their segment was whole"
     );
-    let whole = fetch(&sale.app, &format!("{base}/{next}"))
-        .await
-        .bytes()
-        .await
-        .expect("segment");
+    let whole = fetch_bytes(&sale.app, &format!("{base}/{next}"), "segment").await;
     assert!(
         streamed[..] == whole[..],
         "the parts make up the segment ({} and {} bytes)",
@@ -1414,21 +1413,15 @@ async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_
         (durations - 2.0).abs() < 0.15,
         "the parts' durations add up to the segment's: {durations}"
     );
-    let init = fetch(&sale.app, &format!("{base}/{init}"))
-        .await
-        .bytes()
-        .await
-        .expect("init");
+    let init = fetch_bytes(&sale.app, &format!("{base}/{init}"), "init").await;
     assert_two_second_segment(&init, &streamed, (1280, 720)).await;
     // Parts of a whole segment are still served, from the segment.
-    let first_part = fetch(
+    let first_part = fetch_bytes(
         &sale.app,
         &format!("{base}/{}", next.replace(".m4s", ".part0.m4s")),
+        "part",
     )
-    .await
-    .bytes()
-    .await
-    .expect("part");
+    .await;
     assert!(whole.starts_with(&first_part));
 
     // What a player may not ask for.
