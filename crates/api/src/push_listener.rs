@@ -1,4 +1,5 @@
-//! A listener that serves SSE connections itself and hands every other connection to axum.
+//! The lean SSE path: a connection whose request is an SSE stream is served here rather than
+//! by hyper (see [`crate::lean_listener`], which picks the connections).
 //!
 //! Why: an idle SSE connection is the common case (a fan watching a seat map), and under hyper
 //! each one keeps hyper's HTTP/1 buffers — a read buffer that grows to 16 KiB and an 8 KiB header
@@ -21,11 +22,8 @@ use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 
-/// The request line prefix served here.
-const SSE_PREFIX: &[u8] = b"GET /api/v1/push/sse";
 /// Largest request head accepted on this path (as hyper's default).
 const MAX_HEAD: usize = 8 * 1024;
 /// A client that sends no complete request head within this is dropped.
@@ -34,101 +32,6 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const COALESCE_BYTES: usize = 64 * 1024;
 /// A write the client does not take within this ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// An axum [`Listener`](axum::serve::Listener) fed by the classifier: connections that are not
-/// SSE requests.
-pub struct PushAwareListener {
-    others: mpsc::Receiver<(TcpStream, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for PushAwareListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        match self.others.recv().await {
-            Some(connection) => connection,
-            // The acceptor stopped (shutdown): accept nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// Accepts on `listener`, serves SSE requests itself, and returns the listener axum serves the
-/// rest from.
-pub fn push_aware(listener: TcpListener, state: AppState) -> std::io::Result<PushAwareListener> {
-    let local = listener.local_addr()?;
-    let (sender, others) = mpsc::channel(1024);
-    let mut shutdown = state.push.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = crate::push::stopping(&mut shutdown) => return,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let sender = sender.clone();
-                    let state = state.clone();
-                    tokio::spawn(classify(stream, peer, sender, state));
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    Ok(PushAwareListener { others, local })
-}
-
-async fn classify(
-    stream: TcpStream,
-    peer: SocketAddr,
-    others: mpsc::Sender<(TcpStream, SocketAddr)>,
-    state: AppState,
-) {
-    if is_sse_request(&stream).await {
-        serve_sse(stream, peer, state).await;
-    } else {
-        let _ = others.send((stream, peer)).await;
-    }
-}
-
-/// Peeks at the request line without consuming it.
-async fn is_sse_request(stream: &TcpStream) -> bool {
-    let mut first = [0u8; SSE_PREFIX.len() + 1];
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    loop {
-        let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
-            Ok(Ok(peeked)) => peeked,
-            // Let hyper deal with whatever this is (it times out and closes too).
-            _ => return false,
-        };
-        if peeked == 0 {
-            return false;
-        }
-        let seen = &first[..peeked];
-        let prefix_len = seen.len().min(SSE_PREFIX.len());
-        if seen[..prefix_len] != SSE_PREFIX[..prefix_len] {
-            return false;
-        }
-        if peeked == first.len() {
-            return matches!(first[SSE_PREFIX.len()], b'?' | b' ');
-        }
-        // A request line split across packets: wait for the rest.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-    }
-}
 
 /// The parsed head of an SSE request.
 struct Head {
@@ -190,7 +93,7 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> bool {
     )
 }
 
-async fn serve_sse(mut stream: TcpStream, peer: SocketAddr, state: AppState) {
+pub(crate) async fn serve_sse(mut stream: TcpStream, peer: SocketAddr, state: AppState) {
     // Each event is one complete write that should leave now, not wait for an ACK (Nagle).
     let _ = stream.set_nodelay(true);
     let head = match read_head(&mut stream).await {

@@ -111,11 +111,24 @@ fn count_sent(bytes: usize) {
 #[derive(Debug)]
 pub struct ZeroCopyStream {
     inner: TcpStream,
+    /// Bytes already read from the socket by a lean path (`crate::media_listener`) that then
+    /// handed the connection to hyper: read again before anything new.
+    unread: Bytes,
 }
 
 impl ZeroCopyStream {
     pub fn new(inner: TcpStream) -> ZeroCopyStream {
-        ZeroCopyStream { inner }
+        ZeroCopyStream::resuming(inner, Bytes::new())
+    }
+
+    /// A connection of which `unread` was read already, to be read first.
+    pub fn resuming(inner: TcpStream, unread: Bytes) -> ZeroCopyStream {
+        ZeroCopyStream { inner, unread }
+    }
+
+    /// The connection, for a path that serves it without these writes.
+    pub fn into_inner(self) -> TcpStream {
+        self.inner
     }
 
     /// The connection, for socket options.
@@ -145,6 +158,12 @@ impl AsyncRead for ZeroCopyStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            let replayed = self.unread.split_to(n);
+            buf.put_slice(&replayed);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -351,5 +370,21 @@ mod tests {
             received[head.len()..] == body[..],
             "the body differs from memory"
         );
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_a_hand_off_are_read_again_before_the_socket() {
+        let (stream, mut peer) = connected().await;
+        peer.write_all(b" and then the socket")
+            .await
+            .expect("write");
+        let mut resumed =
+            ZeroCopyStream::resuming(stream.inner, Bytes::from_static(b"read already"));
+        let mut small = [0u8; 4];
+        resumed.read_exact(&mut small).await.expect("read");
+        assert_eq!(&small, b"read", "a short read takes only what fits");
+        let mut rest = vec![0u8; "already and then the socket".len() + 1];
+        resumed.read_exact(&mut rest).await.expect("read");
+        assert_eq!(&rest, b" already and then the socket");
     }
 }

@@ -66,6 +66,8 @@ pub struct LiveBench {
     pub connections: usize,
     pub serve_duration: Duration,
     pub rounds: usize,
+    /// Media on the lean HTTP/1.1 path (the default) or through the router.
+    pub media_lean_http: bool,
 }
 
 pub struct Latency {
@@ -105,6 +107,7 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
     config.live.srt_listen = Some(([127, 0, 0, 1], 0).into());
     config.live.preset = bench.preset.clone();
     config.live.reconnect_grace = Duration::from_secs(1);
+    config.media_lean_http = bench.media_lean_http;
     let server = Server::start(config).await?;
     let url = server.url();
     let rtmp = server.rtmp_addr.context("the node has no RTMP listener")?;
@@ -1099,6 +1102,16 @@ pub fn print_report(bench: &LiveBench, report: &LiveReport) {
         report.renditions.len(),
         report.transcoder_cores / renditions,
         report.nginx_cores
+    );
+    println!(
+        "segment serving: wrk -t2 -c{} -d{}s, the origin's media path {}",
+        bench.connections,
+        bench.serve_duration.as_secs().max(1),
+        if bench.media_lean_http {
+            "lean (the default)"
+        } else {
+            "through hyper and the router (--media-lean-http false)"
+        }
     );
     println!(
         "{:<32} {:>10} {:>14} {:>14} {:>8}",

@@ -34,8 +34,10 @@ pub struct ServerConfig {
     pub push: marquee_api::PushSettings,
     /// Push channels' history and buffers (on Redis too when `redis_url` is set).
     pub push_hub: marquee_push::HubLimits,
-    /// SSE on the lean listener path rather than through hyper (see `marquee_api::push_aware`).
+    /// SSE on the lean listener path rather than through hyper (see `marquee_api::lean_listener`).
     pub push_lean_sse: bool,
+    /// `/live/…` media requests on the lean HTTP/1.1 path rather than through hyper.
+    pub media_lean_http: bool,
     /// Waiting rooms: join window, join limits, update interval.
     pub queue: marquee_api::QueueSettings,
     /// Waiting rooms: idle timeout and quiet period.
@@ -122,6 +124,7 @@ impl ServerConfig {
             push: marquee_api::PushSettings::default(),
             push_hub: marquee_push::HubLimits::default(),
             push_lean_sse: true,
+            media_lean_http: true,
             queue: marquee_api::QueueSettings::default(),
             queue_timings: marquee_waitroom::RoomTimings::default(),
             rate_limits: Vec::new(),

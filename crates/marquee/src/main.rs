@@ -253,6 +253,10 @@ struct LiveBenchArgs {
     /// Interleaved segment-serving rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Serve media on the node's lean HTTP/1.1 path (`false` measures it through hyper and
+    /// the router, as `--media-lean-http false` would serve it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    media_lean_http: bool,
 }
 
 #[derive(Debug, Args)]
@@ -894,6 +898,11 @@ struct LiveArgs {
     /// variables); by default `recordings/` in the data dir.
     #[arg(long, env = "MARQUEE_RECORDINGS_URL")]
     recordings_url: Option<String>,
+
+    /// Serve `/live/…` media requests on the lean HTTP/1.1 path instead of through hyper
+    /// (the same answers with less work per request).
+    #[arg(long, env = "MARQUEE_MEDIA_LEAN_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
+    media_lean_http: bool,
 }
 
 /// A listen address, or `off`.
@@ -922,6 +931,7 @@ impl LiveArgs {
         config.live.reconnect_grace = self.reconnect_grace;
         config.live.playback_token_ttl = self.playback_token_ttl;
         config.live.recordings_url = self.recordings_url;
+        config.media_lean_http = self.media_lean_http;
         config.live.public_url = public_url;
     }
 }
@@ -1105,6 +1115,7 @@ async fn main() -> anyhow::Result<()> {
                 connections: args.connections.max(1),
                 serve_duration: args.serve_duration,
                 rounds: args.rounds.max(1),
+                media_lean_http: args.media_lean_http,
             };
             let report = marquee::bench_live::run_live_bench(&bench).await?;
             marquee::bench_live::print_report(&bench, &report);

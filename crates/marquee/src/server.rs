@@ -238,10 +238,14 @@ impl Server {
             let _ = stream.get_ref().set_nodelay(true);
         };
         // Either way, cached live segments go out with sendfile (see `marquee_api::zero_copy`).
-        if config.push_lean_sse {
-            // SSE connections are served by a lean path of their own; the rest by axum.
-            let listener =
-                marquee_api::zero_copy(marquee_api::push_aware(listener, state.clone())?);
+        let lean = marquee_api::LeanPaths {
+            sse: config.push_lean_sse,
+            media: config.media_lean_http,
+        };
+        if lean.sse || lean.media {
+            // SSE and media connections are served by lean paths of their own; the rest by
+            // axum.
+            let listener = marquee_api::lean_listener(listener, state.clone(), lean)?;
             tasks.push(serve(listener.tap_io(nodelay), router, stopped.clone()));
         } else {
             let listener = marquee_api::zero_copy(listener);

@@ -278,20 +278,43 @@ pub async fn media(
     RawQuery(query): RawQuery,
     version: axum::http::Version,
 ) -> Result<Response, ApiError> {
-    let viewer = state
+    let viewer = verify_playback(&state, &event, &token)?;
+    serve_media(&state, &event, &viewer, &file, query.as_deref(), version).await
+}
+
+/// The viewer a playback token names, if it is valid for `event` now; the contract's 403
+/// otherwise.
+pub(crate) fn verify_playback(
+    state: &AppState,
+    event: &str,
+    token: &str,
+) -> Result<marquee_media::Viewer, ApiError> {
+    state
         .live
         .tokens
-        .verify(&event, &token, Utc::now().timestamp())
-        .map_err(media_forbidden)?;
-    let (content_type, cache, kind) = match media_type(&file) {
-        Some(found) if valid_file_name(&file) && valid_file_name(&event) => found,
+        .verify(event, token, Utc::now().timestamp())
+        .map_err(media_forbidden)
+}
+
+/// [`media`] for a viewer already verified, without axum's extractors: also called by the
+/// lean HTTP/1.1 path (`crate::media_listener`) that serves most of these requests.
+pub(crate) async fn serve_media(
+    state: &AppState,
+    event: &str,
+    viewer: &marquee_media::Viewer,
+    file: &str,
+    query: Option<&str>,
+    version: axum::http::Version,
+) -> Result<Response, ApiError> {
+    let (content_type, cache, kind) = match media_type(file) {
+        Some(found) if valid_file_name(file) && valid_file_name(event) => found,
         _ => return Err(ApiError::not_found("media file")),
     };
     metrics::counter!("marquee_media_requests_total", "kind" => kind).increment(1);
     if kind == "playlist" {
-        state.live.saw_viewer(&event, &viewer.viewer);
+        state.live.saw_viewer(event, &viewer.viewer);
     }
-    let dir = marquee_media::stream_dir(&state.live.settings.media_root, &event);
+    let dir = marquee_media::stream_dir(&state.live.settings.media_root, event);
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
@@ -300,30 +323,34 @@ pub async fn media(
             HeaderValue::from_static("*"),
         ),
     ];
-    if llhls::is_media_playlist(&file) {
-        let request = llhls::blocking_request(query.as_deref()).map_err(playlist_error)?;
-        let playlist = llhls::low_latency_playlist(&state.live.edge, &dir, &file, request)
+    if llhls::is_media_playlist(file) {
+        let request = llhls::blocking_request(query).map_err(playlist_error)?;
+        let playlist = llhls::low_latency_playlist(&state.live.edge, &dir, file, request)
             .await
             .map_err(playlist_error)?;
         return Ok((headers, playlist).into_response());
     }
-    if let Some((segment, index)) = llhls::parse_part_name(&file) {
+    if let Some((segment, index)) = llhls::parse_part_name(file) {
         metrics::counter!("marquee_media_requests_total", "kind" => "part").increment(1);
-        return part(&state, &dir.join(segment), index)
+        return part(state, &dir.join(segment), index)
             .await
             .map(|part| (headers, part).into_response());
     }
-    let path = dir.join(&file);
+    let path = dir.join(file);
     // The packager renames a segment into place once it is whole (ffmpeg writes `*.tmp`
     // first), so a segment found is complete and may be kept, and sent from its file
     // (`crate::zero_copy`); playlists change every segment and are always read afresh.
     let read = if kind == "segment" {
-        state
-            .live
-            .segments
-            .try_get_with(path.clone(), read_segment(path.clone()))
-            .await
-            .map_err(|error| std::io::Error::new(error.kind(), error.to_string()))
+        // A hit (nearly every request) costs one lookup and no copy of the path.
+        match state.live.segments.get(&path).await {
+            Some(bytes) => Ok(bytes),
+            None => state
+                .live
+                .segments
+                .try_get_with(path.clone(), read_segment(path.clone()))
+                .await
+                .map_err(|error| std::io::Error::new(error.kind(), error.to_string())),
+        }
     } else {
         tokio::fs::read(&path).await.map(bytes::Bytes::from)
     };

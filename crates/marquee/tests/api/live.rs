@@ -1542,3 +1542,232 @@ async fn viewers_waiting_on_the_same_part_through_the_nginx_pop_share_one_origin
     pop.stop().await;
     sale.app.stop().await;
 }
+
+/// One answer read off a raw connection: status, header fields (names lower-case, in order, the
+/// date left out as it differs by the second) and body.
+#[derive(Debug, PartialEq, Eq)]
+struct WireAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl WireAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Reads the next answer from `stream` (`buffer` keeps what was read past it); `head_only` for
+/// an answer to HEAD, which has no body whatever its length says.
+async fn read_answer(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut Vec<u8>,
+    head_only: bool,
+) -> WireAnswer {
+    use tokio::io::AsyncReadExt;
+    async fn more(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut chunk))
+            .await
+            .expect("the node answers in time")
+            .expect("read");
+        buffer.extend_from_slice(&chunk[..read]);
+        read > 0
+    }
+    let (status, mut headers, head_len) = loop {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut fields);
+        if let httparse::Status::Complete(len) = response.parse(buffer).expect("an HTTP answer") {
+            let headers: Vec<(String, String)> = response
+                .headers
+                .iter()
+                .map(|field| {
+                    (
+                        field.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(field.value).into_owned(),
+                    )
+                })
+                .collect();
+            break (response.code.expect("a status"), headers, len);
+        }
+        assert!(more(stream, buffer).await, "closed before the head ended");
+    };
+    buffer.drain(..head_len);
+    let length = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .map(|(_, value)| value.parse::<usize>().expect("a length"));
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value == "chunked");
+    let mut body = Vec::new();
+    if head_only {
+    } else if let Some(length) = length {
+        while buffer.len() < length {
+            assert!(more(stream, buffer).await, "closed mid-body");
+        }
+        body = buffer.drain(..length).collect();
+    } else if chunked {
+        loop {
+            let line_end = loop {
+                if let Some(at) = buffer.windows(2).position(|pair| pair == b"\r\n") {
+                    break at;
+                }
+                assert!(more(stream, buffer).await, "closed mid-chunk");
+            };
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&buffer[..line_end]).expect("a chunk size"),
+                16,
+            )
+            .expect("a hexadecimal size");
+            while buffer.len() < line_end + 2 + size + 2 {
+                assert!(more(stream, buffer).await, "closed mid-chunk");
+            }
+            body.extend_from_slice(&buffer[line_end + 2..line_end + 2 + size]);
+            buffer.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        while more(stream, buffer).await {}
+        body = std::mem::take(buffer);
+    }
+    headers.retain(|(name, _)| name != "date");
+    WireAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn connect(app: &TestApp) -> tokio::net::TcpStream {
+    let address = app.url.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect")
+}
+
+async fn send(stream: &mut tokio::net::TcpStream, requests: &str) {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(requests.as_bytes()).await.expect("write");
+}
+
+/// Media requests are answered on a connection of their own by the origin's lean path, and by
+/// the router once the connection has asked for something else: the answers must be the same,
+/// byte for byte but the date, and a connection must go on whichever path it is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_answers_are_the_same_on_the_lean_path_as_through_the_router() {
+    let sale = on_sale(live_node(1).await).await;
+    let fan = buy_ticket(&sale, 0).await;
+    let key = issue_key(&sale).await;
+    let _encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
+    let live = await_status(&sale.app, &sale.event_id, &fan, "live").await;
+    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
+    let (media, init, newest) = newest_listed_segment(&sale.app, &hls).await;
+    let base = media.rsplit_once('/').expect("a path").0.to_string();
+    let token_at = base.rsplit_once('/').expect("a token").0.to_string();
+
+    let init = format!("{base}/{init}");
+    let segment = format!("{base}/{newest}");
+    let cases = [
+        ("GET", init.clone()),
+        ("GET", segment.clone()),
+        ("HEAD", segment.clone()),
+        ("GET", format!("{base}/chunk-r9-0-99999.m4s")),
+        ("GET", format!("{base}/..%2Fsecret")),
+        ("GET", format!("{token_at}/not-a-token/{newest}")),
+        ("GET", format!("/live/no-such-event/not-a-token/{newest}")),
+    ];
+    for (method, path) in &cases {
+        let request = format!("{method} {path} HTTP/1.1\r\nhost: origin\r\n\r\n");
+        let head_only = *method == "HEAD";
+
+        let mut lean = connect(&sale.app).await;
+        send(&mut lean, &request).await;
+        let lean = read_answer(&mut lean, &mut Vec::new(), head_only).await;
+
+        // The first request decides the path: after /healthz, the router answers the rest.
+        let mut routed = connect(&sale.app).await;
+        let mut buffer = Vec::new();
+        send(
+            &mut routed,
+            &format!("GET /healthz HTTP/1.1\r\nhost: origin\r\n\r\n{request}"),
+        )
+        .await;
+        let health = read_answer(&mut routed, &mut buffer, false).await;
+        assert_eq!(health.status, 200);
+        let mut routed = read_answer(&mut routed, &mut buffer, head_only).await;
+        routed.headers.retain(|(name, _)| name != "x-request-id");
+        assert_eq!(lean, routed, "{method} {path}");
+        assert_eq!(lean.header("x-content-type-options"), Some("nosniff"));
+        assert!(lean.header("x-marquee-node").is_some(), "{method} {path}");
+    }
+
+    // Pipelined on one connection: media, then a request the lean path hands to the router,
+    // then media again, which the router answers.
+    let whole = fetch_bytes(&sale.app, &segment, "segment").await;
+    let mut stream = connect(&sale.app).await;
+    send(
+        &mut stream,
+        &format!(
+            "GET {segment} HTTP/1.1\r\nhost: origin\r\n\r\n\
+             GET /healthz HTTP/1.1\r\nhost: origin\r\n\r\n\
+             HEAD {segment} HTTP/1.1\r\nhost: origin\r\n\r\n\
+             GET {init} HTTP/1.1\r\nhost: origin\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    let mut buffer = Vec::new();
+    let first = read_answer(&mut stream, &mut buffer, false).await;
+    assert_eq!((first.status, first.body.as_slice()), (200, &whole[..]));
+    let health = read_answer(&mut stream, &mut buffer, false).await;
+    assert_eq!(health.status, 200, "the router takes the connection over");
+    let head = read_answer(&mut stream, &mut buffer, true).await;
+    assert_eq!(
+        head.header("content-length"),
+        Some(whole.len().to_string().as_str())
+    );
+    let last = read_answer(&mut stream, &mut buffer, false).await;
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+        .await
+        .expect("the node closes the connection as asked");
+    assert_eq!(
+        (closed.expect("read"), buffer.len()),
+        (0, 0),
+        "nothing more"
+    );
+
+    // HTTP/1.0 without keep-alive: one answer, then the node closes.
+    let mut old = connect(&sale.app).await;
+    send(&mut old, &format!("GET {segment} HTTP/1.0\r\n\r\n")).await;
+    let mut buffer = Vec::new();
+    let answer = read_answer(&mut old, &mut buffer, false).await;
+    assert_eq!((answer.status, answer.body.len()), (200, whole.len()));
+    assert!(answer
+        .headers
+        .iter()
+        .any(|(name, value)| name == "connection" && value == "close"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), old.read_to_end(&mut rest))
+        .await
+        .expect("an HTTP/1.0 connection ends with its answer");
+    assert_eq!(closed.expect("read"), 0);
+
+    // A media request counts under the route's template, as through the router.
+    let served = counter(
+        &sale.app,
+        "http_requests_total",
+        r#"method="GET",route="/live/{event}/{token}/{file}",status="200""#,
+    )
+    .await;
+    assert!(served >= 3.0, "media requests are counted: {served}");
+}
