@@ -367,12 +367,17 @@ async fn respond(
     connection.in_flight.increment(1.0);
     let started = Instant::now();
     // As through the router: the answer, error bodies included, is made inside the request
-    // id's scope; a panic is caught outside it.
-    let handled = crate::request_context::scope(
-        request.request_id.to_string(),
-        AssertUnwindSafe(answer(state, connection, &request)).catch_unwind(),
-    )
-    .await;
+    // id's scope; a panic is caught outside it. The handler's future (about 2 KB: it can
+    // wait on a playlist, a part or a growing segment) is made in place, and only a
+    // pointer to it goes into the wrappers, instead of being copied into each.
+    let handled = {
+        let answering = std::pin::pin!(answer(state, connection, &request));
+        crate::request_context::scope(
+            request.request_id.to_string(),
+            AssertUnwindSafe(answering).catch_unwind(),
+        )
+        .await
+    };
     connection.in_flight.decrement(1.0);
     let response = handled.unwrap_or_else(crate::middleware::panic_response);
     let status = response.status();
