@@ -1317,22 +1317,44 @@ fn low_latency(text: String) -> LowLatencyPlaylist {
     }
 }
 
-/// A show 30 s long, live with a segment listed: the sale, a ticket holder's media playlist of
-/// the top rendition and its init segment, and the publisher (stopped when dropped).
-async fn show_with_a_segment() -> (OnSale, String, String, Child) {
+/// A show 30 s long, live with a segment listed.
+struct LiveShow {
+    sale: OnSale,
+    /// A ticket holder's media playlist of the top rendition, and the names of its init
+    /// segment and of the newest segment it listed.
+    media: String,
+    init: String,
+    newest: String,
+    /// Stopped when dropped.
+    _encoder: Child,
+}
+
+async fn show_with_a_segment() -> LiveShow {
     let sale = on_sale(live_node(1).await).await;
     let fan = buy_ticket(&sale, 0).await;
     let key = issue_key(&sale).await;
     let encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
     let live = await_status(&sale.app, &sale.event_id, &fan, "live").await;
     let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
-    let (media, init, _) = newest_listed_segment(&sale.app, &hls).await;
-    (sale, media, init, encoder)
+    let (media, init, newest) = newest_listed_segment(&sale.app, &hls).await;
+    LiveShow {
+        sale,
+        media,
+        init,
+        newest,
+        _encoder: encoder,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_make_the_segment() {
-    let (sale, media, init, _encoder) = show_with_a_segment().await;
+    let LiveShow {
+        sale,
+        media,
+        init,
+        _encoder,
+        ..
+    } = show_with_a_segment().await;
     let base = media.rsplit_once('/').expect("a path").0.to_string();
 
     let playlist = read_low_latency(&sale.app, &media).await;
@@ -1452,7 +1474,12 @@ async fn a_low_latency_hls_player_gets_each_part_as_it_is_written_and_the_parts_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_waiting_on_the_same_part_through_the_nginx_pop_share_one_origin_request() {
-    let (sale, media, _, _encoder) = show_with_a_segment().await;
+    let LiveShow {
+        sale,
+        media,
+        _encoder,
+        ..
+    } = show_with_a_segment().await;
     let event = sale.event_id.clone();
     let playlist_file = media.rsplit_once('/').expect("a path").1.to_string();
     let pop = start_pop(&sale.app.url).await;
@@ -1662,13 +1689,13 @@ async fn send(stream: &mut tokio::net::TcpStream, requests: &str) {
 /// byte for byte but the date, and a connection must go on whichever path it is on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_answers_are_the_same_on_the_lean_path_as_through_the_router() {
-    let sale = on_sale(live_node(1).await).await;
-    let fan = buy_ticket(&sale, 0).await;
-    let key = issue_key(&sale).await;
-    let _encoder = publish(&rtmp_publish_url(&key), 30, &H264, true);
-    let live = await_status(&sale.app, &sale.event_id, &fan, "live").await;
-    let hls = path_of(live["hls_url"].as_str().expect("hls_url"));
-    let (media, init, newest) = newest_listed_segment(&sale.app, &hls).await;
+    let LiveShow {
+        sale,
+        media,
+        init,
+        newest,
+        _encoder,
+    } = show_with_a_segment().await;
     let base = media.rsplit_once('/').expect("a path").0.to_string();
     let token_at = base.rsplit_once('/').expect("a token").0.to_string();
 
