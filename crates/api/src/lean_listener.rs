@@ -10,7 +10,7 @@
 //!
 //! A connection is classified by peeking at its request line, so nothing is consumed until a
 //! path takes it. The media path can still hand a connection to hyper later, with the bytes
-//! it read ([`ZeroCopyStream::resuming`]), when a request on it is not one it serves.
+//! it read ([`ZeroCopyStream::replaying`]), when a request on it is not one it serves.
 
 use crate::zero_copy::ZeroCopyStream;
 use crate::AppState;

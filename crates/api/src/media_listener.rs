@@ -1,7 +1,7 @@
 //! The media origin's lean HTTP/1.1 path: a keep-alive connection whose first request is
 //! `GET /live/…` (picked by [`crate::lean_listener`]) is served here, request after request,
 //! until it asks for something this path does not serve; then it goes to hyper with the bytes
-//! read so far ([`ZeroCopyStream::resuming`]), and hyper answers it as it answers the rest.
+//! read so far ([`ZeroCopyStream::replaying`]), and hyper answers it as it answers the rest.
 //!
 //! Why: a viewer fetches a playlist and a segment every two seconds, or a playlist and a part
 //! every 0.1 s with low-latency HLS, so these requests outnumber all others and the origin's
@@ -91,10 +91,7 @@ pub(crate) async fn serve(
             }
             Parsed::Other => {
                 tracing::trace!(%peer, "media: handing a connection to hyper");
-                return Some(ZeroCopyStream::resuming(
-                    stream.into_inner(),
-                    buffer.freeze(),
-                ));
+                return Some(stream.replaying(buffer.freeze()));
             }
             Parsed::Partial => {}
         }

@@ -118,17 +118,16 @@ pub struct ZeroCopyStream {
 
 impl ZeroCopyStream {
     pub fn new(inner: TcpStream) -> ZeroCopyStream {
-        ZeroCopyStream::resuming(inner, Bytes::new())
+        ZeroCopyStream {
+            inner,
+            unread: Bytes::new(),
+        }
     }
 
-    /// A connection of which `unread` was read already, to be read first.
-    pub fn resuming(inner: TcpStream, unread: Bytes) -> ZeroCopyStream {
-        ZeroCopyStream { inner, unread }
-    }
-
-    /// The connection, for a path that serves it without these writes.
-    pub fn into_inner(self) -> TcpStream {
-        self.inner
+    /// The same connection, with `unread` (read from it already) to be read again first: a
+    /// lean path hands a connection to hyper this way.
+    pub fn replaying(self, unread: Bytes) -> ZeroCopyStream {
+        ZeroCopyStream { unread, ..self }
     }
 
     /// The connection, for socket options.
@@ -379,7 +378,7 @@ mod tests {
             .await
             .expect("write");
         let mut resumed =
-            ZeroCopyStream::resuming(stream.inner, Bytes::from_static(b"read already"));
+            ZeroCopyStream::new(stream.inner).replaying(Bytes::from_static(b"read already"));
         let mut small = [0u8; 4];
         resumed.read_exact(&mut small).await.expect("read");
         assert_eq!(&small, b"read", "a short read takes only what fits");
