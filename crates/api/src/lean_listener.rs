@@ -3,10 +3,10 @@
 //!
 //! Why: both are the node's most numerous connections, and hyper's general machinery costs them
 //! what they do not need. An idle SSE connection under hyper keeps its read and header buffers
-//! (~29 KiB a connection, `marquee bench push`; see [`crate::push_listener`]). A viewer's
+//! (~29 KiB a connection, `marquee-bench push`; see [`crate::push_listener`]). A viewer's
 //! keep-alive connection asks for a playlist and a segment every two seconds (or a part every
 //! 0.1 s), and per request hyper, routing and middleware cost about as much CPU as the kernel's
-//! `sendfile` (`marquee bench live`; see [`crate::media_listener`]).
+//! `sendfile` (`marquee-bench live`; see [`crate::media_listener`]).
 //!
 //! A connection is classified by peeking at its request line, so nothing is consumed until a
 //! path takes it. The media path can still hand a connection to hyper later, with the bytes

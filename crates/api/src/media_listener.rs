@@ -9,7 +9,7 @@
 //! put 29 % of the node's CPU in its own code while it served 200 KB segments: hyper's owned
 //! `Request` and header maps, the router's state clone and extractors, the middleware's
 //! futures and label strings, allocations for all of them. That left the origin level with
-//! nginx serving the same files (`marquee bench live`, BENCHMARKS.md). Here a request is
+//! nginx serving the same files (`marquee-bench live`, BENCHMARKS.md). Here a request is
 //! parsed by `httparse` into a head borrowed from the read buffer, answered by the very
 //! handler axum's route calls ([`serve_media`]), and written in as few system calls as the
 //! kernel allows: the head with `MSG_MORE`, the body with `sendfile` ([`crate::zero_copy`]).

@@ -4,7 +4,7 @@
 //! Why: an idle SSE connection is the common case (a fan watching a seat map), and under hyper
 //! each one keeps hyper's HTTP/1 buffers — a read buffer that grows to 16 KiB and an 8 KiB header
 //! buffer — for its whole life, which put a node at ~29 KiB of memory per idle connection
-//! (`marquee bench push`). Here an SSE request is recognised by peeking at its request line,
+//! (`marquee-bench push`). Here an SSE request is recognised by peeking at its request line,
 //! its head is read into a buffer that is freed once parsed, and events are written straight
 //! to the socket, so an idle connection costs its task and its subscription only. Everything
 //! else — authentication, cursors, limits, replay — is the same [`SseSession`] the axum route

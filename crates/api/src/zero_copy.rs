@@ -5,7 +5,7 @@
 //! moving segment bytes onto sockets. Written from user space, each byte is copied once into
 //! the socket's buffers; `sendfile` hands the kernel the file's page-cache pages instead. On
 //! 200 KB segments that copy was what kept the origin at ~0.7 of nginx's requests/s
-//! (`marquee bench live`, BENCHMARKS.md). hyper has no sendfile of its own: it writes a body's
+//! (`marquee-bench live`, BENCHMARKS.md). hyper has no sendfile of its own: it writes a body's
 //! `Bytes` with `writev`. So the bytes of a cached segment stay an ordinary `Bytes` (every
 //! other path — HTTP/2, tests that call the router directly — reads them from memory), and
 //! the connection's IO, [`ZeroCopyStream`], recognises a write whose buffer lies inside a

@@ -1,4 +1,4 @@
-//! `marquee bench booking`: a load run of the booking path over real HTTP against a node started
+//! `marquee-bench booking`: a load run of the booking path over real HTTP against a node started
 //! in this process, with the load generator in the same process (so figures include its cost).
 //!
 //! Three phases on one contended event:
@@ -14,8 +14,8 @@
 //!
 //! The anchor is `redis-benchmark -t set` on the same machine in the same run, if installed.
 
-use crate::{Server, ServerConfig};
 use anyhow::Context;
+use marquee::{Server, ServerConfig};
 use marquee_auth::{SigningSecret, TokenIssuer};
 use marquee_domain::{DisplayName, Email, Role, User, UserId};
 use rand::rngs::StdRng;
@@ -40,7 +40,6 @@ pub struct BookingReport {
     pub backend: &'static str,
     pub hold_attempts_per_sec: f64,
     pub holds_granted_per_sec: f64,
-    pub open_loop_rate: u64,
     pub open_loop_sent: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -305,7 +304,6 @@ pub async fn run_booking(bench: &BookingBench) -> anyhow::Result<BookingReport> 
         backend,
         hold_attempts_per_sec,
         holds_granted_per_sec,
-        open_loop_rate: bench.rate,
         open_loop_sent: total,
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),

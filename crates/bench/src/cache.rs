@@ -1,4 +1,4 @@
-//! `marquee bench cache`: each eviction policy's hit ratio on the same Zipf(1.0) trace of event
+//! `marquee-bench cache`: each eviction policy's hit ratio on the same Zipf(1.0) trace of event
 //! reads, at cache sizes of 1%, 5% and 10% of the key space, and its cost per access.
 //!
 //! The trace is drawn once from a seeded generator, so every policy sees the same requests and

@@ -1,4 +1,4 @@
-//! `marquee bench cluster`: booking throughput with one, two and three `marquee serve` processes
+//! `marquee-bench cluster`: booking throughput with one, two and three `marquee serve` processes
 //! over the same PostgreSQL, Redis and NATS JetStream, and the change stream's lag from a
 //! commit to every node.
 //!
@@ -119,7 +119,7 @@ async fn start_cluster(
         bench.database_url
     );
     let stream = format!("BENCH_{}", suffix.to_uppercase());
-    let exe = std::env::current_exe()?;
+    let exe = crate::product::marquee_binary()?;
     let mut children = Vec::new();
     let mut urls = Vec::new();
     for n in 1..=nodes {

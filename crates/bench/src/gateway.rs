@@ -1,4 +1,4 @@
-//! `marquee bench gateway`: `marquee gateway` beside nginx as a reverse proxy, both in front of
+//! `marquee-bench gateway`: `marquee gateway` beside nginx as a reverse proxy, both in front of
 //! the same `marquee serve` node on this machine, in the same run.
 //!
 //! Two measurements, each repeated for a few interleaved rounds (the median is reported, since
@@ -14,7 +14,7 @@
 //! Every process gets the same two cores: nginx runs `worker_processes 2`, the gateway its
 //! default two tokio workers; neither logs requests.
 
-use crate::bench_push::{free_port, nginx_private_paths, wait_for_port};
+use crate::push::{free_port, nginx_private_paths, wait_for_port};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -49,7 +49,7 @@ struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        crate::bench_push::stop_child(&mut self.0);
+        crate::push::stop_child(&mut self.0);
     }
 }
 
@@ -64,7 +64,7 @@ pub async fn run_gateway_bench(bench: &GatewayBench) -> anyhow::Result<GatewayRe
         bail!("wrk is not installed (apt-get install wrk)");
     }
     let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::product::marquee_binary()?;
     let node: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let _node = Process(
         Command::new(&exe)

@@ -1,4 +1,4 @@
-//! `marquee bench jobs`: how many jobs a second the jobs block moves, embedded (SQLite) and on
+//! `marquee-bench jobs`: how many jobs a second the jobs block moves, embedded (SQLite) and on
 //! PostgreSQL, beside RabbitMQ and NATS JetStream moving the same messages on the same machine.
 //!
 //! Every system gets a queue of its own (a SQLite file in a temporary directory, a PostgreSQL
@@ -28,6 +28,7 @@
 //! Producers and consumers run in this process, on the same two cores as the servers: figures
 //! are what one machine does end to end, not what a server alone could reach.
 
+use crate::product::ScratchDatabase;
 use crate::JobsBenchArgs;
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
@@ -234,7 +235,19 @@ impl JobHandler for Counting {
     }
 }
 
-pub(crate) async fn run(args: JobsBenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: JobsBenchArgs, use_existing_database: bool) -> anyhow::Result<()> {
+    let database = match args.postgres_url.as_str() {
+        "none" => None,
+        url => Some(ScratchDatabase::create(url, use_existing_database).await?),
+    };
+    let outcome = run_in(args, database.as_ref().map(|database| database.url.clone())).await;
+    if let Some(database) = database {
+        database.drop_database().await?;
+    }
+    outcome
+}
+
+async fn run_in(args: JobsBenchArgs, postgres_url: Option<String>) -> anyhow::Result<()> {
     let skip = |url: String| (url != "none").then_some(url);
     let bench = Bench {
         messages: args.messages.max(1),
@@ -244,7 +257,7 @@ pub(crate) async fn run(args: JobsBenchArgs) -> anyhow::Result<()> {
         pg_nodes: args.pg_nodes.max(1),
         keys: args.keys.max(1),
         prefetch: args.prefetch.max(1),
-        postgres_url: skip(args.postgres_url),
+        postgres_url,
         amqp_url: skip(args.amqp_url),
         nats_url: skip(args.nats_url),
     };

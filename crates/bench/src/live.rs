@@ -1,4 +1,4 @@
-//! `marquee bench live`: glass-to-glass latency of a live show beside nginx-rtmp fed the same
+//! `marquee-bench live`: glass-to-glass latency of a live show beside nginx-rtmp fed the same
 //! stream, the transcoder's CPU per rendition, and segment requests per second from the origin
 //! beside nginx serving the same files.
 //!
@@ -32,10 +32,10 @@
 //! Marquee transcodes the 720p source into 720p/480p/360p; nginx-rtmp only repackages it. The
 //! latency compared is of the 720p rendition against nginx's copy of the source.
 
-use crate::bench_gateway::{median, wrk};
-use crate::bench_push::{free_port, nginx_private_paths, wait_for_port};
-use crate::{Server, ServerConfig};
+use crate::gateway::{median, wrk};
+use crate::push::{free_port, nginx_private_paths, wait_for_port};
 use anyhow::{bail, Context};
+use marquee::{Server, ServerConfig};
 use marquee_media::cmaf;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -304,7 +304,7 @@ pub async fn run_live_bench(bench: &LiveBench) -> anyhow::Result<LiveReport> {
         })
     }
     .await;
-    crate::bench_push::stop_child(&mut nginx);
+    crate::push::stop_child(&mut nginx);
     server.shutdown().await?;
     outcome
 }

@@ -1,4 +1,4 @@
-//! `marquee bench push`: SSE push against a `marquee serve` child process and, in the same run
+//! `marquee-bench push`: SSE push against a `marquee serve` child process and, in the same run
 //! with the same client, nginx with the nchan module — the well-known peer for this job.
 //!
 //! Two phases per target:
@@ -136,7 +136,7 @@ impl Target {
         let data = tempfile::tempdir()?;
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(crate::product::marquee_binary()?)
             .env("MARQUEE_RTMP_LISTEN", "off")
             .env("MARQUEE_SRT_LISTEN", "off")
             .args(["--log-filter", "warn", "serve", "--listen"])

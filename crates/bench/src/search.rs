@@ -1,4 +1,4 @@
-//! `marquee bench search`: the search index beside PostgreSQL full-text search + pg_trgm +
+//! `marquee-bench search`: the search index beside PostgreSQL full-text search + pg_trgm +
 //! PostGIS, on the same synthetic events (real city coordinates) and the same queries.
 //!
 //! Phases, each for both engines:
@@ -13,8 +13,8 @@
 //! 4. **Size** on disk, and memory: the process's peak RSS (which includes the generated data set
 //!    the bench holds) and its RSS while querying once the data set is dropped.
 
-use crate::bench_search_data::{self, BenchQuery, SyntheticEvent};
-use crate::bench_search_pg::PgSearchPeer;
+use crate::search_data::{self, BenchQuery, SyntheticEvent};
+use crate::search_pg::PgSearchPeer;
 use anyhow::Context;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -120,10 +120,10 @@ pub async fn run_search(bench: &SearchBench) -> anyhow::Result<SearchBenchReport
         bar
     };
     eprintln!("generating {} events…", bench.events);
-    let events = bench_search_data::generate(bench.events, bench.seed)?;
+    let events = search_data::generate(bench.events, bench.seed)?;
     let generated_rss = current_rss_bytes();
-    let fuzzy = bench_search_data::fuzzy_geo_queries(&events, bench.queries * 2, bench.seed + 1);
-    let near = bench_search_data::near_me_queries(&events, bench.queries * 2, bench.seed + 2);
+    let fuzzy = search_data::fuzzy_geo_queries(&events, bench.queries * 2, bench.seed + 1);
+    let near = search_data::near_me_queries(&events, bench.queries * 2, bench.seed + 2);
 
     // The catalog the indexer will follow for the update phase; the bulk load is committed at
     // its head so the indexer resumes rather than rebuilds.
@@ -138,7 +138,7 @@ pub async fn run_search(bench: &SearchBench) -> anyhow::Result<SearchBenchReport
         )
         .await?,
     );
-    crate::demo::seed(store.as_ref(), false).await?;
+    marquee::demo::seed(store.as_ref(), false).await?;
     let head = store.latest_change().await?;
 
     // --- Marquee: index.
@@ -181,6 +181,10 @@ pub async fn run_search(bench: &SearchBench) -> anyhow::Result<SearchBenchReport
             let peer = PgSearchPeer::connect(url, &schema).await?;
             eprintln!("postgresql: loading and indexing {} events…", events.len());
             let load = peer.load(&events).await?;
+            println!(
+                "postgresql: {} rows loaded in {:.1} s, indexed in {:.1} s",
+                load.docs, load.load_secs, load.index_secs
+            );
             Some((peer, load))
         }
         None => None,

@@ -1,7 +1,7 @@
-//! Synthetic but realistic events and queries for `marquee bench search`.
+//! Synthetic but realistic events and queries for `marquee-bench search`.
 //!
 //! Both search engines under comparison (Tantivy in `marquee-search` and the PostgreSQL peer in
-//! [`crate::bench_search_pg`]) load exactly the events produced here and answer exactly the
+//! [`crate::search_pg`]) load exactly the events produced here and answer exactly the
 //! queries produced here, so the generator is seeded and deterministic: the same `(count, seed)`
 //! gives the same events on any machine and with any number of threads (each chunk of events has
 //! its own RNG derived from the seed and the chunk index).
@@ -9,7 +9,7 @@
 //! Realism that matters for search benchmarks:
 //! - term frequencies follow a Zipf-ish spread (performers, adjectives, nouns, cities are drawn
 //!   with weights `1/(rank+k)^s`), so posting lists have the usual long tail;
-//! - cities are real places (the embedded GeoNames extract of [`crate::demo::cities`]), weighted
+//! - cities are real places (the embedded GeoNames extract of [`marquee::demo::cities`]), weighted
 //!   by population rank, and each city has a fixed set of venues a few km from its centre, so
 //!   geographic density is lumpy as in reality;
 //! - text mixes famous names (Metallica, Adele, Swan Lake…) with hundreds of invented ones, and
@@ -395,7 +395,7 @@ struct Vocab {
 impl Vocab {
     fn build() -> anyhow::Result<Vocab> {
         let mut rng = StdRng::seed_from_u64(0x6D61_7271_7565_6521);
-        let raw = crate::demo::cities()?;
+        let raw = marquee::demo::cities()?;
         anyhow::ensure!(!raw.is_empty(), "the embedded city list is empty");
         let mut cities = Vec::with_capacity(raw.len());
         for (rank, city) in raw.iter().enumerate() {

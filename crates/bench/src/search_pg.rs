@@ -1,4 +1,4 @@
-//! The PostgreSQL peer for `marquee bench search`: the same events and the same fuzzy + geo
+//! The PostgreSQL peer for `marquee-bench search`: the same events and the same fuzzy + geo
 //! queries as the Tantivy engine, answered the way a competent PostgreSQL deployment would —
 //! full-text search (weighted `tsvector`, GIN), `pg_trgm` trigram similarity for typos and
 //! PostGIS (`geography` points, GiST).
@@ -27,7 +27,7 @@
 //! builds likewise run concurrently, each with a generous `maintenance_work_mem`: the fastest
 //! bulk load PostgreSQL offers, as the Tantivy side also indexes on all cores.
 
-use crate::bench_search_data::{BenchQuery, SyntheticEvent};
+use crate::search_data::{BenchQuery, SyntheticEvent};
 use anyhow::{bail, Context};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -661,7 +661,7 @@ async fn extension_schema(conn: &mut PgConnection, name: &str) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench_search_data::{fuzzy_geo_query_for, generate, near_me_queries};
+    use crate::search_data::{fuzzy_geo_query_for, generate, near_me_queries};
     use rand::{rngs::StdRng, SeedableRng};
 
     const URL: &str = "postgres://postgres@127.0.0.1:5432/test";

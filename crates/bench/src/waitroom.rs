@@ -1,4 +1,4 @@
-//! `marquee bench waitroom`: the waiting room under a million fans.
+//! `marquee-bench waitroom`: the waiting room under a million fans.
 //!
 //! 1. **In-process, through the block's own API** (no HTTP): a million fans join the pre-queue
 //!    of one room (joins/s), the room opens (the draw of a million places, timed), then random
@@ -14,9 +14,9 @@
 //! Clients run in the same process as what they measure, on the same two cores: figures are
 //! what one machine does end to end, not what a server alone could reach.
 
-use crate::bench_search::current_rss_bytes;
-use crate::{Server, ServerConfig};
+use crate::search::current_rss_bytes;
 use anyhow::Context;
+use marquee::{Server, ServerConfig};
 use marquee_auth::{SigningSecret, TokenIssuer};
 use marquee_domain::{Role, UserId};
 use marquee_waitroom::{

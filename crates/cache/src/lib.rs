@@ -19,7 +19,7 @@
 //! `cache_hits_total`, `cache_misses_total`, `cache_loads_total`,
 //! `cache_write_back_failures_total`, each labelled `cache`.
 //!
-//! `marquee bench cache` measures each policy's hit ratio on a Zipf(1.0) trace (BENCHMARKS.md).
+//! `marquee-bench cache` measures each policy's hit ratio on a Zipf(1.0) trace (BENCHMARKS.md).
 
 mod cache;
 mod local;

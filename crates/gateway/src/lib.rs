@@ -11,7 +11,7 @@
 //! the proxy logic itself.
 //!
 //! **Why a hand-written HTTP/1.1 path beside it.** Measured against nginx in front of the same
-//! node (`marquee bench gateway`, BENCHMARKS.md), hyper's server with its pooled client peaked at
+//! node (`marquee-bench gateway`, BENCHMARKS.md), hyper's server with its pooled client peaked at
 //! 0.74 of nginx's throughput: every request paid for two header maps, the pool's channel to a
 //! separate connection task and the wake-ups around it. Clear-text HTTP/1.1 requests without
 //! upgrades or chunked bodies — nearly all of them — now go through [`h1`]: parsed once with

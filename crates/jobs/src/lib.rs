@@ -35,7 +35,7 @@
 //!   and idempotent consumers to get the same guarantee.
 //!
 //! `FOR UPDATE SKIP LOCKED` lets workers on many nodes claim from one table without waiting on
-//! each other's rows. `marquee bench jobs` measures both engines beside RabbitMQ and JetStream
+//! each other's rows. `marquee-bench jobs` measures both engines beside RabbitMQ and JetStream
 //! moving the same messages (BENCHMARKS.md).
 
 mod backoff;

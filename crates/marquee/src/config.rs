@@ -1,7 +1,9 @@
-//! Settings of a node, resolved from flags and `MARQUEE_*` environment variables (clap reads
-//! both), with what is not given derived from the data dir: the SQLite file and the JWT signing
-//! secret, which is generated once and kept with mode 0600.
+//! A node's runtime configuration, in the blocks' own types, built from
+//! [`crate::settings::NodeSettings`] (file, variables, flags); what is not given is derived from
+//! the data dir: the SQLite file and the JWT signing secret, which is generated once and kept
+//! with mode 0600.
 
+use crate::settings::{ListenOrOff, NodeSettings};
 use anyhow::{bail, Context};
 use marquee_auth::SigningSecret;
 use std::net::SocketAddr;
@@ -86,56 +88,19 @@ pub struct LiveConfig {
     pub preset: String,
 }
 
-impl Default for LiveConfig {
-    fn default() -> Self {
-        LiveConfig {
-            rtmp_listen: None,
-            rtmp_public_url: None,
-            srt_listen: None,
-            srt_public_url: None,
-            public_url: None,
-            ffmpeg: PathBuf::from("ffmpeg"),
-            max_transcodes: 2,
-            reconnect_grace: Duration::from_secs(10),
-            playback_token_ttl: Duration::from_secs(4 * 3600),
-            recordings_url: None,
-            preset: "veryfast".into(),
-        }
-    }
-}
-
 impl ServerConfig {
-    /// Defaults for a node on `data_dir` listening on `listen` (tests pass port 0).
+    /// Defaults for a node on `data_dir` listening on `listen` (tests pass port 0): the
+    /// defaults of [`NodeSettings`], less the ingest listeners, which a node built in code
+    /// (tests, embedding) takes only when asked.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
-        ServerConfig {
+        let mut settings = NodeSettings {
             listen,
-            admin_listen: None,
             data_dir,
-            database_url: None,
-            hold_ttl: Duration::from_secs(600),
-            jwt_secret: None,
-            token_ttl: Duration::from_secs(24 * 3600),
-            node_id: default_node_id(),
-            body_limit_bytes: 1024 * 1024,
-            database_max_connections: 16,
-            redis_url: None,
-            redis_prefix: "marquee:".to_string(),
-            payment_timeout: Duration::from_secs(10),
-            push: marquee_api::PushSettings::default(),
-            push_hub: marquee_push::HubLimits::default(),
-            push_lean_sse: true,
-            media_lean_http: true,
-            queue: marquee_api::QueueSettings::default(),
-            queue_timings: marquee_waitroom::RoomTimings::default(),
-            rate_limits: Vec::new(),
-            trusted_proxies: Vec::new(),
-            nats_url: None,
-            nats_stream: "MARQUEE_CHANGES".to_string(),
-            smtp_url: None,
-            mail_from: "Marquee <tickets@marquee.invalid>".to_string(),
-            notifications: marquee_api::NotificationSettings::default(),
-            live: LiveConfig::default(),
-        }
+            ..NodeSettings::default()
+        };
+        settings.live.rtmp_listen = ListenOrOff(None);
+        settings.live.srt_listen = ListenOrOff(None);
+        settings.into_server_config()
     }
 
     /// Where jobs are kept: the catalog's PostgreSQL database, or `jobs.db` in the data dir

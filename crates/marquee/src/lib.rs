@@ -3,20 +3,11 @@
 //! in-process or Redis, the outbox or NATS JetStream; S3 as the media block lands). Tests start the real server through
 //! [`Server::start`] on port 0, exactly as `marquee serve` does.
 
-pub mod bench;
-pub mod bench_cache;
-pub mod bench_cluster;
-pub mod bench_gateway;
-pub mod bench_live;
-pub mod bench_push;
-pub mod bench_search;
-pub mod bench_search_data;
-pub mod bench_search_pg;
-pub mod bench_waitroom;
 pub mod config;
 pub mod demo;
 pub mod jobs_cli;
 pub mod server;
+pub mod settings;
 
 pub use config::ServerConfig;
 pub use server::Server;

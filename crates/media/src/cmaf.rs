@@ -3,7 +3,7 @@
 //! the segment, its decode time, its samples' durations and whether it starts on a sync sample.
 //!
 //! The low-latency HLS playlist lists each fragment as a part (`crate::llhls`), the origin
-//! serves parts as byte ranges of the segment, and `marquee bench live` times frames by
+//! serves parts as byte ranges of the segment, and `marquee-bench live` times frames by
 //! fragment. The `mp4` crates parse whole files into owned trees and want the `moov`; this
 //! reads a few fields out of boxes that may be cut anywhere, and never allocates per sample
 //! beyond the durations it returns.

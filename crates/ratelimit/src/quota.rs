@@ -162,9 +162,32 @@ impl FromStr for ScopedQuota {
     }
 }
 
+/// Spelt as it is parsed, so a quota survives a round trip through a configuration file.
+impl fmt::Display for ScopedQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.scope {
+            Scope::Ip => write!(f, "ip={}", self.quota),
+            Scope::User => write!(f, "user={}", self.quota),
+            Scope::Route { method, path } => write!(f, "route={method} {path}={}", self.quota),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_quotas_round_trip_through_text() {
+        for text in [
+            "ip=50/s",
+            "user=600/m sliding",
+            "route=POST /api/v1/orders=5/s",
+        ] {
+            let scoped: ScopedQuota = text.parse().expect("parses");
+            assert_eq!(scoped.to_string(), text);
+        }
+    }
 
     #[test]
     fn a_sliding_suffix_picks_the_sliding_window() {

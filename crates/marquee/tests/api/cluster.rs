@@ -691,7 +691,7 @@ async fn a_change_on_one_node_reaches_push_on_another_and_search_on_a_third() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let search_elapsed = started.elapsed();
-    // Measured, not asserted (the machines are noisy); `marquee bench cluster` measures the
+    // Measured, not asserted (the machines are noisy); `marquee-bench cluster` measures the
     // distribution.
     eprintln!(
         "node A -> push on node C: {} ms; node A -> search on node B: {} ms",

@@ -1,0 +1,97 @@
+//! What the benchmarks run against: the product binary beside this one, and PostgreSQL
+//! databases they make for themselves.
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+use std::path::PathBuf;
+
+/// The `marquee` binary the multi-process benchmarks start as nodes: `MARQUEE_BIN`, or the one
+/// built beside this binary (`cargo build --release -p marquee -p marquee-bench`). The bench
+/// never builds it itself, so what is measured is exactly what was built.
+pub fn marquee_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MARQUEE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let here = std::env::current_exe().context("locating the bench binary")?;
+    let beside = here.with_file_name("marquee");
+    if !beside.exists() {
+        bail!(
+            "{} not found: build the product beside the bench (`cargo build --release -p marquee -p marquee-bench`) or set MARQUEE_BIN",
+            beside.display()
+        );
+    }
+    Ok(beside)
+}
+
+/// A database a benchmark made for itself on the server it was pointed at, and drops when done.
+///
+/// Benchmarks create and drop schemas and tables by the dozen; pointed at a database they did not
+/// make (an operator's `MARQUEE_DATABASE_URL`, say) they could damage it. So each run makes
+/// `marquee_bench_<id>` and works only inside it, unless `--use-existing-database` says
+/// explicitly that the given database is theirs to use.
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    /// The database the run works in.
+    pub url: String,
+    /// The URL the server was reached through, and the name made there; `None` when the run was
+    /// told to use the given database as it is.
+    made: Option<(String, String)>,
+}
+
+impl ScratchDatabase {
+    /// Makes a fresh database on the server `server_url` names (connecting to its database only to
+    /// issue `CREATE DATABASE`), or, with `use_existing`, uses that database itself.
+    pub async fn create(server_url: &str, use_existing: bool) -> anyhow::Result<ScratchDatabase> {
+        if use_existing {
+            return Ok(ScratchDatabase {
+                url: server_url.to_string(),
+                made: None,
+            });
+        }
+        let mut url = url::Url::parse(server_url).context("parsing the PostgreSQL URL")?;
+        let name = format!(
+            "marquee_bench_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let mut connection = PgConnection::connect(server_url)
+            .await
+            .with_context(|| format!("connecting to {}", redact(server_url)))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        connection.close().await.ok();
+        url.set_path(&format!("/{name}"));
+        Ok(ScratchDatabase {
+            url: url.to_string(),
+            made: Some((server_url.to_string(), name)),
+        })
+    }
+
+    /// Drops the database if this run made it (`WITH (FORCE)`: nodes a failed run left behind
+    /// may still hold connections).
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        let Some((server_url, name)) = self.made else {
+            return Ok(());
+        };
+        let mut connection = PgConnection::connect(&server_url).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut connection)
+            .await
+            .with_context(|| format!("dropping database {name}"))?;
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "<unparsable URL>".to_string(),
+    }
+}
