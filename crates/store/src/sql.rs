@@ -34,7 +34,7 @@ impl Backend {
         }
     }
 
-    fn of_url(url: &str) -> Result<Backend, StoreError> {
+    pub(crate) fn of_url(url: &str) -> Result<Backend, StoreError> {
         if url.starts_with("sqlite:") {
             Ok(Backend::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -341,5 +341,37 @@ impl InventoryStore for SqlCatalogStore {
         self.engine()
             .save_idempotent_response(user, key, response)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A URL of the other engine (or of none) is refused before anything is opened, with the
+    /// password left out of the error.
+    #[tokio::test]
+    async fn each_engine_opens_only_its_own_urls() {
+        let refused = |outcome: Result<(), StoreError>| match outcome {
+            Err(StoreError::UnsupportedUrl(url)) => url,
+            other => panic!("expected UnsupportedUrl, got {other:?}"),
+        };
+        let postgres = "postgres://marquee:secret@db.invalid/catalog";
+        let url = refused(
+            SqliteStore::connect(postgres, StoreOptions::default())
+                .await
+                .map(drop),
+        );
+        assert_eq!(url, "postgres://***@db.invalid/catalog");
+        refused(
+            PostgresStore::connect("sqlite://catalog.db?mode=rwc", StoreOptions::default())
+                .await
+                .map(drop),
+        );
+        refused(
+            SqlCatalogStore::connect("mysql://root:secret@localhost/db", StoreOptions::default())
+                .await
+                .map(drop),
+        );
     }
 }

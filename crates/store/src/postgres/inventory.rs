@@ -1,6 +1,6 @@
-//! The inventory on PostgreSQL. Every write announces its seats last (see `changes`), so the
-//! event row and the outbox lock are held for as short a time as can be; reads are shared with
-//! the other engine.
+//! The inventory on PostgreSQL. A write that changes seats announces them as its last statement
+//! (see `changes`), so the event row and the outbox lock are held for as short a time as can
+//! be; reads are shared with the other engine.
 
 use super::{PostgresStore, WriteTransaction};
 use crate::common::catalog_reads::fetch_optional;

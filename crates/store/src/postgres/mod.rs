@@ -5,15 +5,16 @@
 //! appends ([`changes`]). Each node also queues its own writers for the outbox before they reach
 //! those locks (the outbox turn), which keeps the queue inside PostgreSQL short.
 //!
-//! Still on `sqlx::Any` (PostgreSQL statements only, through the `Any` driver): the jobs keep
-//! their tables in this database and take this pool ([`PostgresStore::pool`]), so a node stays
-//! within its one connection budget, and the jobs queue takes an `AnyPool`.
+//! Still on `sqlx::Any` (the SQL is PostgreSQL's alone; only the driver is generic): the jobs
+//! queue keeps its tables in this database and takes this pool ([`PostgresStore::pool`]), which
+//! keeps a node within one connection budget, and the jobs queue takes an `AnyPool`. Moving to
+//! a typed `PgPool` needs the jobs queue to take one too.
 
 mod catalog;
 mod changes;
 mod inventory;
 
-use crate::{StoreError, StoreOptions};
+use crate::{Backend, StoreError, StoreOptions};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Transaction};
@@ -45,7 +46,7 @@ impl WriteTransaction<'_> {
 impl PostgresStore {
     /// Connects to `url` (`postgres://…` or `postgresql://…`) and applies migrations.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if Backend::of_url(url)? != Backend::Postgres {
             return Err(StoreError::UnsupportedUrl(crate::redact_url(url)));
         }
         sqlx::any::install_default_drivers();

@@ -16,7 +16,7 @@ mod changes;
 mod inventory;
 pub(crate) mod writer;
 
-use crate::{StoreError, StoreOptions};
+use crate::{Backend, StoreError, StoreOptions};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Transaction};
@@ -53,7 +53,7 @@ impl SqliteStore {
     /// Opens (creating it if the URL says `mode=rwc`) the file of `url`, `sqlite://path?…` or
     /// `sqlite:path`, applies migrations and starts the writer thread.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
-        if !url.starts_with("sqlite:") {
+        if Backend::of_url(url)? != Backend::Sqlite {
             return Err(StoreError::UnsupportedUrl(crate::redact_url(url)));
         }
         sqlx::any::install_default_drivers();
