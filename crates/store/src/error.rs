@@ -53,3 +53,10 @@ impl From<serde_json::Error> for StoreError {
         StoreError::Corrupt(error.to_string())
     }
 }
+
+/// True when a statement was refused by a unique index or primary key.
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|database| database.is_unique_violation())
+}

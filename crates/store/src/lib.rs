@@ -3,32 +3,51 @@
 //! follow the catalog by reading the outbox from a position, so they never see a change that was
 //! rolled back and never miss one that was committed.
 //!
-//! One implementation, [`SqlCatalogStore`], serves both engines through `sqlx::Any`: SQLite (the
-//! embedded default, one file in the data dir) and PostgreSQL (the scale-out source of truth).
-//! The schema keeps to a dialect both accept (times as Unix milliseconds, JSON as text), with a
-//! migration set per engine, so the engines cannot drift in behaviour: one conformance suite
-//! (`tests/conformance.rs`) runs against both.
+//! Two implementations, one per engine, each its own module split by operation (`catalog`,
+//! `inventory`, `changes`): [`SqliteStore`] (the embedded default, one file in the data dir) and
+//! [`PostgresStore`] (the scale-out source of truth). They differ where the engines do — how
+//! writers are kept apart and how outbox positions come to commit in order — and each module
+//! says how, with no runtime test of which engine it is. What is the same on both lives in
+//! `common`: the reads (one SQL text, kept there so the engines' answers cannot differ), turning
+//! rows into domain values, and the payloads of the outbox. Writes are each engine's own, so one
+//! engine's write path can change without touching the other's. The schema keeps to a dialect
+//! both accept (times as Unix milliseconds, JSON as text), with a migration set per engine, and
+//! one conformance suite (`tests/conformance.rs`) runs against both.
+//!
+//! Both engines still talk through `sqlx::Any`: on PostgreSQL the jobs queue keeps its tables in
+//! the catalog's database and shares the store's pool, an `AnyPool`, so that a node opens no
+//! more connections than `--database-max-connections`. A typed `PgPool` needs the jobs queue to
+//! take one too.
+//!
+//! [`SqlCatalogStore`] opens the engine a URL names (`sqlite:…` or `postgres://…`). It is an enum
+//! over the two engines rather than an `Arc<dyn CatalogStore>` because the node's start-up needs
+//! more than the trait: the pool the jobs share ([`SqlCatalogStore::pool`]) and closing it, which
+//! are not catalog operations and have no place on the trait. The trait methods pass each call
+//! on to the engine; the set of engines is closed, so a third one is a compile error at every
+//! `match`, not a missed branch.
 //!
 //! On SQLite, the booking hot path's writes skip `sqlx` for `rusqlite` on one writer thread that
 //! commits them in groups: `sqlx-sqlite` hands every statement to a worker thread and back, which
-//! under load kept SQLite's single write lock held across run-queue waits (see `sqlite_writer`).
+//! under load kept SQLite's single write lock held across run-queue waits (see `sqlite::writer`).
 //! Both crates link the same `libsqlite3-sys`, so `rusqlite` stays on the version `sqlx` uses.
 //!
 //! **Boundary:** this crate knows SQL and the domain types; it knows nothing of HTTP or JSON wire
 //! formats, and it does not validate — it stores values the domain already validated.
 
 mod changes;
+mod common;
 mod error;
 mod inventory;
-mod rows;
+mod postgres;
 mod sql;
-mod sqlite_inventory;
-mod sqlite_writer;
+mod sqlite;
 
 pub use changes::{ChangeKind, ChangePosition, ChangeRecord, EntityKind};
 pub use error::StoreError;
 pub use inventory::{CheckIn, InventoryStore, OrderHistoryEntry, SeatSnapshot, StoredResponse};
+pub use postgres::PostgresStore;
 pub use sql::{redact_url, Backend, SqlCatalogStore, StoreOptions};
+pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use marquee_domain::{Email, Event, EventId, EventStatus, User, UserId, Venue, VenueId};

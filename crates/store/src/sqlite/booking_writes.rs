@@ -1,26 +1,20 @@
 //! The booking hot path's writes on the embedded store, run on the [`SqliteWriter`] thread.
 //!
-//! Same statements and the same guards as the `sqlx` versions in `inventory.rs` (which
-//! PostgreSQL still uses): fences raised only upwards, the general-admission CHECK, the unique
-//! ticket index, the hold's token compared with every seat's fence. The conformance suite runs
-//! the trait against both engines, so the two versions cannot drift apart unnoticed.
+//! Same statements and the same guards as the PostgreSQL engine's (`postgres::inventory`):
+//! fences raised only upwards, the general-admission CHECK, the unique ticket index, the hold's
+//! token compared with every seat's fence. The conformance suite and the inventory's model test
+//! run the traits against both engines, so the two versions cannot drift apart unnoticed.
 //!
-//! [`SqliteWriter`]: crate::sqlite_writer::SqliteWriter
+//! [`SqliteWriter`]: crate::sqlite::writer::SqliteWriter
 
-use crate::inventory::{
-    HoldRow, SeatChange, SeatChangeRecord, StoredResponse, HOLD_COLUMNS, ORDER_COLUMNS,
-};
-use crate::rows::millis;
-use crate::sqlite_writer::sqlite;
-use crate::{ChangeKind, StoreError};
+use crate::common::payloads::{new_order_history, SeatChange, SeatChangeRecord};
+use crate::common::rows::{millis, to_i64, HoldRow, HOLD_COLUMNS, ORDER_COLUMNS};
+use crate::sqlite::writer::sqlite;
+use crate::{ChangeKind, StoreError, StoredResponse};
 use marquee_domain::{
     EventId, GeneralAdmissionQuantity, Hold, HoldId, HoldStatus, Order, SeatId, UserId,
 };
 use rusqlite::{params, Connection, OptionalExtension};
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
 
 fn is_unique_violation(error: &rusqlite::Error) -> bool {
     matches!(
@@ -372,13 +366,7 @@ pub(crate) fn confirm_order(
             other => other.map_err(sqlite)?,
         };
     }
-    // A new order's history starts at 1: created, then paid.
-    let created = serde_json::json!({
-        "total_cents": order.total_cents,
-        "currency": order.currency,
-        "tickets": order.tickets.len(),
-    });
-    let paid = serde_json::json!({"payment_reference": order.payment_reference});
+    let (created, paid) = new_order_history(order);
     connection
         .prepare_cached(
             "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
@@ -387,8 +375,8 @@ pub(crate) fn confirm_order(
         .and_then(|mut statement| {
             statement.execute(params![
                 order.id.as_str(),
-                created.to_string(),
-                paid.to_string(),
+                created,
+                paid,
                 millis(order.created_at),
             ])
         })

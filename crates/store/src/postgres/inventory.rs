@@ -1,0 +1,525 @@
+//! The inventory on PostgreSQL. A write that changes seats announces them as its last statement
+//! (see `changes`), so the event row and the outbox lock are held for as short a time as can
+//! be; reads are shared with the other engine.
+
+use super::{PostgresStore, WriteTransaction};
+use crate::common::catalog_reads::fetch_optional;
+use crate::common::inventory_reads::{self as reads, OrdersOf};
+use crate::common::payloads::{announced_section, new_order_history, standing_places, SeatChange};
+use crate::common::rows::{self, millis, to_i64, HOLD_COLUMNS, ORDER_COLUMNS};
+use crate::error::is_unique_violation;
+use crate::{
+    ChangeKind, CheckIn, InventoryStore, OrderHistoryEntry, SeatSnapshot, StoreError,
+    StoredResponse,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use marquee_domain::{EventId, Hold, HoldId, HoldStatus, Order, OrderId, SeatId, TicketId, UserId};
+use sqlx::Row;
+
+impl WriteTransaction<'_> {
+    /// Moves a general-admission section's counters, within its capacity (the table's CHECK
+    /// is the last guard; the conditions here turn a violation into a typed error).
+    async fn change_general_admission(
+        &mut self,
+        event: &EventId,
+        section: &str,
+        held_delta: i64,
+        sold_delta: i64,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE general_admission SET held = held + $1, sold = sold + $2 \
+             WHERE event_id = $3 AND section = $4 \
+             AND held + $1 >= 0 AND sold + $2 >= 0 AND held + $1 + sold + $2 <= capacity",
+        )
+        .bind(held_delta)
+        .bind(sold_delta)
+        .bind(event.as_str())
+        .bind(section)
+        .execute(&mut *self.transaction)
+        .await?;
+        if updated.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::CapacityExceeded {
+                section: section.to_string(),
+            })
+        }
+    }
+
+    /// Appends to an order's history with the next sequence number. Within the write
+    /// transaction (one writer per order at a time), so sequences never collide.
+    async fn append_order_event(
+        &mut self,
+        order: &OrderId,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
+             SELECT $1, COALESCE(MAX(sequence), 0) + 1, $2, $3, $4 FROM order_events \
+             WHERE order_id = $1",
+        )
+        .bind(order.as_str())
+        .bind(kind)
+        .bind(data.to_string())
+        .bind(millis(marquee_domain::timestamp_now()))
+        .execute(&mut *self.transaction)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl InventoryStore for PostgresStore {
+    async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError> {
+        let seat_ids = serde_json::to_string(&hold.seat_ids)?;
+        let token = to_i64(hold.fencing_token);
+        let mut write = self.begin_write().await?;
+        if !hold.seat_ids.is_empty() {
+            let placeholders: Vec<String> = (0..hold.seat_ids.len())
+                .map(|i| format!("${}", i + 2))
+                .collect();
+            let sql = format!(
+                "SELECT seat_id FROM tickets WHERE event_id = $1 AND valid = 1 AND seat_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut statement = sqlx::query(&sql).bind(hold.event_id.as_str());
+            for seat in &hold.seat_ids {
+                statement = statement.bind(seat.as_str());
+            }
+            let sold = statement.fetch_all(&mut *write.transaction).await?;
+            if !sold.is_empty() {
+                let seat_ids = sold
+                    .iter()
+                    .map(|row| row.try_get::<String, _>("seat_id"))
+                    .collect::<Result<_, _>>()?;
+                return Err(StoreError::SeatsSold { seat_ids });
+            }
+            // One statement for all seats: each row binds (event, seat, token).
+            let rows: Vec<String> = (0..hold.seat_ids.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO seat_fences (event_id, seat_id, token) VALUES {} \
+                 ON CONFLICT (event_id, seat_id) DO UPDATE SET token = excluded.token \
+                 WHERE seat_fences.token < excluded.token",
+                rows.join(", ")
+            );
+            let mut statement = sqlx::query(&sql);
+            for seat in &hold.seat_ids {
+                statement = statement
+                    .bind(hold.event_id.as_str())
+                    .bind(seat.as_str())
+                    .bind(token);
+            }
+            statement.execute(&mut *write.transaction).await?;
+        }
+        if let (Some(general), Some(capacity)) = (&hold.general_admission, ga_capacity) {
+            sqlx::query(
+                "INSERT INTO general_admission (event_id, section, capacity) VALUES ($1, $2, $3) \
+                 ON CONFLICT (event_id, section) DO NOTHING",
+            )
+            .bind(hold.event_id.as_str())
+            .bind(&general.section)
+            .bind(i64::from(capacity))
+            .execute(&mut *write.transaction)
+            .await?;
+            write
+                .change_general_admission(
+                    &hold.event_id,
+                    &general.section,
+                    i64::from(general.quantity),
+                    0,
+                )
+                .await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO holds ({HOLD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(hold.id.as_str())
+        .bind(hold.event_id.as_str())
+        .bind(hold.user_id.as_str())
+        .bind(seat_ids)
+        .bind(hold.general_admission.as_ref().map(|g| g.section.clone()))
+        .bind(hold.general_admission.as_ref().map_or(0, |g| i64::from(g.quantity)))
+        .bind(token)
+        .bind(hold.status.as_str())
+        .bind(i64::from(hold.extended))
+        .bind(millis(hold.expires_at))
+        .bind(millis(hold.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        write
+            .announce_seats(ChangeKind::SeatsHeld, &SeatChange::of_hold(hold, "held"))
+            .await?;
+        write.commit().await
+    }
+
+    async fn hold(&self, id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
+        fetch_optional(&self.pool, sqlx::query(&sql).bind(id.as_str()), rows::hold).await
+    }
+
+    async fn end_hold(&self, id: &HoldId, status: HoldStatus) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&mut *write.transaction)
+            .await?
+        else {
+            return Err(StoreError::NotFound);
+        };
+        let hold = rows::hold(&row)?;
+        let ended = sqlx::query("UPDATE holds SET status = $1 WHERE id = $2 AND status = 'active'")
+            .bind(status.as_str())
+            .bind(id.as_str())
+            .execute(&mut *write.transaction)
+            .await?;
+        if ended.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(general) = &hold.general_admission {
+            write
+                .change_general_admission(
+                    &hold.event_id,
+                    &general.section,
+                    -i64::from(general.quantity),
+                    0,
+                )
+                .await?;
+        }
+        write
+            .announce_seats(
+                ChangeKind::SeatsAvailable,
+                &SeatChange::of_hold(&hold, status.as_str()),
+            )
+            .await?;
+        write.commit().await?;
+        Ok(true)
+    }
+
+    async fn extend_hold(
+        &self,
+        id: &HoldId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE holds SET expires_at = $1, extended = 1 \
+             WHERE id = $2 AND status = 'active' AND extended = 0",
+        )
+        .bind(millis(expires_at))
+        .bind(id.as_str())
+        .execute(&mut *write.transaction)
+        .await?;
+        write.commit().await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn expired_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError> {
+        reads::expired_holds(&self.pool, now, limit).await
+    }
+
+    async fn seat_snapshot(
+        &self,
+        event: &EventId,
+        now: DateTime<Utc>,
+    ) -> Result<SeatSnapshot, StoreError> {
+        // Read committed would let a hold turn into an order between the statements, and the
+        // seat show up as neither held nor sold (or as both).
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *transaction)
+            .await?;
+        let snapshot = reads::seat_snapshot(&mut transaction, event, now).await?;
+        transaction.commit().await?;
+        Ok(snapshot)
+    }
+
+    async fn seat_version(&self, event: &EventId) -> Result<i64, StoreError> {
+        reads::seat_version(&self.pool, event).await
+    }
+
+    async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError> {
+        let token = to_i64(hold.fencing_token);
+        let mut write = self.begin_write().await?;
+        // The event must still be on sale: a cancellation that committed first wins.
+        let converted = sqlx::query(
+            "UPDATE holds SET status = 'ordered' WHERE id = $1 AND status = 'active' \
+             AND fencing_token = $2 AND expires_at > $3 AND EXISTS \
+             (SELECT 1 FROM events WHERE events.id = holds.event_id AND events.status = 'published')",
+        )
+        .bind(hold.id.as_str())
+        .bind(token)
+        .bind(millis(order.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        if converted.rows_affected() == 0 {
+            return Err(StoreError::HoldNotActive);
+        }
+        if !hold.seat_ids.is_empty() {
+            let placeholders: Vec<String> = (0..hold.seat_ids.len())
+                .map(|i| format!("${}", i + 3))
+                .collect();
+            let sql = format!(
+                "SELECT COUNT(*) AS current FROM seat_fences WHERE event_id = $1 AND token = $2 \
+                 AND seat_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut statement = sqlx::query(&sql).bind(hold.event_id.as_str()).bind(token);
+            for seat in &hold.seat_ids {
+                statement = statement.bind(seat.as_str());
+            }
+            let current: i64 = statement
+                .fetch_one(&mut *write.transaction)
+                .await?
+                .try_get("current")?;
+            if usize::try_from(current).ok() != Some(hold.seat_ids.len()) {
+                return Err(StoreError::Fenced);
+            }
+        }
+        if let Some(general) = &hold.general_admission {
+            let quantity = i64::from(general.quantity);
+            write
+                .change_general_admission(&hold.event_id, &general.section, -quantity, quantity)
+                .await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(order.id.as_str())
+        .bind(order.event_id.as_str())
+        .bind(order.user_id.as_str())
+        .bind(order.hold_id.as_str())
+        .bind(order.status.as_str())
+        .bind(order.total_cents)
+        .bind(&order.currency)
+        .bind(&order.payment_reference)
+        .bind(millis(order.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        if !order.tickets.is_empty() {
+            const COLUMNS: usize = 9;
+            let rows: Vec<String> = (0..order.tickets.len())
+                .map(|row| {
+                    let cells: Vec<String> = (1..=COLUMNS)
+                        .map(|c| format!("${}", row * COLUMNS + c))
+                        .collect();
+                    format!("({})", cells.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO tickets (id, order_id, event_id, seat_id, section, row_label, number, \
+                 price_cents, code) VALUES {}",
+                rows.join(", ")
+            );
+            let mut statement = sqlx::query(&sql);
+            for ticket in &order.tickets {
+                statement = statement
+                    .bind(ticket.id.as_str())
+                    .bind(order.id.as_str())
+                    .bind(order.event_id.as_str())
+                    .bind(
+                        ticket
+                            .seat_id
+                            .as_ref()
+                            .map(|seat| seat.as_str().to_string()),
+                    )
+                    .bind(&ticket.section)
+                    .bind(ticket.row.clone())
+                    .bind(ticket.number.map(i64::from))
+                    .bind(ticket.price_cents)
+                    .bind(&ticket.code);
+            }
+            match statement.execute(&mut *write.transaction).await {
+                Err(error) if is_unique_violation(&error) => {
+                    return Err(StoreError::SeatsSold {
+                        seat_ids: hold.seat_ids.iter().map(ToString::to_string).collect(),
+                    })
+                }
+                other => other?,
+            };
+        }
+        let (created, paid) = new_order_history(order);
+        sqlx::query(
+            "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
+             VALUES ($1, 1, 'created', $2, $4), ($1, 2, 'paid', $3, $4)",
+        )
+        .bind(order.id.as_str())
+        .bind(created)
+        .bind(paid)
+        .bind(millis(order.created_at))
+        .execute(&mut *write.transaction)
+        .await?;
+        write
+            .announce_seats(
+                ChangeKind::SeatsSold,
+                &SeatChange {
+                    order_id: Some(&order.id),
+                    ..SeatChange::of_hold(hold, "ordered")
+                },
+            )
+            .await?;
+        write.commit().await
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        reads::order(&self.pool, id).await
+    }
+
+    async fn order_of_hold(&self, hold: &HoldId) -> Result<Option<Order>, StoreError> {
+        reads::order_of_hold(&self.pool, hold).await
+    }
+
+    async fn orders_of(
+        &self,
+        user: &UserId,
+        after: Option<&OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError> {
+        reads::orders_page(&self.pool, OrdersOf::User, user.as_str(), after, limit).await
+    }
+
+    async fn orders_of_event(
+        &self,
+        event: &EventId,
+        after: Option<&OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError> {
+        reads::orders_page(&self.pool, OrdersOf::Event, event.as_str(), after, limit).await
+    }
+
+    async fn refund_order(&self, order: &Order, reason: &str) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let refunded = sqlx::query(
+            "UPDATE orders SET status = 'refunded' WHERE id = $1 AND status = 'confirmed'",
+        )
+        .bind(order.id.as_str())
+        .execute(&mut *write.transaction)
+        .await?;
+        if refunded.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE tickets SET valid = 0 WHERE order_id = $1")
+            .bind(order.id.as_str())
+            .execute(&mut *write.transaction)
+            .await?;
+        let seats: Vec<SeatId> = order
+            .tickets
+            .iter()
+            .filter_map(|ticket| ticket.seat_id.clone())
+            .collect();
+        let standing = standing_places(order);
+        for (section, quantity) in &standing {
+            write
+                .change_general_admission(&order.event_id, section, 0, -i64::from(*quantity))
+                .await?;
+        }
+        write
+            .append_order_event(&order.id, "refunded", serde_json::json!({"reason": reason}))
+            .await?;
+        let general = announced_section(&standing);
+        write
+            .announce_seats(
+                ChangeKind::SeatsAvailable,
+                &SeatChange {
+                    event_id: &order.event_id,
+                    hold_id: &order.hold_id,
+                    user_id: &order.user_id,
+                    order_id: Some(&order.id),
+                    seat_ids: &seats,
+                    general_admission: general.as_ref(),
+                    reason,
+                    expires_at: None,
+                },
+            )
+            .await?;
+        write.commit().await?;
+        Ok(true)
+    }
+
+    async fn order_history(&self, order: &OrderId) -> Result<Vec<OrderHistoryEntry>, StoreError> {
+        reads::order_history(&self.pool, order).await
+    }
+
+    async fn check_in(
+        &self,
+        event: &EventId,
+        ticket: &TicketId,
+        at: DateTime<Utc>,
+    ) -> Result<CheckIn, StoreError> {
+        let mut write = self.begin_write().await?;
+        let admitted = sqlx::query(
+            "UPDATE tickets SET checked_in_at = $1 WHERE id = $2 AND event_id = $3 \
+             AND valid = 1 AND checked_in_at IS NULL",
+        )
+        .bind(millis(at))
+        .bind(ticket.as_str())
+        .bind(event.as_str())
+        .execute(&mut *write.transaction)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, order_id, seat_id, section, row_label, number, price_cents, code, \
+             checked_in_at, valid FROM tickets WHERE id = $1 AND event_id = $2",
+        )
+        .bind(ticket.as_str())
+        .bind(event.as_str())
+        .fetch_optional(&mut *write.transaction)
+        .await?;
+        let Some(row) = row else {
+            return Ok(CheckIn::NotFound);
+        };
+        let valid: i64 = row.try_get("valid")?;
+        let stored = rows::ticket(&row)?;
+        let outcome = if admitted.rows_affected() == 1 {
+            let order = OrderId::from_string(row.try_get::<String, _>("order_id")?);
+            write
+                .append_order_event(
+                    &order,
+                    "checked_in",
+                    serde_json::json!({"ticket_id": ticket.as_str()}),
+                )
+                .await?;
+            CheckIn::Admitted(stored)
+        } else if valid == 0 {
+            CheckIn::Refunded
+        } else {
+            CheckIn::AlreadyCheckedIn(stored.checked_in_at.unwrap_or(at))
+        };
+        write.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn idempotent_response(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        reads::idempotent_response(&self.pool, user, key).await
+    }
+
+    async fn save_idempotent_response(
+        &self,
+        user: &UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let mut write = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, key) DO NOTHING",
+        )
+        .bind(user.as_str())
+        .bind(key)
+        .bind(&response.request_hash)
+        .bind(i64::from(response.status_code))
+        .bind(&response.body)
+        .bind(millis(marquee_domain::timestamp_now()))
+        .execute(&mut *write.transaction)
+        .await?;
+        write.commit().await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,55 @@
+//! Appending to the outbox from a `sqlx` write. The write gate is held for the whole
+//! transaction, so positions commit in the order they are handed out and nothing more is needed
+//! here. (The writer thread's writes append with the same statements, in `booking_writes`.)
+
+use super::WriteTransaction;
+use crate::common::payloads::{SeatChange, SeatChangeRecord};
+use crate::common::rows::millis;
+use crate::{ChangeKind, StoreError};
+use serde::Serialize;
+use sqlx::Row;
+
+impl WriteTransaction<'_> {
+    pub(crate) async fn append_change(
+        &mut self,
+        kind: ChangeKind,
+        entity_id: &str,
+        payload: &impl Serialize,
+    ) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(payload)?;
+        sqlx::query(
+            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(kind.entity().as_str())
+        .bind(entity_id)
+        .bind(kind.as_str())
+        .bind(payload)
+        .bind(millis(marquee_domain::timestamp_now()))
+        .execute(&mut *self.transaction)
+        .await?;
+        Ok(())
+    }
+
+    /// Bumps the event's seat sequence and appends the change, numbered with it, to the outbox.
+    pub(crate) async fn announce_seats(
+        &mut self,
+        kind: ChangeKind,
+        change: &SeatChange<'_>,
+    ) -> Result<(), StoreError> {
+        let version: i64 = sqlx::query(
+            "UPDATE events SET seat_version = seat_version + 1 WHERE id = $1 RETURNING seat_version",
+        )
+        .bind(change.event_id.as_str())
+        .fetch_one(&mut *self.transaction)
+        .await?
+        .try_get("seat_version")?;
+        let record = SeatChangeRecord {
+            change,
+            status: SeatChangeRecord::status_of(kind),
+            version,
+        };
+        self.append_change(kind, change.event_id.as_str(), &record)
+            .await
+    }
+}
