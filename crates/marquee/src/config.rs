@@ -135,6 +135,52 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// The signing secret of a node on a shared (PostgreSQL) store: the configured one, or the
+    /// one the cluster keeps in its database — written by the first node that starts (its data
+    /// dir's secret if it had one, else a new one) and read by every other. A node never
+    /// invents a secret its peers do not know: tokens, ticket codes, passes and playback URLs
+    /// signed on one node verify on all.
+    pub async fn cluster_signing_secret(
+        &self,
+        store: &marquee_store::SqlCatalogStore,
+    ) -> anyhow::Result<SigningSecret> {
+        if self.jwt_secret.is_some() {
+            return self.signing_secret();
+        }
+        let local_path = self.data_dir.join("jwt-secret");
+        let local = match std::fs::read_to_string(&local_path) {
+            Ok(text) => {
+                check_private(&local_path)?;
+                Some(text.trim().to_string())
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {}", local_path.display()))
+            }
+        };
+        let candidate = local
+            .clone()
+            .unwrap_or_else(|| encode_hex(SigningSecret::generate().expose()));
+        let shared = store
+            .shared_secret(CLUSTER_SECRET_NAME, &candidate)
+            .await
+            .context("reading the cluster's signing secret from the database")?;
+        if local.as_ref().is_some_and(|local| *local != shared) {
+            tracing::warn!(
+                path = %local_path.display(),
+                "this data dir's jwt-secret differs from the cluster's; the cluster's is used, \
+                 so what this node signed alone before no longer verifies"
+            );
+        }
+        let bytes = decode_hex(&shared).context("the cluster's signing secret is not hex")?;
+        SigningSecret::new(bytes).context("the cluster's signing secret is under 32 bytes")
+    }
+}
+
+/// The name of the signing root in the store's `node_secrets`.
+const CLUSTER_SECRET_NAME: &str = "signing-root";
+
 /// The host name, so that `x-marquee-node` tells nodes apart without configuration.
 pub fn default_node_id() -> String {
     std::env::var("HOSTNAME")

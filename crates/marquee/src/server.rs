@@ -43,23 +43,30 @@ impl Server {
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let store = open_sql_store(&config).await?;
         // On PostgreSQL the jobs live in the catalog's database: one pool per node there.
-        let jobs_pool = (store.backend() == marquee_store::Backend::Postgres).then(|| store.pool());
-        Self::start_with(config, store, jobs_pool).await
+        let shared = store.backend() == marquee_store::Backend::Postgres;
+        let jobs_pool = shared.then(|| store.pool());
+        let secret = if shared {
+            config.cluster_signing_secret(&store).await?
+        } else {
+            config.signing_secret()?
+        };
+        Self::start_with(config, store, jobs_pool, secret).await
     }
 
     pub async fn start_with_store(
         config: ServerConfig,
         store: Arc<dyn CatalogStore>,
     ) -> anyhow::Result<Server> {
-        Self::start_with(config, store, None).await
+        let secret = config.signing_secret()?;
+        Self::start_with(config, store, None, secret).await
     }
 
     async fn start_with(
         config: ServerConfig,
         store: Arc<dyn CatalogStore>,
         jobs_pool: Option<sqlx::AnyPool>,
+        secret: marquee_auth::SigningSecret,
     ) -> anyhow::Result<Server> {
-        let secret = config.signing_secret()?;
         let metrics = marquee_telemetry::install_metrics()?;
         let leases = open_leases(&config).await?;
         let inventory = Inventory::new(

@@ -97,6 +97,27 @@ impl SqlCatalogStore {
         }
     }
 
+    /// The secret named `name` that every node on this database shares: `candidate` if no node
+    /// stored one before, else the one stored. Race-free without a lock: of nodes starting at
+    /// once, the first insert wins and every node reads the winner back.
+    pub async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        let pool = self.pool();
+        sqlx::query(
+            "INSERT INTO node_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .bind(marquee_domain::timestamp_now().timestamp_millis())
+        .execute(&pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM node_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&pool)
+            .await?;
+        Ok(sqlx::Row::try_get(&row, "value")?)
+    }
+
     /// Closes the connection pool, waiting for connections in use to come back.
     pub async fn close(&self) {
         match self {

@@ -965,3 +965,60 @@ async fn await_seat(stream: &mut SseStream, seat: &str) {
         }
     }
 }
+
+/// Nodes on one PostgreSQL started without `--jwt-secret` (a step an operator forgets) agree on
+/// the signing secret by themselves: a token issued by one is accepted by the other, and a
+/// node restarted with a data dir of its own keeps accepting it. Before the cluster kept its
+/// signing root in the database, each node invented one and two of three requests were 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_a_configured_secret_share_one_and_accept_each_others_tokens() {
+    let schema = format!("api_{}", ulid_lower());
+    sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let url = format!("{}?options=-c%20search_path%3D{schema}", postgres_url());
+    let start = |data_dir: PathBuf| {
+        let url = url.clone();
+        async move {
+            let mut config = marquee::ServerConfig::new(([127, 0, 0, 1], 0).into(), data_dir);
+            config.database_url = Some(url);
+            assert!(config.jwt_secret.is_none());
+            marquee::Server::start(config).await.expect("node starts")
+        }
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    // Two nodes starting at once race to write the secret; both must end with the winner's.
+    let (first, second) = tokio::join!(
+        start(dirs[0].path().to_path_buf()),
+        start(dirs[1].path().to_path_buf())
+    );
+    let client = reqwest::Client::new();
+    let email = format!("fan-{}@example.com", ulid_lower());
+    let registered: Value = client
+        .post(format!("{}/api/v1/auth/register", first.url()))
+        .json(&json!({"email": email, "password": "correct horse", "name": "Fan", "role": "fan"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("body");
+    let token = registered["token"].as_str().expect("token").to_string();
+    let third = start(dirs[2].path().to_path_buf()).await;
+    for node in [&first, &second, &third] {
+        let response = client
+            .get(format!("{}/api/v1/me", node.url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{} refused a token issued by another node",
+            node.url()
+        );
+    }
+    for node in [first, second, third] {
+        node.shutdown().await.expect("shutdown");
+    }
+    sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
