@@ -1,23 +1,23 @@
 //! Leases on Redis (one server or a Redis Cluster), shared by every node. Each operation is one
 //! Lua script, so it is atomic on the server, and every key a script touches is passed in
-//! `KEYS`, all under one hash tag `T`: the keys' own tag, or `_` for keys without one (see the
-//! crate docs). Per tag:
-//! - `{prefix}{T}:lease:{key}` holds the token of the lease that holds `key`, with a TTL (`PX`),
-//!   so Redis frees the key at the deadline by itself;
-//! - `{prefix}{T}:deadlines` is a sorted set of the tag's outstanding leases (token → deadline in
-//!   ms): a lease is in it until it is released or its lapse is announced. The holder and keys
-//!   of a lease are not stored: the node that announces the lapse is the one that granted it,
-//!   and it has them (one key per tag rather than two per lease, whose names would depend on a
-//!   token made inside the script, which a cluster cannot route);
-//! - `{prefix}{T}:fence` is the tag's token counter. Redis may run without persistence, so the
-//!   script never hands out a token below the caller's clock in microseconds: tokens keep
+//! `KEYS`, all under one hash tag: the lease keys' own tag, or `_` for keys without one (see the
+//! crate docs). Per tag (braces are literal, angle brackets are placeholders):
+//! - `<prefix>{<tag>}:lease:<key>` holds the token of the lease that holds `key`, with a TTL
+//!   (`PX`), so Redis frees the key at the deadline by itself;
+//! - `<prefix>{<tag>}:deadlines` is a sorted set of the tag's outstanding leases (token →
+//!   deadline in ms): a lease is in it until it is released or its lapse is announced. The
+//!   holder and keys of a lease are not stored: the node that announces the lapse is the one
+//!   that granted it, and it has them (one key per tag rather than two per lease, whose names
+//!   would depend on a token made inside the script, which a cluster cannot route);
+//! - `<prefix>{<tag>}:fence` is the tag's token counter. Redis may run without persistence, so
+//!   the script never hands out a token below the caller's clock in microseconds: tokens keep
 //!   growing across a Redis restart. It has no TTL, so a tag's tokens never go back.
 //!
 //! Lapses are announced by the node that granted the lease: a timer fires at the deadline and a
 //! script claims the announcement, so it is made once. A node that dies with leases outstanding
 //! leaves their keys to expire in Redis (nothing stays held), but their lapse is not announced;
 //! the inventory's own sweep of expired holds covers that case. Their entries in `deadlines`
-//! are dropped by a later acquire an hour after their deadline.
+//! are dropped by a later acquire of the tag an hour after their deadline.
 
 use crate::{
     check_request, expiry_after, lease_tag, FencingToken, LapsedLease, Lease, LeaseError,
@@ -144,7 +144,7 @@ impl RedisLeases {
         })
     }
 
-    /// `{prefix}{T}:` for the tag `T` of `key`.
+    /// `<prefix>{<tag>}:`, the start of every key of one tag.
     fn base(&self, tag: Option<&str>) -> String {
         format!("{}{{{}}}:", self.shared.prefix, tag.unwrap_or(UNTAGGED))
     }
@@ -192,7 +192,8 @@ impl RedisLeases {
                     }
                     Ok(_) => return,
                     Err(error) => {
-                        tracing::warn!(%error, token = %lapse.token, "could not check a lease's lapse; retrying");
+                        let token = lapse.token;
+                        tracing::warn!(%error, %token, "could not check a lease's lapse; retrying");
                         wait = Duration::from_secs(1);
                     }
                 }
