@@ -55,8 +55,10 @@ pub struct ShardedSubscriber {
 }
 
 type Waiter = oneshot::Sender<RedisResult<bool>>;
-/// Channels to subscribe on one node, each with whoever waits for it.
-type NodeBatch = (ConnectionInfo, Vec<(String, Vec<Waiter>)>);
+/// A channel to subscribe, whoever waits for it, and whether it is new to this node.
+type Pending = (String, Vec<Waiter>, bool);
+/// Channels to subscribe on one node.
+type NodeBatch = (ConnectionInfo, Vec<Pending>);
 
 enum Command {
     Subscribe {
@@ -112,8 +114,10 @@ impl ShardedSubscriber {
     }
 
     /// Subscribes to `channel` on the node owning its slot, and returns once Redis confirmed it:
-    /// from then on every message published on it arrives. True when this call made the
-    /// subscription, false when it was there already.
+    /// from then on every message published on it arrives. True when the channel was not
+    /// followed before (never, or unsubscribed as unwanted), false when it was subscribed
+    /// already or is being restored after a dropped connection (its consumer may then have
+    /// missed messages, and should look for holes).
     pub async fn subscribe(&self, channel: &str) -> RedisResult<bool> {
         let (done, confirmed) = oneshot::channel();
         let stopped = || config_error("the pub/sub task stopped".into());
@@ -279,6 +283,9 @@ impl Task {
 
     async fn handle(&mut self, batch: Vec<Command>) {
         let mut waiting: HashMap<String, Vec<Waiter>> = HashMap::new();
+        // Subscribe requests for these answer "not new": their subscription was lost, not
+        // given up, so messages may have been missed.
+        let mut restoring: HashSet<String> = self.orphans.clone();
         // Lost in this batch: tried again at once. Older orphans wait for the retry timer, so a
         // node that is down is not dialled again on every subscription.
         let mut lost: Vec<String> = Vec::new();
@@ -298,6 +305,7 @@ impl Task {
                 } => {
                     if self.channels.get(&channel) == Some(&connection) {
                         self.channels.remove(&channel);
+                        restoring.insert(channel.clone());
                         lost.push(channel);
                         // The slot moved: read the new owner before subscribing again.
                         repair = true;
@@ -308,6 +316,7 @@ impl Task {
                     self.channels.retain(|channel, on| {
                         let keep = *on != connection;
                         if !keep {
+                            restoring.insert(channel.clone());
                             lost.push(channel.clone());
                         }
                         keep
@@ -326,16 +335,23 @@ impl Task {
                 waiting.entry(channel).or_default();
             }
         }
-        self.subscribe_all(waiting.into_iter().collect()).await;
+        let todo = waiting
+            .into_iter()
+            .map(|(channel, waiters)| {
+                let new = !restoring.contains(&channel);
+                (channel, waiters, new)
+            })
+            .collect();
+        self.subscribe_all(todo).await;
     }
 
     /// Subscribes the channels in the wanted ones again, after a drop.
     async fn restore(&mut self) {
         let wanted = Arc::clone(&self.wanted);
-        let todo: Vec<(String, Vec<Waiter>)> = std::mem::take(&mut self.orphans)
+        let todo: Vec<Pending> = std::mem::take(&mut self.orphans)
             .into_iter()
             .filter(|channel| wanted(channel))
-            .map(|channel| (channel, Vec::new()))
+            .map(|channel| (channel, Vec::new(), false))
             .collect();
         if todo.is_empty() {
             return;
@@ -348,19 +364,19 @@ impl Task {
         self.subscribe_all(todo).await;
     }
 
-    async fn subscribe_all(&mut self, mut pending: Vec<(String, Vec<Waiter>)>) {
+    async fn subscribe_all(&mut self, mut pending: Vec<Pending>) {
         for _ in 0..REDIRECTS {
             if pending.is_empty() {
                 return;
             }
             let mut by_node: HashMap<String, NodeBatch> = HashMap::new();
-            for (channel, waiters) in pending.drain(..) {
+            for (channel, waiters, new) in pending.drain(..) {
                 match self.node_info(&channel) {
                     Ok((address, info)) => by_node
                         .entry(address)
                         .or_insert_with(|| (info, Vec::new()))
                         .1
-                        .push((channel, waiters)),
+                        .push((channel, waiters, new)),
                     Err(error) => {
                         fail(waiters, &error);
                         self.orphans.insert(channel);
@@ -372,14 +388,14 @@ impl Task {
                 let (id, connection) = match self.node(address, info).await {
                     Ok(node) => node,
                     Err(error) => {
-                        for (channel, waiters) in items {
+                        for (channel, waiters, _) in items {
                             fail(waiters, &error);
                             self.orphans.insert(channel);
                         }
                         continue;
                     }
                 };
-                let replies = join_all(items.iter().map(|(channel, _)| {
+                let replies = join_all(items.iter().map(|(channel, _, _)| {
                     let mut connection = connection.clone();
                     async move {
                         redis::cmd("SSUBSCRIBE")
@@ -389,16 +405,17 @@ impl Task {
                     }
                 }))
                 .await;
-                for ((channel, waiters), reply) in items.into_iter().zip(replies) {
+                for ((channel, waiters, new), reply) in items.into_iter().zip(replies) {
                     match reply {
                         Ok(_) => {
+                            self.orphans.remove(&channel);
                             self.channels.insert(channel, id);
                             for waiter in waiters {
-                                let _ = waiter.send(Ok(true));
+                                let _ = waiter.send(Ok(new));
                             }
                         }
                         Err(error) if error.redirect_node().is_some() => {
-                            moved.push((channel, waiters));
+                            moved.push((channel, waiters, new));
                         }
                         Err(error) => {
                             fail(waiters, &error);
@@ -415,7 +432,7 @@ impl Task {
             pending = moved;
         }
         let unsettled = config_error("a channel's slot kept moving".into());
-        for (channel, waiters) in pending {
+        for (channel, waiters, _) in pending {
             fail(waiters, &unsettled);
             self.orphans.insert(channel);
         }
