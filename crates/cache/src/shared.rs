@@ -3,13 +3,20 @@
 //!
 //! A shared tier has the stale-fill race across nodes: node A reads the old value from the
 //! store, the change is made and invalidated everywhere, then A's write of the old value lands.
-//! Each key therefore has a version in Redis (`{prefix}n:{key}`): an invalidation increments it
-//! and deletes the value in one script, a lookup that misses returns the version it saw, and a
-//! fill writes only if the version is still that one — so a fill that raced an invalidation is
-//! dropped inside Redis, atomically. One round trip each (Lua).
+//! Each key therefore has a version in Redis (`<prefix>{<key>}:n`; braces are literal, angle
+//! brackets are placeholders): an invalidation increments it and deletes the value in one
+//! script, a lookup that misses returns the version it saw, and a fill writes only if the
+//! version is still that one — so a fill that raced an invalidation is dropped inside Redis,
+//! atomically. One round trip each (Lua).
+//!
+//! The value (`<prefix>{<key>}:v`) and the version share the cache key as their hash tag, so
+//! each script's two keys are in one Redis Cluster slot while different cache keys spread over
+//! the cluster. The tag ends the common part of both names, so they hash alike whatever the key
+//! or the prefix hold.
 
 use crate::cache::BackingError;
 use async_trait::async_trait;
+use marquee_redis::RedisConnection;
 use std::fmt::Display;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -67,9 +74,9 @@ return 1
 /// no load that read a later version can match.
 const VERSION_LIFETIME_MS: u64 = 24 * 3600 * 1000;
 
-/// Values in Redis under `{prefix}v:{key}`, versions under `{prefix}n:{key}`.
+/// Values in Redis under `<prefix>{<key>}:v`, versions under `<prefix>{<key>}:n`.
 pub struct RedisTier<V, C> {
-    connection: redis::aio::ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     codec: C,
     lookup: redis::Script,
@@ -79,13 +86,14 @@ pub struct RedisTier<V, C> {
 }
 
 impl<V, C: Codec<V>> RedisTier<V, C> {
+    /// On `connection` (one server or a cluster: `marquee_redis::connect`).
     pub fn new(
-        connection: redis::aio::ConnectionManager,
+        connection: impl Into<RedisConnection>,
         prefix: impl Into<String>,
         codec: C,
     ) -> Self {
         RedisTier {
-            connection,
+            connection: connection.into(),
             prefix: prefix.into(),
             codec,
             lookup: redis::Script::new(LOOKUP),
@@ -96,10 +104,8 @@ impl<V, C: Codec<V>> RedisTier<V, C> {
     }
 
     fn keys(&self, key: &impl Display) -> (String, String) {
-        (
-            format!("{}v:{key}", self.prefix),
-            format!("{}n:{key}", self.prefix),
-        )
+        let base = format!("{}{{{key}}}", self.prefix);
+        (format!("{base}:v"), format!("{base}:n"))
     }
 }
 

@@ -1,6 +1,6 @@
-//! The shared tier on the real Redis (127.0.0.1:6379, a key prefix of the test's own): nodes
-//! share one copy per key, and a node's load that raced an invalidation on another node never
-//! leaves the old value in Redis for everyone.
+//! The shared tier on the real Redis (127.0.0.1:6379, and a three-primary cluster this binary
+//! starts; a key prefix of the test's own): nodes share one copy per key, and a node's load that
+//! raced an invalidation on another node never leaves the old value in Redis for everyone.
 
 mod common;
 
@@ -22,33 +22,61 @@ impl Codec<String> for Utf8 {
     }
 }
 
-async fn redis_tier(prefix: &str) -> Arc<dyn SharedTier<u32, String>> {
-    let url = std::env::var("MARQUEE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-    let connection = redis::Client::open(url)
-        .expect("redis url")
-        .get_connection_manager()
-        .await
-        .expect("Redis on 127.0.0.1:6379 (./scripts/test starts it)");
-    Arc::new(RedisTier::new(connection, prefix, Utf8))
+/// Where the nodes of one test share their tier: a Redis and a key prefix of the test's own.
+struct Tier {
+    url: String,
+    prefix: String,
+}
+
+impl Tier {
+    fn new(url: String, test: &str) -> Tier {
+        Tier {
+            url,
+            prefix: format!("marquee-test:cache:{test}:{}:", ulid::Ulid::new()),
+        }
+    }
+
+    async fn connect(&self) -> Arc<dyn SharedTier<u32, String>> {
+        let connection = marquee_redis::connect(&self.url)
+            .await
+            .expect("Redis on 127.0.0.1:6379 (./scripts/test starts it)");
+        Arc::new(RedisTier::new(connection, self.prefix.clone(), Utf8))
+    }
 }
 
 /// One node: its own local tier over the shared one and the common store.
-async fn node(shelf: &Arc<Shelf>, prefix: &str) -> Arc<Cache<u32, String, Shelf>> {
+async fn node(shelf: &Arc<Shelf>, tier: &Tier) -> Arc<Cache<u32, String, Shelf>> {
     let settings = CacheSettings::new("shared-test", Policy::TinyLfu, 100, Duration::from_secs(60));
-    Cache::with_shared(settings, Arc::clone(shelf), Some(redis_tier(prefix).await))
+    Cache::with_shared(settings, Arc::clone(shelf), Some(tier.connect().await))
 }
 
-fn prefix(test: &str) -> String {
-    format!("marquee-test:cache:{test}:{}:", ulid::Ulid::new())
+macro_rules! on_redis {
+    ($name:ident, $url:expr) => {
+        mod $name {
+            #[tokio::test]
+            async fn nodes_share_one_copy_and_one_invalidation_reaches_all() {
+                super::nodes_share_one_copy_and_one_invalidation_reaches_all($url).await;
+            }
+
+            #[tokio::test]
+            async fn a_load_that_raced_an_invalidation_does_not_fill_redis_with_the_old_value() {
+                super::a_load_that_raced_an_invalidation_does_not_fill_redis_with_the_old_value(
+                    $url,
+                )
+                .await;
+            }
+        }
+    };
 }
 
-#[tokio::test]
-async fn nodes_share_one_copy_and_one_invalidation_reaches_all() {
-    let prefix = prefix("share");
+on_redis!(redis, marquee_testkit::redis_url());
+on_redis!(redis_cluster, marquee_testkit::redis_cluster_url());
+
+async fn nodes_share_one_copy_and_one_invalidation_reaches_all(url: String) {
+    let tier = Tier::new(url, "share");
     let shelf = Arc::new(Shelf::default());
     shelf.set(1, "one");
-    let (a, b) = (node(&shelf, &prefix).await, node(&shelf, &prefix).await);
+    let (a, b) = (node(&shelf, &tier).await, node(&shelf, &tier).await);
     assert_eq!(a.get(&1).await.expect("a").as_deref(), Some("one"));
     assert_eq!(b.get(&1).await.expect("b").as_deref(), Some("one"));
     assert_eq!(
@@ -74,12 +102,11 @@ async fn nodes_share_one_copy_and_one_invalidation_reaches_all() {
     );
 }
 
-#[tokio::test]
-async fn a_load_that_raced_an_invalidation_does_not_fill_redis_with_the_old_value() {
-    let prefix = prefix("race");
+async fn a_load_that_raced_an_invalidation_does_not_fill_redis_with_the_old_value(url: String) {
+    let tier = Tier::new(url, "race");
     let shelf = Arc::new(Shelf::default());
     shelf.set(1, "old");
-    let (a, b) = (node(&shelf, &prefix).await, node(&shelf, &prefix).await);
+    let (a, b) = (node(&shelf, &tier).await, node(&shelf, &tier).await);
     shelf.hold_loads.store(true, Ordering::SeqCst);
     // Node A misses everywhere, reads "old" from the store and is held there.
     let early = tokio::spawn({
@@ -97,7 +124,7 @@ async fn a_load_that_raced_an_invalidation_does_not_fill_redis_with_the_old_valu
         Some("old")
     );
     // A node that never saw "old" must not get it from Redis.
-    let c = node(&shelf, &prefix).await;
+    let c = node(&shelf, &tier).await;
     assert_eq!(c.get(&1).await.expect("c").as_deref(), Some("new"));
     assert_eq!(b.get(&1).await.expect("b").as_deref(), Some("new"));
 }

@@ -4,9 +4,12 @@
 //! How a seat is never sold twice, layer by layer:
 //! 1. **Leases** (`marquee-lease`): a hold acquires one lease over all its seats plus a per-fan key
 //!    for the event, all or nothing; so two fans never hold one seat, and a fan holds at most one
-//!    live hold per event. The lease lapses by itself after the hold TTL.
-//! 2. **Fencing**: each lease has a token larger than every earlier one; creating a hold raises
-//!    each seat's fence to it, and an order commits only while its token is still the fence.
+//!    live hold per event. The lease lapses by itself after the hold TTL. Lease keys carry the
+//!    event as their hash tag (`seat:{event}:A12`), so a hold's keys share one Redis Cluster slot.
+//! 2. **Fencing**: each lease has a token larger than every earlier one of its event (tokens are
+//!    counted per hash tag; a seat's fence only ever compares tokens of its own event); creating
+//!    a hold raises each seat's fence to it, and an order commits only while its token is still
+//!    the fence.
 //!    A fan whose hold lapsed and whose seats were re-held cannot buy them, whatever the timing.
 //! 3. **The database**: one valid ticket per (event, seat) by a unique index, and
 //!    general-admission counters that a CHECK keeps within capacity.
@@ -126,12 +129,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The event in braces is the lease's hash tag: one hold's keys (its seats and the fan key) are
+/// of one event, so they share a Redis Cluster slot and a fencing counter, and events spread
+/// over the cluster.
 fn seat_key(event: &EventId, seat: &SeatId) -> String {
-    format!("seat:{event}:{seat}")
+    format!("{}{seat}", seat_key_prefix(event))
+}
+
+fn seat_key_prefix(event: &EventId) -> String {
+    format!("seat:{{{event}}}:")
 }
 
 fn fan_key(event: &EventId, user: &UserId) -> String {
-    format!("fan:{event}:{user}")
+    format!("fan:{{{event}}}:{user}")
 }
 
 fn lease_keys(event: &EventId, user: &UserId, seats: &[SeatId]) -> Vec<String> {
@@ -333,7 +343,7 @@ impl Inventory {
                         "you already hold seats for this event".into(),
                     ));
                 }
-                let prefix = format!("seat:{}:", event.id);
+                let prefix = seat_key_prefix(&event.id);
                 return Err(InventoryError::SeatsUnavailable {
                     seat_ids: taken
                         .iter()

@@ -9,10 +9,20 @@
 //!
 //! Two implementations pass one conformance suite (`tests/conformance.rs`):
 //! - [`InProcessLeases`] for one node (embedded mode);
-//! - [`RedisLeases`] for many nodes: acquire, extend and release are single Lua scripts, so they
-//!   are atomic on the server; tokens come from one Redis counter.
+//! - [`RedisLeases`] for many nodes, on one Redis server or a Redis Cluster: acquire, extend and
+//!   release are single Lua scripts, so they are atomic on the server; tokens come from a Redis
+//!   counter per hash tag (below).
 //!
-//! **Boundary:** keys are opaque strings. This crate knows nothing of seats or events.
+//! **Hash tags.** A key may carry a Redis-style hash tag, the text in its first `{…}` (say
+//! `seat:{event-1}:A12`). All keys of one lease must carry the same tag, or none (then they share
+//! one store-wide group); both stores refuse a lease that mixes them, so a caller learns it on
+//! the in-process store too. The tag is what lets a lease's keys, and its fencing counter, live
+//! in one Redis Cluster slot, while leases of different tags spread over the cluster. Tokens are
+//! therefore monotonic per tag: every key a token guards shares that tag, which is what fencing
+//! needs (a storage write compares tokens of one key).
+//!
+//! **Boundary:** keys are opaque strings (only their tag means something here). This crate knows
+//! nothing of seats or events.
 
 mod in_process;
 mod redis_leases;
@@ -116,7 +126,20 @@ pub(crate) fn check_request(keys: &[String], ttl: Duration) -> Result<(), LeaseE
     if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
         return Err(LeaseError::Invalid("a lease cannot name a key twice"));
     }
+    lease_tag(keys)?;
     Ok(())
+}
+
+/// The hash tag every key of one lease shares (`None`: they all have none).
+pub(crate) fn lease_tag(keys: &[String]) -> Result<Option<&str>, LeaseError> {
+    let mut tags = keys.iter().map(|key| marquee_redis::hash_tag(key));
+    let first = tags.next().flatten();
+    if tags.any(|tag| tag != first) {
+        return Err(LeaseError::Invalid(
+            "the keys of one lease must share one hash tag, or have none",
+        ));
+    }
+    Ok(first)
 }
 
 pub(crate) fn expiry_after(ttl: Duration) -> DateTime<Utc> {

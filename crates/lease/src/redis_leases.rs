@@ -1,95 +1,107 @@
-//! Leases on Redis, shared by every node. Each operation is one Lua script, so it is atomic on
-//! the server:
-//! - `{prefix}lease:{key}` holds the token of the lease that holds `key`, with a TTL (`PX`), so
-//!   Redis frees the key at the deadline by itself;
-//! - `{prefix}meta:{token}` (holder, deadline) and `{prefix}keys:{token}` (the keys) describe a
-//!   lease until it is released or its lapse is announced;
-//! - `{prefix}fence` is the token counter. Redis may run without persistence, so the script never
-//!   hands out a token below the caller's clock in microseconds: tokens keep growing across a
-//!   Redis restart.
+//! Leases on Redis (one server or a Redis Cluster), shared by every node. Each operation is one
+//! Lua script, so it is atomic on the server, and every key a script touches is passed in
+//! `KEYS`, all under one hash tag: the lease keys' own tag, or `_` for keys without one (see the
+//! crate docs). Per tag (braces are literal, angle brackets are placeholders):
+//! - `<prefix>{<tag>}:lease:<key>` holds the token of the lease that holds `key`, with a TTL
+//!   (`PX`), so Redis frees the key at the deadline by itself;
+//! - `<prefix>{<tag>}:deadlines` is a sorted set of the tag's outstanding leases (token →
+//!   deadline in ms): a lease is in it until it is released or its lapse is announced. The
+//!   holder and keys of a lease are not stored: the node that announces the lapse is the one
+//!   that granted it, and it has them (one key per tag rather than two per lease, whose names
+//!   would depend on a token made inside the script, which a cluster cannot route);
+//! - `<prefix>{<tag>}:fence` is the tag's token counter. Redis may run without persistence, so
+//!   the script never hands out a token below the caller's clock in microseconds: tokens keep
+//!   growing across a Redis restart. It has no TTL, so a tag's tokens never go back.
 //!
-//! Lapses are announced by the node that granted (or last extended) the lease: a timer fires at
-//! the deadline and a script claims the announcement, so it is made once. A node that dies with
-//! leases outstanding leaves their keys to expire in Redis (nothing stays held), but their lapse
-//! is not announced; the inventory's own sweep of expired holds covers that case.
+//! Lapses are announced by the node that granted the lease: a timer fires at the deadline and a
+//! script claims the announcement, so it is made once. A node that dies with leases outstanding
+//! leaves their keys to expire in Redis (nothing stays held), but their lapse is not announced;
+//! the inventory's own sweep of expired holds covers that case. Their entries in `deadlines`
+//! are dropped by a later acquire of the tag an hour after their deadline.
 
 use crate::{
-    check_request, expiry_after, FencingToken, LapsedLease, Lease, LeaseError, LeaseStore,
+    check_request, expiry_after, lease_tag, FencingToken, LapsedLease, Lease, LeaseError,
+    LeaseStore,
 };
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use marquee_redis::RedisConnection;
 use redis::Script;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// The tag of keys that carry none.
+const UNTAGGED: &str = "_";
+
+/// How long after its deadline an unclaimed lease is forgotten (its granting node died).
+const GRACE_MS: u64 = 3_600_000;
+
+/// KEYS: fence, deadlines, then the lease's keys. ARGV: ttl, floor, grace. Returns {1, token}, or
+/// {0, positions of the taken keys (1-based)}.
 const ACQUIRE: &str = r#"
-local prefix, holder, ttl, floor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local fence, deadlines = KEYS[1], KEYS[2]
+local ttl, floor, grace = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local taken = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then taken[#taken + 1] = i end
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then taken[#taken + 1] = i - 2 end
 end
 if #taken > 0 then return {0, taken} end
-local token = redis.call('INCR', prefix .. 'fence')
+local token = redis.call('INCR', fence)
 if token < floor then
-  redis.call('SET', prefix .. 'fence', string.format('%d', floor))
+  redis.call('SET', fence, string.format('%d', floor))
   token = floor
 end
 -- Lua numbers are doubles: spell the token as an integer string once and use only that.
 token = string.format('%d', token)
-for _, key in ipairs(KEYS) do redis.call('SET', key, token, 'PX', ttl) end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], token, 'PX', ttl) end
 local now = redis.call('TIME')
-local deadline = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000) + ttl)
-local meta = prefix .. 'meta:' .. token
-redis.call('HSET', meta, 'holder', holder, 'deadline', deadline)
-redis.call('PEXPIRE', meta, ttl + 3600000)
-local list = prefix .. 'keys:' .. token
-for i = 5, #ARGV do redis.call('RPUSH', list, ARGV[i]) end
-redis.call('PEXPIRE', list, ttl + 3600000)
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local stale = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now_ms - grace, 'LIMIT', 0, 16)
+if #stale > 0 then redis.call('ZREM', deadlines, unpack(stale)) end
+redis.call('ZADD', deadlines, now_ms + ttl, token)
+if redis.call('PTTL', deadlines) < ttl + grace then
+  redis.call('PEXPIRE', deadlines, ttl + grace)
+end
 return {1, token}
 "#;
 
-/// Keys are held by the token in ARGV[2]; ARGV[3] = 'extend' with ARGV[4] the TTL, or 'release'.
+/// KEYS: deadlines, then the lease's keys, held by the token in ARGV[1]; ARGV[2] = 'extend'
+/// with ARGV[3] the TTL and ARGV[4] the grace, or 'release'.
 const EXTEND_OR_RELEASE: &str = r#"
-local prefix, token, action = ARGV[1], ARGV[2], ARGV[3]
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) ~= token then return 0 end
+local deadlines, token, action = KEYS[1], ARGV[1], ARGV[2]
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= token then return 0 end
 end
-local meta, list = prefix .. 'meta:' .. token, prefix .. 'keys:' .. token
 if action == 'release' then
-  redis.call('DEL', unpack(KEYS))
-  redis.call('DEL', meta, list)
+  redis.call('DEL', unpack(KEYS, 2))
+  redis.call('ZREM', deadlines, token)
   return 1
 end
-local ttl = tonumber(ARGV[4])
-for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
+local ttl, grace = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 local now = redis.call('TIME')
-redis.call('HSET', meta, 'deadline', string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000) + ttl))
-redis.call('PEXPIRE', meta, ttl + 3600000)
-redis.call('PEXPIRE', list, ttl + 3600000)
+redis.call('ZADD', deadlines, now[1] * 1000 + math.floor(now[2] / 1000) + ttl, token)
+if redis.call('PTTL', deadlines) < ttl + grace then
+  redis.call('PEXPIRE', deadlines, ttl + grace)
+end
 return 1
 "#;
 
-/// Claims the lapse announcement of a lease: returns {1, holder, keys...} when its deadline has
-/// passed, {2, ms_left} when it was extended, {0} when it was released or already announced.
+/// KEYS: deadlines. ARGV: token. Claims the lapse announcement of a lease: returns {1} when its
+/// deadline has passed, {2, ms_left} when it was extended, {0} when it was released or already
+/// announced.
 const CLAIM_LAPSE: &str = r#"
-local prefix, token = ARGV[1], ARGV[2]
-local meta, list = prefix .. 'meta:' .. token, prefix .. 'keys:' .. token
-local fields = redis.call('HMGET', meta, 'holder', 'deadline')
-if not fields[1] then return {0} end
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not deadline then return {0} end
 local now = redis.call('TIME')
-local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local left = tonumber(fields[2]) - now_ms
+local left = tonumber(deadline) - (now[1] * 1000 + math.floor(now[2] / 1000))
 if left > 0 then return {2, left} end
-local keys = redis.call('LRANGE', list, 0, -1)
-redis.call('DEL', meta, list)
-local reply = {1, fields[1]}
-for _, key in ipairs(keys) do reply[#reply + 1] = key end
-return reply
+redis.call('ZREM', KEYS[1], ARGV[1])
+return {1}
 "#;
 
 struct Shared {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     acquire: Script,
     extend_or_release: Script,
@@ -97,7 +109,7 @@ struct Shared {
     lapses: broadcast::Sender<LapsedLease>,
 }
 
-/// Leases on one Redis server, namespaced by a key prefix.
+/// Leases on Redis, namespaced by a key prefix.
 #[derive(Clone)]
 pub struct RedisLeases {
     shared: Arc<Shared>,
@@ -107,11 +119,18 @@ fn unavailable(error: redis::RedisError) -> LeaseError {
     LeaseError::Unavailable(error.to_string())
 }
 
+/// The Redis names of one lease's keys, all under its tag.
+struct TagKeys {
+    fence: String,
+    deadlines: String,
+    leases: Vec<String>,
+}
+
 impl RedisLeases {
-    /// Connects to `url` (`redis://127.0.0.1:6379`); every key starts with `prefix`.
+    /// Connects to `url`: `redis://host:port` for one server, `redis+cluster://host:port,…` for
+    /// a cluster (see `marquee-redis`). Every key starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisLeases, LeaseError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = ConnectionManager::new(client).await.map_err(unavailable)?;
+        let connection = marquee_redis::connect(url).await.map_err(unavailable)?;
         let (lapses, _) = broadcast::channel(4096);
         Ok(RedisLeases {
             shared: Arc::new(Shared {
@@ -125,16 +144,29 @@ impl RedisLeases {
         })
     }
 
-    fn redis_key(&self, key: &str) -> String {
-        format!("{}lease:{key}", self.shared.prefix)
+    /// `<prefix>{<tag>}:`, the start of every key of one tag.
+    fn base(&self, tag: Option<&str>) -> String {
+        format!("{}{{{}}}:", self.shared.prefix, tag.unwrap_or(UNTAGGED))
     }
 
-    fn redis_keys(&self, keys: &[String]) -> Vec<String> {
-        keys.iter().map(|key| self.redis_key(key)).collect()
+    fn redis_key(&self, key: &str) -> String {
+        format!("{}lease:{key}", self.base(marquee_redis::hash_tag(key)))
+    }
+
+    fn tag_keys(&self, keys: &[String]) -> Result<TagKeys, LeaseError> {
+        let base = self.base(lease_tag(keys)?);
+        Ok(TagKeys {
+            fence: format!("{base}fence"),
+            deadlines: format!("{base}deadlines"),
+            leases: keys
+                .iter()
+                .map(|key| format!("{base}lease:{key}"))
+                .collect(),
+        })
     }
 
     /// Waits for the deadline, then claims and announces the lapse (re-arming if extended).
-    fn schedule_lapse(&self, token: FencingToken, after: Duration) {
+    fn schedule_lapse(&self, lapse: LapsedLease, deadlines: String, after: Duration) {
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let mut wait = after;
@@ -146,20 +178,13 @@ impl RedisLeases {
                 let mut connection = shared.connection.clone();
                 let reply: redis::RedisResult<Vec<redis::Value>> = shared
                     .claim_lapse
-                    .arg(&shared.prefix)
-                    .arg(token.0)
+                    .key(&deadlines)
+                    .arg(lapse.token.0)
                     .invoke_async(&mut connection)
                     .await;
                 match reply.as_deref() {
-                    Ok([redis::Value::Int(1), holder, keys @ ..]) => {
-                        let text = |value: &redis::Value| {
-                            redis::from_redis_value::<String>(value).unwrap_or_default()
-                        };
-                        let _ = shared.lapses.send(LapsedLease {
-                            keys: keys.iter().map(text).collect(),
-                            holder: text(holder),
-                            token,
-                        });
+                    Ok([redis::Value::Int(1), ..]) => {
+                        let _ = shared.lapses.send(lapse);
                         return;
                     }
                     Ok([redis::Value::Int(2), redis::Value::Int(left), ..]) => {
@@ -167,6 +192,7 @@ impl RedisLeases {
                     }
                     Ok(_) => return,
                     Err(error) => {
+                        let token = lapse.token;
                         tracing::warn!(%error, %token, "could not check a lease's lapse; retrying");
                         wait = Duration::from_secs(1);
                     }
@@ -181,16 +207,17 @@ impl RedisLeases {
         action: &str,
         ttl: Duration,
     ) -> Result<(), LeaseError> {
+        let keys = self.tag_keys(&lease.keys)?;
         let mut connection = self.shared.connection.clone();
-        let mut invocation = self.shared.extend_or_release.prepare_invoke();
-        for key in self.redis_keys(&lease.keys) {
+        let mut invocation = self.shared.extend_or_release.key(&keys.deadlines);
+        for key in &keys.leases {
             invocation.key(key);
         }
         invocation
-            .arg(&self.shared.prefix)
             .arg(lease.token.0)
             .arg(action)
-            .arg(ttl_millis(ttl));
+            .arg(ttl_millis(ttl))
+            .arg(GRACE_MS);
         let done: i64 = invocation
             .invoke_async(&mut connection)
             .await
@@ -220,20 +247,15 @@ impl LeaseStore for RedisLeases {
         ttl: Duration,
     ) -> Result<Lease, LeaseError> {
         check_request(keys, ttl)?;
+        let tag_keys = self.tag_keys(keys)?;
         let mut connection = self.shared.connection.clone();
-        let mut invocation = self.shared.acquire.prepare_invoke();
-        for key in self.redis_keys(keys) {
+        let mut invocation = self.shared.acquire.key(&tag_keys.fence);
+        invocation.key(&tag_keys.deadlines);
+        for key in &tag_keys.leases {
             invocation.key(key);
         }
         let floor = chrono::Utc::now().timestamp_micros();
-        invocation
-            .arg(&self.shared.prefix)
-            .arg(holder)
-            .arg(ttl_millis(ttl))
-            .arg(floor);
-        for key in keys {
-            invocation.arg(key);
-        }
+        invocation.arg(ttl_millis(ttl)).arg(floor).arg(GRACE_MS);
         let reply: (i64, redis::Value) = invocation
             .invoke_async(&mut connection)
             .await
@@ -242,7 +264,15 @@ impl LeaseStore for RedisLeases {
             (1, token) => {
                 let token: u64 = redis::from_redis_value(&token).map_err(unavailable)?;
                 let token = FencingToken(token);
-                self.schedule_lapse(token, ttl);
+                self.schedule_lapse(
+                    LapsedLease {
+                        keys: keys.to_vec(),
+                        holder: holder.to_string(),
+                        token,
+                    },
+                    tag_keys.deadlines,
+                    ttl,
+                );
                 Ok(Lease {
                     keys: keys.to_vec(),
                     holder: holder.to_string(),
@@ -281,8 +311,10 @@ impl LeaseStore for RedisLeases {
             return Ok(false);
         }
         let mut connection = self.shared.connection.clone();
+        // Keys of several tags are fine here: the cluster client splits an MGET by slot.
+        let redis_keys: Vec<String> = keys.iter().map(|key| self.redis_key(key)).collect();
         let holders: Vec<Option<u64>> = redis::cmd("MGET")
-            .arg(self.redis_keys(keys))
+            .arg(redis_keys)
             .query_async(&mut connection)
             .await
             .map_err(unavailable)?;

@@ -1,5 +1,6 @@
-//! One conformance suite for leases, run against the in-process store and Redis
-//! (`MARQUEE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`; each test has its own key prefix).
+//! One conformance suite for leases, run against the in-process store, Redis
+//! (`MARQUEE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and a three-primary Redis Cluster
+//! this test binary starts (`marquee-testkit`); each test has its own key prefix.
 //! Lapse tests use short real TTLs because Redis keeps its own clock; they await the lapse
 //! announcement rather than sleeping. Exact TTL boundaries are tested with paused time on the
 //! in-process store at the end of this file.
@@ -22,11 +23,17 @@ async fn in_process() -> Arc<dyn LeaseStore> {
     Arc::new(InProcessLeases::new())
 }
 
-async fn redis() -> Arc<dyn LeaseStore> {
-    let url = std::env::var("MARQUEE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+async fn on_redis(url: &str) -> Arc<dyn LeaseStore> {
     let prefix = format!("test:{}:", ulid::Ulid::new());
-    Arc::new(RedisLeases::connect(&url, &prefix).await.expect("redis"))
+    Arc::new(RedisLeases::connect(url, &prefix).await.expect("redis"))
+}
+
+async fn redis() -> Arc<dyn LeaseStore> {
+    on_redis(&marquee_testkit::redis_url()).await
+}
+
+async fn redis_cluster() -> Arc<dyn LeaseStore> {
+    on_redis(&marquee_testkit::redis_cluster_url()).await
 }
 
 macro_rules! conformance {
@@ -38,6 +45,10 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::redis().await).await })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::redis_cluster().await).await })*
         }
     };
 }
@@ -51,6 +62,7 @@ conformance!(
     a_lapsed_holder_is_fenced_out_by_the_next_one,
     racing_acquirers_get_one_winner,
     malformed_requests_are_refused,
+    the_keys_of_a_lease_share_a_hash_tag,
 );
 
 async fn acquiring_is_all_or_nothing(leases: Arc<dyn LeaseStore>) {
@@ -238,6 +250,50 @@ async fn malformed_requests_are_refused(leases: Arc<dyn LeaseStore>) {
         Err(LeaseError::Invalid(_))
     ));
     leases.ping().await.expect("ping");
+}
+
+async fn the_keys_of_a_lease_share_a_hash_tag(leases: Arc<dyn LeaseStore>) {
+    // One event's seats and a fan key share the event's tag; another event is independent.
+    let one = leases
+        .acquire(
+            &keys(&["seat:{e1}:a1", "seat:{e1}:a2", "fan:{e1}:u"]),
+            "ann",
+            LONG,
+        )
+        .await
+        .expect("e1");
+    let two = leases
+        .acquire(&keys(&["seat:{e2}:a1", "fan:{e2}:u"]), "ann", LONG)
+        .await
+        .expect("e2");
+    assert!(leases.is_held(&one.keys, one.token).await.expect("held"));
+    assert!(leases.is_held(&two.keys, two.token).await.expect("held"));
+    assert_eq!(
+        leases
+            .acquire(&keys(&["seat:{e1}:a2", "seat:{e1}:a3"]), "bob", LONG)
+            .await,
+        Err(LeaseError::Taken {
+            keys: keys(&["seat:{e1}:a2"])
+        })
+    );
+    // Within a tag, every grant has a larger token than the one before.
+    let again = leases
+        .acquire(&keys(&["seat:{e1}:a3"]), "bob", LONG)
+        .await
+        .expect("a3");
+    assert!(again.token > one.token);
+    for mixed in [
+        keys(&["seat:{e1}:b1", "seat:{e2}:b1"]),
+        keys(&["seat:{e1}:b2", "untagged"]),
+    ] {
+        assert!(matches!(
+            leases.acquire(&mixed, "cat", LONG).await,
+            Err(LeaseError::Invalid(_))
+        ));
+    }
+    leases.release(&one).await.expect("release");
+    assert!(!leases.is_held(&one.keys, one.token).await.expect("held"));
+    leases.extend(&two, LONG).await.expect("extend");
 }
 
 /// With the clock paused, a lease is held up to its deadline and free from it on.

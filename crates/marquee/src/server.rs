@@ -472,9 +472,7 @@ async fn open_shared_events(
     let Some(url) = &config.redis_url else {
         return Ok(None);
     };
-    let connection = redis::Client::open(url.as_str())
-        .with_context(|| format!("the Redis URL {} is not valid", redact_url(url)))?
-        .get_connection_manager()
+    let connection = marquee_redis::connect(url)
         .await
         .with_context(|| format!("connecting the event cache to Redis at {}", redact_url(url)))?;
     let prefix = format!("{}cache:events:", config.redis_prefix);

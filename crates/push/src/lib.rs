@@ -22,9 +22,10 @@
 //!
 //! Two implementations pass one conformance suite (`tests/conformance.rs`):
 //! - [`InProcessHub`] for one node;
-//! - [`RedisHub`] for many: a Redis stream per channel is the history, a Lua script assigns the
-//!   offset and appends in one step, and Redis pub/sub carries each message to every node, which
-//!   fans it out to its own subscribers through the same local rings.
+//! - [`RedisHub`] for many, on one Redis server or a Redis Cluster: a Redis stream per channel is
+//!   the history, a Lua script assigns the offset and appends in one step, and sharded pub/sub
+//!   carries each message to the nodes that have subscribers on its channel (and only those),
+//!   which fan it out to them through the same local rings.
 //!
 //! **Boundary:** channels are validated names and messages are JSON; this crate knows nothing of
 //! seats, users or HTTP. Who may subscribe to what is the caller's business.
@@ -164,7 +165,8 @@ pub trait PushHub: Send + Sync + 'static {
     ) -> Result<u64, PushError>;
 
     /// Like [`PushHub::publish`], but at most once per `key` (for a day): every node may relay
-    /// the same change, and the hub keeps the first. Returns `None` for a repeat.
+    /// the same change, and the hub keeps the first. Returns `None` for a repeat. A key need only
+    /// be unique on its channel (the Redis hub keeps the marks per channel).
     async fn publish_unique(
         &self,
         channel: &Channel,

@@ -142,6 +142,23 @@ impl LocalChannels {
             .filter(|last| *last > 0)
     }
 
+    /// Forgets the newest offset seen on `channel`, so the next message starts it afresh.
+    pub(crate) fn restart(&self, channel: &Channel) {
+        let state = self.state(channel);
+        let mut state = lock(&state);
+        state.history.clear();
+        state.last = 0;
+        state.floor = 0;
+    }
+
+    /// True while someone on this node is subscribed to `channel`.
+    pub(crate) fn has_receivers(&self, channel: &Channel) -> bool {
+        let channels = lock(&self.channels);
+        channels
+            .get(channel)
+            .is_some_and(|state| lock(state).sender.receiver_count() > 0)
+    }
+
     pub(crate) fn seed(&self, channel: &Channel, offset: u64) {
         let state = self.state(channel);
         let mut state = lock(&state);

@@ -1,18 +1,28 @@
-//! Push shared by every node through Redis.
+//! Push shared by every node through Redis (one server or a Redis Cluster; Redis 7 or later, for
+//! sharded pub/sub).
 //!
-//! Per channel, `{prefix}push:{channel}` is a hash (`last` offset, `floor` below which history is
-//! gone) and `{prefix}push:{channel}:log` a stream whose entry ids are the offsets, so history is
-//! an `XRANGE` from the client's offset. Appending is one Lua script: it numbers the message (or
-//! checks a caller's offset is new), splices the offset into the already serialised JSON, appends
-//! with `MAXLEN`, and publishes on `{prefix}push` in the same atomic step — so pub/sub carries
-//! messages in offset order and every node sees the same numbering.
+//! Per channel `<c>` (braces literal, angle brackets placeholders), `<prefix>push:{<c>}` is a
+//! hash (`last` offset, `floor` below which history is gone) and `<prefix>push:{<c>}:log` a
+//! stream whose entry ids are the offsets, so history is an `XRANGE` from the client's offset;
+//! `<prefix>push:{<c>}:once:<key>` marks a unique publish. Appending is one Lua script: it
+//! numbers the message (or checks a caller's offset is new), splices the offset into the
+//! already serialised JSON, appends with `MAXLEN`, and publishes with `SPUBLISH` on the shard
+//! channel `<prefix>push:{<c>}` in the same atomic step — so pub/sub carries messages in offset
+//! order and every node sees the same numbering. The channel name is the hash tag of all of
+//! these, so on a cluster a channel's keys and its shard channel share one slot (a script may
+//! only publish on a shard channel of its own slot) and channels spread over the cluster. A
+//! unique publish is therefore unique per channel, which is what its callers mean (their keys
+//! name one change, and a change goes to one channel).
 //!
-//! Each node holds one pub/sub connection and feeds what arrives into its local rings (the same
-//! ones [`crate::InProcessHub`] uses). If a node notices a hole in a channel's offsets (its
-//! pub/sub connection dropped and came back), it reads the hole from the stream before going on,
-//! so its subscribers still see every offset once, in order. One pub/sub topic for all channels
-//! keeps this simple; at a scale where every node receiving every message costs too much, shard
-//! the topic by channel hash.
+//! Each node subscribes only to the channels its own subscribers follow: the first local
+//! subscriber of a channel makes the node `SSUBSCRIBE` (on the cluster node owning the channel's
+//! slot, through [`marquee_redis::ShardedSubscriber`]) before history is read, and about a
+//! second after the last one leaves the node unsubscribes. What arrives feeds the node's local
+//! rings (the same ones [`crate::InProcessHub`] uses). If a node notices a hole in a channel's
+//! offsets (its pub/sub connection dropped and came back), it reads the hole from the stream
+//! before going on, so its subscribers still see every offset once, in order. A channel followed
+//! anew (not followed since its last subscriber left) starts without a known offset instead,
+//! since nobody here was waiting for the messages in between.
 
 use crate::local::{spawn_sweeper, LocalChannels};
 use crate::{
@@ -21,12 +31,11 @@ use crate::{
 };
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use redis::aio::ConnectionManager;
+use marquee_redis::{RedisConnection, RedisTarget, ShardMessage, ShardedSubscriber, Wanted};
 use redis::Script;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 /// Channels nobody writes to for this long are forgotten by Redis.
 const KEY_TTL_MS: u64 = 24 * 3_600_000;
@@ -62,7 +71,7 @@ else
   redis.call('HSET', meta, 'floor', o)
 end
 redis.call('PEXPIRE', meta, ttl)
-redis.call('PUBLISH', topic, name .. '\n' .. o .. '\n' .. kind .. '\n' .. json)
+redis.call('SPUBLISH', topic, name .. '\n' .. o .. '\n' .. kind .. '\n' .. json)
 return offset
 "#;
 
@@ -133,25 +142,48 @@ struct Scripts {
 /// Push on Redis, shared by every node connected with the same prefix.
 #[derive(Clone)]
 pub struct RedisHub {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: Arc<str>,
     limits: HubLimits,
     local: Arc<LocalChannels>,
     scripts: Arc<Scripts>,
+    subscriber: ShardedSubscriber,
+    /// Messages that reached this node through pub/sub.
+    received: Arc<AtomicU64>,
+}
+
+/// `<prefix>push:{<channel>}`: the channel's hash, and the shard channel its messages go on.
+fn channel_base(prefix: &str, channel: &Channel) -> String {
+    format!("{prefix}push:{{{channel}}}")
 }
 
 impl RedisHub {
-    /// Connects, and returns once this node's pub/sub subscription is live, so nothing
-    /// published after `connect` returns can be missed.
+    /// Connects to `url` (`redis://…` or `redis+cluster://host:port,…`, see `marquee-redis`).
+    /// Nothing is subscribed yet: each [`PushHub::subscribe`] returns once its channel's
+    /// pub/sub subscription is live, so nothing published after that can be missed.
     pub async fn connect(url: &str, prefix: &str, limits: HubLimits) -> Result<Self, PushError> {
-        let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client.clone()).await?;
+        let target = RedisTarget::parse(url)?;
+        let connection = target.connect().await?;
         let local = Arc::new(LocalChannels::new(HubLimits {
             // Redis keeps the history; the local rings only fan out.
             history_len: 0,
             ..limits
         }));
         spawn_sweeper(&local);
+        let wanted: Wanted = {
+            let local = Arc::clone(&local);
+            let start = format!("{prefix}push:{{");
+            Arc::new(move |topic: &str| {
+                topic
+                    .strip_prefix(start.as_str())
+                    .and_then(|rest| rest.strip_suffix('}'))
+                    .and_then(|name| Channel::parse(name).ok())
+                    .is_some_and(|channel| local.has_receivers(&channel))
+            })
+        };
+        let (messages, arrivals) = mpsc::unbounded_channel();
+        let subscriber =
+            ShardedSubscriber::start(&target, connection.clone(), wanted, messages).await?;
         let hub = RedisHub {
             connection,
             prefix: Arc::from(prefix),
@@ -163,21 +195,30 @@ impl RedisHub {
                 seed: Script::new(SEED),
                 range: Script::new(RANGE),
             }),
+            subscriber,
+            received: Arc::new(AtomicU64::new(0)),
         };
-        let (ready, subscribed) = oneshot::channel();
-        tokio::spawn(hub.clone().listen(client, ready));
-        subscribed
-            .await
-            .map_err(|_| PushError::Backend("the pub/sub listener stopped".into()))??;
+        tokio::spawn(hub.clone().listen(arrivals));
         Ok(hub)
     }
 
-    fn topic(&self) -> String {
-        format!("{}push", self.prefix)
+    /// Messages this node has received through pub/sub so far (for metrics, and to show that a
+    /// node receives only the channels it follows).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Channels this node is subscribed to on Redis right now.
+    pub fn followed(&self) -> usize {
+        self.subscriber.subscribed()
+    }
+
+    fn topic(&self, channel: &Channel) -> String {
+        channel_base(&self.prefix, channel)
     }
 
     fn keys(&self, channel: &Channel) -> (String, String) {
-        let meta = format!("{}push:{}", self.prefix, channel);
+        let meta = channel_base(&self.prefix, channel);
         let log = format!("{meta}:log");
         (meta, log)
     }
@@ -186,49 +227,15 @@ impl RedisHub {
         &self.limits
     }
 
-    /// Runs for the life of the process: receives every node's messages and fans them out here.
-    /// Reconnects with a backoff when the connection drops; holes are filled on the next message.
-    async fn listen(self, client: redis::Client, ready: oneshot::Sender<Result<(), PushError>>) {
-        let mut ready = Some(ready);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let subscribed = async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(self.topic()).await?;
-                Ok::<_, redis::RedisError>(pubsub)
+    /// Runs for the life of the process: fans out what this node's subscriptions receive. The
+    /// subscriber restores subscriptions after a drop; holes are filled on the next message.
+    async fn listen(self, mut arrivals: mpsc::UnboundedReceiver<ShardMessage>) {
+        while let Some(arrival) = arrivals.recv().await {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            match parse_payload(&arrival.payload) {
+                Some(message) => self.arrive(message).await,
+                None => tracing::warn!("push: ignored a malformed pub/sub message"),
             }
-            .await;
-            let pubsub = match subscribed {
-                Ok(pubsub) => pubsub,
-                Err(error) => {
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(Err(error.into()));
-                        return;
-                    }
-                    tracing::warn!(%error, "push: redis pub/sub unavailable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            if let Some(ready) = ready.take() {
-                if ready.send(Ok(())).is_err() {
-                    return;
-                }
-            }
-            backoff = Duration::from_millis(100);
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                let payload: Vec<u8> = match message.get_payload() {
-                    Ok(payload) => payload,
-                    Err(_) => continue,
-                };
-                match parse_payload(&payload) {
-                    Some(message) => self.arrive(message).await,
-                    None => tracing::warn!("push: ignored a malformed pub/sub message"),
-                }
-            }
-            tracing::warn!("push: redis pub/sub connection lost; reconnecting");
         }
     }
 
@@ -283,14 +290,14 @@ impl RedisHub {
         let mut invocation = self.scripts.append.key(&meta);
         invocation.key(&log);
         if let Some(unique) = unique {
-            invocation.key(format!("{}push-once:{unique}", self.prefix));
+            invocation.key(format!("{meta}:once:{unique}"));
         }
         let offset: u64 = invocation
             .arg(head)
             .arg(tail)
             .arg(kind)
             .arg(self.limits().history_len)
-            .arg(self.topic())
+            .arg(self.topic(channel))
             .arg(channel.as_str())
             .arg(
                 explicit
@@ -393,9 +400,14 @@ impl PushHub for RedisHub {
         channel: &Channel,
         since: Option<u64>,
     ) -> Result<Subscription, PushError> {
-        // Listen first, then read: whatever is appended in between is in both, and the
-        // subscriber skips live offsets it already has.
+        // Listen first (locally, then on Redis), then read: whatever is appended in between is
+        // in both, and the subscriber skips live offsets it already has.
         let mut subscription = self.local.subscribe(channel, None);
+        if self.subscriber.subscribe(&self.topic(channel)).await? {
+            // What this node last saw of the channel is from before it stopped following it:
+            // a jump from there is not a hole anyone here waits to have filled.
+            self.local.restart(channel);
+        }
         let (meta, log) = self.keys(channel);
         let mut connection = self.connection.clone();
         let age_ms = u64::try_from(self.limits().history_age.as_millis()).unwrap_or(u64::MAX);

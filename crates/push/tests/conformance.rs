@@ -1,6 +1,7 @@
-//! One conformance suite for push hubs, run against the in-process hub and Redis
-//! (`MARQUEE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`; each test has its own key
-//! prefix). Cross-node delivery is tested with two Redis hubs sharing a prefix.
+//! One conformance suite for push hubs, run against the in-process hub, Redis
+//! (`MARQUEE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and a three-primary Redis Cluster
+//! this binary starts (`marquee-testkit`); each test has its own key prefix. Cross-node delivery
+//! is tested with two Redis hubs sharing a prefix.
 
 use marquee_push::{
     Channel, HubLimits, InProcessHub, PushHub, PushMessage, RedisHub, Start, Subscription,
@@ -15,10 +16,6 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 type Hub = Arc<dyn PushHub>;
 
-fn redis_url() -> String {
-    std::env::var("MARQUEE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 fn prefix() -> String {
     format!("test:{}:", ulid::Ulid::new())
 }
@@ -27,12 +24,16 @@ async fn in_process(limits: HubLimits) -> Hub {
     Arc::new(InProcessHub::new(limits))
 }
 
+async fn node(url: &str, prefix: &str, limits: HubLimits) -> RedisHub {
+    RedisHub::connect(url, prefix, limits).await.expect("redis")
+}
+
 async fn redis(limits: HubLimits) -> Hub {
-    Arc::new(
-        RedisHub::connect(&redis_url(), &prefix(), limits)
-            .await
-            .expect("redis"),
-    )
+    Arc::new(node(&marquee_testkit::redis_url(), &prefix(), limits).await)
+}
+
+async fn redis_cluster(limits: HubLimits) -> Hub {
+    Arc::new(node(&marquee_testkit::redis_cluster_url(), &prefix(), limits).await)
 }
 
 macro_rules! conformance {
@@ -45,8 +46,31 @@ macro_rules! conformance {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::redis).await })*
         }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::redis_cluster).await })*
+        }
     };
 }
+
+/// Tests of nodes sharing Redis, on the single server and on the cluster.
+macro_rules! across_nodes {
+    ($($test:ident),* $(,)?) => {
+        mod nodes_on_redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(marquee_testkit::redis_url()).await })*
+        }
+        mod nodes_on_redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(marquee_testkit::redis_cluster_url()).await })*
+        }
+    };
+}
+
+across_nodes!(
+    a_message_published_on_one_node_reaches_another_with_the_same_offset,
+    a_node_receives_only_the_channels_it_follows,
+);
 
 conformance!(
     offsets_grow_by_one_and_resume_is_exact,
@@ -360,15 +384,10 @@ where
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_published_on_one_node_reaches_another_with_the_same_offset() {
+async fn a_message_published_on_one_node_reaches_another_with_the_same_offset(url: String) {
     let prefix = prefix();
-    let node_a = RedisHub::connect(&redis_url(), &prefix, HubLimits::default())
-        .await
-        .expect("a");
-    let node_b = RedisHub::connect(&redis_url(), &prefix, HubLimits::default())
-        .await
-        .expect("b");
+    let node_a = node(&url, &prefix, HubLimits::default()).await;
+    let node_b = node(&url, &prefix, HubLimits::default()).await;
     let seats = Channel::event_seats("shared").expect("channel");
     let mut on_b = node_b.subscribe(&seats, None).await.expect("subscribe");
     for offset in 1..=3 {
@@ -410,6 +429,70 @@ async fn a_message_published_on_one_node_reaches_another_with_the_same_offset() 
     );
     assert_eq!(next_after(&mut ann_on_a, 0).await.offset, 1);
     assert_eq!(next_after(&mut ann_on_a, 1).await.offset, 2);
+}
+
+/// Sharded pub/sub: a node receives the messages of the channels its subscribers follow, and
+/// none once they have left.
+async fn a_node_receives_only_the_channels_it_follows(url: String) {
+    let prefix = prefix();
+    let follower = node(&url, &prefix, HubLimits::default()).await;
+    let publisher = node(&url, &prefix, HubLimits::default()).await;
+    let (a, b) = (channel("a"), channel("b"));
+    let mut on_a = follower.subscribe(&a, None).await.expect("subscribe");
+    assert_eq!(follower.followed(), 1);
+    for _ in 0..5 {
+        publisher
+            .publish(&b, "note", &json!({}))
+            .await
+            .expect("publish");
+    }
+    publisher
+        .publish(&a, "note", &json!({}))
+        .await
+        .expect("publish");
+    assert_eq!(next_after(&mut on_a, 0).await.offset, 1);
+    // Time for channel b's messages to arrive, had they been sent here.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(follower.received(), 1, "only channel a's message came");
+    assert_eq!(
+        publisher.received(),
+        0,
+        "a node nobody follows through receives nothing"
+    );
+
+    // The last subscriber leaves: the node stops following the channel.
+    drop(on_a);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while follower.followed() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still following a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publisher
+        .publish(&a, "note", &json!({}))
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        follower.received(),
+        1,
+        "nothing after the last subscriber left"
+    );
+
+    // Following again starts from the channel's offset and goes on from there.
+    let mut again = follower.subscribe(&a, None).await.expect("subscribe");
+    assert_eq!(again.start, Start::Live { offset: 2 });
+    publisher
+        .publish(&a, "note", &json!({}))
+        .await
+        .expect("publish");
+    assert_eq!(next_after(&mut again, 2).await.offset, 3);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), again.live.recv())
+            .await
+            .is_err(),
+        "the offset missed while not following is not replayed live"
+    );
+    assert_eq!(follower.received(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

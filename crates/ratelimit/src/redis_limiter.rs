@@ -1,9 +1,13 @@
 //! [`RedisRateLimiter`]: GCRA or a sliding window counter, each in one Lua script on the Redis
 //! server's clock.
+//!
+//! Each decision touches one key (`{prefix}rl:{key}` for GCRA, `{prefix}rl:sw:{key}` for the
+//! window), so it runs as is on a Redis Cluster: keys spread over the slots by themselves, and
+//! each key's clock is the clock of the one node that owns it.
 
 use crate::{Algorithm, Decision, Quota, RateLimitError, RateLimiter};
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use marquee_redis::RedisConnection;
 use std::time::Duration;
 
 /// KEYS[1] = the key's TAT; ARGV = emission interval and period, in microseconds.
@@ -71,17 +75,17 @@ return {0, 0, wait}
 /// Limits shared by every process using the same Redis and key prefix.
 #[derive(Clone)]
 pub struct RedisRateLimiter {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     script: redis::Script,
     sliding: redis::Script,
 }
 
 impl RedisRateLimiter {
+    /// Connects to `url` (`redis://…` or `redis+cluster://host:port,…`, see `marquee-redis`);
     /// `prefix` namespaces the keys (one per deployment, or per test).
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisRateLimiter, RateLimitError> {
-        let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client).await?;
+        let connection = marquee_redis::connect(url).await?;
         Ok(RedisRateLimiter {
             connection,
             prefix: format!("{prefix}rl:"),

@@ -1,5 +1,6 @@
-//! One suite, both implementations: what every caller of `RateLimiter` relies on. Each test
-//! gets its own Redis key prefix, so tests run at once.
+//! One suite, both implementations: what every caller of `RateLimiter` relies on, on Redis both
+//! as a single server and as a three-primary cluster this binary starts (`marquee-testkit`).
+//! Each test gets its own Redis key prefix, so tests run at once.
 
 use marquee_ratelimit::{
     Algorithm, Decision, InProcessRateLimiter, Quota, RateLimiter, RedisRateLimiter,
@@ -7,16 +8,12 @@ use marquee_ratelimit::{
 use std::sync::Arc;
 use std::time::Duration;
 
-fn redis_url() -> String {
-    std::env::var("MARQUEE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 fn prefix() -> String {
     format!("test:{}:", ulid::Ulid::new())
 }
 
-async fn redis_limiter() -> RedisRateLimiter {
-    RedisRateLimiter::connect(&redis_url(), &prefix())
+async fn redis_limiter(url: &str) -> RedisRateLimiter {
+    RedisRateLimiter::connect(url, &prefix())
         .await
         .expect("redis")
 }
@@ -208,57 +205,75 @@ mod in_process {
     }
 }
 
-mod redis {
-    use super::*;
+/// The Redis suite, on the single server and on a three-primary cluster.
+macro_rules! on_redis {
+    ($name:ident, $url:expr) => {
+        mod $name {
+            use super::*;
 
-    #[tokio::test]
-    async fn a_burst_gets_exactly_the_limit_then_a_retry_after() {
-        super::a_burst_gets_exactly_the_limit_then_a_retry_after(&redis_limiter().await).await;
-    }
-
-    #[tokio::test]
-    async fn a_sliding_window_burst_gets_exactly_the_limit() {
-        super::a_sliding_window_burst_gets_exactly_the_limit(&redis_limiter().await).await;
-    }
-
-    #[tokio::test]
-    async fn keys_do_not_share_an_allowance() {
-        super::keys_do_not_share_an_allowance(&redis_limiter().await).await;
-    }
-
-    /// Three limiters (as three gateways would be) sharing one prefix share one allowance.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_requests_never_exceed_the_limit_across_three_processes() {
-        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
-            let prefix = prefix();
-            let mut limiters: Vec<Arc<dyn RateLimiter>> = Vec::new();
-            for _ in 0..3 {
-                limiters.push(Arc::new(
-                    RedisRateLimiter::connect(&redis_url(), &prefix)
-                        .await
-                        .expect("redis"),
-                ));
+            fn redis_url() -> String {
+                $url
             }
-            super::concurrent_requests_never_exceed_the_limit(limiters, algorithm).await;
-        }
-    }
 
-    /// Waiting the advertised `retry_after` is enough for the next request.
-    #[tokio::test]
-    async fn waiting_the_advertised_time_is_enough() {
-        let limiter = redis_limiter().await;
-        let quota = Quota::new(5, Duration::from_secs(1)).expect("quota");
-        let mut refusal = None;
-        for _ in 0..6 {
-            if let Decision::Refused { retry_after } =
-                limiter.check("k", quota).await.expect("check")
-            {
-                refusal = Some(retry_after);
+            #[tokio::test]
+            async fn a_burst_gets_exactly_the_limit_then_a_retry_after() {
+                super::a_burst_gets_exactly_the_limit_then_a_retry_after(
+                    &redis_limiter(&redis_url()).await,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            async fn a_sliding_window_burst_gets_exactly_the_limit() {
+                super::a_sliding_window_burst_gets_exactly_the_limit(
+                    &redis_limiter(&redis_url()).await,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            async fn keys_do_not_share_an_allowance() {
+                super::keys_do_not_share_an_allowance(&redis_limiter(&redis_url()).await).await;
+            }
+
+            /// Three limiters (as three gateways would be) sharing one prefix share one allowance.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_requests_never_exceed_the_limit_across_three_processes() {
+                for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+                    let prefix = prefix();
+                    let mut limiters: Vec<Arc<dyn RateLimiter>> = Vec::new();
+                    for _ in 0..3 {
+                        limiters.push(Arc::new(
+                            RedisRateLimiter::connect(&redis_url(), &prefix)
+                                .await
+                                .expect("redis"),
+                        ));
+                    }
+                    super::concurrent_requests_never_exceed_the_limit(limiters, algorithm).await;
+                }
+            }
+
+            /// Waiting the advertised `retry_after` is enough for the next request.
+            #[tokio::test]
+            async fn waiting_the_advertised_time_is_enough() {
+                let limiter = redis_limiter(&redis_url()).await;
+                let quota = Quota::new(5, Duration::from_secs(1)).expect("quota");
+                let mut refusal = None;
+                for _ in 0..6 {
+                    if let Decision::Refused { retry_after } =
+                        limiter.check("k", quota).await.expect("check")
+                    {
+                        refusal = Some(retry_after);
+                    }
+                }
+                let retry_after = refusal.expect("the sixth request of a burst of 5 was allowed");
+                assert!(retry_after <= Duration::from_millis(200));
+                tokio::time::sleep(retry_after).await;
+                assert!(limiter.check("k", quota).await.expect("check").is_allowed());
             }
         }
-        let retry_after = refusal.expect("the sixth request of a burst of 5 was allowed");
-        assert!(retry_after <= Duration::from_millis(200));
-        tokio::time::sleep(retry_after).await;
-        assert!(limiter.check("k", quota).await.expect("check").is_allowed());
-    }
+    };
 }
+
+on_redis!(redis, marquee_testkit::redis_url());
+on_redis!(redis_cluster, marquee_testkit::redis_cluster_url());

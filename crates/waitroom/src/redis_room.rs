@@ -8,6 +8,15 @@
 //! over those keys, so admission is atomic however many nodes drive the room: credit accrues
 //! from the time of the previous step, whoever took it.
 //!
+//! Keys: `<prefix>:wr:{<event>}:room` (and `:wait`, `:seen`, `:adm`, `:users`, `:slots`,
+//! `:gone`; braces literal), all tagged by the event, so on a Redis Cluster a room's scripts run
+//! on the one node owning its slot and rooms spread over the cluster. The set of rooms the
+//! drivers step, `<prefix>:wr:rooms`, cannot share every room's slot, so no script touches it:
+//! a join whose room is not yet marked `listed` (a field of the room hash), and every control,
+//! add the room after their script; a tick that retires a room removes it after its script.
+//! Adding before marking means a room marked listed is in the set; a node that dies in between
+//! leaves the mark unset, and the next join lists the room again.
+//!
 //! The pre-queue draw is `HMAC(room secret, user)`, computed here: the secret is created once
 //! per room (`HSETNX`) and cached by each node, since it never changes.
 
@@ -19,7 +28,7 @@ use crate::{
     WaitroomError,
 };
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use marquee_redis::RedisConnection;
 use redis::Script;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,8 +36,8 @@ use ulid::Ulid;
 
 /// Shared by every script: room state in a table `r`, loaded once and saved once.
 const PRELUDE: &str = r#"
-local room, wait, seen, adm, users, slots, gone, rooms =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local room, wait, seen, adm, users, slots, gone =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local RATE_MEMORY = 30000.0
 local CREDIT_CAP_MS = 1000.0
 local F = {'opened','state','opens_at','join_from','apm','ttl','max_active','credit','credit_at',
@@ -166,6 +175,7 @@ end
 "#;
 
 /// ARGV: now, user, event, opens_at, join_from, apm, ttl, max_active, closes_at, draw.
+/// A place that asks for the room to be listed ends in `list` (see `RedisWaitingRoom::list`).
 const JOIN: &str = r#"
 local now = tonumber(ARGV[1])
 local user = ARGV[2]
@@ -176,7 +186,11 @@ if now < r.join_from then
   -- Nothing is stored: the first join that is let in creates the room and lists it.
   return {'early', string.format('%.17g', r.join_from)}
 end
-if not exists then redis.call('SADD', rooms, ARGV[3]) end
+local unlisted = redis.call('HEXISTS', room, 'listed') == 0
+local function reply(row)
+  if unlisted then row[#row + 1] = 'list' end
+  return row
+end
 open_if_due(now)
 -- Expired passes are swept by the driver's steps; here an expiry is compared where it matters.
 local seq = redis.call('HGET', users, user)
@@ -186,7 +200,7 @@ if seq then
     touch(seq, now)
     let_through_if_ended(seq, now)
     save()
-    return place(seq, now)
+    return reply(place(seq, now))
   end
 end
 seq = tostring(r.seq)
@@ -212,7 +226,7 @@ else
   redis.call('ZADD', wait, tonumber(ARGV[10]), seq)
 end
 save()
-return place(seq, now)
+return reply(place(seq, now))
 "#;
 
 /// ARGV: now, seq.
@@ -243,16 +257,16 @@ end
 return 1
 "#;
 
-/// ARGV: now, idle_ms, quiet_ms, event.
+/// ARGV: now, idle_ms, quiet_ms, event. `{'retired'}` asks for the room to leave the list.
 const TICK: &str = r#"
 local now = tonumber(ARGV[1])
 load()
-if not exists then return {'0', '0'} end
+-- Listed but gone: its keys expired after it was retired and the unlisting did not happen.
+if not exists then return {'retired'} end
 if r.closes_at > 0 and now >= r.closes_at then
   -- The event has started: retire the room. Its keys linger a day, for support, then go.
-  redis.call('SREM', rooms, ARGV[4])
   for i = 1, 7 do redis.call('PEXPIRE', KEYS[i], 86400000) end
-  return {'0', '0'}
+  return {'retired'}
 end
 open_if_due(now)
 expire_passes(now)
@@ -283,7 +297,6 @@ local now = tonumber(ARGV[1])
 load()
 configure(tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
   tonumber(ARGV[7]), tonumber(ARGV[8]))
-redis.call('SADD', rooms, ARGV[2])
 open_if_due(now)
 local action = ARGV[9]
 if action == '0' then
@@ -337,7 +350,7 @@ impl Scripts {
 
 /// Waiting rooms in Redis.
 pub struct RedisWaitingRoom {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     signer: RoomSigner,
     timings: RoomTimings,
@@ -377,15 +390,15 @@ fn pacer(rate: f64, busy_ms: f64) -> Pacer {
 }
 
 impl RedisWaitingRoom {
-    /// Connects; `prefix` namespaces every key (one per deployment, or per test).
+    /// Connects to `url` (`redis://…` or `redis+cluster://host:port,…`, see `marquee-redis`);
+    /// `prefix` namespaces every key (one per deployment, or per test).
     pub async fn connect(
         url: &str,
         prefix: &str,
         signer: RoomSigner,
         timings: RoomTimings,
     ) -> Result<Self> {
-        let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client).await?;
+        let connection = marquee_redis::connect(url).await?;
         Ok(RedisWaitingRoom {
             connection,
             prefix: prefix.to_string(),
@@ -396,11 +409,9 @@ impl RedisWaitingRoom {
         })
     }
 
-    fn keys(&self, event: Ulid) -> [String; 8] {
+    /// A room's keys, all tagged by the event so each script's keys share a cluster slot.
+    fn keys(&self, event: Ulid) -> [String; 7] {
         let p = &self.prefix;
-        // One hash tag per room keeps a room's keys together, but the scripts also touch the
-        // shared set of rooms: Redis Cluster would refuse them (CROSSSLOT). One Redis (or a
-        // replicated primary) serves every node.
         [
             format!("{p}:wr:{{{event}}}:room"),
             format!("{p}:wr:{{{event}}}:wait"),
@@ -409,8 +420,32 @@ impl RedisWaitingRoom {
             format!("{p}:wr:{{{event}}}:users"),
             format!("{p}:wr:{{{event}}}:slots"),
             format!("{p}:wr:{{{event}}}:gone"),
-            format!("{p}:wr:rooms"),
         ]
+    }
+
+    /// The set of rooms the drivers step. It is a key of its own, so no script touches it (a
+    /// script's keys must share one slot): joins and controls list a room after their script,
+    /// and ticks unlist it after retiring it.
+    fn rooms_key(&self) -> String {
+        format!("{}:wr:rooms", self.prefix)
+    }
+
+    /// Lists a room, then marks it listed (in that order, so "listed" never lies and a failure
+    /// in between is repaired by the next join).
+    async fn list(&self, event: Ulid) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.rooms_key())
+            .arg(event.to_string())
+            .query_async(&mut connection)
+            .await?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(&self.keys(event)[0])
+            .arg("listed")
+            .arg(1)
+            .query_async(&mut connection)
+            .await?;
+        Ok(())
     }
 
     async fn secret(&self, event: Ulid) -> Result<[u8; 32]> {
@@ -560,6 +595,9 @@ impl WaitingRoom for RedisWaitingRoom {
                 join_from: whole(row.get(1))?,
             });
         }
+        if row.last().map(String::as_str) == Some("list") {
+            self.list(config.event).await?;
+        }
         self.place(config.event, &row, now)
     }
 
@@ -592,10 +630,14 @@ impl WaitingRoom for RedisWaitingRoom {
     }
 
     async fn touch(&self, tokens: &[String], now: Millis) -> Result<()> {
-        let mut pipe = redis::pipe();
+        // One pipeline per room: a cluster refuses a pipeline whose keys span slots.
+        let mut rooms: HashMap<Ulid, redis::Pipeline> = HashMap::new();
         for token in tokens {
             if let Ok((event, seq)) = self.signer.parse_token(token) {
-                pipe.cmd("ZADD")
+                rooms
+                    .entry(event)
+                    .or_insert_with(redis::pipe)
+                    .cmd("ZADD")
                     .arg(&self.keys(event)[2])
                     .arg("XX")
                     .arg("GT")
@@ -604,12 +646,18 @@ impl WaitingRoom for RedisWaitingRoom {
                     .ignore();
             }
         }
-        let _: () = pipe.query_async(&mut self.connection.clone()).await?;
+        let sent = rooms.into_values().map(|pipe| {
+            let mut connection = self.connection.clone();
+            async move { pipe.query_async::<()>(&mut connection).await }
+        });
+        for outcome in futures::future::join_all(sent).await {
+            outcome?;
+        }
         Ok(())
     }
 
     async fn rooms(&self) -> Result<Vec<Ulid>> {
-        let key = format!("{}:wr:rooms", self.prefix);
+        let key = self.rooms_key();
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(key)
             .query_async(&mut self.connection.clone())
@@ -629,6 +677,20 @@ impl WaitingRoom for RedisWaitingRoom {
             .arg(event.to_string())
             .invoke_async(&mut self.connection.clone())
             .await?;
+        if row.first().map(String::as_str) == Some("retired") {
+            // Unlisted after the script: a failure here leaves it listed, and the next tick
+            // retires it again.
+            let _: i64 = redis::cmd("SREM")
+                .arg(self.rooms_key())
+                .arg(event.to_string())
+                .query_async(&mut self.connection.clone())
+                .await?;
+            return Ok(TickOutcome {
+                admitted: Vec::new(),
+                abandoned: 0,
+                waiting: 0,
+            });
+        }
         let abandoned = whole(row.first())?;
         let waiting = whole(row.get(1))?;
         let mut admitted = Vec::new();
@@ -708,6 +770,7 @@ impl WaitingRoom for RedisWaitingRoom {
         let row: Vec<String> = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
+        self.list(config.event).await?;
         Self::stats_from(&row)
     }
 

@@ -1,6 +1,6 @@
-//! One conformance suite for the waiting room, run against the in-process room and Redis
-//! (`MARQUEE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`; each test has its own key
-//! prefix). Time is simulated: every operation takes `now`, so a minute of pacing runs in
+//! One conformance suite for the waiting room, run against the in-process room, Redis
+//! (`MARQUEE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and a three-primary Redis Cluster
+//! this binary starts (`marquee-testkit`); each test has its own key prefix. Time is simulated: every operation takes `now`, so a minute of pacing runs in
 //! milliseconds and is exact.
 
 use marquee_waitroom::{
@@ -43,15 +43,21 @@ async fn in_process() -> Arc<dyn WaitingRoom> {
     ))
 }
 
-async fn redis() -> Arc<dyn WaitingRoom> {
-    let url = std::env::var("MARQUEE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+async fn on_redis(url: &str) -> Arc<dyn WaitingRoom> {
     let prefix = format!("test:{}", Ulid::new());
     Arc::new(
-        RedisWaitingRoom::connect(&url, &prefix, RoomSigner::new(SECRET), timings())
+        RedisWaitingRoom::connect(url, &prefix, RoomSigner::new(SECRET), timings())
             .await
             .expect("redis"),
     )
+}
+
+async fn redis() -> Arc<dyn WaitingRoom> {
+    on_redis(&marquee_testkit::redis_url()).await
+}
+
+async fn redis_cluster() -> Arc<dyn WaitingRoom> {
+    on_redis(&marquee_testkit::redis_cluster_url()).await
 }
 
 macro_rules! conformance {
@@ -63,6 +69,10 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::redis().await).await })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::redis_cluster().await).await })*
         }
     };
 }
@@ -86,6 +96,7 @@ conformance!(
     rooms_are_driven_from_the_first_join_and_retired_when_the_event_starts,
     passes_expire_on_time_when_the_ttl_changes,
     idle_places_are_swept_on_time_in_any_order,
+    one_touch_keeps_places_in_several_rooms,
 );
 
 fn position(standing: &Standing) -> u64 {
@@ -381,6 +392,41 @@ async fn silent_fans_lose_their_place(room: Arc<dyn WaitingRoom>) {
         places == vec![Some(0), Some(1)] || places == vec![Some(1), Some(2)],
         "{places:?}"
     );
+}
+
+/// A node touches the places of every room its fans listen in at once (on a cluster, rooms
+/// live on different nodes).
+async fn one_touch_keeps_places_in_several_rooms(room: Arc<dyn WaitingRoom>) {
+    let mut rooms = Vec::new();
+    for _ in 0..4 {
+        let config = config(1);
+        room.join(&config, Ulid::new(), OPEN).await.expect("join");
+        let kept = room
+            .join(&config, Ulid::new(), OPEN + 1)
+            .await
+            .expect("join");
+        let silent = room
+            .join(&config, Ulid::new(), OPEN + 2)
+            .await
+            .expect("join");
+        rooms.push((config, kept, silent));
+    }
+    let kept: Vec<String> = rooms
+        .iter()
+        .map(|(_, kept, _)| kept.token.clone())
+        .collect();
+    room.touch(&kept, OPEN + 50_000).await.expect("touch");
+    for (config, kept, silent) in &rooms {
+        let outcome = room.tick(config.event, OPEN + 61_000).await.expect("tick");
+        assert_eq!(outcome.abandoned, 1, "only the silent place of each room");
+        let silent = room.status(&silent.token, OPEN + 61_001).await.expect("s");
+        assert_eq!(silent.standing, Standing::Expired);
+        let kept = room.status(&kept.token, OPEN + 61_001).await.expect("s");
+        assert_ne!(kept.standing, Standing::Expired);
+    }
+    room.touch(&[], OPEN + 62_000)
+        .await
+        .expect("touching nothing");
 }
 
 async fn passes_bind_user_event_and_time(room: Arc<dyn WaitingRoom>) {
