@@ -55,8 +55,11 @@
 //!   seen its write commit reads it numbered. The relay and every follower wake on the
 //!   notification (`CatalogStore::change_signal`) and poll slowly only as a fallback.
 //! - **Seat snapshots.** A snapshot's `version` must be the seat version of the last change it
-//!   includes. It is read in a REPEATABLE READ transaction that takes the assigner's lock
-//!   before its first query (`LOCK TABLE` is not a query, so the snapshot is taken after it),
+//!   includes. It is read in a REPEATABLE READ transaction; when that snapshot sees no
+//!   unnumbered seat change of the event, the newest seat version it sees is the answer (a
+//!   change it does not see commits later and is numbered above it). Otherwise it is read
+//!   again in a REPEATABLE READ transaction that takes the assigner's lock before its first
+//!   query (`LOCK TABLE` is not a query, so the snapshot is taken after it),
 //!   runs the assigner in that snapshot (numbering every change the snapshot sees) and reads
 //!   the seats and the newest seat version in the same snapshot: every change it includes has a
 //!   version ≤ `version`, and every change it does not include commits after its snapshot and is

@@ -238,11 +238,32 @@ impl InventoryStore for PostgresStore {
         // Read committed would let a hold turn into an order between the statements, and the
         // seat show up as neither held nor sold (or as both). The version must be that of the
         // last change the snapshot includes: every seat change the snapshot sees must have a
-        // version by then, and none it does not see may have one at or below it. So the
-        // assigner's lock is taken before the transaction's snapshot (`LOCK TABLE` is not a
-        // query, so the snapshot is taken by the statement after it), and the assigner then
-        // runs in that snapshot: it numbers every change the snapshot sees, and whatever
-        // commits later is numbered by a later assigner, after these.
+        // version, and none it does not see may get one at or below it.
+        //
+        // First without the assigner's lock, so snapshots of the cluster do not queue on it:
+        // if every seat change of the event the snapshot sees is numbered, the newest version
+        // it sees is right (a change it does not see commits after it, and is numbered by an
+        // assigner that sees these numbers, above them).
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *transaction)
+            .await?;
+        let snapshot = reads::seat_snapshot(&mut transaction, SEAT_VERSION, event, now).await?;
+        let unnumbered = sqlx::query(
+            "SELECT 1 AS unnumbered FROM outbox \
+             WHERE position IS NULL AND entity = 'seats' AND entity_id = $1 LIMIT 1",
+        )
+        .bind(event.as_str())
+        .fetch_optional(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        if unnumbered.is_none() {
+            return Ok(snapshot);
+        }
+        // Otherwise number them in the snapshot itself: the assigner's lock is taken before
+        // the transaction's snapshot (`LOCK TABLE` is not a query, so the statement after it
+        // takes the snapshot), and the assigner then numbers every change that snapshot sees;
+        // whatever commits later is numbered by a later assigner, after these.
         let mut transaction = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut *transaction)
