@@ -107,7 +107,8 @@ pub struct RelaySettings {
     /// The relay lease's lifetime; it is extended every third of it. A relay that dies is
     /// replaced within about this long.
     pub lease_ttl: Duration,
-    /// How often the outbox is read while it has nothing new.
+    /// How often the outbox is read while it has nothing new (at least [`crate::SIGNALLED_POLL`]
+    /// when the store signals new changes: the signal wakes the relay, the poll is a fallback).
     pub poll: Duration,
     /// Most records published per round trip.
     pub batch: u32,
@@ -207,6 +208,7 @@ async fn relay(
         });
     }
     let mut extended = Instant::now();
+    let mut signal = store.change_signal();
     loop {
         if extended.elapsed() >= settings.lease_ttl / 3 {
             lease = leases
@@ -215,9 +217,23 @@ async fn relay(
                 .map_err(|error| ChangeFeedError::Nats(format!("relay lease lost: {error}")))?;
             extended = Instant::now();
         }
+        if let Some(signal) = signal.as_mut() {
+            signal.borrow_and_update();
+        }
         let records = store.read_changes(tail.position, settings.batch).await?;
         if records.is_empty() {
-            if pause(stop, settings.poll).await {
+            // Woken by the store's signal when it has one (a commit anywhere), and never
+            // asleep past a third of the lease, which must be extended.
+            let nap = match signal {
+                Some(_) => crate::SIGNALLED_POLL.max(settings.poll),
+                None => settings.poll,
+            }
+            .min(settings.lease_ttl / 3);
+            let stopping = tokio::select! {
+                stopping = pause(stop, nap) => stopping,
+                () = crate::wait_for_change(signal.as_mut(), nap, nap) => false,
+            };
+            if stopping {
                 let _ = leases.release(&lease).await;
                 return Ok(());
             }

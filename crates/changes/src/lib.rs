@@ -3,8 +3,10 @@
 //! A follower (the search indexer, the push change feed, the caches) asks a [`ChangeFeed`] for
 //! the changes after the last position it applied, and waits a little when there are none.
 //!
-//! - [`OutboxFeed`] (embedded) reads the store's outbox directly, polling it. One node over one
-//!   database needs nothing more.
+//! - [`OutboxFeed`] (embedded) reads the store's outbox directly. It waits on the store's
+//!   change signal where the store has one (PostgreSQL's `LISTEN/NOTIFY`: a change committed
+//!   on any node wakes every follower at once), polling slowly as a fallback, and polls
+//!   otherwise. One node over one database needs nothing more.
 //! - [`JetStreamFeed`] (scale-out) follows a NATS JetStream stream that one [`Relay`] per
 //!   cluster fills from the PostgreSQL outbox. Without it, every follower of every node polls
 //!   the database (N nodes × 2 followers × 10–40 queries a second, whether or not anything
@@ -136,6 +138,10 @@ impl ChangeFeed for OutboxFeed {
     }
 }
 
+/// How long a follower of a store that signals new changes waits between reads when no signal
+/// comes: only a notification lost with its connection is waited for this long.
+pub const SIGNALLED_POLL: Duration = Duration::from_millis(250);
+
 pub(crate) async fn poll_store(
     store: &dyn CatalogStore,
     after: ChangePosition,
@@ -144,12 +150,36 @@ pub(crate) async fn poll_store(
     poll: Duration,
 ) -> Result<Vec<ChangeRecord>, ChangeFeedError> {
     let deadline = Instant::now() + wait;
+    let mut signal = store.change_signal();
     loop {
+        // Marked seen before the read, so a change that commits during the read wakes the
+        // next wait instead of being slept through.
+        if let Some(signal) = signal.as_mut() {
+            signal.borrow_and_update();
+        }
         let records = store.read_changes(after, limit).await?;
         let now = Instant::now();
         if !records.is_empty() || now >= deadline {
             return Ok(records);
         }
-        tokio::time::sleep(poll.min(deadline - now)).await;
+        wait_for_change(signal.as_mut(), poll, deadline - now).await;
+    }
+}
+
+/// Waits for the store's signal, or `poll` without one; never longer than `limit`.
+pub(crate) async fn wait_for_change(
+    signal: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    poll: Duration,
+    limit: Duration,
+) {
+    match signal {
+        Some(signal) => {
+            let nap = SIGNALLED_POLL.max(poll).min(limit);
+            if let Ok(Err(_)) = tokio::time::timeout(nap, signal.changed()).await {
+                // The store is gone; fall back to polling rather than spin.
+                tokio::time::sleep(poll.min(limit)).await;
+            }
+        }
+        None => tokio::time::sleep(poll.min(limit)).await,
     }
 }

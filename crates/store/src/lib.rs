@@ -6,8 +6,8 @@
 //! Two implementations, one per engine, each its own module split by operation (`catalog`,
 //! `inventory`, `changes`): [`SqliteStore`] (the embedded default, one file in the data dir) and
 //! [`PostgresStore`] (the scale-out source of truth). They differ where the engines do — how
-//! writers are kept apart and how outbox positions come to commit in order — and each module
-//! says how, with no runtime test of which engine it is. What is the same on both lives in
+//! writers are kept apart and how outbox positions come to be in commit order (SQLite: one
+//! writer; PostgreSQL: numbered after commit, below) — and each module says how, with no runtime test of which engine it is. What is the same on both lives in
 //! `common`: the reads (one SQL text, kept there so the engines' answers cannot differ), turning
 //! rows into domain values, and the payloads of the outbox. Writes are each engine's own, so one
 //! engine's write path can change without touching the other's. The schema keeps to a dialect
@@ -25,6 +25,54 @@
 //! are not catalog operations and have no place on the trait. The trait methods pass each call
 //! on to the engine; the set of engines is closed, so a third one is a compile error at every
 //! `match`, not a missed branch.
+//!
+//! ## Outbox positions on PostgreSQL
+//!
+//! Positions must be gap-free and in one order every follower agrees on, and a follower at
+//! position P must never find a new change at or below P. An identity column gives neither
+//! (values are handed out before commit, so 8 can commit before 7, and a rollback leaves a
+//! hole), and serialising appends under one advisory lock held to commit serialised every write
+//! of the cluster. So positions are numbered **after commit**:
+//!
+//! - A writer inserts its outbox rows with `position` NULL and `txid = pg_current_xact_id()`,
+//!   and `pg_notify('marquee_outbox')`, which PostgreSQL delivers at commit. It takes no lock
+//!   other writers take; seat changes no longer bump a counter on the event row either.
+//! - The assigner, `outbox_assign()` (migration 0006), numbers rows after they commit. It takes
+//!   `LOCK TABLE outbox_assigner IN EXCLUSIVE MODE` (a table nobody writes; only the assigner
+//!   locks it), then, in a snapshot taken after the lock, numbers every committed row without a
+//!   position in `(txid, id)` order, consecutively after `MAX(position)`, and gives each seat
+//!   change the next **seat version** of its event (also written into its payload's `version`).
+//!   The lock serialises assigners of every node, and each one's snapshot includes the numbers
+//!   of the one before, so no row is numbered twice and no number is skipped. A row committed
+//!   late is numbered by the next assigner, after everything numbered before it; numbers never
+//!   change once given. The assigner needs no `pg_snapshot_xmin` horizon: it only ever sees
+//!   committed rows, and the order is whatever it numbers, so a long transaction elsewhere in
+//!   the cluster does not hold it back (only a writer's own uncommitted rows wait, for its
+//!   commit).
+//! - Every read of the outbox's order on PostgreSQL (`read_changes`, `latest_change`,
+//!   `seat_version`, `seat_snapshot`) runs the assigner first ("assign, then read"): it is
+//!   idempotent, costs one index probe when there is nothing to number, and a caller that has
+//!   seen its write commit reads it numbered. The relay and every follower wake on the
+//!   notification (`CatalogStore::change_signal`) and poll slowly only as a fallback.
+//! - **Seat snapshots.** A snapshot's `version` must be the seat version of the last change it
+//!   includes. It is read in a REPEATABLE READ transaction; when that snapshot sees no
+//!   unnumbered seat change of the event, the newest seat version it sees is the answer (a
+//!   change it does not see commits later and is numbered above it). Otherwise it is read
+//!   again in a REPEATABLE READ transaction that takes the assigner's lock before its first
+//!   query (`LOCK TABLE` is not a query, so the snapshot is taken after it),
+//!   runs the assigner in that snapshot (numbering every change the snapshot sees) and reads
+//!   the seats and the newest seat version in the same snapshot: every change it includes has a
+//!   version ≤ `version`, and every change it does not include commits after its snapshot and is
+//!   numbered by a later assigner, above it. Seat versions stay dense per event (1, 2, 3…),
+//!   because push channels treat a jump in offsets as lost history.
+//!
+//! Failure modes: the assigner is one short transaction at a time for the whole cluster (it
+//! bounds the *numbering* rate, not the commit rate: one assigner run numbers everything
+//! committed since the last). A writer that keeps its transaction open delays only its own
+//! changes. `NOTIFY` takes a database-wide lock in its commit, so notifying commits queue
+//! briefly on each other's commit record; a lost notification (the listening connection
+//! dropped) is covered by the followers' slow poll. A row whose transaction died is never
+//! numbered, leaving no hole.
 //!
 //! On SQLite, the booking hot path's writes skip `sqlx` for `rusqlite` on one writer thread that
 //! commits them in groups: `sqlx-sqlite` hands every statement to a worker thread and back, which
@@ -157,6 +205,12 @@ pub trait CatalogStore: InventoryStore + Send + Sync + 'static {
     ) -> Result<Vec<ChangeRecord>, StoreError>;
     /// The position of the newest change, or zero when there is none.
     async fn latest_change(&self) -> Result<ChangePosition, StoreError>;
+    /// Changes whenever the outbox may have grown (a change committed on any node), for
+    /// followers to wait on rather than poll fast; `None` when the engine has no such signal.
+    /// A hint: a follower still polls, slowly, in case a signal was lost.
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     async fn create_webhook(&self, webhook: &WebhookEndpoint) -> Result<(), StoreError>;
     async fn webhook(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError>;

@@ -204,6 +204,10 @@ impl CatalogStore for SqlCatalogStore {
         self.engine().latest_change().await
     }
 
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.engine().change_signal()
+    }
+
     async fn create_webhook(&self, webhook: &WebhookEndpoint) -> Result<(), StoreError> {
         self.engine().create_webhook(webhook).await
     }

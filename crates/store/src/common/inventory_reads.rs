@@ -28,13 +28,22 @@ pub(crate) async fn expired_holds(
     fetch_all(pool, statement, rows::hold).await
 }
 
-pub(crate) async fn seat_version(pool: &AnyPool, event: &EventId) -> Result<i64, StoreError> {
-    let row = sqlx::query("SELECT seat_version FROM events WHERE id = $1")
+/// Where an engine keeps an event's seat version: a query for `seat_version` given the event
+/// id as `$1`, answering no row when there is none yet.
+#[derive(Clone, Copy)]
+pub(crate) struct SeatVersionSql(pub(crate) &'static str);
+
+pub(crate) async fn seat_version(
+    connection: &mut AnyConnection,
+    sql: SeatVersionSql,
+    event: &EventId,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(sql.0)
         .bind(event.as_str())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *connection)
         .await?;
     Ok(match row {
-        Some(row) => row.try_get("seat_version")?,
+        Some(row) => row.try_get::<Option<i64>, _>("seat_version")?.unwrap_or(0),
         None => 0,
     })
 }
@@ -43,17 +52,11 @@ pub(crate) async fn seat_version(pool: &AnyPool, event: &EventId) -> Result<i64,
 /// see one state of the database.
 pub(crate) async fn seat_snapshot(
     transaction: &mut AnyConnection,
+    version_sql: SeatVersionSql,
     event: &EventId,
     now: DateTime<Utc>,
 ) -> Result<SeatSnapshot, StoreError> {
-    let version_row = sqlx::query("SELECT seat_version FROM events WHERE id = $1")
-        .bind(event.as_str())
-        .fetch_optional(&mut *transaction)
-        .await?;
-    let version = match version_row {
-        Some(row) => row.try_get("seat_version")?,
-        None => 0,
-    };
+    let version = seat_version(&mut *transaction, version_sql, event).await?;
     let mut snapshot = SeatSnapshot {
         version,
         ..SeatSnapshot::default()

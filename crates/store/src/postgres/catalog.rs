@@ -1,6 +1,5 @@
-//! The catalog on PostgreSQL. A write that locks an event row or a stream row waits for its
-//! outbox turn first (see `changes`), since seat writers lock the event row after theirs; reads
-//! are shared with the other engine.
+//! The catalog on PostgreSQL. Writes append to the outbox without a position (see `changes`);
+//! reads are shared with the other engine, and reads of the outbox number it first.
 
 use super::PostgresStore;
 use crate::common::catalog_reads as reads;
@@ -135,9 +134,6 @@ impl CatalogStore for PostgresStore {
         stored.updated_at = marquee_domain::timestamp_now();
         let details = serde_json::to_string(&stored.details)?;
         let mut write = self.begin_write().await?;
-        // The event row is locked from here to the commit, and seat writers lock it after their
-        // outbox turn: take the turn first.
-        write.take_outbox_turn().await;
         let updated = sqlx::query(
             "UPDATE events SET status = $1, version = $2, title = $3, starts_at = $4, \
              details = $5, updated_at = $6 WHERE id = $7 AND version = $8",
@@ -186,11 +182,17 @@ impl CatalogStore for PostgresStore {
         after: ChangePosition,
         limit: u32,
     ) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.assign_positions().await?;
         reads::read_changes(&self.pool, after, limit).await
     }
 
     async fn latest_change(&self) -> Result<ChangePosition, StoreError> {
+        self.assign_positions().await?;
         reads::latest_change(&self.pool).await
+    }
+
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 
     async fn create_webhook(&self, webhook: &WebhookEndpoint) -> Result<(), StoreError> {
@@ -236,7 +238,6 @@ impl CatalogStore for PostgresStore {
     ) -> Result<StreamRecord, StoreError> {
         let now = millis(marquee_domain::timestamp_now());
         let mut write = self.begin_write().await?;
-        write.take_outbox_turn().await;
         let exists = sqlx::query("SELECT 1 FROM events WHERE id = $1")
             .bind(event.as_str())
             .fetch_optional(&mut *write.transaction)
@@ -291,7 +292,6 @@ impl CatalogStore for PostgresStore {
         problem: Option<&str>,
     ) -> Result<StreamRecord, StoreError> {
         let mut write = self.begin_write().await?;
-        write.take_outbox_turn().await;
         let sql = format!("SELECT {STREAM_COLUMNS} FROM event_streams WHERE event_id = $1");
         let row = sqlx::query(&sql)
             .bind(event.as_str())

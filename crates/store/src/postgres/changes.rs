@@ -1,33 +1,47 @@
-//! Appending to the outbox, in position order across the cluster.
+//! Appending to the outbox, and numbering it after commit.
 //!
-//! PostgreSQL hands out identity values before commit, so two concurrent writers could commit
-//! positions 8 then 7, and a reader at 7 would skip 8 forever. Appending takes a
-//! transaction-scoped advisory lock first, so positions commit in order. The lock is taken as the
-//! last step of a write, keeping the serialised section short.
+//! Writers insert outbox rows with no position and the id of their transaction
+//! (`pg_current_xact_id()`): nothing here is shared by every writer, so writers on every node
+//! commit concurrently. After a commit that appended, the writer wakes its node's assigner task
+//! (`super::run_assigner`), which numbers the new rows and, in the same transaction, notifies
+//! every node's followers (`super::OUTBOX_CHANNEL`). Positions are numbered after commit by
+//! [`assign`] (the `outbox_assign()` function of migration 0006): under a lock only the
+//! assigner takes, it numbers the committed rows that have none in (transaction, insertion)
+//! order, consecutively after the newest position, and gives each seat change the next seat
+//! version of its event. A row that commits late is numbered when it commits, after everything
+//! numbered before: a follower that has read up to position P never finds a new row at or
+//! below P, and every follower sees the same order, because a position, once numbered, is
+//! never changed.
+//!
+//! Every read of the outbox's order (changes, the newest position, a seat version, a seat
+//! snapshot) runs the assigner first, so a caller that saw its write commit reads it with a
+//! position; with nothing to number it is one index probe and takes no lock.
 
-use super::WriteTransaction;
+use super::{PostgresStore, WriteTransaction};
 use crate::common::payloads::{SeatChange, SeatChangeRecord};
 use crate::common::rows::millis;
 use crate::{ChangeKind, StoreError};
 use serde::Serialize;
+use sqlx::AnyConnection;
 
-/// Key of the advisory lock that orders outbox appends ("MRQOUTBX" in ASCII).
-const OUTBOX_LOCK_KEY: i64 = 0x4D52_514F_5554_4258;
+/// Numbers the outbox rows committed so far that have no position yet; answers how many.
+pub(crate) async fn assign(connection: &mut AnyConnection) -> Result<i64, StoreError> {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT outbox_assign() AS assigned")
+        .fetch_one(connection)
+        .await?;
+    Ok(row.try_get("assigned")?)
+}
+
+impl PostgresStore {
+    /// Runs the assigner on a connection of the pool.
+    pub(crate) async fn assign_positions(&self) -> Result<i64, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        assign(&mut connection).await
+    }
+}
 
 impl WriteTransaction<'_> {
-    /// Waits for this process's turn at the outbox and keeps it until the write commits. From
-    /// its first statement under the outbox lock (and the event row, for seat changes) to its
-    /// commit, a writer makes every other writer of the cluster wait; when tens of them queue
-    /// inside PostgreSQL for one hot row and one advisory lock, each release wakes them all and
-    /// throughput falls as concurrency rises. Queued here instead, at most one writer per node
-    /// waits in the database. Taken before the transaction locks the event row or the outbox,
-    /// and nothing is locked after it but those two, so it cannot deadlock.
-    pub(crate) async fn take_outbox_turn(&mut self) {
-        if self.outbox_turn.is_none() {
-            self.outbox_turn = Some(self.outbox_turns.lock().await);
-        }
-    }
-
     pub(crate) async fn append_change(
         &mut self,
         kind: ChangeKind,
@@ -35,14 +49,9 @@ impl WriteTransaction<'_> {
         payload: &impl Serialize,
     ) -> Result<(), StoreError> {
         let payload = serde_json::to_string(payload)?;
-        self.take_outbox_turn().await;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(OUTBOX_LOCK_KEY)
-            .execute(&mut *self.transaction)
-            .await?;
         sqlx::query(
-            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
+             VALUES ($1, $2, $3, $4, $5, pg_current_xact_id())",
         )
         .bind(kind.entity().as_str())
         .bind(entity_id)
@@ -51,45 +60,38 @@ impl WriteTransaction<'_> {
         .bind(millis(marquee_domain::timestamp_now()))
         .execute(&mut *self.transaction)
         .await?;
+        self.appended = true;
         Ok(())
     }
 
-    /// The seat version bump, the outbox lock and the outbox append in one statement. They are
-    /// the last writes before the commit, and from the first of them every other write of the
-    /// event (its row) and of the whole outbox (the advisory lock) waits for this transaction:
-    /// one round trip instead of three under those locks is what lets one event's bookings go
-    /// faster than network latency allows otherwise. The event row is locked before the outbox,
-    /// the same order as every other writer, so the two cannot deadlock.
+    /// Appends a seat change of an event that must exist. Its seat version (the offset on the
+    /// event's seat channel) is numbered after commit with its position, so seat writers of one
+    /// event no longer queue for a counter on the event row.
     pub(crate) async fn announce_seats(
         &mut self,
         kind: ChangeKind,
         change: &SeatChange<'_>,
     ) -> Result<(), StoreError> {
-        self.take_outbox_turn().await;
-        // The version is filled in by the statement itself.
+        // The assigner writes the version into the payload.
         let payload = serde_json::to_string(&SeatChangeRecord {
             change,
             status: SeatChangeRecord::status_of(kind),
             version: 0,
         })?;
         let appended = sqlx::query(
-            "WITH version AS ( \
-                 UPDATE events SET seat_version = seat_version + 1 WHERE id = $1 \
-                 RETURNING seat_version), \
-             outbox_lock AS (SELECT pg_advisory_xact_lock($2) FROM version) \
-             INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at) \
-             SELECT $3, $1, $4, jsonb_set($5::jsonb, '{version}', to_jsonb(version.seat_version))::text, $6 \
-             FROM version, outbox_lock",
+            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
+             SELECT $1, $2, $3, $4, $5, pg_current_xact_id() \
+             WHERE EXISTS (SELECT 1 FROM events WHERE id = $2)",
         )
-        .bind(change.event_id.as_str())
-        .bind(OUTBOX_LOCK_KEY)
         .bind(kind.entity().as_str())
+        .bind(change.event_id.as_str())
         .bind(kind.as_str())
         .bind(payload)
         .bind(millis(marquee_domain::timestamp_now()))
         .execute(&mut *self.transaction)
         .await?;
         if appended.rows_affected() == 1 {
+            self.appended = true;
             Ok(())
         } else {
             Err(StoreError::NotFound)

@@ -1,10 +1,11 @@
-//! The inventory on PostgreSQL. A write that changes seats announces them as its last statement
-//! (see `changes`), so the event row and the outbox lock are held for as short a time as can
-//! be; reads are shared with the other engine.
+//! The inventory on PostgreSQL. A write that changes seats announces them in the outbox (see
+//! `changes`) and takes no lock shared by other events' writers: its seat version is numbered
+//! after commit. Reads are shared with the other engine, except where the seat version lives.
 
+use super::changes::assign;
 use super::{PostgresStore, WriteTransaction};
 use crate::common::catalog_reads::fetch_optional;
-use crate::common::inventory_reads::{self as reads, OrdersOf};
+use crate::common::inventory_reads::{self as reads, OrdersOf, SeatVersionSql};
 use crate::common::payloads::{announced_section, new_order_history, standing_places, SeatChange};
 use crate::common::rows::{self, millis, to_i64, HOLD_COLUMNS, ORDER_COLUMNS};
 use crate::error::is_unique_violation;
@@ -16,6 +17,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use marquee_domain::{EventId, Hold, HoldId, HoldStatus, Order, OrderId, SeatId, TicketId, UserId};
 use sqlx::Row;
+
+/// The seat version is numbered by the outbox's assigner (see `changes`): the newest numbered
+/// seat change of the event carries it.
+const SEAT_VERSION: SeatVersionSql = SeatVersionSql(
+    "SELECT MAX(seat_version) AS seat_version FROM outbox \
+     WHERE entity_id = $1 AND seat_version IS NOT NULL",
+);
 
 impl WriteTransaction<'_> {
     /// Moves a general-admission section's counters, within its capacity (the table's CHECK
@@ -228,28 +236,65 @@ impl InventoryStore for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<SeatSnapshot, StoreError> {
         // Read committed would let a hold turn into an order between the statements, and the
-        // seat show up as neither held nor sold (or as both).
+        // seat show up as neither held nor sold (or as both). The version must be that of the
+        // last change the snapshot includes: every seat change the snapshot sees must have a
+        // version, and none it does not see may get one at or below it.
+        //
+        // First without the assigner's lock, so snapshots of the cluster do not queue on it:
+        // if every seat change of the event the snapshot sees is numbered, the newest version
+        // it sees is right (a change it does not see commits after it, and is numbered by an
+        // assigner that sees these numbers, above them).
         let mut transaction = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *transaction)
             .await?;
-        let snapshot = reads::seat_snapshot(&mut transaction, event, now).await?;
+        let snapshot = reads::seat_snapshot(&mut transaction, SEAT_VERSION, event, now).await?;
+        let unnumbered = sqlx::query(
+            "SELECT 1 AS unnumbered FROM outbox \
+             WHERE position IS NULL AND entity = 'seats' AND entity_id = $1 LIMIT 1",
+        )
+        .bind(event.as_str())
+        .fetch_optional(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        if unnumbered.is_none() {
+            return Ok(snapshot);
+        }
+        // Otherwise number them in the snapshot itself: the assigner's lock is taken before
+        // the transaction's snapshot (`LOCK TABLE` is not a query, so the statement after it
+        // takes the snapshot), and the assigner then numbers every change that snapshot sees;
+        // whatever commits later is numbered by a later assigner, after these.
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query("LOCK TABLE outbox_assigner IN EXCLUSIVE MODE")
+            .execute(&mut *transaction)
+            .await?;
+        assign(&mut transaction).await?;
+        let snapshot = reads::seat_snapshot(&mut transaction, SEAT_VERSION, event, now).await?;
         transaction.commit().await?;
         Ok(snapshot)
     }
 
     async fn seat_version(&self, event: &EventId) -> Result<i64, StoreError> {
-        reads::seat_version(&self.pool, event).await
+        let mut connection = self.pool.acquire().await?;
+        assign(&mut connection).await?;
+        reads::seat_version(&mut connection, SEAT_VERSION, event).await
     }
 
     async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError> {
         let token = to_i64(hold.fencing_token);
         let mut write = self.begin_write().await?;
-        // The event must still be on sale: a cancellation that committed first wins.
+        // The event must still be on sale: a cancellation that committed first wins. The
+        // share lock keeps a cancellation from committing until this order has (so the
+        // cancellation's refunds find it), and waits for one in flight; sales do not wait
+        // for each other on it.
         let converted = sqlx::query(
             "UPDATE holds SET status = 'ordered' WHERE id = $1 AND status = 'active' \
              AND fencing_token = $2 AND expires_at > $3 AND EXISTS \
-             (SELECT 1 FROM events WHERE events.id = holds.event_id AND events.status = 'published')",
+             (SELECT 1 FROM events WHERE events.id = holds.event_id \
+              AND events.status = 'published' FOR SHARE)",
         )
         .bind(hold.id.as_str())
         .bind(token)

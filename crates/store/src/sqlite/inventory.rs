@@ -3,7 +3,7 @@
 //! refunds, check-in) go through `sqlx` behind the write gate; reads are shared.
 
 use super::{booking_writes, SqliteStore, WriteTransaction};
-use crate::common::inventory_reads::{self as reads, OrdersOf};
+use crate::common::inventory_reads::{self as reads, OrdersOf, SeatVersionSql};
 use crate::common::payloads::{announced_section, standing_places, SeatChange};
 use crate::common::rows::{self, millis};
 use crate::{
@@ -14,6 +14,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use marquee_domain::{EventId, Hold, HoldId, HoldStatus, Order, OrderId, SeatId, TicketId, UserId};
 use sqlx::Row;
+
+/// One writer at a time, so the seat version is a counter on the event row, bumped by the write.
+const SEAT_VERSION: SeatVersionSql =
+    SeatVersionSql("SELECT seat_version FROM events WHERE id = $1");
 
 impl WriteTransaction<'_> {
     /// Moves a general-admission section's counters, within its capacity (the table's CHECK
@@ -120,13 +124,14 @@ impl InventoryStore for SqliteStore {
     ) -> Result<SeatSnapshot, StoreError> {
         // A transaction in WAL mode reads one snapshot of the file from its first statement on.
         let mut transaction = self.pool.begin().await?;
-        let snapshot = reads::seat_snapshot(&mut transaction, event, now).await?;
+        let snapshot = reads::seat_snapshot(&mut transaction, SEAT_VERSION, event, now).await?;
         transaction.commit().await?;
         Ok(snapshot)
     }
 
     async fn seat_version(&self, event: &EventId) -> Result<i64, StoreError> {
-        reads::seat_version(&self.pool, event).await
+        let mut connection = self.pool.acquire().await?;
+        reads::seat_version(&mut connection, SEAT_VERSION, event).await
     }
 
     async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError> {
