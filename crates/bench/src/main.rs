@@ -65,7 +65,8 @@ enum BenchCommand {
     /// memory), the Redis room beside `redis-benchmark`, and joins over HTTP.
     Waitroom(WaitroomBenchArgs),
     /// Many nodes: bookings/s with one, two and three `marquee serve` processes over the same
-    /// PostgreSQL, Redis and NATS, and the change stream's lag from a commit to every node.
+    /// PostgreSQL, Redis and NATS, on one hot event and on 30 events, the CPU time of every
+    /// process, and the change stream's lag from a commit to every node, beside pgbench.
     Cluster(ClusterBenchArgs),
     /// Cache policies: hit ratio of LRU, LFU, FIFO and TinyLFU on a Zipf(1.0) trace at 1%, 5%
     /// and 10% of the key space.
@@ -191,6 +192,16 @@ struct ClusterBenchArgs {
     /// rows: measures contention rather than capacity).
     #[arg(long)]
     best_available: bool,
+    /// One hot event (all fans on it), 30 events (fans spread over them), or both.
+    #[arg(long, value_enum, default_value_t = ClusterWorkload::Both)]
+    workload: ClusterWorkload,
+    /// Interleaved rounds of every workload and node count; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Cap each node at this many cores (its own cgroup CPU quota, 10 ms period) with one
+    /// runtime worker thread. Needs root and a cgroup CPU controller.
+    #[arg(long)]
+    cpu_quota: Option<f64>,
     /// The PostgreSQL server: the run makes a database of its own there (see
     /// `--use-existing-database`).
     #[arg(
@@ -320,6 +331,23 @@ struct BookingArgs {
     redis_url: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ClusterWorkload {
+    Hot,
+    Spread,
+    Both,
+}
+
+impl ClusterWorkload {
+    fn workloads(self) -> Vec<cluster::Workload> {
+        match self {
+            ClusterWorkload::Hot => vec![cluster::Workload::Hot],
+            ClusterWorkload::Spread => vec![cluster::Workload::Spread],
+            ClusterWorkload::Both => vec![cluster::Workload::Hot, cluster::Workload::Spread],
+        }
+    }
+}
+
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|error| format!("{error} (try `90s`, `10m`, `1h`)"))
 }
@@ -360,10 +388,13 @@ async fn main() -> anyhow::Result<()> {
                 ScratchDatabase::create(&args.postgres_url, cli.use_existing_database).await?;
             let bench = cluster::ClusterBench {
                 max_nodes: args.nodes.clamp(1, 8),
+                workloads: args.workload.workloads(),
+                rounds: args.rounds.max(1),
                 clients: args.clients.max(1),
                 duration: args.duration,
                 lag_samples: args.lag_samples.max(10),
                 best_available: args.best_available,
+                cpu_quota: args.cpu_quota,
                 database_url: database.url.clone(),
                 redis_url: args.redis_url,
                 nats_url: args.nats_url,
