@@ -144,7 +144,9 @@ fn fan_key(event: &EventId, user: &UserId) -> String {
     format!("fan:{{{event}}}:{user}")
 }
 
-fn lease_keys(event: &EventId, user: &UserId, seats: &[SeatId]) -> Vec<String> {
+/// The lease keys a hold of `seats` by `user` takes: one per seat and the fan's own key for the
+/// event, all under the event's hash tag.
+pub fn lease_keys(event: &EventId, user: &UserId, seats: &[SeatId]) -> Vec<String> {
     let mut keys: Vec<String> = seats.iter().map(|seat| seat_key(event, seat)).collect();
     keys.push(fan_key(event, user));
     keys
@@ -380,12 +382,16 @@ impl Inventory {
             other => other.map_err(InventoryError::from),
         };
         if let Err(error) = recorded {
-            let _ = self.leases.release(&lease).await;
-            // The id is taken: this request's first attempt made the hold, which has ended
-            // since; its retry is told what became of it.
+            // The id is taken: this request's first attempt made the hold. Its retry is given
+            // that hold, and the lease it was granted again (the same one, its holder being the
+            // hold's id) stays with the hold while the hold lives.
             if let Some(existing) = self.made_by_this_request(id, user).await? {
+                if existing.status != HoldStatus::Active {
+                    let _ = self.leases.release(&lease).await;
+                }
                 return Ok(existing);
             }
+            let _ = self.leases.release(&lease).await;
             return Err(error);
         }
         Ok(hold)

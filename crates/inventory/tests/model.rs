@@ -488,3 +488,68 @@ async fn a_hold_whose_lease_was_forgotten_still_lapses_at_its_deadline() {
     world.lapse_follower.abort();
     world.scratch.finish().await;
 }
+
+/// A node that died after taking a hold's leases and before recording the hold left its seats
+/// held until the TTL, and the fan's retry under the same idempotency key was told
+/// `limit_exceeded`. The retry names the same hold id (the lease's holder), so it is granted
+/// the lease again and records the hold; another request of the fan's is still refused.
+#[tokio::test]
+async fn a_retry_gets_the_hold_whose_first_attempt_died_before_recording_it() {
+    let world = world(Engine::Sqlite).await;
+    let fan = &world.fans[0];
+    let seats = world.seats[..2].to_vec();
+    let hold_id = marquee_domain::HoldId::generate();
+    let first_attempt = world
+        .leases
+        .acquire(
+            &marquee_inventory::lease_keys(&world.event.id, fan, &seats),
+            hold_id.as_str(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the first attempt's leases");
+    let request = || HoldRequest::Seats(seats.iter().map(ToString::to_string).collect());
+    let hold = world
+        .inventory
+        .hold_as(
+            &world.event,
+            &world.venue,
+            fan,
+            request(),
+            Some(hold_id.clone()),
+        )
+        .await
+        .expect("the retry gets the hold");
+    assert_eq!(hold.id, hold_id);
+    assert_eq!(hold.fencing_token, first_attempt.token.0);
+    let stored = world.store.hold(&hold_id).await.expect("read");
+    assert_eq!(stored.map(|hold| hold.status), Some(marquee_domain::HoldStatus::Active));
+    // The retry again, once the hold is recorded: the same hold, its lease kept.
+    let replayed = world
+        .inventory
+        .hold_as(&world.event, &world.venue, fan, request(), Some(hold_id.clone()))
+        .await
+        .expect("replayed");
+    assert_eq!(replayed.id, hold_id);
+    assert!(world
+        .leases
+        .is_held(&first_attempt.keys, first_attempt.token)
+        .await
+        .expect("held"));
+    let other = world
+        .inventory
+        .hold_as(
+            &world.event,
+            &world.venue,
+            fan,
+            request(),
+            Some(marquee_domain::HoldId::generate()),
+        )
+        .await;
+    assert!(
+        matches!(other, Err(InventoryError::LimitExceeded(_))),
+        "{other:?}"
+    );
+    world.lapse_follower.abort();
+    world.scratch.finish().await;
+}

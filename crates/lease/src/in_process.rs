@@ -177,29 +177,69 @@ impl LeaseStore for InProcessLeases {
         let (lease, lapsed, earliest) = {
             let mut table = self.shared.table();
             let lapsed = table.expire_due(now);
-            let taken: Vec<String> = keys
-                .iter()
-                .filter(|key| table.live_owner(key, now).is_some())
-                .cloned()
-                .collect();
+            // Keys held by one live lease of this same holder are its own: a retry of a request
+            // whose first attempt took them and died before answering takes them back.
+            let mut own: Option<u64> = None;
+            let mut taken = Vec::new();
+            for key in keys {
+                let Some(owner) = table.live_owner(key, now) else {
+                    continue;
+                };
+                let same_holder = table
+                    .leases
+                    .get(&owner)
+                    .is_some_and(|lease| lease.holder == holder);
+                if same_holder && own.is_none_or(|own| own == owner) {
+                    own = Some(owner);
+                } else {
+                    taken.push(key.clone());
+                }
+            }
             if !taken.is_empty() {
                 drop(table);
                 self.shared.announce(lapsed);
                 return Err(LeaseError::Taken { keys: taken });
             }
-            table.next_token += 1;
-            let token = table.next_token;
+            let token = match own {
+                Some(token) => {
+                    if let Some(previous) = table.leases.remove(&token) {
+                        table.deadlines.remove(&(previous.deadline, token));
+                        // Keys of the earlier grant not asked for again stay with the lease.
+                        let mut all = previous.keys;
+                        let added: Vec<String> = keys
+                            .iter()
+                            .filter(|key| !all.contains(key))
+                            .cloned()
+                            .collect();
+                        all.extend(added);
+                        table.leases.insert(
+                            token,
+                            LiveLease {
+                                keys: all,
+                                holder: holder.to_string(),
+                                deadline,
+                            },
+                        );
+                    }
+                    token
+                }
+                None => {
+                    table.next_token += 1;
+                    let token = table.next_token;
+                    table.leases.insert(
+                        token,
+                        LiveLease {
+                            keys: keys.to_vec(),
+                            holder: holder.to_string(),
+                            deadline,
+                        },
+                    );
+                    token
+                }
+            };
             for key in keys {
                 table.owners.insert(key.clone(), token);
             }
-            table.leases.insert(
-                token,
-                LiveLease {
-                    keys: keys.to_vec(),
-                    holder: holder.to_string(),
-                    deadline,
-                },
-            );
             table.deadlines.insert((deadline, token));
             let earliest = table.deadlines.first().map(|(d, _)| *d) == Some(deadline);
             let lease = Lease {

@@ -88,6 +88,12 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Acquires every key for `ttl`, or none of them: [`LeaseError::Taken`] names the keys
     /// another live lease holds.
+    ///
+    /// Keys held by one live lease of the same `holder` are not taken from the caller: that
+    /// lease is granted again (the same token, its deadline now + `ttl`, the keys asked for
+    /// added to it). A holder names one request (the inventory uses the hold's id, derived from
+    /// the request's idempotency key), so a retry of a request whose first attempt took the
+    /// keys and died before recording what it did gets them back instead of waiting out the TTL.
     async fn acquire(
         &self,
         keys: &[String],

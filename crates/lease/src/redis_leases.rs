@@ -6,9 +6,12 @@
 //!   (`PX`), so Redis frees the key at the deadline by itself;
 //! - `<prefix>{<tag>}:deadlines` is a sorted set of the tag's outstanding leases (token →
 //!   deadline in ms): a lease is in it until it is released or its lapse is announced. The
-//!   holder and keys of a lease are not stored: the node that announces the lapse is the one
-//!   that granted it, and it has them (one key per tag rather than two per lease, whose names
-//!   would depend on a token made inside the script, which a cluster cannot route);
+//!   keys of a lease are not stored: the node that announces the lapse is the one that granted
+//!   it, and it has them (one key per tag rather than two per lease, whose names would depend on
+//!   a token made inside the script, which a cluster cannot route);
+//! - `<prefix>{<tag>}:holders` maps each outstanding lease's token to its holder, so that a
+//!   holder asking again for keys its own lease holds is granted that lease again (see
+//!   [`LeaseStore::acquire`]);
 //! - `<prefix>{<tag>}:fence` is the tag's token counter. Redis may run without persistence, so
 //!   the script never hands out a token below the caller's clock in microseconds: tokens keep
 //!   growing across a Redis restart. It has no TTL, so a tag's tokens never go back.
@@ -36,60 +39,76 @@ const UNTAGGED: &str = "_";
 /// How long after its deadline an unclaimed lease is forgotten (its granting node died).
 const GRACE_MS: u64 = 3_600_000;
 
-/// KEYS: fence, deadlines, then the lease's keys. ARGV: ttl, floor, grace. Returns {1, token}, or
-/// {0, positions of the taken keys (1-based)}.
+/// KEYS: fence, deadlines, holders, then the lease's keys. ARGV: ttl, floor, grace, holder.
+/// Returns {1, token}, or {0, positions of the taken keys (1-based)}. Keys held by one lease of
+/// the same holder are not taken: that lease is granted again under its token.
 const ACQUIRE: &str = r#"
-local fence, deadlines = KEYS[1], KEYS[2]
-local ttl, floor, grace = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local taken = {}
-for i = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then taken[#taken + 1] = i - 2 end
+local fence, deadlines, holders = KEYS[1], KEYS[2], KEYS[3]
+local ttl, floor, grace, holder = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local taken, own = {}, false
+for i = 4, #KEYS do
+  local held = redis.call('GET', KEYS[i])
+  if held then
+    if (not own or own == held) and redis.call('HGET', holders, held) == holder then
+      own = held
+    else
+      taken[#taken + 1] = i - 3
+    end
+  end
 end
 if #taken > 0 then return {0, taken} end
-local token = redis.call('INCR', fence)
-if token < floor then
-  redis.call('SET', fence, string.format('%d', floor))
-  token = floor
+local token = own
+if not token then
+  token = redis.call('INCR', fence)
+  if token < floor then
+    redis.call('SET', fence, string.format('%d', floor))
+    token = floor
+  end
+  -- Lua numbers are doubles: spell the token as an integer string once and use only that.
+  token = string.format('%d', token)
 end
--- Lua numbers are doubles: spell the token as an integer string once and use only that.
-token = string.format('%d', token)
-for i = 3, #KEYS do redis.call('SET', KEYS[i], token, 'PX', ttl) end
+for i = 4, #KEYS do redis.call('SET', KEYS[i], token, 'PX', ttl) end
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local stale = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now_ms - grace, 'LIMIT', 0, 16)
-if #stale > 0 then redis.call('ZREM', deadlines, unpack(stale)) end
+if #stale > 0 then
+  redis.call('ZREM', deadlines, unpack(stale))
+  redis.call('HDEL', holders, unpack(stale))
+end
 redis.call('ZADD', deadlines, now_ms + ttl, token)
-if redis.call('PTTL', deadlines) < ttl + grace then
-  redis.call('PEXPIRE', deadlines, ttl + grace)
+redis.call('HSET', holders, token, holder)
+for _, key in ipairs({deadlines, holders}) do
+  if redis.call('PTTL', key) < ttl + grace then redis.call('PEXPIRE', key, ttl + grace) end
 end
 return {1, token}
 "#;
 
-/// KEYS: deadlines, then the lease's keys, held by the token in ARGV[1]; ARGV[2] = 'extend'
-/// with ARGV[3] the TTL and ARGV[4] the grace, or 'release'.
+/// KEYS: deadlines, holders, then the lease's keys, held by the token in ARGV[1]; ARGV[2] =
+/// 'extend' with ARGV[3] the TTL and ARGV[4] the grace, or 'release'.
 const EXTEND_OR_RELEASE: &str = r#"
-local deadlines, token, action = KEYS[1], ARGV[1], ARGV[2]
-for i = 2, #KEYS do
+local deadlines, holders, token, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+for i = 3, #KEYS do
   if redis.call('GET', KEYS[i]) ~= token then return 0 end
 end
 if action == 'release' then
-  redis.call('DEL', unpack(KEYS, 2))
+  redis.call('DEL', unpack(KEYS, 3))
   redis.call('ZREM', deadlines, token)
+  redis.call('HDEL', holders, token)
   return 1
 end
 local ttl, grace = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 3, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 local now = redis.call('TIME')
 redis.call('ZADD', deadlines, now[1] * 1000 + math.floor(now[2] / 1000) + ttl, token)
-if redis.call('PTTL', deadlines) < ttl + grace then
-  redis.call('PEXPIRE', deadlines, ttl + grace)
+for _, key in ipairs({deadlines, holders}) do
+  if redis.call('PTTL', key) < ttl + grace then redis.call('PEXPIRE', key, ttl + grace) end
 end
 return 1
 "#;
 
-/// KEYS: deadlines. ARGV: token. Claims the lapse announcement of a lease: returns {1} when its
-/// deadline has passed, {2, ms_left} when it was extended, {0} when it was released or already
-/// announced.
+/// KEYS: deadlines, holders. ARGV: token. Claims the lapse announcement of a lease: returns {1}
+/// when its deadline has passed, {2, ms_left} when it was extended, {0} when it was released or
+/// already announced.
 const CLAIM_LAPSE: &str = r#"
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not deadline then return {0} end
@@ -97,6 +116,7 @@ local now = redis.call('TIME')
 local left = tonumber(deadline) - (now[1] * 1000 + math.floor(now[2] / 1000))
 if left > 0 then return {2, left} end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return {1}
 "#;
 
@@ -123,6 +143,8 @@ fn unavailable(error: redis::RedisError) -> LeaseError {
 struct TagKeys {
     fence: String,
     deadlines: String,
+    /// Token → holder of the tag's outstanding leases, so a holder can be given its own back.
+    holders: String,
     leases: Vec<String>,
 }
 
@@ -158,6 +180,7 @@ impl RedisLeases {
         Ok(TagKeys {
             fence: format!("{base}fence"),
             deadlines: format!("{base}deadlines"),
+            holders: format!("{base}holders"),
             leases: keys
                 .iter()
                 .map(|key| format!("{base}lease:{key}"))
@@ -166,7 +189,8 @@ impl RedisLeases {
     }
 
     /// Waits for the deadline, then claims and announces the lapse (re-arming if extended).
-    fn schedule_lapse(&self, lapse: LapsedLease, deadlines: String, after: Duration) {
+    fn schedule_lapse(&self, lapse: LapsedLease, tag_keys: (String, String), after: Duration) {
+        let (deadlines, holders) = tag_keys;
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let mut wait = after;
@@ -179,6 +203,7 @@ impl RedisLeases {
                 let reply: redis::RedisResult<Vec<redis::Value>> = shared
                     .claim_lapse
                     .key(&deadlines)
+                    .key(&holders)
                     .arg(lapse.token.0)
                     .invoke_async(&mut connection)
                     .await;
@@ -210,6 +235,7 @@ impl RedisLeases {
         let keys = self.tag_keys(&lease.keys)?;
         let mut connection = self.shared.connection.clone();
         let mut invocation = self.shared.extend_or_release.key(&keys.deadlines);
+        invocation.key(&keys.holders);
         for key in &keys.leases {
             invocation.key(key);
         }
@@ -251,11 +277,16 @@ impl LeaseStore for RedisLeases {
         let mut connection = self.shared.connection.clone();
         let mut invocation = self.shared.acquire.key(&tag_keys.fence);
         invocation.key(&tag_keys.deadlines);
+        invocation.key(&tag_keys.holders);
         for key in &tag_keys.leases {
             invocation.key(key);
         }
         let floor = chrono::Utc::now().timestamp_micros();
-        invocation.arg(ttl_millis(ttl)).arg(floor).arg(GRACE_MS);
+        invocation
+            .arg(ttl_millis(ttl))
+            .arg(floor)
+            .arg(GRACE_MS)
+            .arg(holder);
         let reply: (i64, redis::Value) = invocation
             .invoke_async(&mut connection)
             .await
@@ -270,7 +301,7 @@ impl LeaseStore for RedisLeases {
                         holder: holder.to_string(),
                         token,
                     },
-                    tag_keys.deadlines,
+                    (tag_keys.deadlines, tag_keys.holders),
                     ttl,
                 );
                 Ok(Lease {

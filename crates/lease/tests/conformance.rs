@@ -63,6 +63,7 @@ conformance!(
     racing_acquirers_get_one_winner,
     malformed_requests_are_refused,
     the_keys_of_a_lease_share_a_hash_tag,
+    a_holder_is_granted_its_own_lease_again,
 );
 
 async fn acquiring_is_all_or_nothing(leases: Arc<dyn LeaseStore>) {
@@ -212,6 +213,42 @@ async fn a_lapsed_holder_is_fenced_out_by_the_next_one(leases: Arc<dyn LeaseStor
         .expect("held"));
     assert_eq!(leases.extend(&stale, LONG).await, Err(LeaseError::NotHeld));
     assert_eq!(leases.release(&stale).await, Err(LeaseError::NotHeld));
+}
+
+/// A request retried after its first attempt took the keys and died (the inventory names a
+/// hold's lease by the hold's id) gets the same lease back, not a refusal until the TTL; anyone
+/// else is still refused, and a lease of the holder's that was released is not revived.
+async fn a_holder_is_granted_its_own_lease_again(leases: Arc<dyn LeaseStore>) {
+    let first = leases
+        .acquire(&keys(&["r1", "r2"]), "hold-1", SHORT)
+        .await
+        .expect("first attempt");
+    assert_eq!(
+        leases.acquire(&keys(&["r2"]), "hold-2", LONG).await,
+        Err(LeaseError::Taken { keys: keys(&["r2"]) })
+    );
+    let again = leases
+        .acquire(&keys(&["r1", "r2", "r3"]), "hold-1", LONG)
+        .await
+        .expect("the retry");
+    assert_eq!(again.token, first.token, "the same lease, so fences agree");
+    assert!(again.expires_at >= first.expires_at);
+    assert!(leases
+        .is_held(&keys(&["r1", "r2", "r3"]), first.token)
+        .await
+        .expect("held"));
+    // Granted for the longer TTL: still held after the first grant's TTL.
+    tokio::time::sleep(SHORT * 2).await;
+    assert!(leases
+        .is_held(&keys(&["r1", "r2", "r3"]), again.token)
+        .await
+        .expect("held"));
+    leases.release(&again).await.expect("release");
+    let fresh = leases
+        .acquire(&keys(&["r1"]), "hold-1", LONG)
+        .await
+        .expect("free again");
+    assert!(fresh.token > first.token, "a released lease is not revived");
 }
 
 async fn racing_acquirers_get_one_winner(leases: Arc<dyn LeaseStore>) {

@@ -539,7 +539,13 @@ async fn open_change_stream(
         Arc::clone(store),
         relay_leases,
         async_nats::jetstream::new(client.clone()),
-        marquee_changes::RelaySettings::new(&config.nats_stream, &config.node_id),
+        // A holder of its own per process: a lease's holder is granted its own lease again (see
+        // `LeaseStore::acquire`), and node ids are names operators give, which two processes
+        // may share; two relays at once would each copy the outbox.
+        marquee_changes::RelaySettings::new(
+            &config.nats_stream,
+            format!("{}/{}", config.node_id, uuid::Uuid::new_v4()),
+        ),
         stopped,
     );
     Ok((Arc::new(feed), Some(relay)))
