@@ -523,11 +523,20 @@ async fn a_retry_gets_the_hold_whose_first_attempt_died_before_recording_it() {
     assert_eq!(hold.id, hold_id);
     assert_eq!(hold.fencing_token, first_attempt.token.0);
     let stored = world.store.hold(&hold_id).await.expect("read");
-    assert_eq!(stored.map(|hold| hold.status), Some(marquee_domain::HoldStatus::Active));
+    assert_eq!(
+        stored.map(|hold| hold.status),
+        Some(marquee_domain::HoldStatus::Active)
+    );
     // The retry again, once the hold is recorded: the same hold, its lease kept.
     let replayed = world
         .inventory
-        .hold_as(&world.event, &world.venue, fan, request(), Some(hold_id.clone()))
+        .hold_as(
+            &world.event,
+            &world.venue,
+            fan,
+            request(),
+            Some(hold_id.clone()),
+        )
         .await
         .expect("replayed");
     assert_eq!(replayed.id, hold_id);

@@ -225,7 +225,9 @@ async fn a_holder_is_granted_its_own_lease_again(leases: Arc<dyn LeaseStore>) {
         .expect("first attempt");
     assert_eq!(
         leases.acquire(&keys(&["r2"]), "hold-2", LONG).await,
-        Err(LeaseError::Taken { keys: keys(&["r2"]) })
+        Err(LeaseError::Taken {
+            keys: keys(&["r2"])
+        })
     );
     let again = leases
         .acquire(&keys(&["r1", "r2", "r3"]), "hold-1", LONG)
