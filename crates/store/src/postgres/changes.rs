@@ -18,8 +18,8 @@
 //! position; with nothing to number it is one index probe and takes no lock.
 
 use super::{PostgresStore, WriteTransaction};
+use crate::common::engine::{insert_change, SqlWrite};
 use crate::common::payloads::{SeatChange, SeatChangeRecord};
-use crate::common::rows::millis;
 use crate::{ChangeKind, StoreError};
 use serde::Serialize;
 use sqlx::AnyConnection;
@@ -41,24 +41,26 @@ impl PostgresStore {
     }
 }
 
-impl WriteTransaction<'_> {
-    pub(crate) async fn append_change(
+impl SqlWrite for WriteTransaction<'_> {
+    fn connection(&mut self) -> &mut AnyConnection {
+        &mut self.transaction
+    }
+
+    async fn append_change(
         &mut self,
         kind: ChangeKind,
         entity_id: &str,
-        payload: &impl Serialize,
+        payload: &(impl Serialize + Sync),
     ) -> Result<(), StoreError> {
         let payload = serde_json::to_string(payload)?;
-        sqlx::query(
+        insert_change(
+            &mut self.transaction,
             "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
              VALUES ($1, $2, $3, $4, $5, pg_current_xact_id())",
+            kind,
+            entity_id,
+            payload,
         )
-        .bind(kind.entity().as_str())
-        .bind(entity_id)
-        .bind(kind.as_str())
-        .bind(payload)
-        .bind(millis(marquee_domain::timestamp_now()))
-        .execute(&mut *self.transaction)
         .await?;
         self.appended = true;
         Ok(())
@@ -67,7 +69,7 @@ impl WriteTransaction<'_> {
     /// Appends a seat change of an event that must exist. Its seat version (the offset on the
     /// event's seat channel) is numbered after commit with its position, so seat writers of one
     /// event no longer queue for a counter on the event row.
-    pub(crate) async fn announce_seats(
+    async fn announce_seats(
         &mut self,
         kind: ChangeKind,
         change: &SeatChange<'_>,
@@ -78,23 +80,31 @@ impl WriteTransaction<'_> {
             status: SeatChangeRecord::status_of(kind),
             version: 0,
         })?;
-        let appended = sqlx::query(
+        let appended = insert_change(
+            &mut self.transaction,
             "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
              SELECT $1, $2, $3, $4, $5, pg_current_xact_id() \
              WHERE EXISTS (SELECT 1 FROM events WHERE id = $2)",
+            kind,
+            change.event_id.as_str(),
+            payload,
         )
-        .bind(kind.entity().as_str())
-        .bind(change.event_id.as_str())
-        .bind(kind.as_str())
-        .bind(payload)
-        .bind(millis(marquee_domain::timestamp_now()))
-        .execute(&mut *self.transaction)
         .await?;
-        if appended.rows_affected() == 1 {
+        if appended == 1 {
             self.appended = true;
             Ok(())
         } else {
             Err(StoreError::NotFound)
         }
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.transaction.commit().await?;
+        if self.appended {
+            // A permit is kept when the assigner is busy, so commits during its run cause one
+            // more run, not one each.
+            self.assigner_wake.notify_one();
+        }
+        Ok(())
     }
 }
