@@ -20,8 +20,15 @@ use tokio::sync::watch;
 /// An engine's write transaction. Nothing is written unless [`SqlWrite::commit`] is called:
 /// dropping it rolls back (and, on SQLite, lets the next writer in).
 pub(crate) trait SqlWrite: Send {
+    /// The engine's outbox insert, taking the change's columns as `$1`–`$5` (see
+    /// [`insert_change`]).
+    const APPEND: &'static str;
+
     /// The transaction's connection, for the statements both engines write alike.
     fn connection(&mut self) -> &mut AnyConnection;
+
+    /// Called once this transaction has appended to the outbox.
+    fn appended(&mut self) {}
 
     /// Appends a change to the outbox in this transaction.
     fn append_change(
@@ -29,7 +36,14 @@ pub(crate) trait SqlWrite: Send {
         kind: ChangeKind,
         entity_id: &str,
         payload: &(impl Serialize + Sync),
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let payload = serde_json::to_string(payload)?;
+            insert_change(self.connection(), Self::APPEND, kind, entity_id, payload).await?;
+            self.appended();
+            Ok(())
+        }
+    }
 
     /// Appends a seat change of an event, with the event's next seat version (the engines
     /// number it differently).

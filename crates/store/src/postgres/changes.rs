@@ -21,7 +21,6 @@ use super::{PostgresStore, WriteTransaction};
 use crate::common::engine::{insert_change, SqlWrite};
 use crate::common::payloads::{SeatChange, SeatChangeRecord};
 use crate::{ChangeKind, StoreError};
-use serde::Serialize;
 use sqlx::AnyConnection;
 
 /// Numbers the outbox rows committed so far that have no position yet; answers how many.
@@ -42,28 +41,17 @@ impl PostgresStore {
 }
 
 impl SqlWrite for WriteTransaction<'_> {
+    const APPEND: &'static str =
+        "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
+         VALUES ($1, $2, $3, $4, $5, pg_current_xact_id())";
+
     fn connection(&mut self) -> &mut AnyConnection {
         &mut self.transaction
     }
 
-    async fn append_change(
-        &mut self,
-        kind: ChangeKind,
-        entity_id: &str,
-        payload: &(impl Serialize + Sync),
-    ) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(payload)?;
-        insert_change(
-            &mut self.transaction,
-            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
-             VALUES ($1, $2, $3, $4, $5, pg_current_xact_id())",
-            kind,
-            entity_id,
-            payload,
-        )
-        .await?;
+    /// Its commit wakes the assigner.
+    fn appended(&mut self) {
         self.appended = true;
-        Ok(())
     }
 
     /// Appends a seat change of an event that must exist. Its seat version (the offset on the
@@ -91,7 +79,7 @@ impl SqlWrite for WriteTransaction<'_> {
         )
         .await?;
         if appended == 1 {
-            self.appended = true;
+            self.appended();
             Ok(())
         } else {
             Err(StoreError::NotFound)

@@ -3,34 +3,18 @@
 //! here. (The writer thread's writes append with the same statements, in `booking_writes`.)
 
 use super::WriteTransaction;
-use crate::common::engine::{insert_change, SqlWrite};
+use crate::common::engine::SqlWrite;
 use crate::common::payloads::{SeatChange, SeatChangeRecord};
 use crate::{ChangeKind, StoreError};
-use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 impl SqlWrite for WriteTransaction<'_> {
+    const APPEND: &'static str =
+        "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5)";
+
     fn connection(&mut self) -> &mut AnyConnection {
         &mut self.transaction
-    }
-
-    async fn append_change(
-        &mut self,
-        kind: ChangeKind,
-        entity_id: &str,
-        payload: &(impl Serialize + Sync),
-    ) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(payload)?;
-        insert_change(
-            &mut self.transaction,
-            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-            kind,
-            entity_id,
-            payload,
-        )
-        .await?;
-        Ok(())
     }
 
     /// Bumps the event's seat sequence and appends the change, numbered with it, to the outbox.
