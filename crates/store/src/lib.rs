@@ -3,16 +3,18 @@
 //! follow the catalog by reading the outbox from a position, so they never see a change that was
 //! rolled back and never miss one that was committed.
 //!
-//! Two implementations, one per engine, each its own module split by operation (`catalog`,
-//! `inventory`, `changes`): [`SqliteStore`] (the embedded default, one file in the data dir) and
+//! Two engines: [`SqliteStore`] (the embedded default, one file in the data dir) and
 //! [`PostgresStore`] (the scale-out source of truth). They differ where the engines do — how
 //! writers are kept apart and how outbox positions come to be in commit order (SQLite: one
-//! writer; PostgreSQL: numbered after commit, below) — and each module says how, with no runtime test of which engine it is. What is the same on both lives in
-//! `common`: the reads (one SQL text, kept there so the engines' answers cannot differ), turning
-//! rows into domain values, and the payloads of the outbox. Writes are each engine's own, so one
-//! engine's write path can change without touching the other's. The schema keeps to a dialect
-//! both accept (times as Unix milliseconds, JSON as text), with a migration set per engine, and
-//! one conformance suite (`tests/conformance.rs`) runs against both.
+//! writer; PostgreSQL: numbered after commit, below) — and each engine's module says how, with
+//! no runtime test of which engine it is. Everything else is written once, in `common`, so the
+//! engines cannot drift apart in what they store or announce: the catalog and inventory
+//! operations, generic over a crate-private engine trait (`common::engine`: a write
+//! transaction that appends to the outbox and commits, numbering the outbox before it is read,
+//! and the booking operations each engine runs its own way), the reads (one SQL text), turning
+//! rows into domain values, and the payloads of the outbox. The schema keeps to a dialect both
+//! accept (times as Unix milliseconds, JSON as text), with a migration set per engine, and one
+//! conformance suite (`tests/conformance.rs`) runs against both.
 //!
 //! Both engines still talk through `sqlx::Any`: on PostgreSQL the jobs queue keeps its tables in
 //! the catalog's database and shares the store's pool, an `AnyPool`, so that a node opens no

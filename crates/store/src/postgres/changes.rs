@@ -18,10 +18,9 @@
 //! position; with nothing to number it is one index probe and takes no lock.
 
 use super::{PostgresStore, WriteTransaction};
+use crate::common::engine::{insert_change, SqlWrite};
 use crate::common::payloads::{SeatChange, SeatChangeRecord};
-use crate::common::rows::millis;
 use crate::{ChangeKind, StoreError};
-use serde::Serialize;
 use sqlx::AnyConnection;
 
 /// Numbers the outbox rows committed so far that have no position yet; answers how many.
@@ -41,33 +40,24 @@ impl PostgresStore {
     }
 }
 
-impl WriteTransaction<'_> {
-    pub(crate) async fn append_change(
-        &mut self,
-        kind: ChangeKind,
-        entity_id: &str,
-        payload: &impl Serialize,
-    ) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(payload)?;
-        sqlx::query(
-            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
-             VALUES ($1, $2, $3, $4, $5, pg_current_xact_id())",
-        )
-        .bind(kind.entity().as_str())
-        .bind(entity_id)
-        .bind(kind.as_str())
-        .bind(payload)
-        .bind(millis(marquee_domain::timestamp_now()))
-        .execute(&mut *self.transaction)
-        .await?;
+impl SqlWrite for WriteTransaction<'_> {
+    const APPEND: &'static str =
+        "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
+         VALUES ($1, $2, $3, $4, $5, pg_current_xact_id())";
+
+    fn connection(&mut self) -> &mut AnyConnection {
+        &mut self.transaction
+    }
+
+    /// Its commit wakes the assigner.
+    fn appended(&mut self) {
         self.appended = true;
-        Ok(())
     }
 
     /// Appends a seat change of an event that must exist. Its seat version (the offset on the
     /// event's seat channel) is numbered after commit with its position, so seat writers of one
     /// event no longer queue for a counter on the event row.
-    pub(crate) async fn announce_seats(
+    async fn announce_seats(
         &mut self,
         kind: ChangeKind,
         change: &SeatChange<'_>,
@@ -78,23 +68,31 @@ impl WriteTransaction<'_> {
             status: SeatChangeRecord::status_of(kind),
             version: 0,
         })?;
-        let appended = sqlx::query(
+        let appended = insert_change(
+            &mut self.transaction,
             "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at, txid) \
              SELECT $1, $2, $3, $4, $5, pg_current_xact_id() \
              WHERE EXISTS (SELECT 1 FROM events WHERE id = $2)",
+            kind,
+            change.event_id.as_str(),
+            payload,
         )
-        .bind(kind.entity().as_str())
-        .bind(change.event_id.as_str())
-        .bind(kind.as_str())
-        .bind(payload)
-        .bind(millis(marquee_domain::timestamp_now()))
-        .execute(&mut *self.transaction)
         .await?;
-        if appended.rows_affected() == 1 {
-            self.appended = true;
+        if appended == 1 {
+            self.appended();
             Ok(())
         } else {
             Err(StoreError::NotFound)
         }
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.transaction.commit().await?;
+        if self.appended {
+            // A permit is kept when the assigner is busy, so commits during its run cause one
+            // more run, not one each.
+            self.assigner_wake.notify_one();
+        }
+        Ok(())
     }
 }

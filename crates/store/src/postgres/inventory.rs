@@ -1,21 +1,21 @@
 //! The inventory on PostgreSQL. A write that changes seats announces them in the outbox (see
 //! `changes`) and takes no lock shared by other events' writers: its seat version is numbered
-//! after commit. Reads are shared with the other engine, except where the seat version lives.
+//! after commit. These are the inventory operations PostgreSQL does its own way: the booking
+//! hot path, fenced by the database's constraints, and the seat version, which lives in the
+//! outbox. The others are shared with the other engine (`common`).
 
 use super::changes::assign;
-use super::{PostgresStore, WriteTransaction};
+use super::PostgresStore;
 use crate::common::catalog_reads::fetch_optional;
-use crate::common::inventory_reads::{self as reads, OrdersOf, SeatVersionSql};
-use crate::common::payloads::{announced_section, new_order_history, standing_places, SeatChange};
+use crate::common::engine::{execute, BookingEngine, SqlEngine, SqlWrite};
+use crate::common::inventory::change_general_admission;
+use crate::common::inventory_reads::{self as reads, SeatVersionSql};
+use crate::common::payloads::{new_order_history, SeatChange};
 use crate::common::rows::{self, millis, to_i64, HOLD_COLUMNS, ORDER_COLUMNS};
 use crate::error::is_unique_violation;
-use crate::{
-    ChangeKind, CheckIn, InventoryStore, OrderHistoryEntry, SeatSnapshot, StoreError,
-    StoredResponse,
-};
-use async_trait::async_trait;
+use crate::{ChangeKind, SeatSnapshot, StoreError, StoredResponse};
 use chrono::{DateTime, Utc};
-use marquee_domain::{EventId, Hold, HoldId, HoldStatus, Order, OrderId, SeatId, TicketId, UserId};
+use marquee_domain::{EventId, Hold, HoldId, HoldStatus, Order, UserId};
 use sqlx::Row;
 
 /// The seat version is numbered by the outbox's assigner (see `changes`): the newest numbered
@@ -25,61 +25,7 @@ const SEAT_VERSION: SeatVersionSql = SeatVersionSql(
      WHERE entity_id = $1 AND seat_version IS NOT NULL",
 );
 
-impl WriteTransaction<'_> {
-    /// Moves a general-admission section's counters, within its capacity (the table's CHECK
-    /// is the last guard; the conditions here turn a violation into a typed error).
-    async fn change_general_admission(
-        &mut self,
-        event: &EventId,
-        section: &str,
-        held_delta: i64,
-        sold_delta: i64,
-    ) -> Result<(), StoreError> {
-        let updated = sqlx::query(
-            "UPDATE general_admission SET held = held + $1, sold = sold + $2 \
-             WHERE event_id = $3 AND section = $4 \
-             AND held + $1 >= 0 AND sold + $2 >= 0 AND held + $1 + sold + $2 <= capacity",
-        )
-        .bind(held_delta)
-        .bind(sold_delta)
-        .bind(event.as_str())
-        .bind(section)
-        .execute(&mut *self.transaction)
-        .await?;
-        if updated.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::CapacityExceeded {
-                section: section.to_string(),
-            })
-        }
-    }
-
-    /// Appends to an order's history with the next sequence number. Within the write
-    /// transaction (one writer per order at a time), so sequences never collide.
-    async fn append_order_event(
-        &mut self,
-        order: &OrderId,
-        kind: &str,
-        data: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
-             SELECT $1, COALESCE(MAX(sequence), 0) + 1, $2, $3, $4 FROM order_events \
-             WHERE order_id = $1",
-        )
-        .bind(order.as_str())
-        .bind(kind)
-        .bind(data.to_string())
-        .bind(millis(marquee_domain::timestamp_now()))
-        .execute(&mut *self.transaction)
-        .await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl InventoryStore for PostgresStore {
+impl BookingEngine for PostgresStore {
     async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError> {
         let seat_ids = serde_json::to_string(&hold.seat_ids)?;
         let token = to_i64(hold.fencing_token);
@@ -96,7 +42,7 @@ impl InventoryStore for PostgresStore {
             for seat in &hold.seat_ids {
                 statement = statement.bind(seat.as_str());
             }
-            let sold = statement.fetch_all(&mut *write.transaction).await?;
+            let sold = statement.fetch_all(write.connection()).await?;
             if !sold.is_empty() {
                 let seat_ids = sold
                     .iter()
@@ -121,7 +67,7 @@ impl InventoryStore for PostgresStore {
                     .bind(seat.as_str())
                     .bind(token);
             }
-            statement.execute(&mut *write.transaction).await?;
+            statement.execute(write.connection()).await?;
         }
         if let (Some(general), Some(capacity)) = (&hold.general_admission, ga_capacity) {
             sqlx::query(
@@ -131,16 +77,16 @@ impl InventoryStore for PostgresStore {
             .bind(hold.event_id.as_str())
             .bind(&general.section)
             .bind(i64::from(capacity))
-            .execute(&mut *write.transaction)
+            .execute(write.connection())
             .await?;
-            write
-                .change_general_admission(
-                    &hold.event_id,
-                    &general.section,
-                    i64::from(general.quantity),
-                    0,
-                )
-                .await?;
+            change_general_admission(
+                write.connection(),
+                &hold.event_id,
+                &general.section,
+                i64::from(general.quantity),
+                0,
+            )
+            .await?;
         }
         sqlx::query(&format!(
             "INSERT INTO holds ({HOLD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -156,7 +102,7 @@ impl InventoryStore for PostgresStore {
         .bind(i64::from(hold.extended))
         .bind(millis(hold.expires_at))
         .bind(millis(hold.created_at))
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await?;
         write
             .announce_seats(ChangeKind::SeatsHeld, &SeatChange::of_hold(hold, "held"))
@@ -174,7 +120,7 @@ impl InventoryStore for PostgresStore {
         let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
         let Some(row) = sqlx::query(&sql)
             .bind(id.as_str())
-            .fetch_optional(&mut *write.transaction)
+            .fetch_optional(write.connection())
             .await?
         else {
             return Err(StoreError::NotFound);
@@ -183,20 +129,20 @@ impl InventoryStore for PostgresStore {
         let ended = sqlx::query("UPDATE holds SET status = $1 WHERE id = $2 AND status = 'active'")
             .bind(status.as_str())
             .bind(id.as_str())
-            .execute(&mut *write.transaction)
+            .execute(write.connection())
             .await?;
         if ended.rows_affected() == 0 {
             return Ok(false);
         }
         if let Some(general) = &hold.general_admission {
-            write
-                .change_general_admission(
-                    &hold.event_id,
-                    &general.section,
-                    -i64::from(general.quantity),
-                    0,
-                )
-                .await?;
+            change_general_admission(
+                write.connection(),
+                &hold.event_id,
+                &general.section,
+                -i64::from(general.quantity),
+                0,
+            )
+            .await?;
         }
         write
             .announce_seats(
@@ -206,28 +152,6 @@ impl InventoryStore for PostgresStore {
             .await?;
         write.commit().await?;
         Ok(true)
-    }
-
-    async fn extend_hold(
-        &self,
-        id: &HoldId,
-        expires_at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let mut write = self.begin_write().await?;
-        let updated = sqlx::query(
-            "UPDATE holds SET expires_at = $1, extended = 1 \
-             WHERE id = $2 AND status = 'active' AND extended = 0",
-        )
-        .bind(millis(expires_at))
-        .bind(id.as_str())
-        .execute(&mut *write.transaction)
-        .await?;
-        write.commit().await?;
-        Ok(updated.rows_affected() == 1)
-    }
-
-    async fn expired_holds(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Hold>, StoreError> {
-        reads::expired_holds(&self.pool, now, limit).await
     }
 
     async fn seat_snapshot(
@@ -299,7 +223,7 @@ impl InventoryStore for PostgresStore {
         .bind(hold.id.as_str())
         .bind(token)
         .bind(millis(order.created_at))
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await?;
         if converted.rows_affected() == 0 {
             return Err(StoreError::HoldNotActive);
@@ -318,7 +242,7 @@ impl InventoryStore for PostgresStore {
                 statement = statement.bind(seat.as_str());
             }
             let current: i64 = statement
-                .fetch_one(&mut *write.transaction)
+                .fetch_one(write.connection())
                 .await?
                 .try_get("current")?;
             if usize::try_from(current).ok() != Some(hold.seat_ids.len()) {
@@ -327,9 +251,14 @@ impl InventoryStore for PostgresStore {
         }
         if let Some(general) = &hold.general_admission {
             let quantity = i64::from(general.quantity);
-            write
-                .change_general_admission(&hold.event_id, &general.section, -quantity, quantity)
-                .await?;
+            change_general_admission(
+                write.connection(),
+                &hold.event_id,
+                &general.section,
+                -quantity,
+                quantity,
+            )
+            .await?;
         }
         sqlx::query(&format!(
             "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -343,7 +272,7 @@ impl InventoryStore for PostgresStore {
         .bind(&order.currency)
         .bind(&order.payment_reference)
         .bind(millis(order.created_at))
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await?;
         if !order.tickets.is_empty() {
             const COLUMNS: usize = 9;
@@ -378,7 +307,7 @@ impl InventoryStore for PostgresStore {
                     .bind(ticket.price_cents)
                     .bind(&ticket.code);
             }
-            match statement.execute(&mut *write.transaction).await {
+            match statement.execute(write.connection()).await {
                 Err(error) if is_unique_violation(&error) => {
                     return Err(StoreError::SeatsSold {
                         seat_ids: hold.seat_ids.iter().map(ToString::to_string).collect(),
@@ -396,7 +325,7 @@ impl InventoryStore for PostgresStore {
         .bind(created)
         .bind(paid)
         .bind(millis(order.created_at))
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await?;
         write
             .announce_seats(
@@ -410,149 +339,13 @@ impl InventoryStore for PostgresStore {
         write.commit().await
     }
 
-    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
-        reads::order(&self.pool, id).await
-    }
-
-    async fn order_of_hold(&self, hold: &HoldId) -> Result<Option<Order>, StoreError> {
-        reads::order_of_hold(&self.pool, hold).await
-    }
-
-    async fn orders_of(
-        &self,
-        user: &UserId,
-        after: Option<&OrderId>,
-        limit: u32,
-    ) -> Result<Vec<Order>, StoreError> {
-        reads::orders_page(&self.pool, OrdersOf::User, user.as_str(), after, limit).await
-    }
-
-    async fn orders_of_event(
-        &self,
-        event: &EventId,
-        after: Option<&OrderId>,
-        limit: u32,
-    ) -> Result<Vec<Order>, StoreError> {
-        reads::orders_page(&self.pool, OrdersOf::Event, event.as_str(), after, limit).await
-    }
-
-    async fn refund_order(&self, order: &Order, reason: &str) -> Result<bool, StoreError> {
-        let mut write = self.begin_write().await?;
-        let refunded = sqlx::query(
-            "UPDATE orders SET status = 'refunded' WHERE id = $1 AND status = 'confirmed'",
-        )
-        .bind(order.id.as_str())
-        .execute(&mut *write.transaction)
-        .await?;
-        if refunded.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query("UPDATE tickets SET valid = 0 WHERE order_id = $1")
-            .bind(order.id.as_str())
-            .execute(&mut *write.transaction)
-            .await?;
-        let seats: Vec<SeatId> = order
-            .tickets
-            .iter()
-            .filter_map(|ticket| ticket.seat_id.clone())
-            .collect();
-        let standing = standing_places(order);
-        for (section, quantity) in &standing {
-            write
-                .change_general_admission(&order.event_id, section, 0, -i64::from(*quantity))
-                .await?;
-        }
-        write
-            .append_order_event(&order.id, "refunded", serde_json::json!({"reason": reason}))
-            .await?;
-        let general = announced_section(&standing);
-        write
-            .announce_seats(
-                ChangeKind::SeatsAvailable,
-                &SeatChange {
-                    event_id: &order.event_id,
-                    hold_id: &order.hold_id,
-                    user_id: &order.user_id,
-                    order_id: Some(&order.id),
-                    seat_ids: &seats,
-                    general_admission: general.as_ref(),
-                    reason,
-                    expires_at: None,
-                },
-            )
-            .await?;
-        write.commit().await?;
-        Ok(true)
-    }
-
-    async fn order_history(&self, order: &OrderId) -> Result<Vec<OrderHistoryEntry>, StoreError> {
-        reads::order_history(&self.pool, order).await
-    }
-
-    async fn check_in(
-        &self,
-        event: &EventId,
-        ticket: &TicketId,
-        at: DateTime<Utc>,
-    ) -> Result<CheckIn, StoreError> {
-        let mut write = self.begin_write().await?;
-        let admitted = sqlx::query(
-            "UPDATE tickets SET checked_in_at = $1 WHERE id = $2 AND event_id = $3 \
-             AND valid = 1 AND checked_in_at IS NULL",
-        )
-        .bind(millis(at))
-        .bind(ticket.as_str())
-        .bind(event.as_str())
-        .execute(&mut *write.transaction)
-        .await?;
-        let row = sqlx::query(
-            "SELECT id, order_id, seat_id, section, row_label, number, price_cents, code, \
-             checked_in_at, valid FROM tickets WHERE id = $1 AND event_id = $2",
-        )
-        .bind(ticket.as_str())
-        .bind(event.as_str())
-        .fetch_optional(&mut *write.transaction)
-        .await?;
-        let Some(row) = row else {
-            return Ok(CheckIn::NotFound);
-        };
-        let valid: i64 = row.try_get("valid")?;
-        let stored = rows::ticket(&row)?;
-        let outcome = if admitted.rows_affected() == 1 {
-            let order = OrderId::from_string(row.try_get::<String, _>("order_id")?);
-            write
-                .append_order_event(
-                    &order,
-                    "checked_in",
-                    serde_json::json!({"ticket_id": ticket.as_str()}),
-                )
-                .await?;
-            CheckIn::Admitted(stored)
-        } else if valid == 0 {
-            CheckIn::Refunded
-        } else {
-            CheckIn::AlreadyCheckedIn(stored.checked_in_at.unwrap_or(at))
-        };
-        write.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn idempotent_response(
-        &self,
-        user: &UserId,
-        key: &str,
-    ) -> Result<Option<StoredResponse>, StoreError> {
-        reads::idempotent_response(&self.pool, user, key).await
-    }
-
     async fn save_idempotent_response(
         &self,
         user: &UserId,
         key: &str,
         response: &StoredResponse,
     ) -> Result<bool, StoreError> {
-        let mut write = self.begin_write().await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response, \
              created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, key) DO NOTHING",
         )
@@ -561,10 +354,7 @@ impl InventoryStore for PostgresStore {
         .bind(&response.request_hash)
         .bind(i64::from(response.status_code))
         .bind(&response.body)
-        .bind(millis(marquee_domain::timestamp_now()))
-        .execute(&mut *write.transaction)
-        .await?;
-        write.commit().await?;
-        Ok(inserted.rows_affected() == 1)
+        .bind(millis(marquee_domain::timestamp_now()));
+        Ok(execute(self, insert).await? == 1)
     }
 }

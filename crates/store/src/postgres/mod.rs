@@ -21,10 +21,10 @@
 //! a typed `PgPool` needs the jobs queue to take one too. The listener is the one typed
 //! connection, because `Any` has no `LISTEN`.
 
-mod catalog;
 mod changes;
 mod inventory;
 
+use crate::common::engine::SqlEngine;
 use crate::{Backend, StoreError, StoreOptions};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
@@ -57,18 +57,6 @@ pub(crate) struct WriteTransaction<'a> {
     pub(crate) transaction: Transaction<'static, Any>,
     assigner_wake: &'a Notify,
     pub(crate) appended: bool,
-}
-
-impl WriteTransaction<'_> {
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        self.transaction.commit().await?;
-        if self.appended {
-            // A permit is kept when the assigner is busy, so commits during its run cause one
-            // more run, not one each.
-            self.assigner_wake.notify_one();
-        }
-        Ok(())
-    }
 }
 
 impl PostgresStore {
@@ -113,13 +101,34 @@ impl PostgresStore {
         self.assigner.abort();
         self.pool.close().await;
     }
+}
 
-    pub(crate) async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {
+impl SqlEngine for PostgresStore {
+    type Write<'a> = WriteTransaction<'a>;
+
+    const BACKEND: Backend = Backend::Postgres;
+
+    fn read_pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {
         Ok(WriteTransaction {
             transaction: self.pool.begin().await?,
             assigner_wake: &self.assigner_wake,
             appended: false,
         })
+    }
+
+    /// "Assign, then read" (see the crate's doc): a caller that has seen its write commit reads
+    /// it numbered, without waiting for the assigner task.
+    async fn number_outbox(&self) -> Result<(), StoreError> {
+        self.assign_positions().await?;
+        Ok(())
+    }
+
+    fn outbox_signal(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 }
 

@@ -3,36 +3,22 @@
 //! here. (The writer thread's writes append with the same statements, in `booking_writes`.)
 
 use super::WriteTransaction;
+use crate::common::engine::SqlWrite;
 use crate::common::payloads::{SeatChange, SeatChangeRecord};
-use crate::common::rows::millis;
 use crate::{ChangeKind, StoreError};
-use serde::Serialize;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-impl WriteTransaction<'_> {
-    pub(crate) async fn append_change(
-        &mut self,
-        kind: ChangeKind,
-        entity_id: &str,
-        payload: &impl Serialize,
-    ) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(payload)?;
-        sqlx::query(
-            "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(kind.entity().as_str())
-        .bind(entity_id)
-        .bind(kind.as_str())
-        .bind(payload)
-        .bind(millis(marquee_domain::timestamp_now()))
-        .execute(&mut *self.transaction)
-        .await?;
-        Ok(())
+impl SqlWrite for WriteTransaction<'_> {
+    const APPEND: &'static str =
+        "INSERT INTO outbox (entity, entity_id, kind, payload, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5)";
+
+    fn connection(&mut self) -> &mut AnyConnection {
+        &mut self.transaction
     }
 
     /// Bumps the event's seat sequence and appends the change, numbered with it, to the outbox.
-    pub(crate) async fn announce_seats(
+    async fn announce_seats(
         &mut self,
         kind: ChangeKind,
         change: &SeatChange<'_>,
@@ -51,5 +37,10 @@ impl WriteTransaction<'_> {
         };
         self.append_change(kind, change.event_id.as_str(), &record)
             .await
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.transaction.commit().await?;
+        Ok(())
     }
 }

@@ -7,22 +7,22 @@
 //!
 //! The booking hot path's writes (holds, orders, idempotency keys) skip `sqlx` and go to a
 //! writer thread that commits them in groups under the same gate ([`writer`]); their statements
-//! are in [`booking_writes`]. The other writes go through `sqlx` ([`catalog`], [`inventory`]),
-//! the reads are the ones both engines share (`common`).
+//! are in [`booking_writes`]. The other writes and the reads are the ones both engines share
+//! (`common`), through `sqlx` and behind the gate ([`changes`] appends to the outbox).
 
 pub(crate) mod booking_writes;
-mod catalog;
 mod changes;
 mod inventory;
 pub(crate) mod writer;
 
+use crate::common::engine::SqlEngine;
 use crate::{Backend, StoreError, StoreOptions};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{watch, Mutex, MutexGuard};
 use writer::SqliteWriter;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -40,13 +40,6 @@ pub struct SqliteStore {
 pub(crate) struct WriteTransaction<'a> {
     pub(crate) transaction: Transaction<'static, Any>,
     _gate: MutexGuard<'a, ()>,
-}
-
-impl WriteTransaction<'_> {
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        self.transaction.commit().await?;
-        Ok(())
-    }
 }
 
 impl SqliteStore {
@@ -99,13 +92,33 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
 
-    pub(crate) async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {
+impl SqlEngine for SqliteStore {
+    type Write<'a> = WriteTransaction<'a>;
+
+    const BACKEND: Backend = Backend::Sqlite;
+
+    fn read_pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {
         let gate = self.write_gate.lock().await;
         Ok(WriteTransaction {
             transaction: self.pool.begin().await?,
             _gate: gate,
         })
+    }
+
+    /// Positions are handed out as rows are inserted, and the gate commits them in that order.
+    async fn number_outbox(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// One process owns the file, and its followers poll it.
+    fn outbox_signal(&self) -> Option<watch::Receiver<u64>> {
+        None
     }
 }
 

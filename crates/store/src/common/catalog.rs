@@ -1,26 +1,29 @@
-//! The catalog on PostgreSQL. Writes append to the outbox without a position (see `changes`);
-//! reads are shared with the other engine, and reads of the outbox number it first.
+//! The catalog on either engine: one implementation, so a statement or an outbox record cannot
+//! drift between them. What the engines do differently is behind [`SqlEngine`]: the write
+//! transaction (SQLite's write gate, PostgreSQL's wake of the assigner), how a change is
+//! appended, and PostgreSQL's numbering of the outbox before it is read.
 
-use super::PostgresStore;
 use crate::common::catalog_reads as reads;
+use crate::common::engine::{execute, execute_recorded, SqlEngine, SqlWrite};
 use crate::common::payloads::{stream_payload, UserChange};
 use crate::common::rows::{self, millis, STREAM_COLUMNS};
 use crate::error::is_unique_violation;
 use crate::{
-    Backend, CatalogStore, ChangeKind, ChangePosition, ChangeRecord, EventQuery, Recording,
-    StoreError, StoredCredentials, StreamRecord, VenueQuery, WebhookEndpoint,
+    Backend, CatalogStore, ChangeKind, ChangePosition, ChangeRecord, EventQuery, InventoryStore,
+    Recording, StoreError, StoredCredentials, StreamRecord, VenueQuery, WebhookEndpoint,
 };
 use async_trait::async_trait;
 use marquee_domain::{Email, Event, EventId, EventStatus, User, UserId, Venue, VenueId};
+use sqlx::AnyConnection;
 
 #[async_trait]
-impl CatalogStore for PostgresStore {
+impl<E: SqlEngine + InventoryStore> CatalogStore for E {
     fn backend(&self) -> Backend {
-        Backend::Postgres
+        E::BACKEND
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        reads::ping(&self.pool).await
+        reads::ping(self.read_pool()).await
     }
 
     async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
@@ -35,7 +38,7 @@ impl CatalogStore for PostgresStore {
         .bind(user.role.as_str())
         .bind(password_hash)
         .bind(millis(user.created_at))
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await;
         match inserted {
             Err(error) if is_unique_violation(&error) => return Err(StoreError::EmailTaken),
@@ -53,22 +56,21 @@ impl CatalogStore for PostgresStore {
     }
 
     async fn user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
-        reads::user(&self.pool, id).await
+        reads::user(self.read_pool(), id).await
     }
 
     async fn credentials_by_email(
         &self,
         email: &Email,
     ) -> Result<Option<StoredCredentials>, StoreError> {
-        reads::credentials_by_email(&self.pool, email).await
+        reads::credentials_by_email(self.read_pool(), email).await
     }
 
     async fn create_venue(&self, venue: &Venue) -> Result<(), StoreError> {
         let seat_map = serde_json::to_string(&venue.seat_map)?;
         let capacity = i64::try_from(venue.seat_map.capacity())
             .map_err(|_| StoreError::Corrupt("capacity overflows".into()))?;
-        let mut write = self.begin_write().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO venues (id, owner_id, name, address, city, country, lat, lon, seat_map, \
              capacity, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
@@ -82,27 +84,28 @@ impl CatalogStore for PostgresStore {
         .bind(venue.details.location.lon())
         .bind(seat_map)
         .bind(capacity)
-        .bind(millis(venue.created_at))
-        .execute(&mut *write.transaction)
-        .await?;
-        write
-            .append_change(ChangeKind::VenueCreated, venue.id.as_str(), venue)
-            .await?;
-        write.commit().await
+        .bind(millis(venue.created_at));
+        execute_recorded(
+            self,
+            insert,
+            ChangeKind::VenueCreated,
+            venue.id.as_str(),
+            venue,
+        )
+        .await
     }
 
     async fn venue(&self, id: &VenueId) -> Result<Option<Venue>, StoreError> {
-        reads::venue(&self.pool, id).await
+        reads::venue(self.read_pool(), id).await
     }
 
     async fn list_venues(&self, query: &VenueQuery) -> Result<Vec<Venue>, StoreError> {
-        reads::list_venues(&self.pool, query).await
+        reads::list_venues(self.read_pool(), query).await
     }
 
     async fn create_event(&self, event: &Event) -> Result<(), StoreError> {
         let details = serde_json::to_string(&event.details)?;
-        let mut write = self.begin_write().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO events (id, owner_id, venue_id, status, version, title, starts_at, \
              details, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
@@ -115,17 +118,19 @@ impl CatalogStore for PostgresStore {
         .bind(millis(event.details.starts_at))
         .bind(details)
         .bind(millis(event.created_at))
-        .bind(millis(event.updated_at))
-        .execute(&mut *write.transaction)
-        .await?;
-        write
-            .append_change(ChangeKind::EventCreated, event.id.as_str(), event)
-            .await?;
-        write.commit().await
+        .bind(millis(event.updated_at));
+        execute_recorded(
+            self,
+            insert,
+            ChangeKind::EventCreated,
+            event.id.as_str(),
+            event,
+        )
+        .await
     }
 
     async fn event(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
-        reads::event(&self.pool, id).await
+        reads::event(self.read_pool(), id).await
     }
 
     async fn update_event(&self, event: &Event, change: ChangeKind) -> Result<Event, StoreError> {
@@ -146,15 +151,10 @@ impl CatalogStore for PostgresStore {
         .bind(millis(stored.updated_at))
         .bind(event.id.as_str())
         .bind(event.version)
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await?;
         if updated.rows_affected() == 0 {
-            let exists = sqlx::query("SELECT 1 FROM events WHERE id = $1")
-                .bind(event.id.as_str())
-                .fetch_optional(&mut *write.transaction)
-                .await?
-                .is_some();
-            return Err(if exists {
+            return Err(if event_exists(write.connection(), &event.id).await? {
                 StoreError::VersionConflict {
                     expected: event.version,
                 }
@@ -170,11 +170,11 @@ impl CatalogStore for PostgresStore {
     }
 
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        reads::list_events(&self.pool, query).await
+        reads::list_events(self.read_pool(), query).await
     }
 
     async fn count_events(&self, status: Option<EventStatus>) -> Result<u64, StoreError> {
-        reads::count_events(&self.pool, status).await
+        reads::count_events(self.read_pool(), status).await
     }
 
     async fn read_changes(
@@ -182,22 +182,21 @@ impl CatalogStore for PostgresStore {
         after: ChangePosition,
         limit: u32,
     ) -> Result<Vec<ChangeRecord>, StoreError> {
-        self.assign_positions().await?;
-        reads::read_changes(&self.pool, after, limit).await
+        self.number_outbox().await?;
+        reads::read_changes(self.read_pool(), after, limit).await
     }
 
     async fn latest_change(&self) -> Result<ChangePosition, StoreError> {
-        self.assign_positions().await?;
-        reads::latest_change(&self.pool).await
+        self.number_outbox().await?;
+        reads::latest_change(self.read_pool()).await
     }
 
     fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.changes.subscribe())
+        self.outbox_signal()
     }
 
     async fn create_webhook(&self, webhook: &WebhookEndpoint) -> Result<(), StoreError> {
-        let mut write = self.begin_write().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO webhooks (id, organizer_id, url, events, secret, description, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -207,28 +206,22 @@ impl CatalogStore for PostgresStore {
         .bind(serde_json::to_string(&webhook.events)?)
         .bind(webhook.secret.as_str())
         .bind(webhook.description.as_str())
-        .bind(millis(webhook.created_at))
-        .execute(&mut *write.transaction)
-        .await?;
-        write.commit().await
+        .bind(millis(webhook.created_at));
+        execute(self, insert).await?;
+        Ok(())
     }
 
     async fn webhook(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError> {
-        reads::webhook(&self.pool, id).await
+        reads::webhook(self.read_pool(), id).await
     }
 
     async fn webhooks_of(&self, organizer: &UserId) -> Result<Vec<WebhookEndpoint>, StoreError> {
-        reads::webhooks_of(&self.pool, organizer).await
+        reads::webhooks_of(self.read_pool(), organizer).await
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
-        let mut write = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM webhooks WHERE id = $1")
-            .bind(id)
-            .execute(&mut *write.transaction)
-            .await?;
-        write.commit().await?;
-        Ok(deleted.rows_affected() == 1)
+        let delete = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id);
+        Ok(execute(self, delete).await? == 1)
     }
 
     async fn issue_stream_key(
@@ -238,12 +231,7 @@ impl CatalogStore for PostgresStore {
     ) -> Result<StreamRecord, StoreError> {
         let now = millis(marquee_domain::timestamp_now());
         let mut write = self.begin_write().await?;
-        let exists = sqlx::query("SELECT 1 FROM events WHERE id = $1")
-            .bind(event.as_str())
-            .fetch_optional(&mut *write.transaction)
-            .await?
-            .is_some();
-        if !exists {
+        if !event_exists(write.connection(), event).await? {
             return Err(StoreError::NotFound);
         }
         sqlx::query(
@@ -258,31 +246,20 @@ impl CatalogStore for PostgresStore {
         .bind(event.as_str())
         .bind(key_hash)
         .bind(now)
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await?;
-        let sql = format!("SELECT {STREAM_COLUMNS} FROM event_streams WHERE event_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(event.as_str())
-            .fetch_one(&mut *write.transaction)
-            .await?;
-        let stream = rows::stream(&row)?;
-        write
-            .append_change(
-                ChangeKind::StreamStatus,
-                event.as_str(),
-                &stream_payload(&stream),
-            )
-            .await?;
-        write.commit().await?;
-        Ok(stream)
+        let stream = stream_of(write.connection(), event)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        record_stream(write, event, stream).await
     }
 
     async fn stream_by_key_hash(&self, key_hash: &str) -> Result<Option<EventId>, StoreError> {
-        reads::stream_by_key_hash(&self.pool, key_hash).await
+        reads::stream_by_key_hash(self.read_pool(), key_hash).await
     }
 
     async fn stream(&self, event: &EventId) -> Result<Option<StreamRecord>, StoreError> {
-        reads::stream(&self.pool, event).await
+        reads::stream(self.read_pool(), event).await
     }
 
     async fn set_stream_status(
@@ -292,13 +269,9 @@ impl CatalogStore for PostgresStore {
         problem: Option<&str>,
     ) -> Result<StreamRecord, StoreError> {
         let mut write = self.begin_write().await?;
-        let sql = format!("SELECT {STREAM_COLUMNS} FROM event_streams WHERE event_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(event.as_str())
-            .fetch_optional(&mut *write.transaction)
+        let mut stream = stream_of(write.connection(), event)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let mut stream = rows::stream(&row)?;
         if stream.status == status && stream.problem.as_deref() == problem {
             return Ok(stream);
         }
@@ -315,26 +288,17 @@ impl CatalogStore for PostgresStore {
         .bind(stream.version)
         .bind(millis(stream.updated_at))
         .bind(event.as_str())
-        .execute(&mut *write.transaction)
+        .execute(write.connection())
         .await?;
-        write
-            .append_change(
-                ChangeKind::StreamStatus,
-                event.as_str(),
-                &stream_payload(&stream),
-            )
-            .await?;
-        write.commit().await?;
-        Ok(stream)
+        record_stream(write, event, stream).await
     }
 
     async fn holds_ticket(&self, user: &UserId, event: &EventId) -> Result<bool, StoreError> {
-        reads::holds_ticket(&self.pool, user, event).await
+        reads::holds_ticket(self.read_pool(), user, event).await
     }
 
     async fn add_recording(&self, recording: &Recording) -> Result<(), StoreError> {
-        let mut write = self.begin_write().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO recordings \
              (id, event_id, object_key, bytes, duration_ms, started_at, ended_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -345,13 +309,53 @@ impl CatalogStore for PostgresStore {
         .bind(recording.bytes)
         .bind(recording.duration_ms)
         .bind(millis(recording.started_at))
-        .bind(millis(recording.ended_at))
-        .execute(&mut *write.transaction)
-        .await?;
-        write.commit().await
+        .bind(millis(recording.ended_at));
+        execute(self, insert).await?;
+        Ok(())
     }
 
     async fn recordings_of(&self, event: &EventId) -> Result<Vec<Recording>, StoreError> {
-        reads::recordings_of(&self.pool, event).await
+        reads::recordings_of(self.read_pool(), event).await
     }
+}
+
+/// Inside a write, so that a failed conditional write can tell "gone" from "changed".
+async fn event_exists(connection: &mut AnyConnection, event: &EventId) -> Result<bool, StoreError> {
+    Ok(sqlx::query("SELECT 1 FROM events WHERE id = $1")
+        .bind(event.as_str())
+        .fetch_optional(connection)
+        .await?
+        .is_some())
+}
+
+/// The stream as this write sees it (the shared read runs outside any transaction).
+async fn stream_of(
+    connection: &mut AnyConnection,
+    event: &EventId,
+) -> Result<Option<StreamRecord>, StoreError> {
+    let sql = format!("SELECT {STREAM_COLUMNS} FROM event_streams WHERE event_id = $1");
+    sqlx::query(&sql)
+        .bind(event.as_str())
+        .fetch_optional(connection)
+        .await?
+        .as_ref()
+        .map(rows::stream)
+        .transpose()
+}
+
+/// Records the stream's new status in the outbox and commits.
+async fn record_stream(
+    mut write: impl SqlWrite,
+    event: &EventId,
+    stream: StreamRecord,
+) -> Result<StreamRecord, StoreError> {
+    write
+        .append_change(
+            ChangeKind::StreamStatus,
+            event.as_str(),
+            &stream_payload(&stream),
+        )
+        .await?;
+    write.commit().await?;
+    Ok(stream)
 }
