@@ -95,6 +95,9 @@ pub struct InventorySettings {
     /// How often holds past their deadline are ended even though no lapse was announced for
     /// them (see [`Inventory::spawn_lapse_follower`]).
     pub lapse_sweep: Duration,
+    /// How long an idempotency key's response is kept for replay; the lapse sweep deletes older
+    /// ones, so the table holds about a day of requests instead of growing forever.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for InventorySettings {
@@ -103,6 +106,7 @@ impl Default for InventorySettings {
             hold_ttl: Duration::from_secs(600),
             payment_timeout: Duration::from_secs(10),
             lapse_sweep: Duration::from_secs(30),
+            idempotency_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -650,6 +654,7 @@ impl Inventory {
     }
 
     async fn sweep_expired(&self) {
+        self.forget_old_idempotency_records().await;
         loop {
             let expired = match self.store.expired_holds(Utc::now(), 500).await {
                 Ok(expired) => expired,
@@ -664,6 +669,23 @@ impl Inventory {
             for hold in expired {
                 if let Err(error) = self.store.end_hold(&hold.id, HoldStatus::Lapsed).await {
                     tracing::warn!(%error, hold = %hold.id, "could not lapse a hold");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Deletes responses kept past the retention, a batch at a time, at most a few batches a
+    /// sweep so one sweep never runs long.
+    async fn forget_old_idempotency_records(&self) {
+        const BATCH: u32 = 1_000;
+        let before = Utc::now() - chrono_duration(self.settings.idempotency_retention);
+        for _ in 0..10 {
+            match self.store.forget_idempotent_responses(before, BATCH).await {
+                Ok(deleted) if deleted == u64::from(BATCH) => continue,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete expired idempotency records");
                     return;
                 }
             }

@@ -439,6 +439,7 @@ async fn a_hold_whose_lease_was_forgotten_still_lapses_at_its_deadline() {
         hold_ttl: Duration::from_millis(500),
         payment_timeout: Duration::from_secs(5),
         lapse_sweep: Duration::from_millis(100),
+        ..InventorySettings::default()
     };
     // The hold is taken through one lease store...
     let before_restart = Inventory::new(

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub redis_prefix: String,
     /// How long a payment may take before an order fails with 503 (the hold stays).
     pub payment_timeout: Duration,
+    /// How long an idempotency key's response is kept for replay.
+    pub idempotency_retention: Duration,
     /// Push transports' limits and heartbeat.
     pub push: marquee_api::PushSettings,
     /// Push channels' history and buffers (on Redis too when `redis_url` is set).

@@ -77,6 +77,7 @@ impl Server {
             InventorySettings {
                 hold_ttl: config.hold_ttl,
                 payment_timeout: config.payment_timeout,
+                idempotency_retention: config.idempotency_retention,
                 ..InventorySettings::default()
             },
         );

@@ -77,6 +77,9 @@ pub struct BookingSettings {
     /// How long a payment may take before the order fails (the hold stays).
     #[serde(with = "humantime_serde")]
     pub payment_timeout: Duration,
+    /// How long a request's answer is kept for a retry under its idempotency key.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -239,6 +242,8 @@ impl Default for NodeSettings {
             booking: BookingSettings {
                 hold_ttl: Duration::from_secs(600),
                 payment_timeout: Duration::from_secs(10),
+                idempotency_retention: marquee_inventory::InventorySettings::default()
+                    .idempotency_retention,
             },
             redis: RedisSettings {
                 url: None,
@@ -422,6 +427,7 @@ impl NodeSettings {
             redis_url: self.redis.url,
             redis_prefix: self.redis.prefix,
             payment_timeout: self.booking.payment_timeout,
+            idempotency_retention: self.booking.idempotency_retention,
             push: marquee_api::PushSettings {
                 heartbeat: self.push.heartbeat,
                 max_connections_per_ip: self.push.max_per_ip,

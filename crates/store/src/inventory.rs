@@ -123,4 +123,11 @@ pub trait InventoryStore: Send + Sync + 'static {
         key: &str,
         response: &StoredResponse,
     ) -> Result<bool, StoreError>;
+    /// Deletes up to `limit` kept responses stored before `before` (their retention is over: a
+    /// retry after that is a new request), oldest first; how many were deleted.
+    async fn forget_idempotent_responses(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 }

@@ -367,6 +367,16 @@ impl InventoryStore for SqlCatalogStore {
             .save_idempotent_response(user, key, response)
             .await
     }
+
+    async fn forget_idempotent_responses(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.engine()
+            .forget_idempotent_responses(before, limit)
+            .await
+    }
 }
 
 #[cfg(test)]

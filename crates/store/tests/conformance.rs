@@ -106,6 +106,7 @@ conformance!(
     events_list_by_status_and_owner_in_pages,
     every_change_lands_in_the_outbox_in_order,
     a_failed_write_leaves_no_change_behind,
+    idempotency_records_are_forgotten_after_their_retention,
     a_follower_reading_during_concurrent_writes_misses_nothing,
     webhook_endpoints_belong_to_their_organizer,
 );
@@ -482,6 +483,60 @@ async fn a_failed_write_leaves_no_change_behind(store: Arc<SqlCatalogStore>) {
     let twin = user(Role::Fan, "ada@example.com");
     assert!(store.create_user(&twin, "hash").await.is_err());
     assert_eq!(store.latest_change().await.expect("head"), head);
+}
+
+/// Kept answers expire: the sweep deletes those stored before the cut-off, oldest first and at
+/// most `limit` at a time, and leaves the newer ones to replay.
+async fn idempotency_records_are_forgotten_after_their_retention(store: Arc<SqlCatalogStore>) {
+    use marquee_store::InventoryStore;
+    let ada = user(Role::Fan, "keys@example.com");
+    store.create_user(&ada, "hash").await.expect("create");
+    let response = |body: &str| marquee_store::StoredResponse {
+        request_hash: "h".into(),
+        status_code: 201,
+        body: body.into(),
+    };
+    for key in ["old-1", "old-2", "old-3"] {
+        assert!(store
+            .save_idempotent_response(&ada.id, key, &response(key))
+            .await
+            .expect("save"));
+    }
+    let cut_off = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(store
+        .save_idempotent_response(&ada.id, "new", &response("new"))
+        .await
+        .expect("save"));
+    assert_eq!(
+        store
+            .forget_idempotent_responses(cut_off, 2)
+            .await
+            .expect("forget"),
+        2
+    );
+    assert_eq!(
+        store
+            .forget_idempotent_responses(cut_off, 2)
+            .await
+            .expect("forget"),
+        1
+    );
+    for key in ["old-1", "old-2", "old-3"] {
+        assert!(store
+            .idempotent_response(&ada.id, key)
+            .await
+            .expect("read")
+            .is_none());
+    }
+    assert_eq!(
+        store
+            .idempotent_response(&ada.id, "new")
+            .await
+            .expect("read")
+            .map(|kept| kept.body),
+        Some("new".to_string())
+    );
 }
 
 /// A follower that reads from its last position while writers commit concurrently must end

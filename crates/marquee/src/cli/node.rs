@@ -146,6 +146,15 @@ pub struct BookingFlags {
         with = "humantime_serde::option"
     )]
     pub payment_timeout: Option<Duration>,
+
+    /// How long a request's answer is kept for a retry under its idempotency key
+    /// [default: 24h].
+    #[arg(long, env = "MARQUEE_IDEMPOTENCY_RETENTION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub idempotency_retention: Option<Duration>,
 }
 
 /// `[redis]`

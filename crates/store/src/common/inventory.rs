@@ -229,6 +229,26 @@ impl<E: BookingEngine> InventoryStore for E {
     ) -> Result<bool, StoreError> {
         BookingEngine::save_idempotent_response(self, user, key, response).await
     }
+
+    async fn forget_idempotent_responses(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        // Bounded, so a backlog (a node that was down for days) is cleared in short
+        // transactions that never hold the booking writers back for long.
+        execute(
+            self,
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE (user_id, key) IN ( \
+                 SELECT user_id, key FROM idempotency_keys WHERE created_at < $1 \
+                 ORDER BY created_at LIMIT $2)",
+            )
+            .bind(millis(before))
+            .bind(i64::from(limit)),
+        )
+        .await
+    }
 }
 
 /// Moves a general-admission section's counters, within its capacity (the table's CHECK is the
