@@ -9,8 +9,12 @@
 //!   refused), requires `exp`, `iat`, `sub` and our issuer, and allows no clock leeway beyond
 //!   a few seconds.
 
+pub mod keyring;
 mod password;
 mod token;
 
+pub use keyring::{
+    Derivation, KeyRecord, KeySource, Keyring, KeyringError, Purpose, PurposeKeys, SigningKey,
+};
 pub use password::{hash_password, verify_password, PasswordError};
 pub use token::{AccessClaims, SigningSecret, TokenError, TokenIssuer};
