@@ -358,7 +358,7 @@ impl From<TokenError> for ApiError {
                 "token_expired",
                 "the token has expired; sign in again",
             ),
-            TokenError::Invalid => ApiError::new(
+            TokenError::Invalid | TokenError::UnknownKey => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
                 "the token is not valid",

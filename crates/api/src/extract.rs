@@ -76,7 +76,7 @@ where
                 )
             })?;
         let state = AppState::from_ref(state);
-        let claims = state.tokens.verify(token)?;
+        let claims = state.tokens.verify_reloading(token).await?;
         Ok(MaybeUser(Some(CurrentUser {
             id: claims.user_id(),
             role: claims.role,

@@ -431,7 +431,10 @@ async fn announce_admission(
 
 async fn publish_place(state: &AppState, token: &str) {
     match state.queue.room.status(token, now_ms()).await {
-        Ok(place) => {
+        Ok(mut place) => {
+            // Published on the channel the fan listens on: the token it holds, not the one the
+            // room signed afresh (which names the current key, another after a rotation).
+            place.token = token.to_string();
             let kind = match place.standing {
                 Standing::Admitted { .. } => "queue.admitted",
                 _ => "queue.position",

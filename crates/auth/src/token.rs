@@ -1,7 +1,11 @@
-//! JWT access tokens: HS256 only, with our issuer and an expiry.
+//! JWT access tokens: HS256 only, with our issuer and an expiry, signed by the keyring's
+//! `access-tokens` key named in the header's `kid`.
 
+use crate::keyring::{Keyring, Purpose, PurposeKeys};
 use chrono::Utc;
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use marquee_domain::{Role, UserId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -52,6 +56,9 @@ pub enum TokenError {
     WeakSecret,
     #[error("the token could not be signed")]
     Signing,
+    /// Signed by a key this node does not know (or no longer accepts).
+    #[error("the token names an unknown signing key")]
+    UnknownKey,
 }
 
 /// What a verified token says about its bearer.
@@ -70,28 +77,42 @@ impl AccessClaims {
     }
 }
 
-/// Issues and verifies access tokens with one secret.
+/// Issues and verifies access tokens with the keyring's `access-tokens` keys.
 #[derive(Clone)]
 pub struct TokenIssuer {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    keys: PurposeKeys,
     validation: Validation,
     lifetime: Duration,
 }
 
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenIssuer(***)")
+    }
+}
+
 impl TokenIssuer {
+    /// One secret, used as the HS256 key as is, and tokens without a `kid`: what the gateway
+    /// and every `--jwt-secret` node verify.
     pub fn new(secret: &SigningSecret, lifetime: Duration) -> TokenIssuer {
+        TokenIssuer::from_keyring(&Keyring::from_secret(secret), lifetime)
+    }
+
+    pub fn from_keyring(keyring: &Keyring, lifetime: Duration) -> TokenIssuer {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
         validation.leeway = 5;
         TokenIssuer {
-            encoding: EncodingKey::from_secret(secret.expose()),
-            decoding: DecodingKey::from_secret(secret.expose()),
+            keys: keyring.purpose(Purpose::AccessTokens),
             validation,
             lifetime,
         }
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        self.keys.keyring()
     }
 
     pub fn lifetime(&self) -> Duration {
@@ -119,13 +140,50 @@ impl TokenIssuer {
             iat: issued_at,
             exp: issued_at.saturating_add(lifetime_secs),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let key = self.keys.signing_key();
+        let mut header = Header::new(Algorithm::HS256);
+        if self.keys.tags_key_ids() {
+            header.kid = Some(key.id().to_string());
+        }
+        encode(&header, &claims, &EncodingKey::from_secret(key.material()))
             .map_err(|_| TokenError::Signing)
     }
 
+    /// Verifies with the key the header's `kid` names (a token without one is from before the
+    /// keyring, or from a `--jwt-secret` node: the first key). Never tries other keys.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let kid = decode_header(token).map_err(|_| TokenError::Invalid)?.kid;
+        let key = match kid {
+            Some(kid) => self.keys.get(&kid).ok_or_else(|| {
+                self.keys.unknown_key_seen();
+                TokenError::UnknownKey
+            })?,
+            None => self.keys.unnamed().ok_or(TokenError::Invalid)?,
+        };
+        self.verify_with(token, key.material())
+    }
+
+    /// [`TokenIssuer::verify`], but a `kid` this node does not know yet reloads the keyring
+    /// once (rate-limited) before the token is refused.
+    pub async fn verify_reloading(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::UnknownKey) => {
+                let kid = decode_header(token)
+                    .map_err(|_| TokenError::Invalid)?
+                    .kid
+                    .ok_or(TokenError::Invalid)?;
+                match self.keys.get_reloading(&kid).await {
+                    Some(key) => self.verify_with(token, key.material()),
+                    None => Err(TokenError::UnknownKey),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn verify_with(&self, token: &str, key: &[u8]) -> Result<AccessClaims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        decode::<AccessClaims>(token, &self.decoding, &self.validation)
+        decode::<AccessClaims>(token, &DecodingKey::from_secret(key), &self.validation)
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -198,6 +256,61 @@ mod tests {
         );
         let tampered = format!("{}.{}.{}", parts[0], tampered_payload, parts[2]);
         assert_eq!(issuer.verify(&tampered), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn keyring_tokens_name_their_key_and_verify_by_it() {
+        use crate::keyring::{generate_root, Derivation, KeyRecord};
+        let root = generate_root();
+        let record = |purpose, id: &str, root: &[u8], active_from| KeyRecord {
+            purpose,
+            id: id.to_string(),
+            root: root.to_vec(),
+            derivation: Derivation::HkdfSha256,
+            created_at: 0,
+            active_from,
+            retire_at: None,
+        };
+        let mut records: Vec<KeyRecord> = Purpose::ALL
+            .into_iter()
+            .map(|purpose| record(purpose, "k1", &root, 0))
+            .collect();
+        let before = Keyring::from_records(records.clone()).expect("ring");
+        let old = TokenIssuer::from_keyring(&before, Duration::from_secs(60))
+            .issue(&UserId::generate(), Role::Fan)
+            .expect("issue");
+        assert_eq!(
+            decode_header(&old).expect("header").kid.as_deref(),
+            Some("k1")
+        );
+        records.push(record(Purpose::AccessTokens, "k2", &generate_root(), 0));
+        let after = TokenIssuer::from_keyring(
+            &Keyring::from_records(records).expect("ring"),
+            Duration::from_secs(60),
+        );
+        let new = after.issue(&UserId::generate(), Role::Fan).expect("issue");
+        assert_eq!(
+            decode_header(&new).expect("header").kid.as_deref(),
+            Some("k2")
+        );
+        assert!(
+            after.verify(&old).is_ok(),
+            "a token of the previous key verifies"
+        );
+        assert!(after.verify(&new).is_ok());
+        assert_eq!(
+            TokenIssuer::from_keyring(&before, Duration::from_secs(60)).verify(&new),
+            Err(TokenError::UnknownKey)
+        );
+        // A token from a configured secret (no kid) is not accepted by another ring's k1.
+        assert_eq!(
+            after.verify(
+                &issuer()
+                    .issue(&UserId::generate(), Role::Fan)
+                    .expect("issue")
+            ),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

@@ -746,7 +746,8 @@ impl Inventory {
     pub async fn check_in(&self, event: &Event, code: &str) -> Result<Ticket, InventoryError> {
         let ticket = self
             .signer
-            .verify(code, &event.id)
+            .verify_reloading(code, &event.id)
+            .await
             .ok_or(InventoryError::TicketNotFound)?;
         match self
             .store

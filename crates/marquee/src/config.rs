@@ -1,7 +1,7 @@
 //! A node's runtime configuration, in the blocks' own types, built from
 //! [`crate::settings::NodeSettings`] (file, variables, flags); what is not given is derived from
-//! the data dir: the SQLite file and the JWT signing secret, which is generated once and kept
-//! with mode 0600.
+//! the data dir: the SQLite file and the jobs file. Signing keys come from the configured
+//! secret or the cluster's keyring (see [`ServerConfig::keyring`]).
 
 use crate::settings::{ListenOrOff, NodeSettings};
 use anyhow::{bail, Context};
@@ -20,8 +20,11 @@ pub struct ServerConfig {
     /// `sqlite://…` or `postgres://…`; `None` means `marquee.db` in the data dir.
     pub database_url: Option<String>,
     pub hold_ttl: Duration,
-    /// `None` means the secret kept in the data dir (generated on first start).
+    /// `None` means the cluster's keyring in the catalog database (see
+    /// [`ServerConfig::keyring`]).
     pub jwt_secret: Option<String>,
+    /// How often the node reads the keyring again (rotated keys, retirements).
+    pub key_reload_interval: Duration,
     pub token_ttl: Duration,
     pub node_id: String,
     pub body_limit_bytes: usize,
@@ -138,49 +141,57 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
-    /// The signing secret of a node on a shared (PostgreSQL) store: the configured one, or the
-    /// one the cluster keeps in its database — written by the first node that starts (its data
-    /// dir's secret if it had one, else a new one) and read by every other. A node never
-    /// invents a secret its peers do not know: tokens, ticket codes, passes and playback URLs
-    /// signed on one node verify on all.
-    pub async fn cluster_signing_secret(
+    /// The node's signing keys. With a configured `--jwt-secret`: one implicit key per purpose
+    /// derived from it as before the keyring, and nothing signed names a key (the gateway and
+    /// tests verify with the raw secret). Without one: the cluster's keyring in the catalog
+    /// database (SQLite's or PostgreSQL's alike), whose first keys come from the root nodes
+    /// used before — PostgreSQL's `node_secrets`, SQLite's `<data_dir>/jwt-secret` — when there
+    /// is one, so tokens, ticket codes and passes already out keep verifying.
+    pub async fn keyring(
         &self,
-        store: &marquee_store::SqlCatalogStore,
-    ) -> anyhow::Result<SigningSecret> {
+        store: &std::sync::Arc<marquee_store::SqlCatalogStore>,
+    ) -> anyhow::Result<marquee_auth::Keyring> {
+        use marquee_store::CatalogStore;
         if self.jwt_secret.is_some() {
-            return self.signing_secret();
+            return Ok(marquee_auth::Keyring::from_secret(&self.signing_secret()?));
         }
-        let local_path = self.data_dir.join("jwt-secret");
-        let local = match std::fs::read_to_string(&local_path) {
-            Ok(text) => {
-                check_private(&local_path)?;
-                Some(text.trim().to_string())
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => {
-                return Err(error).with_context(|| format!("reading {}", local_path.display()))
+        let legacy = match store.backend() {
+            marquee_store::Backend::Postgres => store
+                .stored_secret(CLUSTER_SECRET_NAME)
+                .await
+                .context("reading the cluster's signing root from the database")?
+                .map(|hex| decode_hex(&hex).context("the cluster's signing root is not hex"))
+                .transpose()?,
+            marquee_store::Backend::Sqlite => {
+                let path = self.data_dir.join("jwt-secret");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        check_private(&path)?;
+                        Some(
+                            decode_hex(text.trim()).with_context(|| {
+                                format!("{} is not a hex secret", path.display())
+                            })?,
+                        )
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(error) => {
+                        return Err(error).with_context(|| format!("reading {}", path.display()))
+                    }
+                }
             }
         };
-        let candidate = local
-            .clone()
-            .unwrap_or_else(|| encode_hex(SigningSecret::generate().expose()));
-        let shared = store
-            .shared_secret(CLUSTER_SECRET_NAME, &candidate)
-            .await
-            .context("reading the cluster's signing secret from the database")?;
-        if local.as_ref().is_some_and(|local| *local != shared) {
-            tracing::warn!(
-                path = %local_path.display(),
-                "this data dir's jwt-secret differs from the cluster's; the cluster's is used, \
-                 so what this node signed alone before no longer verifies"
-            );
+        if legacy
+            .as_ref()
+            .is_some_and(|root| root.len() < SigningSecret::MIN_BYTES)
+        {
+            bail!("the signing root kept from before the keyring is under 32 bytes");
         }
-        let bytes = decode_hex(&shared).context("the cluster's signing secret is not hex")?;
-        SigningSecret::new(bytes).context("the cluster's signing secret is under 32 bytes")
+        crate::keys::bootstrap(std::sync::Arc::clone(store), legacy).await
     }
 }
 
-/// The name of the signing root in the store's `node_secrets`.
+/// The name of the signing root in the store's `node_secrets` (clusters from before the
+/// keyring wrote it; the keyring's first keys derive from it).
 const CLUSTER_SECRET_NAME: &str = "signing-root";
 
 /// The host name, so that `x-marquee-node` tells nodes apart without configuration.

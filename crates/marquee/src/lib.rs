@@ -6,6 +6,7 @@
 pub mod config;
 pub mod demo;
 pub mod jobs_cli;
+pub mod keys;
 pub mod server;
 pub mod settings;
 

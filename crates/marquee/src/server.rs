@@ -45,27 +45,23 @@ impl Server {
         // On PostgreSQL the jobs live in the catalog's database: one pool per node there.
         let shared = store.backend() == marquee_store::Backend::Postgres;
         let jobs_pool = shared.then(|| store.pool());
-        let secret = if shared {
-            config.cluster_signing_secret(&store).await?
-        } else {
-            config.signing_secret()?
-        };
-        Self::start_with(config, store, jobs_pool, secret).await
+        let keyring = config.keyring(&store).await?;
+        Self::start_with(config, store, jobs_pool, keyring).await
     }
 
     pub async fn start_with_store(
         config: ServerConfig,
         store: Arc<dyn CatalogStore>,
     ) -> anyhow::Result<Server> {
-        let secret = config.signing_secret()?;
-        Self::start_with(config, store, None, secret).await
+        let keyring = marquee_auth::Keyring::from_secret(&config.signing_secret()?);
+        Self::start_with(config, store, None, keyring).await
     }
 
     async fn start_with(
         config: ServerConfig,
         store: Arc<dyn CatalogStore>,
         jobs_pool: Option<sqlx::AnyPool>,
-        secret: marquee_auth::SigningSecret,
+        keyring: marquee_auth::Keyring,
     ) -> anyhow::Result<Server> {
         let metrics = marquee_telemetry::install_metrics()?;
         let leases = open_leases(&config).await?;
@@ -73,7 +69,7 @@ impl Server {
             store.clone(),
             Arc::clone(&leases),
             Arc::new(TestPaymentProvider::default()),
-            TicketSigner::new(&derive_key(&secret, b"marquee ticket codes v1")),
+            TicketSigner::from_keyring(&keyring),
             InventorySettings {
                 hold_ttl: config.hold_ttl,
                 payment_timeout: config.payment_timeout,
@@ -83,6 +79,7 @@ impl Server {
         );
         let lapse_follower = inventory.spawn_lapse_follower();
         let (stop, stopped) = watch::channel(false);
+        spawn_keyring_reload(keyring.clone(), config.key_reload_interval, stopped.clone());
         let hub = open_push_hub(&config).await?;
         let mut dependencies: Vec<Arc<dyn marquee_api::Dependency>> = Vec::new();
         if config.redis_url.is_some() {
@@ -144,7 +141,7 @@ impl Server {
         let media_root = config.data_dir.join("live");
         let live = Arc::new(marquee_api::Live::new(
             Arc::clone(&live_streams),
-            marquee_media::PlaybackTokens::derived_from(secret.expose()),
+            marquee_media::PlaybackTokens::from_keyring(&keyring),
             marquee_api::LiveSettings {
                 rtmp_url: config.live.rtmp_public_url.clone().unwrap_or_else(|| {
                     let addr = rtmp_addr.unwrap_or_else(|| ([127, 0, 0, 1], 1935).into());
@@ -171,7 +168,7 @@ impl Server {
             seat_maps: marquee_api::SeatMapCache::new(store.clone(), Duration::from_secs(2)),
             inventory,
             store,
-            tokens: TokenIssuer::new(&secret, config.token_ttl),
+            tokens: TokenIssuer::from_keyring(&keyring, config.token_ttl),
             metrics: Some(metrics.clone()),
             settings: Arc::new(ApiSettings {
                 body_limit_bytes: config.body_limit_bytes,
@@ -184,7 +181,7 @@ impl Server {
             push: Arc::new(Push::new(hub, config.push.clone(), stopped.clone())),
             search,
             queue: Arc::new(marquee_api::Queue::new(
-                open_waiting_room(&config, &secret).await?,
+                open_waiting_room(&config, &keyring).await?,
                 config.queue.clone(),
                 rate_limiter.clone(),
             )),
@@ -381,7 +378,7 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Catalog
     Ok(open_sql_store(config).await?)
 }
 
-async fn open_sql_store(config: &ServerConfig) -> anyhow::Result<Arc<SqlCatalogStore>> {
+pub async fn open_sql_store(config: &ServerConfig) -> anyhow::Result<Arc<SqlCatalogStore>> {
     let url = config.database_url();
     let store = SqlCatalogStore::connect(
         &url,
@@ -444,9 +441,9 @@ pub fn open_search_index(config: &ServerConfig) -> anyhow::Result<marquee_search
 /// this process.
 pub async fn open_waiting_room(
     config: &ServerConfig,
-    secret: &marquee_auth::SigningSecret,
+    keyring: &marquee_auth::Keyring,
 ) -> anyhow::Result<Arc<dyn marquee_waitroom::WaitingRoom>> {
-    let signer = marquee_waitroom::RoomSigner::new(secret.expose());
+    let signer = marquee_waitroom::RoomSigner::from_keyring(keyring);
     Ok(match &config.redis_url {
         Some(url) => Arc::new(
             marquee_waitroom::RedisWaitingRoom::connect(
@@ -603,15 +600,32 @@ pub async fn open_push_hub(config: &ServerConfig) -> anyhow::Result<Arc<dyn Push
     })
 }
 
-/// A key for one purpose derived from the signing secret, so one secret to configure yields
-/// independent keys (a leaked ticket key does not sign tokens).
-fn derive_key(secret: &marquee_auth::SigningSecret, purpose: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    hasher.update(purpose);
-    hasher.update([0]);
-    hasher.update(secret.expose());
-    hasher.finalize().to_vec()
+/// Reads the keyring again every `interval`, and soon after a signer met a key id it did not
+/// know (rate-limited by the keyring), so keys rotated on any node reach this one. A failed
+/// reload keeps the keys already loaded.
+fn spawn_keyring_reload(
+    keyring: marquee_auth::Keyring,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let result = tokio::select! {
+                _ = tick.tick() => keyring.reload().await,
+                () = keyring.reload_requested() => {
+                    keyring.reload_unless_recent().await;
+                    Ok(())
+                }
+                _ = stopped.changed() => break,
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "reloading the signing keys failed; keeping the loaded ones");
+            }
+        }
+    });
 }
 
 fn serve<L>(

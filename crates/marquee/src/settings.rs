@@ -62,7 +62,8 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Access-token signing secret (≥ 32 bytes); kept in `<data_dir>/jwt-secret` when absent.
+    /// Access-token signing secret (≥ 32 bytes); when absent, the cluster's keyring in the
+    /// catalog database (see `marquee keys`).
     pub jwt_secret: Option<String>,
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
@@ -420,6 +421,7 @@ impl NodeSettings {
             database_url: self.database.url,
             hold_ttl: self.booking.hold_ttl,
             jwt_secret: self.auth.jwt_secret,
+            key_reload_interval: crate::keys::DEFAULT_RELOAD_INTERVAL,
             token_ttl: self.auth.token_ttl,
             node_id: self.node_id.unwrap_or_else(crate::config::default_node_id),
             body_limit_bytes: self.body_limit,

@@ -7,10 +7,16 @@
 //! one event and cannot be moved to another event or stretched past its expiry. It is checked
 //! by the origin; a point of presence in front asks the origin once per token (nginx
 //! `auth_request`, cached) and caches the media itself under a key without the token.
+//!
+//! **Key ids.** A keyring node signs `{viewer}.{expires}.{kid}.{mac}` with the keyring's
+//! `playback` key of that id, the kid also under the MAC (after the expiry). Three-part tokens
+//! (before the keyring, or from a node with a configured secret, which still signs them) verify
+//! under the purpose's first key, `k1`. Tokens live minutes, so any grace outlives them.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use marquee_auth::{Keyring, Purpose, PurposeKeys};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -28,10 +34,10 @@ pub enum TokenError {
     Expired,
 }
 
-/// Signs and checks playback tokens with one secret (shared by every node).
+/// Signs and checks playback tokens with the keyring's `playback` keys (shared by every node).
 #[derive(Clone)]
 pub struct PlaybackTokens {
-    key: Vec<u8>,
+    keys: PurposeKeys,
 }
 
 impl std::fmt::Debug for PlaybackTokens {
@@ -50,37 +56,77 @@ pub struct Viewer {
 impl PlaybackTokens {
     /// Derives the token key from the node's secret, so that a token key never doubles as a
     /// JWT key.
+    /// Values without key ids from one secret (as before the keyring).
     pub fn derived_from(secret: &[u8]) -> PlaybackTokens {
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any size");
-        mac.update(b"marquee playback tokens v1");
+        PlaybackTokens::from_keyring(&Keyring::single(Purpose::Playback, secret))
+    }
+
+    pub fn from_keyring(keyring: &Keyring) -> PlaybackTokens {
         PlaybackTokens {
-            key: mac.finalize().into_bytes().to_vec(),
+            keys: keyring.purpose(Purpose::Playback),
         }
     }
 
-    fn mac(&self, event: &str, viewer: &str, expires_at: i64) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any size");
+    fn mac(
+        material: &[u8],
+        event: &str,
+        viewer: &str,
+        expires_at: i64,
+        kid: Option<&str>,
+    ) -> HmacSha256 {
+        let mut key = HmacSha256::new_from_slice(material).expect("HMAC takes keys of any size");
+        key.update(b"marquee playback tokens v1");
+        let key = key.finalize().into_bytes();
+        let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any size");
         mac.update(event.as_bytes());
         mac.update(b"\n");
         mac.update(viewer.as_bytes());
         mac.update(b"\n");
         mac.update(expires_at.to_string().as_bytes());
+        if let Some(kid) = kid {
+            mac.update(b"\n");
+            mac.update(kid.as_bytes());
+        }
         mac
     }
 
     /// A token for `viewer` of `event`, valid until `expires_at` (Unix seconds).
     pub fn sign(&self, event: &str, viewer: &str, expires_at: i64) -> String {
-        let tag = self.mac(event, viewer, expires_at).finalize().into_bytes();
-        format!("{viewer}.{expires_at}.{}", URL_SAFE_NO_PAD.encode(tag))
+        let key = self.keys.signing_key();
+        if self.keys.tags_key_ids() {
+            let kid = key.id();
+            let tag = Self::mac(key.material(), event, viewer, expires_at, Some(kid))
+                .finalize()
+                .into_bytes();
+            format!(
+                "{viewer}.{expires_at}.{kid}.{}",
+                URL_SAFE_NO_PAD.encode(tag)
+            )
+        } else {
+            let tag = Self::mac(key.material(), event, viewer, expires_at, None)
+                .finalize()
+                .into_bytes();
+            format!("{viewer}.{expires_at}.{}", URL_SAFE_NO_PAD.encode(tag))
+        }
     }
 
     /// Checks `token` for `event` at `now` (Unix seconds).
     pub fn verify(&self, event: &str, token: &str, now: i64) -> Result<Viewer, TokenError> {
         let mut parts = token.split('.');
-        let (Some(viewer), Some(expires), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
+        let (viewer, expires, kid, tag) = match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some(viewer), Some(expires), Some(tag), None, None) => (viewer, expires, None, tag),
+            (Some(viewer), Some(expires), Some(kid), Some(tag), None)
+                if marquee_auth::keyring::is_key_id(kid) =>
+            {
+                (viewer, expires, Some(kid), tag)
+            }
+            _ => return Err(TokenError::Malformed),
         };
         let valid_viewer = !viewer.is_empty()
             && viewer.len() <= MAX_VIEWER_LEN
@@ -94,7 +140,14 @@ impl PlaybackTokens {
         let tag = URL_SAFE_NO_PAD
             .decode(tag)
             .map_err(|_| TokenError::Malformed)?;
-        self.mac(event, viewer, expires_at)
+        let key = match kid {
+            Some(kid) => self.keys.get(kid).ok_or_else(|| {
+                self.keys.unknown_key_seen();
+                TokenError::BadSignature
+            })?,
+            None => self.keys.unnamed().ok_or(TokenError::BadSignature)?,
+        };
+        Self::mac(key.material(), event, viewer, expires_at, kid)
             .verify_slice(&tag)
             .map_err(|_| TokenError::BadSignature)?;
         if now >= expires_at {
@@ -156,6 +209,52 @@ mod tests {
         let stretched = token.replacen("1000", "9000", 1);
         assert_eq!(
             tokens.verify("ev1", &stretched, 999),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn keyring_tokens_name_their_key_and_unnamed_ones_verify_under_k1() {
+        use marquee_auth::keyring::{Derivation, KeyRecord};
+        let records = |extra: bool| {
+            let mut records: Vec<KeyRecord> = Purpose::ALL
+                .into_iter()
+                .map(|purpose| KeyRecord {
+                    purpose,
+                    id: "k1".into(),
+                    root: [3u8; 32].to_vec(),
+                    derivation: Derivation::Legacy,
+                    created_at: 0,
+                    active_from: 0,
+                    retire_at: None,
+                })
+                .collect();
+            if extra {
+                records.push(KeyRecord {
+                    purpose: Purpose::Playback,
+                    id: "k2".into(),
+                    root: [4u8; 32].to_vec(),
+                    derivation: Derivation::HkdfSha256,
+                    created_at: 1,
+                    active_from: 1,
+                    retire_at: None,
+                });
+            }
+            Keyring::from_records(records).expect("ring")
+        };
+        let before = PlaybackTokens::from_keyring(&records(false));
+        let after = PlaybackTokens::from_keyring(&records(true));
+        let old = before.sign("ev1", "v", 1_000);
+        assert!(old.starts_with("v.1000.k1."), "{old}");
+        let new = after.sign("ev1", "v", 1_000);
+        assert!(new.starts_with("v.1000.k2."), "{new}");
+        let unnamed = PlaybackTokens::derived_from(&[3u8; 32]).sign("ev1", "v", 1_000);
+        for token in [&old, &new, &unnamed] {
+            assert!(after.verify("ev1", token, 0).is_ok(), "{token}");
+        }
+        assert_eq!(before.verify("ev1", &new, 0), Err(TokenError::BadSignature));
+        assert_eq!(
+            after.verify("ev1", &new.replacen(".k2.", ".k1.", 1), 0),
             Err(TokenError::BadSignature)
         );
     }

@@ -96,7 +96,7 @@ pub use changes::{ChangeKind, ChangePosition, ChangeRecord, EntityKind};
 pub use error::StoreError;
 pub use inventory::{CheckIn, InventoryStore, OrderHistoryEntry, SeatSnapshot, StoredResponse};
 pub use postgres::PostgresStore;
-pub use sql::{redact_url, Backend, SqlCatalogStore, StoreOptions};
+pub use sql::{redact_url, Backend, SqlCatalogStore, StoreOptions, StoredSigningKey};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -70,6 +70,34 @@ impl Default for StoreOptions {
     }
 }
 
+/// A row of `signing_keys`. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSigningKey {
+    pub purpose: String,
+    pub id: String,
+    /// The key's root, hex.
+    pub secret: String,
+    pub derivation: String,
+    /// Unix milliseconds, like the two below.
+    pub created_at: i64,
+    pub active_from: i64,
+    pub retire_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSigningKey")
+            .field("purpose", &self.purpose)
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .field("derivation", &self.derivation)
+            .field("created_at", &self.created_at)
+            .field("active_from", &self.active_from)
+            .field("retire_at", &self.retire_at)
+            .finish()
+    }
+}
+
 /// The catalog on whichever engine its URL names; see the crate documentation for why this is
 /// an enum.
 pub enum SqlCatalogStore {
@@ -116,6 +144,92 @@ impl SqlCatalogStore {
             .fetch_one(&pool)
             .await?;
         Ok(sqlx::Row::try_get(&row, "value")?)
+    }
+
+    /// Every signing key of the cluster (see `signing_keys` in the migrations), by purpose and
+    /// id.
+    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT purpose, id, secret, derivation, created_at, active_from, retire_at \
+             FROM signing_keys ORDER BY purpose, created_at, id",
+        )
+        .fetch_all(&self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                use sqlx::Row;
+                Ok(StoredSigningKey {
+                    purpose: row.try_get("purpose")?,
+                    id: row.try_get("id")?,
+                    secret: row.try_get("secret")?,
+                    derivation: row.try_get("derivation")?,
+                    created_at: row.try_get("created_at")?,
+                    active_from: row.try_get("active_from")?,
+                    retire_at: row.try_get("retire_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a key unless one with its purpose and id exists; true when this call added it.
+    /// Nodes bootstrapping at once all insert `k1` and read the keys back, so they converge
+    /// on the one insert that won; two rotations racing for one id leave one winner too.
+    pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO signing_keys \
+             (purpose, id, secret, derivation, created_at, active_from, retire_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (purpose, id) DO NOTHING",
+        )
+        .bind(&key.purpose)
+        .bind(&key.id)
+        .bind(&key.secret)
+        .bind(&key.derivation)
+        .bind(key.created_at)
+        .bind(key.active_from)
+        .bind(key.retire_at)
+        .execute(&self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets when the key stops verifying; an earlier retirement already set is kept (a key
+    /// never comes back). True when the key exists.
+    pub async fn retire_signing_key(
+        &self,
+        purpose: &str,
+        id: &str,
+        retire_at: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET retire_at = $1 \
+             WHERE purpose = $2 AND id = $3 AND (retire_at IS NULL OR retire_at > $1)",
+        )
+        .bind(retire_at)
+        .bind(purpose)
+        .bind(id)
+        .execute(&self.pool())
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let exists = sqlx::query("SELECT id FROM signing_keys WHERE purpose = $1 AND id = $2")
+            .bind(purpose)
+            .bind(id)
+            .fetch_optional(&self.pool())
+            .await?;
+        Ok(exists.is_some())
+    }
+
+    /// The root secret named `name` in `node_secrets`, if a node stored one (clusters from
+    /// before the keyring).
+    pub async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM node_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool())
+            .await?;
+        row.map(|row| sqlx::Row::try_get(&row, "value"))
+            .transpose()
+            .map_err(StoreError::from)
     }
 
     /// Closes the connection pool, waiting for connections in use to come back.

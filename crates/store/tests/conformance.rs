@@ -9,7 +9,8 @@ use marquee_domain::{
     VenueDetails, VenueId, WaitingRoomSettings,
 };
 use marquee_store::{
-    CatalogStore, ChangeKind, EventQuery, SqlCatalogStore, StoreError, StoreOptions, VenueQuery,
+    CatalogStore, ChangeKind, EventQuery, SqlCatalogStore, StoreError, StoreOptions,
+    StoredSigningKey, VenueQuery,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -109,7 +110,77 @@ conformance!(
     idempotency_records_are_forgotten_after_their_retention,
     a_follower_reading_during_concurrent_writes_misses_nothing,
     webhook_endpoints_belong_to_their_organizer,
+    signing_keys_bootstrap_once_and_retire,
 );
+
+fn signing_key(purpose: &str, id: &str, secret: &str, active_from: i64) -> StoredSigningKey {
+    StoredSigningKey {
+        purpose: purpose.to_string(),
+        id: id.to_string(),
+        secret: secret.to_string(),
+        derivation: "hkdf-sha256".to_string(),
+        created_at: 1_000,
+        active_from,
+        retire_at: None,
+    }
+}
+
+async fn signing_keys_bootstrap_once_and_retire(store: Arc<SqlCatalogStore>) {
+    assert!(store.signing_keys().await.expect("list").is_empty());
+    // Nodes starting at once each offer a first key; exactly one insert wins.
+    let offers: Vec<_> = (0..4)
+        .map(|node| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_signing_key(&signing_key(
+                        "access-tokens",
+                        "k1",
+                        &format!("{node:064x}"),
+                        1_000,
+                    ))
+                    .await
+                    .expect("insert")
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for offer in offers {
+        won += usize::from(offer.await.expect("task"));
+    }
+    assert_eq!(won, 1, "exactly one first key is inserted");
+    let ticket = signing_key("ticket-codes", "k1", &"ab".repeat(32), 1_000);
+    assert!(store.insert_signing_key(&ticket).await.expect("insert"));
+    let rotated = signing_key("access-tokens", "k2", &"cd".repeat(32), 61_000);
+    assert!(store.insert_signing_key(&rotated).await.expect("insert"));
+    assert!(!store.insert_signing_key(&rotated).await.expect("again"));
+
+    assert!(store
+        .retire_signing_key("access-tokens", "k1", 9_000)
+        .await
+        .expect("retire"));
+    // A later retirement never pushes an earlier one back.
+    assert!(store
+        .retire_signing_key("access-tokens", "k1", 99_000)
+        .await
+        .expect("retire"));
+    assert!(!store
+        .retire_signing_key("access-tokens", "k9", 9_000)
+        .await
+        .expect("retire"));
+
+    let keys = store.signing_keys().await.expect("list");
+    assert_eq!(keys.len(), 3);
+    let first = keys
+        .iter()
+        .find(|key| key.purpose == "access-tokens" && key.id == "k1")
+        .expect("k1");
+    assert_eq!(first.retire_at, Some(9_000));
+    assert_eq!(first.secret.len(), 64);
+    assert!(keys.contains(&rotated));
+    assert!(keys.contains(&ticket), "other purposes are untouched");
+    assert!(!format!("{rotated:?}").contains(&rotated.secret));
+}
 
 fn user(role: Role, email: &str) -> User {
     User {

@@ -10,13 +10,22 @@
 //! without storage; the room then confirms that the place still holds that admission (a fan who
 //! left has their pass revoked).
 //!
-//! Both keys derive from the node's signing secret with a label each, so no other signed value
-//! (access tokens, ticket codes) can be replayed as one of these.
+//! Both keys derive with a label each from the keyring's `queue-passes` key, so no other signed
+//! value (access tokens, ticket codes) can be replayed as one of these.
+//!
+//! **Key ids.** A keyring node names the key: a token is `{kid}_` + the 48 characters above
+//! (`_`, not `.`, because the token is also a push channel's name, which allows letters, digits,
+//! `-` and `_`; the kid is `k` and digits, so the first `_` ends it) and a pass is
+//! `wp2.{kid}.` + the base64 above. In both the MAC also covers the kid. Unprefixed 48-character
+//! tokens and `wp1.` passes (signed before the keyring, or by a node with a configured secret,
+//! which still signs them) verify under the purpose's first key, `k1`. Tokens and passes live
+//! for one sale's queue, so rotating this purpose with a grace of a day leaves every place valid.
 
 use crate::{PassRefusal, WaitroomError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use marquee_auth::{Keyring, Purpose, PurposeKeys};
 use sha2::Sha256;
 use ulid::Ulid;
 
@@ -25,6 +34,8 @@ type HmacSha256 = Hmac<Sha256>;
 const TOKEN_BYTES: usize = 16 + 8 + 12;
 const PASS_BYTES: usize = 16 + 16 + 8 + 8 + 16;
 const PASS_PREFIX: &str = "wp1.";
+const PASS_PREFIX_V2: &str = "wp2.";
+const TOKEN_CHARS: usize = TOKEN_BYTES.div_ceil(3) * 4;
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length, so construction cannot fail.
@@ -51,8 +62,33 @@ pub struct PassClaims {
 
 #[derive(Clone)]
 pub struct RoomSigner {
+    keys: PurposeKeys,
+}
+
+/// A `queue-passes` key's two keys, and its id when values name it.
+struct RoomKeys {
+    kid: Option<String>,
     token_key: [u8; 32],
     pass_key: [u8; 32],
+}
+
+impl RoomKeys {
+    fn derive(material: &[u8], kid: Option<String>) -> RoomKeys {
+        RoomKeys {
+            kid,
+            token_key: hmac(material, &[b"marquee-waitroom-token-v1"]),
+            pass_key: hmac(material, &[b"marquee-waitroom-pass-v1"]),
+        }
+    }
+
+    /// What the MAC covers before the value itself: nothing for unnamed values (as before the
+    /// keyring), else the kid and a separator.
+    fn kid_prefix(&self) -> Vec<u8> {
+        match &self.kid {
+            Some(kid) => [kid.as_bytes(), b"\0"].concat(),
+            None => Vec::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RoomSigner {
@@ -62,35 +98,79 @@ impl std::fmt::Debug for RoomSigner {
 }
 
 impl RoomSigner {
-    /// Derives the keys from the node's signing secret (the same on every node).
+    /// Derives the keys from one secret, used for values without key ids (as before the
+    /// keyring, and under a configured secret).
     pub fn new(secret: &[u8]) -> RoomSigner {
+        RoomSigner::from_keyring(&Keyring::single(Purpose::QueuePasses, secret))
+    }
+
+    pub fn from_keyring(keyring: &Keyring) -> RoomSigner {
         RoomSigner {
-            token_key: hmac(secret, &[b"marquee-waitroom-token-v1"]),
-            pass_key: hmac(secret, &[b"marquee-waitroom-pass-v1"]),
+            keys: keyring.purpose(Purpose::QueuePasses),
+        }
+    }
+
+    fn signing(&self) -> RoomKeys {
+        let key = self.keys.signing_key();
+        let kid = self.keys.tags_key_ids().then(|| key.id().to_string());
+        RoomKeys::derive(key.material(), kid)
+    }
+
+    /// The keys a value names (`None`: an unnamed value, under the first key).
+    fn named(&self, kid: Option<&str>) -> Option<RoomKeys> {
+        match kid {
+            Some(kid) => match self.keys.get(kid) {
+                Some(key) => Some(RoomKeys::derive(key.material(), Some(kid.to_string()))),
+                None => {
+                    self.keys.unknown_key_seen();
+                    None
+                }
+            },
+            None => self
+                .keys
+                .unnamed()
+                .map(|key| RoomKeys::derive(key.material(), None)),
         }
     }
 
     pub fn token(&self, event: Ulid, seq: u64) -> String {
+        let keys = self.signing();
         let mut bytes = [0u8; TOKEN_BYTES];
         bytes[..16].copy_from_slice(&event.0.to_be_bytes());
         bytes[16..24].copy_from_slice(&seq.to_be_bytes());
-        let mac = hmac(&self.token_key, &[&bytes[..24]]);
+        let mac = hmac(
+            &keys.token_key,
+            &[keys.kid_prefix().as_slice(), &bytes[..24]],
+        );
         bytes[24..].copy_from_slice(&mac[..12]);
-        URL_SAFE_NO_PAD.encode(bytes)
+        match &keys.kid {
+            Some(kid) => format!("{kid}_{}", URL_SAFE_NO_PAD.encode(bytes)),
+            None => URL_SAFE_NO_PAD.encode(bytes),
+        }
     }
 
     /// The event and join number a token names, if we signed it.
     pub fn parse_token(&self, token: &str) -> Result<(Ulid, u64), WaitroomError> {
-        if token.len() != TOKEN_BYTES.div_ceil(3) * 4 {
-            return Err(WaitroomError::MalformedToken);
-        }
+        let (kid, body) = if token.len() == TOKEN_CHARS {
+            (None, token)
+        } else {
+            let (kid, body) = token.split_once('_').ok_or(WaitroomError::MalformedToken)?;
+            if !marquee_auth::keyring::is_key_id(kid) || body.len() != TOKEN_CHARS {
+                return Err(WaitroomError::MalformedToken);
+            }
+            (Some(kid), body)
+        };
         let bytes = URL_SAFE_NO_PAD
-            .decode(token)
+            .decode(body)
             .map_err(|_| WaitroomError::MalformedToken)?;
         let bytes: [u8; TOKEN_BYTES] = bytes
             .try_into()
             .map_err(|_| WaitroomError::MalformedToken)?;
-        let mac = hmac(&self.token_key, &[&bytes[..24]]);
+        let keys = self.named(kid).ok_or(WaitroomError::UnknownToken)?;
+        let mac = hmac(
+            &keys.token_key,
+            &[keys.kid_prefix().as_slice(), &bytes[..24]],
+        );
         if !same(&mac[..12], &bytes[24..]) {
             return Err(WaitroomError::UnknownToken);
         }
@@ -105,17 +185,33 @@ impl RoomSigner {
         bytes[16..32].copy_from_slice(&claims.user.0.to_be_bytes());
         bytes[32..40].copy_from_slice(&claims.seq.to_be_bytes());
         bytes[40..48].copy_from_slice(&claims.expires_at.to_be_bytes());
-        let mac = hmac(&self.pass_key, &[&bytes[..48]]);
+        let keys = self.signing();
+        let mac = hmac(
+            &keys.pass_key,
+            &[keys.kid_prefix().as_slice(), &bytes[..48]],
+        );
         bytes[48..].copy_from_slice(&mac[..16]);
-        format!("{PASS_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+        match &keys.kid {
+            Some(kid) => format!("{PASS_PREFIX_V2}{kid}.{}", URL_SAFE_NO_PAD.encode(bytes)),
+            None => format!("{PASS_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)),
+        }
     }
 
     /// The claims of a pass we signed. Expiry and bindings are the caller's to check.
     pub fn parse_pass(&self, pass: &str) -> Result<PassClaims, PassRefusal> {
-        let body = pass
-            .trim()
-            .strip_prefix(PASS_PREFIX)
-            .ok_or(PassRefusal::Malformed)?;
+        let pass = pass.trim();
+        let (kid, body) = if let Some(body) = pass.strip_prefix(PASS_PREFIX) {
+            (None, body)
+        } else {
+            let (kid, body) = pass
+                .strip_prefix(PASS_PREFIX_V2)
+                .and_then(|rest| rest.split_once('.'))
+                .ok_or(PassRefusal::Malformed)?;
+            if !marquee_auth::keyring::is_key_id(kid) {
+                return Err(PassRefusal::Malformed);
+            }
+            (Some(kid), body)
+        };
         if body.len() != PASS_BYTES.div_ceil(3) * 4 - 2 {
             return Err(PassRefusal::Malformed);
         }
@@ -123,7 +219,11 @@ impl RoomSigner {
             .decode(body)
             .map_err(|_| PassRefusal::Malformed)?;
         let bytes: [u8; PASS_BYTES] = bytes.try_into().map_err(|_| PassRefusal::Malformed)?;
-        let mac = hmac(&self.pass_key, &[&bytes[..48]]);
+        let keys = self.named(kid).ok_or(PassRefusal::Forged)?;
+        let mac = hmac(
+            &keys.pass_key,
+            &[keys.kid_prefix().as_slice(), &bytes[..48]],
+        );
         if !same(&mac[..16], &bytes[48..]) {
             return Err(PassRefusal::Forged);
         }
@@ -243,6 +343,85 @@ mod tests {
             Err(PassRefusal::Malformed)
         );
         assert_eq!(signer.parse_pass(""), Err(PassRefusal::Malformed));
+    }
+
+    fn ring(ids: &[&str]) -> Keyring {
+        use marquee_auth::keyring::{Derivation, KeyRecord};
+        let mut records: Vec<KeyRecord> = Purpose::ALL
+            .into_iter()
+            .map(|purpose| KeyRecord {
+                purpose,
+                id: "k1".into(),
+                root: b"0123456789abcdef0123456789abcdef".to_vec(),
+                derivation: Derivation::Legacy,
+                created_at: 0,
+                active_from: 0,
+                retire_at: None,
+            })
+            .collect();
+        for (index, id) in ids.iter().enumerate() {
+            records.push(KeyRecord {
+                purpose: Purpose::QueuePasses,
+                id: (*id).into(),
+                root: vec![index as u8; 32],
+                derivation: Derivation::HkdfSha256,
+                created_at: 0,
+                active_from: 1 + index as i64,
+                retire_at: None,
+            });
+        }
+        Keyring::from_records(records).expect("ring")
+    }
+
+    #[test]
+    fn keyring_tokens_and_passes_name_their_key_and_old_ones_verify() {
+        let legacy = RoomSigner::new(b"0123456789abcdef0123456789abcdef");
+        let signer = RoomSigner::from_keyring(&ring(&["k2"]));
+        let event = Ulid::new();
+        let token = signer.token(event, 9);
+        assert!(token.starts_with("k2_"), "{token}");
+        assert!(marquee_push_safe(&token));
+        assert_eq!(signer.parse_token(&token), Ok((event, 9)));
+        assert_eq!(legacy.parse_token(&token), Err(WaitroomError::UnknownToken));
+        // Signed before the keyring: verifies under k1, derived from the same root.
+        let old = legacy.token(event, 3);
+        assert_eq!(signer.parse_token(&old), Ok((event, 3)));
+        // Another kid's label on the same body fails: the kid is signed.
+        let relabelled = token.replacen("k2_", "k1_", 1);
+        assert_eq!(
+            signer.parse_token(&relabelled),
+            Err(WaitroomError::UnknownToken)
+        );
+        assert_eq!(
+            signer.parse_token(&token.replacen("k2_", "k7_", 1)),
+            Err(WaitroomError::UnknownToken)
+        );
+
+        let claims = PassClaims {
+            event,
+            user: Ulid::new(),
+            seq: 3,
+            expires_at: 50,
+        };
+        let pass = signer.pass(&claims);
+        assert!(pass.starts_with("wp2.k2."), "{pass}");
+        assert_eq!(signer.verify_pass(&pass, event, claims.user, 0), Ok(claims));
+        let old_pass = legacy.pass(&claims);
+        assert!(old_pass.starts_with("wp1."));
+        assert_eq!(
+            signer.verify_pass(&old_pass, event, claims.user, 0),
+            Ok(claims)
+        );
+        assert_eq!(
+            signer.parse_pass(&pass.replacen(".k2.", ".k1.", 1)),
+            Err(PassRefusal::Forged)
+        );
+    }
+
+    fn marquee_push_safe(token: &str) -> bool {
+        token
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
     }
 
     #[test]

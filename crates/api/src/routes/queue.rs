@@ -60,7 +60,10 @@ pub async fn queue_place(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Json<QueuePlaceBody>, ApiError> {
-    let place = state.queue.room.status(&token, now_ms()).await?;
+    let mut place = state.queue.room.status(&token, now_ms()).await?;
+    // The room signs the place's name afresh, under the current key; after a rotation that is
+    // another string than the fan holds (and listens on), so keep the one that just verified.
+    place.token = token;
     Ok(Json(QueuePlaceBody::new(&place)))
 }
 

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gateway;
+pub mod keys;
 pub mod node;
 pub mod tools;
 
@@ -58,6 +59,9 @@ pub enum Command {
     /// The jobs queue (e-mail, webhooks, reminders): list, inspect, replay and drop dead
     /// letters, and see each queue's depth.
     Jobs(tools::JobsArgs),
+    /// The cluster's signing keys (access tokens, ticket codes, waiting-room passes, playback):
+    /// list them, rotate one purpose.
+    Keys(keys::KeysArgs),
 }
 
 /// `--config`: the node's `marquee.toml`.
@@ -87,5 +91,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Admin(tools::AdminCommand::Create(args)) => tools::create_admin(args).await,
         Command::Search(tools::SearchCommand::Reindex(args)) => tools::reindex(args).await,
         Command::Jobs(args) => tools::jobs_command(args).await,
+        Command::Keys(args) => keys::run(args).await,
     }
 }

@@ -113,8 +113,9 @@ pub struct DatabaseFlags {
 /// `[auth]`
 #[derive(Debug, Args, Serialize)]
 pub struct AuthFlags {
-    /// Secret for signing access tokens (at least 32 bytes). When absent, a random one is
-    /// generated once and kept in `<data-dir>/jwt-secret` with mode 0600.
+    /// Secret for signing access tokens (at least 32 bytes), which nodes and the gateway then
+    /// share; nothing signed names a key and nothing rotates. When absent, nodes use the
+    /// cluster's keyring in the catalog database (see `marquee keys`).
     #[arg(long, env = "MARQUEE_JWT_SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<String>,

@@ -29,7 +29,7 @@ pub struct StoreFlags {
 }
 
 impl StoreFlags {
-    fn server_config(&self) -> anyhow::Result<ServerConfig> {
+    pub(super) fn server_config(&self) -> anyhow::Result<ServerConfig> {
         let mut settings = NodeSettings::load(self.config.path().as_deref(), self)
             .context("the node's configuration")?;
         // Only the stores are opened: no listener is bound.

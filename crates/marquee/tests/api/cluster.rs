@@ -1022,3 +1022,162 @@ async fn nodes_without_a_configured_secret_share_one_and_accept_each_others_toke
     }
     sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
+
+fn kid_of(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).expect("header").kid
+}
+
+/// Two nodes without a configured secret on a PostgreSQL database that already had a signing
+/// root (a cluster from before the keyring): what was signed under the old root still verifies;
+/// tokens and ticket codes signed before a rotation verify after it on both nodes; once the new
+/// key activates, new tokens name it and verify on the other node; the ticket key is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_key_reaches_every_node_and_what_was_signed_before_still_verifies() {
+    use marquee_auth::Purpose;
+    use marquee_inventory::TicketSigner;
+    let schema = format!("api_{}", ulid_lower());
+    sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let url = format!("{}?options=-c%20search_path%3D{schema}", postgres_url());
+    // The root a cluster of the previous version wrote.
+    let store = Arc::new(
+        SqlCatalogStore::connect(&url, StoreOptions::default())
+            .await
+            .expect("store"),
+    );
+    let root = SigningSecret::generate();
+    store
+        .shared_secret("signing-root", &hex::encode(root.expose()))
+        .await
+        .expect("old root");
+    let start = |data_dir: PathBuf| {
+        let url = url.clone();
+        async move {
+            let mut config = marquee::ServerConfig::new(([127, 0, 0, 1], 0).into(), data_dir);
+            config.database_url = Some(url);
+            config.key_reload_interval = Duration::from_millis(100);
+            assert!(config.jwt_secret.is_none());
+            marquee::Server::start(config).await.expect("node starts")
+        }
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let (first, second) = tokio::join!(
+        start(dirs[0].path().to_path_buf()),
+        start(dirs[1].path().to_path_buf())
+    );
+    let client = reqwest::Client::new();
+    let me = |node: &marquee::Server, token: &str| {
+        client
+            .get(format!("{}/api/v1/me", node.url()))
+            .bearer_auth(token)
+            .send()
+    };
+
+    // Signed before the keyring, under the old root: still good on both nodes.
+    let user = register(&client, &first).await;
+    let legacy_token = TokenIssuer::new(&root, Duration::from_secs(600))
+        .issue(&user, Role::Fan)
+        .expect("legacy token");
+    let ticket = marquee_domain::TicketId::generate();
+    let event = marquee_domain::EventId::generate();
+    let legacy_code = TicketSigner::new(&marquee_auth::keyring::derive_material(
+        Purpose::TicketCodes,
+        marquee_auth::Derivation::Legacy,
+        root.expose(),
+    ))
+    .code(&ticket, &event);
+
+    // Signed by the nodes before the rotation: named k1.
+    let before = first.state.tokens.issue(&user, Role::Fan).expect("token");
+    assert_eq!(kid_of(&before).as_deref(), Some("k1"));
+    let code_before =
+        TicketSigner::from_keyring(first.state.tokens.keyring()).code(&ticket, &event);
+    assert_eq!(code_before.split('.').nth(1), Some("k1"));
+    let ticket_key_before = first
+        .state
+        .tokens
+        .keyring()
+        .current(Purpose::TicketCodes)
+        .expect("ticket key")
+        .material()
+        .to_vec();
+
+    let rotation = marquee::keys::rotate(
+        &store,
+        Purpose::AccessTokens,
+        Duration::from_secs(3600),
+        Duration::from_millis(300),
+    )
+    .await
+    .expect("rotate");
+    assert_eq!(rotation.id, "k2");
+    assert_eq!(rotation.retired.len(), 1);
+
+    // Wait (for a condition, not a time) until the first node signs with k2.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let token = first.state.tokens.issue(&user, Role::Fan).expect("token");
+        if kid_of(&token).as_deref() == Some("k2") {
+            break token;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated key never became current"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for node in [&first, &second] {
+        for token in [&legacy_token, &before, &after] {
+            let response = me(node, token).await.expect("request");
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "{} refused {token}",
+                node.url()
+            );
+        }
+        let signer = TicketSigner::from_keyring(node.state.tokens.keyring());
+        for code in [&legacy_code, &code_before] {
+            assert_eq!(signer.verify(code, &event), Some(ticket.clone()), "{code}");
+        }
+        // Rotating access tokens left the ticket key alone.
+        let ticket_key = node
+            .state
+            .tokens
+            .keyring()
+            .current(Purpose::TicketCodes)
+            .expect("ticket key");
+        assert_eq!(ticket_key.id(), "k1");
+        assert_eq!(ticket_key.material(), ticket_key_before.as_slice());
+    }
+    let forged = TokenIssuer::new(&SigningSecret::generate(), Duration::from_secs(60))
+        .issue(&user, Role::Admin)
+        .expect("forged");
+    assert_eq!(
+        me(&second, &forged).await.expect("request").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    for node in [first, second] {
+        node.shutdown().await.expect("shutdown");
+    }
+    store.close().await;
+    sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+async fn register(client: &reqwest::Client, node: &marquee::Server) -> UserId {
+    let email = format!("fan-{}@example.com", ulid_lower());
+    let registered: Value = client
+        .post(format!("{}/api/v1/auth/register", node.url()))
+        .json(&json!({"email": email, "password": "correct horse", "name": "Fan", "role": "fan"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("body");
+    UserId::from_string(
+        registered["user"]["id"]
+            .as_str()
+            .expect("user id")
+            .to_string(),
+    )
+}
