@@ -98,27 +98,16 @@ async fn fixture(server: &Server, fans: usize) -> anyhow::Result<Fixture> {
         .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
         .filter_map(|seat| seat["id"].as_str().map(str::to_string))
         .collect();
-    let event: Value = client
-        .post(format!("{url}/api/v1/events"))
-        .bearer_auth(&organizer_token)
-        .json(
-            &json!({"title": "Bench Night", "venue_id": venue["id"], "category": "concert",
+    let event_id = crate::product::publish_event(
+        &client,
+        &url,
+        &organizer_token,
+        &json!({"title": "Bench Night", "venue_id": venue["id"], "category": "concert",
                       "starts_at": "2031-01-01T20:00:00Z",
                       "price_tiers": [{"name": "Bowl", "price_cents": 5000, "currency": "GBP",
                                        "sections": ["Bowl"]}]}),
-        )
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let event_id = event["id"].as_str().context("event id")?.to_string();
-    client
-        .post(format!("{url}/api/v1/events/{event_id}/publish"))
-        .bearer_auth(&organizer_token)
-        .send()
-        .await?
-        .error_for_status()?;
+    )
+    .await?;
     let mut tokens = Vec::with_capacity(fans);
     for index in 0..fans {
         let fan = User {

@@ -95,3 +95,30 @@ fn redact(raw: &str) -> String {
         Err(_) => "<unparsable URL>".to_string(),
     }
 }
+
+/// Creates an event with `body` as the organizer `token` names, publishes it and returns its id:
+/// the fixture every load run starts from.
+pub async fn publish_event(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let event: serde_json::Value = client
+        .post(format!("{url}/api/v1/events"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let event_id = event["id"].as_str().context("event id")?.to_string();
+    client
+        .post(format!("{url}/api/v1/events/{event_id}/publish"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(event_id)
+}

@@ -372,28 +372,17 @@ async fn over_http(bench: &WaitroomBench) -> anyhow::Result<HttpReport> {
         .await?;
     // On sale in a day: every join lands in the pre-queue.
     let on_sale = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
-    let event: Value = client
-        .post(format!("{url}/api/v1/events"))
-        .bearer_auth(&organizer_token)
-        .json(
-            &json!({"title": "Bench Night", "venue_id": venue["id"], "category": "concert",
+    let event_id = crate::product::publish_event(
+        &client,
+        &url,
+        &organizer_token,
+        &json!({"title": "Bench Night", "venue_id": venue["id"], "category": "concert",
                       "starts_at": "2031-01-01T20:00:00Z", "on_sale_at": on_sale,
                       "price_tiers": [{"name": "Floor", "price_cents": 5000, "currency": "GBP",
                                        "sections": ["Floor"]}],
                       "waiting_room": {"enabled": true}}),
-        )
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let event_id = event["id"].as_str().context("event id")?.to_string();
-    client
-        .post(format!("{url}/api/v1/events/{event_id}/publish"))
-        .bearer_auth(&organizer_token)
-        .send()
-        .await?
-        .error_for_status()?;
+    )
+    .await?;
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..bench.http_fans)
             .map(|_| issuer.issue(&UserId::generate(), Role::Fan))

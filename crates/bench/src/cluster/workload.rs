@@ -100,27 +100,16 @@ pub async fn fixture(
         .await?;
     let mut events = Vec::new();
     for n in 0..workload.events() {
-        let event: Value = client
-            .post(format!("{url}/api/v1/events"))
-            .bearer_auth(&token)
-            .json(
-                &json!({"title": format!("Cluster Bench Night {n}"), "venue_id": venue["id"],
+        let event_id = crate::product::publish_event(
+            client,
+            url,
+            &token,
+            &json!({"title": format!("Cluster Bench Night {n}"), "venue_id": venue["id"],
                           "category": "concert", "starts_at": "2031-01-01T20:00:00Z",
                           "price_tiers": [{"name": "Bowl", "price_cents": 5000, "currency": "GBP",
                                            "sections": ["Bowl"]}]}),
-            )
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let event_id = event["id"].as_str().context("event id")?.to_string();
-        client
-            .post(format!("{url}/api/v1/events/{event_id}/publish"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .error_for_status()?;
+        )
+        .await?;
         events.push(event_id);
     }
     let store = Arc::clone(&cluster.store);
