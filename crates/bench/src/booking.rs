@@ -79,18 +79,15 @@ async fn fixture(server: &Server, fans: usize) -> anyhow::Result<Fixture> {
     let rows: Vec<Value> = (0..50)
         .map(|r| json!({"label": format!("R{r}"), "seats": 100}))
         .collect();
-    let venue: Value = client
-        .post(format!("{url}/api/v1/venues"))
-        .bearer_auth(&organizer_token)
-        .json(
-            &json!({"name": "Bench Arena", "city": "Leeds", "country": "GB", "lat": 53.8,
+    let venue = crate::product::post_json(
+        &client,
+        &url,
+        "/api/v1/venues",
+        &organizer_token,
+        &json!({"name": "Bench Arena", "city": "Leeds", "country": "GB", "lat": 53.8,
                       "lon": -1.55, "sections": [{"name": "Bowl", "rows": rows}]}),
-        )
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    )
+    .await?;
     let seats: Vec<String> = venue["sections"][0]["rows"]
         .as_array()
         .context("rows")?

@@ -96,6 +96,26 @@ fn redact(raw: &str) -> String {
     }
 }
 
+/// POSTs `body` to `path` as the user `token` names and returns the answer's JSON, refusing any
+/// status but success: how the load runs build their fixtures (venues, events).
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    path: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(client
+        .post(format!("{url}{path}"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// Creates an event with `body` as the organizer `token` names, publishes it and returns its id:
 /// the fixture every load run starts from.
 pub async fn publish_event(
@@ -104,15 +124,7 @@ pub async fn publish_event(
     token: &str,
     body: &serde_json::Value,
 ) -> anyhow::Result<String> {
-    let event: serde_json::Value = client
-        .post(format!("{url}/api/v1/events"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let event = post_json(client, url, "/api/v1/events", token, body).await?;
     let event_id = event["id"].as_str().context("event id")?.to_string();
     client
         .post(format!("{url}/api/v1/events/{event_id}/publish"))

@@ -23,7 +23,7 @@ use marquee_waitroom::{
     InProcessWaitingRoom, RedisWaitingRoom, RoomConfig, RoomSigner, RoomTimings, WaitingRoom,
 };
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -358,18 +358,15 @@ async fn over_http(bench: &WaitroomBench) -> anyhow::Result<HttpReport> {
     };
     server.state.store.create_user(&organizer, "unused").await?;
     let organizer_token = issuer.issue(&organizer.id, Role::Organizer)?;
-    let venue: Value = client
-        .post(format!("{url}/api/v1/venues"))
-        .bearer_auth(&organizer_token)
-        .json(
-            &json!({"name": "Bench Arena", "city": "Leeds", "country": "GB", "lat": 53.8,
+    let venue = crate::product::post_json(
+        &client,
+        &url,
+        "/api/v1/venues",
+        &organizer_token,
+        &json!({"name": "Bench Arena", "city": "Leeds", "country": "GB", "lat": 53.8,
                       "lon": -1.55, "sections": [{"name": "Floor", "capacity": 50000}]}),
-        )
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    )
+    .await?;
     // On sale in a day: every join lands in the pre-queue.
     let on_sale = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
     let event_id = crate::product::publish_event(

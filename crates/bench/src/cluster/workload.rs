@@ -86,18 +86,15 @@ pub async fn fixture(
     let rows: Vec<Value> = (0..row_count)
         .map(|r| json!({"label": format!("R{r}"), "seats": per_row}))
         .collect();
-    let venue: Value = client
-        .post(format!("{url}/api/v1/venues"))
-        .bearer_auth(&token)
-        .json(
-            &json!({"name": "Bench Stadium", "city": "Leeds", "country": "GB", "lat": 53.8,
+    let venue = crate::product::post_json(
+        client,
+        url,
+        "/api/v1/venues",
+        &token,
+        &json!({"name": "Bench Stadium", "city": "Leeds", "country": "GB", "lat": 53.8,
                       "lon": -1.55, "sections": [{"name": "Bowl", "rows": rows}]}),
-        )
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    )
+    .await?;
     let mut events = Vec::new();
     for n in 0..workload.events() {
         let event_id = crate::product::publish_event(
