@@ -29,9 +29,8 @@
 //!     the keyring) verify under the purpose's first key, `k1`.
 //!   - *Bootstrap.* The first node to start inserts `k1` of each purpose with
 //!     `ON CONFLICT DO NOTHING` and every node loads what won, so nodes starting at once agree
-//!     and no node invents a key its peers do not know. When the cluster had a root from before
-//!     the keyring (PostgreSQL's `node_secrets`, SQLite's `<data_dir>/jwt-secret`), `k1` is
-//!     derived from it exactly as keys were before ([`Derivation::Legacy`]), so tokens, codes and
+//!     and no node invents a key its peers do not know. When a single node had a root from before
+//!     the keyring (its `<data_dir>/jwt-secret`), `k1` is derived from it exactly as keys were before ([`Derivation::Legacy`]), so tokens, codes and
 //!     passes already out keep verifying; otherwise each `k1` gets a fresh root and HKDF.
 //!   - *A configured secret* (`--jwt-secret`, which the gateway and tests use) bypasses the
 //!     keyring: one implicit key per purpose derived from it as before, and nothing signed

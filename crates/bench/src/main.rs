@@ -9,8 +9,8 @@
 //! it after (see [`product::ScratchDatabase`]); they never read the node's `MARQUEE_*` settings,
 //! so a bench started on an operator's host cannot touch the production database by accident.
 //!
-//! Dependencies that only the benchmarks need (lapin for RabbitMQ, m3u8-rs, rand_distr, reqwest,
-//! ulid, httparse for reading players' and peers' answers) live here and nowhere in the product.
+//! Dependencies that only the benchmarks need (lapin for RabbitMQ, m3u8-rs for players'
+//! playlists) live here and nowhere in the product.
 
 mod booking;
 mod cache;

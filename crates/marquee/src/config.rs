@@ -144,9 +144,9 @@ impl ServerConfig {
     /// The node's signing keys. With a configured `--jwt-secret`: one implicit key per purpose
     /// derived from it as before the keyring, and nothing signed names a key (the gateway and
     /// tests verify with the raw secret). Without one: the cluster's keyring in the catalog
-    /// database (SQLite's or PostgreSQL's alike), whose first keys come from the root nodes
-    /// used before — PostgreSQL's `node_secrets`, SQLite's `<data_dir>/jwt-secret` — when there
-    /// is one, so tokens, ticket codes and passes already out keep verifying.
+    /// database (SQLite's or PostgreSQL's alike). On SQLite its first keys come from the root
+    /// the node used before, `<data_dir>/jwt-secret`, when there is one, so tokens, ticket codes
+    /// and passes already out keep verifying.
     pub async fn keyring(
         &self,
         store: &std::sync::Arc<marquee_store::SqlCatalogStore>,
@@ -155,13 +155,10 @@ impl ServerConfig {
         if self.jwt_secret.is_some() {
             return Ok(marquee_auth::Keyring::from_secret(&self.signing_secret()?));
         }
+        // One machine before the keyring kept its root in the data dir; a cluster's nodes
+        // never shared one, so on PostgreSQL there is nothing to carry over.
         let legacy = match store.backend() {
-            marquee_store::Backend::Postgres => store
-                .stored_secret(CLUSTER_SECRET_NAME)
-                .await
-                .context("reading the cluster's signing root from the database")?
-                .map(|hex| decode_hex(&hex).context("the cluster's signing root is not hex"))
-                .transpose()?,
+            marquee_store::Backend::Postgres => None,
             marquee_store::Backend::Sqlite => {
                 let path = self.data_dir.join("jwt-secret");
                 match std::fs::read_to_string(&path) {
@@ -189,10 +186,6 @@ impl ServerConfig {
         crate::keys::bootstrap(std::sync::Arc::clone(store), legacy).await
     }
 }
-
-/// The name of the signing root in the store's `node_secrets` (clusters from before the
-/// keyring wrote it; the keyring's first keys derive from it).
-const CLUSTER_SECRET_NAME: &str = "signing-root";
 
 /// The host name, so that `x-marquee-node` tells nodes apart without configuration.
 pub fn default_node_id() -> String {

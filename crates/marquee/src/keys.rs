@@ -63,8 +63,8 @@ fn millis(duration: Duration) -> i64 {
 
 /// Gives every purpose that has no key yet its first key, `k1`, and loads the keyring.
 ///
-/// `legacy_root` is the root nodes signed with before the keyring (PostgreSQL's
-/// `node_secrets`, SQLite's `<data_dir>/jwt-secret`): `k1` is then derived from it exactly as
+/// `legacy_root` is the root a single SQLite node signed with before the keyring (its
+/// `<data_dir>/jwt-secret`): `k1` is then derived from it exactly as
 /// before, so what was signed keeps verifying. Without one, each purpose's `k1` gets a fresh
 /// random root. Every node inserts `k1` with `ON CONFLICT DO NOTHING` and loads what won, so
 /// nodes starting at once agree and no node signs with a key its peers do not know.

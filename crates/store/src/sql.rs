@@ -125,27 +125,6 @@ impl SqlCatalogStore {
         }
     }
 
-    /// The secret named `name` that every node on this database shares: `candidate` if no node
-    /// stored one before, else the one stored. Race-free without a lock: of nodes starting at
-    /// once, the first insert wins and every node reads the winner back.
-    pub async fn shared_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
-        let pool = self.pool();
-        sqlx::query(
-            "INSERT INTO node_secrets (name, value, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(candidate)
-        .bind(marquee_domain::timestamp_now().timestamp_millis())
-        .execute(&pool)
-        .await?;
-        let row = sqlx::query("SELECT value FROM node_secrets WHERE name = $1")
-            .bind(name)
-            .fetch_one(&pool)
-            .await?;
-        Ok(sqlx::Row::try_get(&row, "value")?)
-    }
-
     /// Every signing key of the cluster (see `signing_keys` in the migrations), by purpose and
     /// id.
     pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
@@ -218,18 +197,6 @@ impl SqlCatalogStore {
             .fetch_optional(&self.pool())
             .await?;
         Ok(exists.is_some())
-    }
-
-    /// The root secret named `name` in `node_secrets`, if a node stored one (clusters from
-    /// before the keyring).
-    pub async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT value FROM node_secrets WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool())
-            .await?;
-        row.map(|row| sqlx::Row::try_get(&row, "value"))
-            .transpose()
-            .map_err(StoreError::from)
     }
 
     /// Closes the connection pool, waiting for connections in use to come back.

@@ -1027,10 +1027,9 @@ fn kid_of(token: &str) -> Option<String> {
     jsonwebtoken::decode_header(token).expect("header").kid
 }
 
-/// Two nodes without a configured secret on a PostgreSQL database that already had a signing
-/// root (a cluster from before the keyring): what was signed under the old root still verifies;
-/// tokens and ticket codes signed before a rotation verify after it on both nodes; once the new
-/// key activates, new tokens name it and verify on the other node; the ticket key is untouched.
+/// Two nodes without a configured secret on one PostgreSQL database: tokens and ticket codes
+/// signed before a rotation verify after it on both nodes; once the new key activates, new
+/// tokens name it and verify on the other node; the ticket key is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotated_key_reaches_every_node_and_what_was_signed_before_still_verifies() {
     use marquee_auth::Purpose;
@@ -1038,17 +1037,11 @@ async fn a_rotated_key_reaches_every_node_and_what_was_signed_before_still_verif
     let schema = format!("api_{}", ulid_lower());
     sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
     let url = format!("{}?options=-c%20search_path%3D{schema}", postgres_url());
-    // The root a cluster of the previous version wrote.
     let store = Arc::new(
         SqlCatalogStore::connect(&url, StoreOptions::default())
             .await
             .expect("store"),
     );
-    let root = SigningSecret::generate();
-    store
-        .shared_secret("signing-root", &hex::encode(root.expose()))
-        .await
-        .expect("old root");
     let start = |data_dir: PathBuf| {
         let url = url.clone();
         async move {
@@ -1072,19 +1065,9 @@ async fn a_rotated_key_reaches_every_node_and_what_was_signed_before_still_verif
             .send()
     };
 
-    // Signed before the keyring, under the old root: still good on both nodes.
     let user = register(&client, &first).await;
-    let legacy_token = TokenIssuer::new(&root, Duration::from_secs(600))
-        .issue(&user, Role::Fan)
-        .expect("legacy token");
     let ticket = marquee_domain::TicketId::generate();
     let event = marquee_domain::EventId::generate();
-    let legacy_code = TicketSigner::new(&marquee_auth::keyring::derive_material(
-        Purpose::TicketCodes,
-        marquee_auth::Derivation::Legacy,
-        root.expose(),
-    ))
-    .code(&ticket, &event);
 
     // Signed by the nodes before the rotation: named k1.
     let before = first.state.tokens.issue(&user, Role::Fan).expect("token");
@@ -1126,7 +1109,7 @@ async fn a_rotated_key_reaches_every_node_and_what_was_signed_before_still_verif
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for node in [&first, &second] {
-        for token in [&legacy_token, &before, &after] {
+        for token in [&before, &after] {
             let response = me(node, token).await.expect("request");
             assert_eq!(
                 response.status(),
@@ -1136,9 +1119,11 @@ async fn a_rotated_key_reaches_every_node_and_what_was_signed_before_still_verif
             );
         }
         let signer = TicketSigner::from_keyring(node.state.tokens.keyring());
-        for code in [&legacy_code, &code_before] {
-            assert_eq!(signer.verify(code, &event), Some(ticket.clone()), "{code}");
-        }
+        assert_eq!(
+            signer.verify(&code_before, &event),
+            Some(ticket.clone()),
+            "{code_before}"
+        );
         // Rotating access tokens left the ticket key alone.
         let ticket_key = node
             .state
