@@ -198,7 +198,9 @@ impl From<StoreError> for ApiError {
                 "the resource was changed by someone else; fetch it and try again",
             )
             .with_detail("expected_version", expected),
-            StoreError::Unavailable(_) | StoreError::WriterStopped => {
+            StoreError::Unavailable(_)
+            | StoreError::BatchUnavailable(_)
+            | StoreError::WriterStopped => {
                 tracing::warn!(error = %error, "store unavailable");
                 ApiError::unavailable("store", "the database is not answering")
             }
@@ -216,6 +218,8 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict("hold_expired", "the hold has expired or ended")
             }
             StoreError::Database(_)
+            | StoreError::BatchFailed(_)
+            | StoreError::Refused { .. }
             | StoreError::Sqlite(_)
             | StoreError::Migration(_)
             | StoreError::UnsupportedUrl(_)

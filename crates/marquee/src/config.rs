@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub node_id: String,
     pub body_limit_bytes: usize,
     pub database_max_connections: u32,
+    /// PostgreSQL: booking write batches in flight at once.
+    pub database_write_batches: u32,
     /// `redis://…` selects Redis leases (shared by every node); `None` keeps them in-process.
     pub redis_url: Option<String>,
     /// Prefix of every Redis key this node writes.

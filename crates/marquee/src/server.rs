@@ -384,6 +384,7 @@ pub async fn open_sql_store(config: &ServerConfig) -> anyhow::Result<Arc<SqlCata
         &url,
         StoreOptions {
             max_connections: config.database_max_connections,
+            write_batches: config.database_write_batches as usize,
             ..StoreOptions::default()
         },
     )

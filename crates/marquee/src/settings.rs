@@ -57,6 +57,8 @@ pub struct DatabaseSettings {
     /// `postgres://…` for many nodes; SQLite at `<data_dir>/marquee.db` when absent.
     pub url: Option<String>,
     pub max_connections: u32,
+    /// PostgreSQL: booking write batches in flight at once (one commit each).
+    pub write_batches: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,6 +237,7 @@ impl Default for NodeSettings {
             database: DatabaseSettings {
                 url: None,
                 max_connections: 16,
+                write_batches: 4,
             },
             auth: AuthSettings {
                 jwt_secret: None,
@@ -375,6 +378,14 @@ impl NodeSettings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be at least 1".into());
         }
+        if self.database.write_batches == 0
+            || self.database.write_batches >= self.database.max_connections
+        {
+            return invalid(
+                "database.write_batches must be at least 1 and below database.max_connections"
+                    .into(),
+            );
+        }
         if !(1..=100).contains(&self.notify.job_attempts) {
             return invalid("notify.job_attempts must be between 1 and 100".into());
         }
@@ -426,6 +437,7 @@ impl NodeSettings {
             node_id: self.node_id.unwrap_or_else(crate::config::default_node_id),
             body_limit_bytes: self.body_limit,
             database_max_connections: self.database.max_connections,
+            database_write_batches: self.database.write_batches,
             redis_url: self.redis.url,
             redis_prefix: self.redis.prefix,
             payment_timeout: self.booking.payment_timeout,

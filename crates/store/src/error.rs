@@ -33,17 +33,52 @@ pub enum StoreError {
     Sqlite(#[source] std::sync::Arc<rusqlite::Error>),
     #[error("the database writer has stopped")]
     WriterStopped,
+    /// A batch of writes (PostgreSQL's booking batches) that could not reach the database,
+    /// shared by every operation in it.
+    #[error("the database is unavailable: {0}")]
+    BatchUnavailable(#[source] std::sync::Arc<sqlx::Error>),
+    /// A batch of writes that failed as a whole, shared by every operation in it.
+    #[error("database error: {0}")]
+    BatchFailed(#[source] std::sync::Arc<sqlx::Error>),
+    /// An operation of a batch that the database refused for a reason callers do not branch
+    /// on (a bug, or data that breaks a constraint the domain should have kept).
+    #[error("the database refused the write ({sqlstate}): {message}")]
+    Refused {
+        sqlstate: String,
+        message: String,
+        constraint: Option<String>,
+    },
+}
+
+/// True when `error` means the database could not be reached, not that it refused.
+pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+impl StoreError {
+    /// The error every operation of a failed batch is given.
+    pub(crate) fn of_batch(error: std::sync::Arc<sqlx::Error>) -> Self {
+        if is_unavailable(&error) {
+            StoreError::BatchUnavailable(error)
+        } else {
+            StoreError::BatchFailed(error)
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-            other => StoreError::Database(other),
+        if is_unavailable(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Database(error)
         }
     }
 }

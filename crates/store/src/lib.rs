@@ -95,7 +95,7 @@ mod sqlite;
 pub use changes::{ChangeKind, ChangePosition, ChangeRecord, EntityKind};
 pub use error::StoreError;
 pub use inventory::{CheckIn, InventoryStore, OrderHistoryEntry, SeatSnapshot, StoredResponse};
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, WriteBatchStats};
 pub use sql::{redact_url, Backend, SqlCatalogStore, StoreOptions, StoredSigningKey};
 pub use sqlite::SqliteStore;
 

@@ -59,6 +59,8 @@ pub fn redact_url(url: &str) -> String {
 pub struct StoreOptions {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// PostgreSQL: booking write batches in flight at once per node (see `postgres::batch`).
+    pub write_batches: usize,
 }
 
 impl Default for StoreOptions {
@@ -66,6 +68,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            write_batches: 4,
         }
     }
 }
@@ -200,6 +203,15 @@ impl SqlCatalogStore {
     }
 
     /// Closes the connection pool, waiting for connections in use to come back.
+    /// How the booking writes were batched (PostgreSQL; SQLite's writer thread batches by
+    /// itself and keeps no count).
+    pub fn write_batch_stats(&self) -> Option<crate::WriteBatchStats> {
+        match self {
+            SqlCatalogStore::Sqlite(_) => None,
+            SqlCatalogStore::Postgres(store) => Some(store.write_batch_stats()),
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             SqlCatalogStore::Sqlite(store) => store.close().await,

@@ -108,6 +108,16 @@ pub struct DatabaseFlags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+
+    /// PostgreSQL: booking write batches this node runs at once; the holds, orders and
+    /// answers that arrive meanwhile wait and share the next (one commit each) [default: 4].
+    #[arg(
+        id = "database_write_batches",
+        long = "database-write-batches",
+        env = "MARQUEE_DATABASE_WRITE_BATCHES"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_batches: Option<u32>,
 }
 
 /// `[auth]`

@@ -1,22 +1,23 @@
-//! The inventory on PostgreSQL. A write that changes seats announces them in the outbox (see
-//! `changes`) and takes no lock shared by other events' writers: its seat version is numbered
-//! after commit. These are the inventory operations PostgreSQL does its own way: the booking
-//! hot path, fenced by the database's constraints, and the seat version, which lives in the
-//! outbox. The others are shared with the other engine (`common`).
+//! The inventory on PostgreSQL: the operations it does its own way. The booking hot path —
+//! holds, hold ends, orders and idempotent answers — runs in batches, one round trip and one
+//! commit for whatever a node's fans asked for meanwhile (see `batch`), in functions of
+//! migration 0013 that check what the unbatched statements checked: sold seats, fences,
+//! standing-place capacity, the event still on sale. Seat changes are announced in the outbox
+//! with no lock shared by other writers; their seat version, which lives in the outbox, is
+//! numbered after commit. The other operations are shared with the other engine (`common`).
 
+use super::batch::Failure;
 use super::changes::assign;
 use super::PostgresStore;
 use crate::common::catalog_reads::fetch_optional;
-use crate::common::engine::{execute, BookingEngine, SqlEngine, SqlWrite};
-use crate::common::inventory::change_general_admission;
+use crate::common::engine::BookingEngine;
 use crate::common::inventory_reads::{self as reads, SeatVersionSql};
-use crate::common::payloads::{new_order_history, SeatChange};
-use crate::common::rows::{self, millis, to_i64, HOLD_COLUMNS, ORDER_COLUMNS};
-use crate::error::is_unique_violation;
+use crate::common::payloads::{new_order_history, SeatChange, SeatChangeRecord};
+use crate::common::rows::{self, millis, to_i64, HOLD_COLUMNS};
 use crate::{ChangeKind, SeatSnapshot, StoreError, StoredResponse};
 use chrono::{DateTime, Utc};
-use marquee_domain::{EventId, Hold, HoldId, HoldStatus, Order, UserId};
-use sqlx::Row;
+use marquee_domain::{EventId, Hold, HoldId, HoldStatus, Order, SeatId, UserId};
+use serde_json::json;
 
 /// The seat version is numbered by the outbox's assigner (see `changes`): the newest numbered
 /// seat change of the event carries it.
@@ -27,87 +28,17 @@ const SEAT_VERSION: SeatVersionSql = SeatVersionSql(
 
 impl BookingEngine for PostgresStore {
     async fn create_hold(&self, hold: &Hold, ga_capacity: Option<u32>) -> Result<(), StoreError> {
-        let seat_ids = serde_json::to_string(&hold.seat_ids)?;
-        let token = to_i64(hold.fencing_token);
-        let mut write = self.begin_write().await?;
-        if !hold.seat_ids.is_empty() {
-            let placeholders: Vec<String> = (0..hold.seat_ids.len())
-                .map(|i| format!("${}", i + 2))
-                .collect();
-            let sql = format!(
-                "SELECT seat_id FROM tickets WHERE event_id = $1 AND valid = 1 AND seat_id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut statement = sqlx::query(&sql).bind(hold.event_id.as_str());
-            for seat in &hold.seat_ids {
-                statement = statement.bind(seat.as_str());
-            }
-            let sold = statement.fetch_all(write.connection()).await?;
-            if !sold.is_empty() {
-                let seat_ids = sold
-                    .iter()
-                    .map(|row| row.try_get::<String, _>("seat_id"))
-                    .collect::<Result<_, _>>()?;
-                return Err(StoreError::SeatsSold { seat_ids });
-            }
-            // One statement for all seats: each row binds (event, seat, token).
-            let rows: Vec<String> = (0..hold.seat_ids.len())
-                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
-            let sql = format!(
-                "INSERT INTO seat_fences (event_id, seat_id, token) VALUES {} \
-                 ON CONFLICT (event_id, seat_id) DO UPDATE SET token = excluded.token \
-                 WHERE seat_fences.token < excluded.token",
-                rows.join(", ")
-            );
-            let mut statement = sqlx::query(&sql);
-            for seat in &hold.seat_ids {
-                statement = statement
-                    .bind(hold.event_id.as_str())
-                    .bind(seat.as_str())
-                    .bind(token);
-            }
-            statement.execute(write.connection()).await?;
-        }
-        if let (Some(general), Some(capacity)) = (&hold.general_admission, ga_capacity) {
-            sqlx::query(
-                "INSERT INTO general_admission (event_id, section, capacity) VALUES ($1, $2, $3) \
-                 ON CONFLICT (event_id, section) DO NOTHING",
-            )
-            .bind(hold.event_id.as_str())
-            .bind(&general.section)
-            .bind(i64::from(capacity))
-            .execute(write.connection())
-            .await?;
-            change_general_admission(
-                write.connection(),
-                &hold.event_id,
-                &general.section,
-                i64::from(general.quantity),
-                0,
-            )
-            .await?;
-        }
-        sqlx::query(&format!(
-            "INSERT INTO holds ({HOLD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(hold.id.as_str())
-        .bind(hold.event_id.as_str())
-        .bind(hold.user_id.as_str())
-        .bind(seat_ids)
-        .bind(hold.general_admission.as_ref().map(|g| g.section.clone()))
-        .bind(hold.general_admission.as_ref().map_or(0, |g| i64::from(g.quantity)))
-        .bind(token)
-        .bind(hold.status.as_str())
-        .bind(i64::from(hold.extended))
-        .bind(millis(hold.expires_at))
-        .bind(millis(hold.created_at))
-        .execute(write.connection())
-        .await?;
-        write
-            .announce_seats(ChangeKind::SeatsHeld, &SeatChange::of_hold(hold, "held"))
-            .await?;
-        write.commit().await
+        let operation = json!({
+            "op": "create_hold",
+            "hold": hold_columns(hold)?,
+            "ga_capacity": ga_capacity,
+            "change": seat_change(ChangeKind::SeatsHeld, &SeatChange::of_hold(hold, "held"))?,
+        });
+        self.batcher
+            .run(operation)
+            .await?
+            .map(drop)
+            .map_err(Failure::into_store_error)
     }
 
     async fn hold(&self, id: &HoldId) -> Result<Option<Hold>, StoreError> {
@@ -116,42 +47,29 @@ impl BookingEngine for PostgresStore {
     }
 
     async fn end_hold(&self, id: &HoldId, status: HoldStatus) -> Result<bool, StoreError> {
-        let mut write = self.begin_write().await?;
-        let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
-        let Some(row) = sqlx::query(&sql)
-            .bind(id.as_str())
-            .fetch_optional(write.connection())
-            .await?
-        else {
+        // What the change announces is the hold's, which never changes after it is made, so it
+        // is read before the batch; whether the hold is still active is decided in it.
+        let Some(hold) = BookingEngine::hold(self, id).await? else {
             return Err(StoreError::NotFound);
         };
-        let hold = rows::hold(&row)?;
-        let ended = sqlx::query("UPDATE holds SET status = $1 WHERE id = $2 AND status = 'active'")
-            .bind(status.as_str())
-            .bind(id.as_str())
-            .execute(write.connection())
-            .await?;
-        if ended.rows_affected() == 0 {
-            return Ok(false);
-        }
-        if let Some(general) = &hold.general_admission {
-            change_general_admission(
-                write.connection(),
-                &hold.event_id,
-                &general.section,
-                -i64::from(general.quantity),
-                0,
-            )
-            .await?;
-        }
-        write
-            .announce_seats(
+        let operation = json!({
+            "op": "end_hold",
+            "id": hold.id.as_str(),
+            "status": status.as_str(),
+            "event_id": hold.event_id.as_str(),
+            "ga_section": hold.general_admission.as_ref().map(|g| g.section.as_str()),
+            "ga_quantity": hold.general_admission.as_ref().map_or(0, |g| g.quantity),
+            "change": seat_change(
                 ChangeKind::SeatsAvailable,
                 &SeatChange::of_hold(&hold, status.as_str()),
-            )
-            .await?;
-        write.commit().await?;
-        Ok(true)
+            )?,
+        });
+        let answer = self
+            .batcher
+            .run(operation)
+            .await?
+            .map_err(Failure::into_store_error)?;
+        Ok(answer.get("ended").and_then(serde_json::Value::as_bool) == Some(true))
     }
 
     async fn seat_snapshot(
@@ -208,135 +126,64 @@ impl BookingEngine for PostgresStore {
     }
 
     async fn confirm_order(&self, order: &Order, hold: &Hold) -> Result<(), StoreError> {
-        let token = to_i64(hold.fencing_token);
-        let mut write = self.begin_write().await?;
-        // The event must still be on sale: a cancellation that committed first wins. The
-        // share lock keeps a cancellation from committing until this order has (so the
-        // cancellation's refunds find it), and waits for one in flight; sales do not wait
-        // for each other on it.
-        let converted = sqlx::query(
-            "UPDATE holds SET status = 'ordered' WHERE id = $1 AND status = 'active' \
-             AND fencing_token = $2 AND expires_at > $3 AND EXISTS \
-             (SELECT 1 FROM events WHERE events.id = holds.event_id \
-              AND events.status = 'published' FOR SHARE)",
-        )
-        .bind(hold.id.as_str())
-        .bind(token)
-        .bind(millis(order.created_at))
-        .execute(write.connection())
-        .await?;
-        if converted.rows_affected() == 0 {
-            return Err(StoreError::HoldNotActive);
-        }
-        if !hold.seat_ids.is_empty() {
-            let placeholders: Vec<String> = (0..hold.seat_ids.len())
-                .map(|i| format!("${}", i + 3))
-                .collect();
-            let sql = format!(
-                "SELECT COUNT(*) AS current FROM seat_fences WHERE event_id = $1 AND token = $2 \
-                 AND seat_id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut statement = sqlx::query(&sql).bind(hold.event_id.as_str()).bind(token);
-            for seat in &hold.seat_ids {
-                statement = statement.bind(seat.as_str());
-            }
-            let current: i64 = statement
-                .fetch_one(write.connection())
-                .await?
-                .try_get("current")?;
-            if usize::try_from(current).ok() != Some(hold.seat_ids.len()) {
-                return Err(StoreError::Fenced);
-            }
-        }
-        if let Some(general) = &hold.general_admission {
-            let quantity = i64::from(general.quantity);
-            change_general_admission(
-                write.connection(),
-                &hold.event_id,
-                &general.section,
-                -quantity,
-                quantity,
-            )
-            .await?;
-        }
-        sqlx::query(&format!(
-            "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        ))
-        .bind(order.id.as_str())
-        .bind(order.event_id.as_str())
-        .bind(order.user_id.as_str())
-        .bind(order.hold_id.as_str())
-        .bind(order.status.as_str())
-        .bind(order.total_cents)
-        .bind(&order.currency)
-        .bind(&order.payment_reference)
-        .bind(millis(order.created_at))
-        .execute(write.connection())
-        .await?;
-        if !order.tickets.is_empty() {
-            const COLUMNS: usize = 9;
-            let rows: Vec<String> = (0..order.tickets.len())
-                .map(|row| {
-                    let cells: Vec<String> = (1..=COLUMNS)
-                        .map(|c| format!("${}", row * COLUMNS + c))
-                        .collect();
-                    format!("({})", cells.join(", "))
+        let (created_record, paid_record) = new_order_history(order);
+        let tickets: Vec<serde_json::Value> = order
+            .tickets
+            .iter()
+            .map(|ticket| {
+                json!({
+                    "id": ticket.id.as_str(),
+                    "seat_id": ticket.seat_id.as_ref().map(SeatId::as_str),
+                    "section": ticket.section,
+                    "row_label": ticket.row,
+                    "number": ticket.number,
+                    "price_cents": ticket.price_cents,
+                    "code": ticket.code,
                 })
-                .collect();
-            let sql = format!(
-                "INSERT INTO tickets (id, order_id, event_id, seat_id, section, row_label, number, \
-                 price_cents, code) VALUES {}",
-                rows.join(", ")
-            );
-            let mut statement = sqlx::query(&sql);
-            for ticket in &order.tickets {
-                statement = statement
-                    .bind(ticket.id.as_str())
-                    .bind(order.id.as_str())
-                    .bind(order.event_id.as_str())
-                    .bind(
-                        ticket
-                            .seat_id
-                            .as_ref()
-                            .map(|seat| seat.as_str().to_string()),
-                    )
-                    .bind(&ticket.section)
-                    .bind(ticket.row.clone())
-                    .bind(ticket.number.map(i64::from))
-                    .bind(ticket.price_cents)
-                    .bind(&ticket.code);
+            })
+            .collect();
+        let change = SeatChange {
+            order_id: Some(&order.id),
+            ..SeatChange::of_hold(hold, "ordered")
+        };
+        let operation = json!({
+            "op": "confirm_order",
+            "order": {
+                "id": order.id.as_str(),
+                "event_id": order.event_id.as_str(),
+                "user_id": order.user_id.as_str(),
+                "hold_id": order.hold_id.as_str(),
+                "status": order.status.as_str(),
+                "total_cents": order.total_cents,
+                "currency": order.currency,
+                "payment_reference": order.payment_reference,
+                "created_at": millis(order.created_at),
+            },
+            "fencing_token": to_i64(hold.fencing_token),
+            "seat_ids": hold.seat_ids.iter().map(SeatId::as_str).collect::<Vec<_>>(),
+            "ga_section": hold.general_admission.as_ref().map(|g| g.section.as_str()),
+            "ga_quantity": hold.general_admission.as_ref().map_or(0, |g| g.quantity),
+            "tickets": tickets,
+            "created_record": created_record,
+            "paid_record": paid_record,
+            "change": seat_change(ChangeKind::SeatsSold, &change)?,
+        });
+        match self.batcher.run(operation).await? {
+            Ok(_) => Ok(()),
+            // The last word on double sales: one valid ticket per seat (and unique codes).
+            Err(failure)
+                if failure.is_unique_violation()
+                    && failure
+                        .constraint
+                        .as_deref()
+                        .is_some_and(|name| name.starts_with("tickets")) =>
+            {
+                Err(StoreError::SeatsSold {
+                    seat_ids: hold.seat_ids.iter().map(ToString::to_string).collect(),
+                })
             }
-            match statement.execute(write.connection()).await {
-                Err(error) if is_unique_violation(&error) => {
-                    return Err(StoreError::SeatsSold {
-                        seat_ids: hold.seat_ids.iter().map(ToString::to_string).collect(),
-                    })
-                }
-                other => other?,
-            };
+            Err(failure) => Err(failure.into_store_error()),
         }
-        let (created, paid) = new_order_history(order);
-        sqlx::query(
-            "INSERT INTO order_events (order_id, sequence, kind, data, recorded_at) \
-             VALUES ($1, 1, 'created', $2, $4), ($1, 2, 'paid', $3, $4)",
-        )
-        .bind(order.id.as_str())
-        .bind(created)
-        .bind(paid)
-        .bind(millis(order.created_at))
-        .execute(write.connection())
-        .await?;
-        write
-            .announce_seats(
-                ChangeKind::SeatsSold,
-                &SeatChange {
-                    order_id: Some(&order.id),
-                    ..SeatChange::of_hold(hold, "ordered")
-                },
-            )
-            .await?;
-        write.commit().await
     }
 
     async fn save_idempotent_response(
@@ -345,16 +192,54 @@ impl BookingEngine for PostgresStore {
         key: &str,
         response: &StoredResponse,
     ) -> Result<bool, StoreError> {
-        let insert = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, key) DO NOTHING",
-        )
-        .bind(user.as_str())
-        .bind(key)
-        .bind(&response.request_hash)
-        .bind(i64::from(response.status_code))
-        .bind(&response.body)
-        .bind(millis(marquee_domain::timestamp_now()));
-        Ok(execute(self, insert).await? == 1)
+        let operation = json!({
+            "op": "save_response",
+            "user_id": user.as_str(),
+            "key": key,
+            "request_hash": response.request_hash,
+            "status_code": response.status_code,
+            "response": response.body,
+            "created_at": millis(marquee_domain::timestamp_now()),
+        });
+        let answer = self
+            .batcher
+            .run(operation)
+            .await?
+            .map_err(Failure::into_store_error)?;
+        Ok(answer.get("saved").and_then(serde_json::Value::as_bool) == Some(true))
     }
+}
+
+/// A hold's row, as `marquee_create_hold()` reads it.
+fn hold_columns(hold: &Hold) -> Result<serde_json::Value, StoreError> {
+    Ok(json!({
+        "id": hold.id.as_str(),
+        "event_id": hold.event_id.as_str(),
+        "user_id": hold.user_id.as_str(),
+        "seat_ids": hold.seat_ids.iter().map(SeatId::as_str).collect::<Vec<_>>(),
+        // The column keeps the list as JSON text, as the other engine does.
+        "seat_ids_json": serde_json::to_string(&hold.seat_ids)?,
+        "ga_section": hold.general_admission.as_ref().map(|g| g.section.as_str()),
+        "ga_quantity": hold.general_admission.as_ref().map_or(0, |g| g.quantity),
+        "fencing_token": to_i64(hold.fencing_token),
+        "status": hold.status.as_str(),
+        "extended": i64::from(hold.extended),
+        "expires_at": millis(hold.expires_at),
+        "created_at": millis(hold.created_at),
+    }))
+}
+
+/// A seat change's outbox columns, as `marquee_announce_seats()` reads them. The assigner
+/// writes its version into the payload after commit.
+fn seat_change(kind: ChangeKind, change: &SeatChange<'_>) -> Result<serde_json::Value, StoreError> {
+    let payload = serde_json::to_string(&SeatChangeRecord {
+        change,
+        status: SeatChangeRecord::status_of(kind),
+        version: 0,
+    })?;
+    Ok(json!({
+        "kind": kind.as_str(),
+        "payload": payload,
+        "recorded_at": millis(marquee_domain::timestamp_now()),
+    }))
 }

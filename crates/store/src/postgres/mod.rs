@@ -21,8 +21,11 @@
 //! a typed `PgPool` needs the jobs queue to take one too. The listener is the one typed
 //! connection, because `Any` has no `LISTEN`.
 
+mod batch;
 mod changes;
 mod inventory;
+
+pub use batch::WriteBatchStats;
 
 use crate::common::engine::SqlEngine;
 use crate::{Backend, StoreError, StoreOptions};
@@ -50,6 +53,8 @@ pub struct PostgresStore {
     assigner_wake: Arc<Notify>,
     listener: JoinHandle<()>,
     assigner: JoinHandle<()>,
+    /// The booking hot path's writes, batched ([`batch`]).
+    batcher: batch::WriteBatcher,
 }
 
 /// A write transaction; if it appended to the outbox, its commit wakes this node's assigner.
@@ -80,12 +85,20 @@ impl PostgresStore {
             Arc::clone(&assigner_wake),
             Arc::downgrade(&changes),
         ));
+        let batcher = batch::WriteBatcher::start(
+            pool.clone(),
+            Arc::clone(&assigner_wake),
+            batch::BatchOptions {
+                in_flight: options.write_batches,
+            },
+        );
         Ok(PostgresStore {
             pool,
             changes,
             assigner_wake,
             listener,
             assigner,
+            batcher,
         })
     }
 
@@ -93,6 +106,11 @@ impl PostgresStore {
     /// jobs), so a node opens one pool there, not one per block.
     pub fn pool(&self) -> AnyPool {
         self.pool.clone()
+    }
+
+    /// How this node's booking writes were batched so far.
+    pub fn write_batch_stats(&self) -> WriteBatchStats {
+        self.batcher.stats()
     }
 
     /// Closes the connection pool, waiting for connections in use to come back.

@@ -1,7 +1,8 @@
-//! The PostgreSQL outbox under concurrent writers on several nodes: positions numbered after
-//! commit must still reach every follower exactly once, gap-free and in one order that never
-//! changes, however late a transaction commits; and a seat snapshot's version must split an
-//! event's seat changes exactly into those it includes and those that follow it.
+//! The PostgreSQL write path under concurrent writers on several nodes: outbox positions
+//! numbered after commit must still reach every follower exactly once, gap-free and in one
+//! order that never changes, however late a transaction commits; a seat snapshot's version must
+//! split an event's seat changes exactly into those it includes and those that follow it; and
+//! the booking writes a node batches into one transaction must each stand or fall alone.
 //!
 //! Each test has its own schema and two stores over it (two "nodes", each with its own pool
 //! and listener). Late commits are made with transactions of the test's own, opened beside the
@@ -11,12 +12,13 @@
 use chrono::{Duration, Utc};
 use marquee_domain::{
     Category, Coordinates, DisplayName, Email, Event, EventDetails, EventId, EventStatus, Hold,
-    HoldId, HoldStatus, OrderLimits, PriceTier, Role, SeatId, SeatMap, SectionSpec,
-    StreamingSettings, User, UserId, Venue, VenueDetails, VenueId, WaitingRoomSettings,
+    HoldId, HoldStatus, Order, OrderId, OrderLimits, OrderStatus, PriceTier, Role, SeatId, SeatMap, SectionSpec,
+    StreamingSettings, Ticket, TicketId, User, UserId, Venue, VenueDetails, VenueId,
+    WaitingRoomSettings,
 };
 use marquee_store::{
     CatalogStore, ChangeKind, ChangeRecord, InventoryStore, SeatSnapshot, SqlCatalogStore,
-    StoreOptions,
+    StoreError, StoreOptions,
 };
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,17 @@ struct Cluster {
 
 impl Cluster {
     async fn new(prefix: &str) -> Cluster {
+        Cluster::with_options(
+            prefix,
+            StoreOptions {
+                max_connections: 12,
+                ..StoreOptions::default()
+            },
+        )
+        .await
+    }
+
+    async fn with_options(prefix: &str, options: StoreOptions) -> Cluster {
         let admin_url = std::env::var("MARQUEE_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
         let schema = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
@@ -44,10 +57,6 @@ impl Cluster {
         admin.close().await;
         let separator = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{separator}options=-c%20search_path%3D{schema}");
-        let options = StoreOptions {
-            max_connections: 12,
-            ..StoreOptions::default()
-        };
         let first = SqlCatalogStore::connect(&url, options.clone())
             .await
             .expect("first node");
@@ -469,5 +478,187 @@ async fn a_seat_snapshot_and_the_changes_after_its_version_make_the_final_state(
             final_held
         );
     }
+    cluster.finish().await;
+}
+
+fn hold_of(event: &EventId, fan: &UserId, seats: &[&str], token: u64) -> Hold {
+    Hold {
+        id: HoldId::generate(),
+        event_id: event.clone(),
+        user_id: fan.clone(),
+        seat_ids: seats.iter().map(|seat| SeatId::from_string(*seat)).collect(),
+        general_admission: None,
+        fencing_token: token,
+        status: HoldStatus::Active,
+        extended: false,
+        expires_at: Utc::now() + Duration::hours(1),
+        created_at: Utc::now(),
+    }
+}
+
+fn order_of(hold: &Hold) -> Order {
+    Order {
+        id: OrderId::generate(),
+        event_id: hold.event_id.clone(),
+        user_id: hold.user_id.clone(),
+        hold_id: hold.id.clone(),
+        status: OrderStatus::Confirmed,
+        total_cents: 8900 * hold.seat_ids.len() as i64,
+        currency: "GBP".into(),
+        payment_reference: format!("test-{}", hold.id),
+        tickets: hold
+            .seat_ids
+            .iter()
+            .map(|seat| Ticket {
+                id: TicketId::generate(),
+                seat_id: Some(seat.clone()),
+                section: "Stalls".into(),
+                row: Some("A".into()),
+                number: Some(1),
+                price_cents: 8900,
+                code: format!("code-{}", TicketId::generate()),
+                checked_in_at: None,
+            })
+            .collect(),
+        created_at: Utc::now(),
+    }
+}
+
+async fn count(raw: &sqlx::AnyPool, sql: &str, event: &EventId) -> i64 {
+    use sqlx::Row;
+    sqlx::query(sql)
+        .bind(event.as_str())
+        .fetch_one(raw)
+        .await
+        .expect("count")
+        .try_get(0)
+        .expect("a count")
+}
+
+/// Holds and orders sent at once share batches (one transaction each); a hold refused inside a
+/// batch (one of its seats is sold), an order whose fence was raised under it, and one whose
+/// seat another order sold, each undo their own writes and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_writes_in_a_shared_batch_undo_only_themselves() {
+    const FANS: usize = 48;
+    // One batch in flight: everything sent meanwhile must wait and share the next.
+    let cluster = Cluster::with_options(
+        "write_batches",
+        StoreOptions {
+            max_connections: 12,
+            write_batches: 1,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let store = cluster.node(0);
+    let owner = user("owner");
+    store.create_user(&owner, "hash").await.expect("owner");
+    let venue = venue(&owner.id);
+    store.create_venue(&venue).await.expect("venue");
+    let event = Event {
+        status: EventStatus::Published,
+        ..self::event(&venue)
+    };
+    store.create_event(&event).await.expect("event");
+    let fan = user("fan");
+    store.create_user(&fan, "hash").await.expect("fan");
+
+    // Sold before the rush: seat "sold".
+    let first = hold_of(&event.id, &fan.id, &["sold"], 1);
+    store.create_hold(&first, None).await.expect("first hold");
+    store
+        .confirm_order(&order_of(&first), &first)
+        .await
+        .expect("first order");
+    // A hold whose seat a newer lease fenced (token 3 over its 2) before it orders.
+    let fenced = hold_of(&event.id, &fan.id, &["fenced"], 2);
+    store.create_hold(&fenced, None).await.expect("fenced hold");
+    store
+        .create_hold(&hold_of(&event.id, &fan.id, &["fenced"], 3), None)
+        .await
+        .expect("newer hold");
+    let before = store.write_batch_stats().expect("postgres batches");
+
+    let rush: Vec<_> = (0..FANS)
+        .map(|fan_index| {
+            let store = cluster.node(0);
+            let event = event.id.clone();
+            let fan = fan.id.clone();
+            tokio::spawn(async move {
+                let free = format!("free-{fan_index}");
+                // Every other fan also asks for the sold seat.
+                let seats: Vec<&str> = if fan_index % 2 == 0 {
+                    vec![free.as_str()]
+                } else {
+                    vec![free.as_str(), "sold"]
+                };
+                let hold = hold_of(&event, &fan, &seats, 10 + fan_index as u64);
+                (fan_index, store.create_hold(&hold, None).await)
+            })
+        })
+        .collect();
+    let late_order = {
+        let store = cluster.node(0);
+        let fenced = fenced.clone();
+        tokio::spawn(async move { store.confirm_order(&order_of(&fenced), &fenced).await })
+    };
+    for fan in rush {
+        let (index, outcome) = fan.await.expect("fan");
+        if index % 2 == 0 {
+            outcome.expect("a hold on a free seat is made");
+        } else {
+            match outcome {
+                Err(StoreError::SeatsSold { seat_ids }) => assert_eq!(seat_ids, ["sold"]),
+                other => panic!("a hold on a sold seat answered {other:?}"),
+            }
+        }
+    }
+    assert!(matches!(
+        late_order.await.expect("order"),
+        Err(StoreError::Fenced)
+    ));
+    let after = store.write_batch_stats().expect("postgres batches");
+    let operations = after.operations - before.operations;
+    let batches = after.batches - before.batches;
+    assert_eq!(operations, FANS as u64 + 1, "every operation was sent once");
+    assert!(
+        batches < operations,
+        "{operations} operations sent at once went in {batches} batches"
+    );
+
+    // Exactly the accepted holds left rows, fences and changes; the refused left none.
+    let raw = &cluster.raw;
+    let holds = "SELECT COUNT(*) FROM holds WHERE event_id = $1";
+    assert_eq!(count(raw, holds, &event.id).await, 3 + FANS as i64 / 2);
+    let fences = "SELECT COUNT(*) FROM seat_fences WHERE event_id = $1 AND seat_id LIKE 'free-%'";
+    assert_eq!(count(raw, fences, &event.id).await, FANS as i64 / 2);
+    let changes = "SELECT COUNT(*) FROM outbox WHERE entity = 'seats' AND entity_id = $1";
+    // first hold, its sale, the fenced hold, the newer hold, then the rush's accepted holds
+    assert_eq!(count(raw, changes, &event.id).await, 4 + FANS as i64 / 2);
+    let orders = "SELECT COUNT(*) FROM orders WHERE event_id = $1";
+    assert_eq!(count(raw, orders, &event.id).await, 1);
+
+    // Two orders for one seat in one batch (two holds whose fences both still match cannot
+    // happen with leases; here the store alone is asked): the unique index sells it once.
+    let twice_a = hold_of(&event.id, &fan.id, &["twice"], 100);
+    store.create_hold(&twice_a, None).await.expect("hold a");
+    let twice_b = Hold {
+        id: HoldId::generate(),
+        ..twice_a.clone()
+    };
+    store.create_hold(&twice_b, None).await.expect("hold b");
+    let (order_a, order_b) = (order_of(&twice_a), order_of(&twice_b));
+    let (a, b) = tokio::join!(
+        store.confirm_order(&order_a, &twice_a),
+        store.confirm_order(&order_b, &twice_b)
+    );
+    match (a, b) {
+        (Ok(()), Err(StoreError::SeatsSold { seat_ids }))
+        | (Err(StoreError::SeatsSold { seat_ids }), Ok(())) => assert_eq!(seat_ids, ["twice"]),
+        other => panic!("one seat, one sale; got {other:?}"),
+    }
+    let tickets = "SELECT COUNT(*) FROM tickets WHERE event_id = $1 AND seat_id = 'twice'";
+    assert_eq!(count(raw, tickets, &event.id).await, 1);
     cluster.finish().await;
 }
