@@ -6,7 +6,7 @@
 //! restart Redis or NATS run a server of their own, so the machine's shared ones stay up.
 
 use crate::gateway::gateway_config;
-use crate::gateway_processes::marquee;
+use crate::gateway_processes::marquee_via;
 use crate::push::SseStream;
 use crate::support::{
     event_body, own_address, postgres_url, sqlx_admin, ulid_lower, TestApp, JWT_SECRET,
@@ -133,8 +133,11 @@ impl Drop for OwnServer {
 
 struct Node {
     id: String,
-    /// Its own loopback address, kept across restarts.
+    /// Where it listens, kept across restarts: its own loopback address unless placed.
     address: std::net::SocketAddr,
+    /// The command line before `marquee` (e.g. `ip netns exec …`), and its environment.
+    wrapper: Vec<String>,
+    env: Vec<(String, String)>,
     data_dir: PathBuf,
     process: Option<Child>,
 }
@@ -160,6 +163,26 @@ pub(crate) struct ClusterOptions {
     pub(crate) own_nats: bool,
     /// More `marquee serve` flags for every node.
     pub(crate) node_args: Vec<String>,
+    /// Where each node runs, by index; a node without one runs here on a loopback address of
+    /// its own.
+    pub(crate) placements: Vec<Placement>,
+    /// The services as the nodes reach them, when not at the machine's addresses (the test
+    /// process reaches them there too): PostgreSQL's URL without the schema, Redis, NATS.
+    pub(crate) postgres_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
+    pub(crate) nats_url: Option<String>,
+    /// PostgreSQL settings for the nodes' sessions (`name=value`), as an operator sets them on
+    /// the nodes' role.
+    pub(crate) postgres_settings: Vec<String>,
+}
+
+/// Where one node runs and how it is started.
+#[derive(Clone)]
+pub(crate) struct Placement {
+    pub(crate) address: std::net::SocketAddr,
+    /// Put before the `marquee` command line: `["ip", "netns", "exec", "ns"]`.
+    pub(crate) wrapper: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -169,19 +192,39 @@ impl Cluster {
         let own_redis = options.own_redis.then(OwnServer::redis);
         let own_nats = options.own_nats.then(OwnServer::nats);
         let dir = tempfile::tempdir().expect("tempdir");
+        let postgres = options.postgres_url.unwrap_or_else(postgres_url);
+        let settings: String = options
+            .postgres_settings
+            .iter()
+            .map(|setting| format!("%20-c%20{}", setting.replace('=', "%3D")))
+            .collect();
         let mut cluster = Cluster {
-            database_url: format!("{}?options=-c%20search_path%3D{schema}", postgres_url()),
+            database_url: format!("{postgres}?options=-c%20search_path%3D{schema}{settings}"),
             schema,
-            redis_url: own_redis.as_ref().map_or_else(redis_url, OwnServer::url),
+            redis_url: options
+                .redis_url
+                .unwrap_or_else(|| own_redis.as_ref().map_or_else(redis_url, OwnServer::url)),
             redis_prefix: format!("cluster:{}:", ulid_lower()),
-            nats_url: own_nats.as_ref().map_or_else(nats_url, OwnServer::url),
+            nats_url: options
+                .nats_url
+                .unwrap_or_else(|| own_nats.as_ref().map_or_else(nats_url, OwnServer::url)),
             stream: format!("CLUSTER_{}", ulid_lower().to_uppercase()),
             nodes: (1..=nodes)
-                .map(|n| Node {
-                    id: format!("node-{n}"),
-                    address: own_address(),
-                    data_dir: dir.path().join(format!("node-{n}")),
-                    process: None,
+                .map(|n| {
+                    let placement = options.placements.get(n - 1).cloned();
+                    Node {
+                        id: format!("node-{n}"),
+                        address: placement
+                            .as_ref()
+                            .map_or_else(own_address, |placement| placement.address),
+                        wrapper: placement
+                            .as_ref()
+                            .map(|placement| placement.wrapper.clone())
+                            .unwrap_or_default(),
+                        env: placement.map(|placement| placement.env).unwrap_or_default(),
+                        data_dir: dir.path().join(format!("node-{n}")),
+                        process: None,
+                    }
                 })
                 .collect(),
             _dir: dir,
@@ -212,7 +255,8 @@ impl Cluster {
 
     pub(crate) async fn start_node(&mut self, index: usize) {
         let node = &self.nodes[index];
-        let process = marquee()
+        let process = marquee_via(&node.wrapper)
+            .envs(node.env.iter().map(|(name, value)| (name, value)))
             .env("MARQUEE_RTMP_LISTEN", "off")
             .env("MARQUEE_SRT_LISTEN", "off")
             .args(["serve", "--listen", &node.address.to_string()])
@@ -292,7 +336,7 @@ pub(crate) struct Sale {
     pub(crate) seat_ids: Vec<String>,
 }
 
-const STANDING_CAPACITY: u64 = 200;
+pub(crate) const STANDING_CAPACITY: u64 = 200;
 
 pub(crate) async fn on_sale(app: &TestApp) -> Sale {
     let (organizer, _) = app.register("organizer").await;
@@ -376,7 +420,17 @@ pub(crate) struct FanOutcome {
     pub(crate) order: Option<u16>,
     /// The confirmed order's body.
     pub(crate) confirmed: Option<Value>,
+    /// What was asked under `hold-{fan}` and `order-{fan}` and the last answer's body, so a
+    /// test can ask again under the same keys.
+    pub(crate) hold_request: Value,
+    pub(crate) hold_body: Value,
+    pub(crate) order_request: Option<Value>,
+    pub(crate) order_body: Option<Value>,
 }
+
+/// The statuses a fan's client tries again on, with the same idempotency key: no answer (0),
+/// or the gateway's 502/503.
+pub(crate) const RETRY_UNANSWERED: &[u16] = &[0, 502, 503];
 
 /// Each fan holds (seats, best available, or standing) then buys, on `targets[fan % n]`, at most
 /// `concurrency` fans at a time. Every request carries an idempotency key, and a fan whose
@@ -388,6 +442,26 @@ pub(crate) async fn race(
     tokens: &[String],
     concurrency: usize,
     answered: Arc<watch::Sender<usize>>,
+) -> Vec<FanOutcome> {
+    race_retrying(
+        targets,
+        sale,
+        tokens,
+        concurrency,
+        answered,
+        RETRY_UNANSWERED,
+    )
+    .await
+}
+
+/// [`race`], the fans' clients trying again on the statuses in `retry_on`.
+pub(crate) async fn race_retrying(
+    targets: &[String],
+    sale: &Sale,
+    tokens: &[String],
+    concurrency: usize,
+    answered: Arc<watch::Sender<usize>>,
+    retry_on: &'static [u16],
 ) -> Vec<FanOutcome> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -427,6 +501,7 @@ pub(crate) async fn race(
                     &token,
                     &body,
                     &format!("hold-{index}"),
+                    retry_on,
                 )
                 .await;
                 let mut outcome = FanOutcome {
@@ -437,17 +512,25 @@ pub(crate) async fn race(
                         .is_some_and(|message| message.contains("already hold")),
                     order: None,
                     confirmed: None,
+                    hold_request: body,
+                    hold_body: hold.clone(),
+                    order_request: None,
+                    order_body: None,
                 };
                 if hold_status == 201 {
+                    let request = json!({"hold_id": hold["id"], "payment": {"method": "card", "token": "tok_visa"}});
                     let (order_status, order) = send(
                         &client,
                         &format!("{url}/api/v1/orders"),
                         &token,
-                        &json!({"hold_id": hold["id"], "payment": {"method": "card", "token": "tok_visa"}}),
+                        &request,
                         &format!("order-{index}"),
+                        retry_on,
                     )
                     .await;
                     outcome.order = Some(order_status);
+                    outcome.order_request = Some(request);
+                    outcome.order_body = Some(order.clone());
                     if order_status == 201 {
                         outcome.confirmed = Some(order);
                     }
@@ -478,14 +561,15 @@ async fn a_third_answered(answered: &watch::Sender<usize>) {
         .expect("the race is running");
 }
 
-/// POSTs with an idempotency key, trying again (same key) while the answer is missing or a
-/// 502/503; gives up after a minute with the last status (0: never answered).
-async fn send(
+/// POSTs with an idempotency key, trying again (same key) while the answer's status is in
+/// `retry_on` (0: no answer); gives up after a minute with the last status.
+pub(crate) async fn send(
     client: &reqwest::Client,
     url: &str,
     token: &str,
     body: &Value,
     key: &str,
+    retry_on: &[u16],
 ) -> (u16, Value) {
     let deadline = Instant::now() + PATIENCE;
     let mut last = (0, Value::Null);
@@ -501,7 +585,7 @@ async fn send(
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body: Value = response.json().await.unwrap_or(Value::Null);
-                if status != 502 && status != 503 {
+                if !retry_on.contains(&status) {
                     return (status, body);
                 }
                 last = (status, body);
@@ -575,7 +659,7 @@ pub(crate) async fn assert_nothing_sold_twice(outcomes: &[FanOutcome], app: &Tes
     }
 }
 
-fn tally(outcomes: &[FanOutcome]) -> BTreeMap<String, usize> {
+pub(crate) fn tally(outcomes: &[FanOutcome]) -> BTreeMap<String, usize> {
     let mut tally = BTreeMap::new();
     for outcome in outcomes {
         *tally

@@ -18,7 +18,20 @@ use tokio::process::{Child, Command};
 const PATIENCE: Duration = Duration::from_secs(30);
 
 pub(crate) fn marquee() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_marquee"));
+    marquee_via(&[])
+}
+
+/// `marquee` started through `wrapper` (e.g. `ip netns exec <ns>`), which execs it.
+pub(crate) fn marquee_via(wrapper: &[String]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_marquee");
+    let mut command = match wrapper.split_first() {
+        None => Command::new(binary),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+    };
     command
         .args(["--log-filter", "warn"])
         .env("MARQUEE_JWT_SECRET", JWT_SECRET)

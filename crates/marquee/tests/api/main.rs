@@ -5,6 +5,7 @@ mod accounts;
 mod cluster;
 mod demo;
 mod events;
+mod faults;
 mod gateway;
 mod gateway_http1;
 mod gateway_processes;

@@ -1,5 +1,7 @@
 //! `TestApp`: a real node on an ephemeral port, with a client and helpers for the common steps.
 
+pub mod network;
+
 use marquee::{Server, ServerConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
