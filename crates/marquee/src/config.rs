@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub database_max_connections: u32,
     /// PostgreSQL: booking write batches in flight at once.
     pub database_write_batches: u32,
+    /// PostgreSQL: sessions idle inside a transaction longer than this are ended.
+    pub database_idle_transaction_timeout: Duration,
     /// `redis://…` selects Redis leases (shared by every node); `None` keeps them in-process.
     pub redis_url: Option<String>,
     /// Prefix of every Redis key this node writes.

@@ -385,6 +385,7 @@ pub async fn open_sql_store(config: &ServerConfig) -> anyhow::Result<Arc<SqlCata
         StoreOptions {
             max_connections: config.database_max_connections,
             write_batches: config.database_write_batches as usize,
+            idle_transaction_timeout: config.database_idle_transaction_timeout,
             ..StoreOptions::default()
         },
     )

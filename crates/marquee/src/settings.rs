@@ -59,6 +59,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// PostgreSQL: booking write batches in flight at once (one commit each).
     pub write_batches: u32,
+    /// PostgreSQL: sessions idle inside a transaction longer than this are ended by the server.
+    #[serde(with = "humantime_serde")]
+    pub idle_transaction_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,6 +241,7 @@ impl Default for NodeSettings {
                 url: None,
                 max_connections: 16,
                 write_batches: 4,
+                idle_transaction_timeout: Duration::from_secs(5),
             },
             auth: AuthSettings {
                 jwt_secret: None,
@@ -438,6 +442,7 @@ impl NodeSettings {
             body_limit_bytes: self.body_limit,
             database_max_connections: self.database.max_connections,
             database_write_batches: self.database.write_batches,
+            database_idle_transaction_timeout: self.database.idle_transaction_timeout,
             redis_url: self.redis.url,
             redis_prefix: self.redis.prefix,
             payment_timeout: self.booking.payment_timeout,

@@ -61,6 +61,11 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// PostgreSQL: booking write batches in flight at once per node (see `postgres::batch`).
     pub write_batches: usize,
+    /// PostgreSQL: how long a session of this node may sit idle inside a transaction before
+    /// the server ends it (`idle_in_transaction_session_timeout`). A node cut off mid-transaction
+    /// looks quiet, not dead, to the server, and its open transaction would keep its row locks
+    /// from every other node until the network heals.
+    pub idle_transaction_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -69,6 +74,7 @@ impl Default for StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
             write_batches: 4,
+            idle_transaction_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -12,8 +12,8 @@
 use chrono::{Duration, Utc};
 use marquee_domain::{
     Category, Coordinates, DisplayName, Email, Event, EventDetails, EventId, EventStatus, Hold,
-    HoldId, HoldStatus, Order, OrderId, OrderLimits, OrderStatus, PriceTier, Role, SeatId, SeatMap, SectionSpec,
-    StreamingSettings, Ticket, TicketId, User, UserId, Venue, VenueDetails, VenueId,
+    HoldId, HoldStatus, Order, OrderId, OrderLimits, OrderStatus, PriceTier, Role, SeatId, SeatMap,
+    SectionSpec, StreamingSettings, Ticket, TicketId, User, UserId, Venue, VenueDetails, VenueId,
     WaitingRoomSettings,
 };
 use marquee_store::{
@@ -486,7 +486,10 @@ fn hold_of(event: &EventId, fan: &UserId, seats: &[&str], token: u64) -> Hold {
         id: HoldId::generate(),
         event_id: event.clone(),
         user_id: fan.clone(),
-        seat_ids: seats.iter().map(|seat| SeatId::from_string(*seat)).collect(),
+        seat_ids: seats
+            .iter()
+            .map(|seat| SeatId::from_string(*seat))
+            .collect(),
         general_admission: None,
         fencing_token: token,
         status: HoldStatus::Active,

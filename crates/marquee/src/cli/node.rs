@@ -118,6 +118,21 @@ pub struct DatabaseFlags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_batches: Option<u32>,
+
+    /// PostgreSQL: how long this node's sessions may sit idle inside a transaction before the
+    /// server ends them, so a node cut off mid-transaction cannot keep row locks from the
+    /// others [default: 5s].
+    #[arg(
+        id = "database_idle_transaction_timeout",
+        long = "database-idle-transaction-timeout",
+        env = "MARQUEE_DATABASE_IDLE_TRANSACTION_TIMEOUT",
+        value_parser = parse_duration
+    )]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub idle_transaction_timeout: Option<Duration>,
 }
 
 /// `[auth]`

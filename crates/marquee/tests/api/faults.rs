@@ -116,11 +116,6 @@ impl Harness {
                 postgres_url: Some(postgres.url(&postgres_upstream)),
                 redis_url: Some(redis.url(&redis_upstream)),
                 nats_url: Some(nats.url(&nats_upstream)),
-                // What docs/scaling.md asks of operators: without it, transactions a node cut
-                // from PostgreSQL left open keep their row locks (PostgreSQL sees a quiet
-                // client, not a dead one) and every fan wanting those seats waits until the
-                // heal.
-                postgres_settings: vec!["idle_in_transaction_session_timeout=3s".into()],
                 ..ClusterOptions::default()
             },
         )

@@ -250,7 +250,10 @@ async fn execute(pool: &AnyPool, batch: Vec<Pending>, assigner: &Notify) {
         Ok(answers) if answers.len() == batch.len() => {
             // Every operation that committed anything appended to the outbox (a hold end that
             // found the hold already ended appends nothing, and waking for it costs one probe).
-            if answers.iter().any(|answer| matches!(answer, Answer::Done(_))) {
+            if answers
+                .iter()
+                .any(|answer| matches!(answer, Answer::Done(_)))
+            {
                 assigner.notify_one();
             }
             for (pending, answer) in batch.into_iter().zip(answers) {
@@ -264,7 +267,9 @@ async fn execute(pool: &AnyPool, batch: Vec<Pending>, assigner: &Notify) {
                 answers.len()
             );
             for pending in batch {
-                let _ = pending.reply.send(Err(StoreError::Corrupt(message.clone())));
+                let _ = pending
+                    .reply
+                    .send(Err(StoreError::Corrupt(message.clone())));
             }
         }
         Err(error) => {

@@ -71,9 +71,20 @@ impl PostgresStore {
             return Err(StoreError::UnsupportedUrl(crate::redact_url(url)));
         }
         sqlx::any::install_default_drivers();
+        let idle_timeout = format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            options.idle_transaction_timeout.as_millis().max(1)
+        );
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |connection, _| {
+                let idle_timeout = idle_timeout.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(connection, idle_timeout.as_str()).await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         MIGRATIONS.run(&pool).await?;
