@@ -20,6 +20,7 @@ mod jobs;
 mod live;
 mod product;
 mod push;
+mod push_nodes;
 mod search;
 mod search_data;
 mod search_pg;
@@ -58,6 +59,9 @@ enum BenchCommand {
     /// SSE push: idle connections held (memory each) and one hot channel fanned out, against
     /// a `marquee serve` child process and nginx + nchan with the same client.
     Push(PushBenchArgs),
+    /// Push across nodes: the bytes each node receives from Redis with its subscribers' channels
+    /// spread over the nodes, and with every node following every channel.
+    PushNodes(PushNodesArgs),
     /// The gateway beside nginx as a reverse proxy in front of the same node: peak requests/s
     /// with wrk and added p50/p99 at a fixed rate.
     Gateway(GatewayBenchArgs),
@@ -316,6 +320,23 @@ struct PushBenchArgs {
 }
 
 #[derive(Debug, Args)]
+struct PushNodesArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    #[arg(long, default_value_t = 1_000)]
+    channels: usize,
+    /// Messages published on every channel.
+    #[arg(long, default_value_t = 20)]
+    messages: usize,
+    /// Bytes of data in each message.
+    #[arg(long, default_value_t = 200)]
+    data_bytes: usize,
+    /// `redis://…` or `redis+cluster://seed,…`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+}
+
+#[derive(Debug, Args)]
 struct BookingArgs {
     /// Concurrent fans in the closed loop and in the order burst.
     #[arg(long, default_value_t = 1000)]
@@ -359,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         BenchCommand::Booking(args) => bench_booking(args).await,
         BenchCommand::Push(args) => bench_push(args).await,
+        BenchCommand::PushNodes(args) => bench_push_nodes(args).await,
         BenchCommand::Search(args) => bench_search(args, cli.use_existing_database).await,
         BenchCommand::Waitroom(args) => bench_waitroom(args).await,
         BenchCommand::Gateway(args) => bench_gateway(args).await,
@@ -624,6 +646,49 @@ async fn bench_waitroom(args: WaitroomBenchArgs) -> anyhow::Result<()> {
             http.fans, http.concurrency, http.joins_per_sec, http.refused
         );
     }
+    Ok(())
+}
+
+async fn bench_push_nodes(args: PushNodesArgs) -> anyhow::Result<()> {
+    use crate::push_nodes::{run_push_nodes, PushNodesBench};
+    let bench = PushNodesBench {
+        nodes: args.nodes,
+        channels: args.channels,
+        messages: args.messages,
+        data_bytes: args.data_bytes,
+        redis_url: args.redis_url,
+    };
+    let receipts = run_push_nodes(&bench).await?;
+    let published = (bench.channels * bench.messages) as u64;
+    println!(
+        "{} nodes, {} channels, {} messages each ({published} messages, {} data bytes each)\n",
+        bench.nodes, bench.channels, bench.messages, bench.data_bytes
+    );
+    println!("| layout | node | channels followed | messages received | of all published | bytes received from Redis | bytes per message |");
+    println!("|---|---|---|---|---|---|---|");
+    for receipt in &receipts {
+        println!(
+            "| {} | {} | {} | {} | {:.3} | {} | {:.0} |",
+            receipt.layout,
+            receipt.node,
+            receipt.channels_followed,
+            receipt.messages_received,
+            receipt.messages_received as f64 / published as f64,
+            receipt.bytes_received,
+            receipt.bytes_received as f64 / receipt.messages_received.max(1) as f64,
+        );
+    }
+    let total = |layout: &str| -> u64 {
+        receipts
+            .iter()
+            .filter(|receipt| receipt.layout == layout)
+            .map(|receipt| receipt.bytes_received)
+            .sum()
+    };
+    println!(
+        "\nbytes received by all nodes, spread ÷ everywhere: {:.3}",
+        total("spread") as f64 / total("everywhere").max(1) as f64
+    );
     Ok(())
 }
 
