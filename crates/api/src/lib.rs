@@ -1,4 +1,4 @@
-//! The HTTP contract (`shared/design/api.md`): routes, extractors, wire types, error bodies and
+//! The HTTP contract (`docs/api.md`): routes, extractors, wire types, error bodies and
 //! the OpenAPI document, which is generated from the handlers' annotations so it cannot drift
 //! from what the server does.
 //!
