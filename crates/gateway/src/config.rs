@@ -216,8 +216,13 @@ pub struct GatewayConfig {
     pub tls: Option<TlsFiles>,
     /// Peers whose `X-Forwarded-For` is believed; everyone else's is replaced.
     pub trusted_proxies: Vec<IpNet>,
-    /// Verifies bearer tokens at the edge; `None` passes them through unchecked to the nodes.
+    /// Verifies bearer tokens at the edge; `None` passes them through unchecked to the nodes
+    /// (unless `edge_keyring` is set).
     pub jwt_secret: Option<SigningSecret>,
+    /// The cluster's keyring (nodes without a configured secret sign with it): tokens are
+    /// verified at the edge with its access-token keys. Whoever made it keeps it reloaded.
+    /// `jwt_secret` wins when both are set.
+    pub edge_keyring: Option<marquee_auth::Keyring>,
     pub access_rules: Vec<AccessRule>,
     pub rate_limits: Vec<ScopedQuota>,
     pub rate_limiter: Option<Arc<dyn RateLimiter>>,
@@ -260,7 +265,10 @@ impl fmt::Debug for GatewayConfig {
             .field("routes", &self.routes)
             .field("policies", &self.policies)
             .field("tls", &self.tls)
-            .field("edge_auth", &self.jwt_secret.is_some())
+            .field(
+                "edge_auth",
+                &(self.jwt_secret.is_some() || self.edge_keyring.is_some()),
+            )
             .field("rate_limits", &self.rate_limits.len())
             .finish_non_exhaustive()
     }
@@ -277,6 +285,7 @@ impl GatewayConfig {
             tls: None,
             trusted_proxies: Vec::new(),
             jwt_secret: None,
+            edge_keyring: None,
             access_rules: crate::access::default_rules(),
             rate_limits: Vec::new(),
             rate_limiter: None,

@@ -142,12 +142,17 @@ impl Gateway {
                 ))
             })
             .collect();
-        let tokens = config
-            .jwt_secret
-            .as_ref()
-            .map(|secret| marquee_auth::TokenIssuer::new(secret, Duration::from_secs(3600)));
+        // The lifetime is the issuer's; the edge only verifies.
+        let lifetime = Duration::from_secs(3600);
+        let tokens = match (&config.jwt_secret, &config.edge_keyring) {
+            (Some(secret), _) => Some(marquee_auth::TokenIssuer::new(secret, lifetime)),
+            (None, Some(keyring)) => {
+                Some(marquee_auth::TokenIssuer::from_keyring(keyring, lifetime))
+            }
+            (None, None) => None,
+        };
         if tokens.is_none() {
-            tracing::warn!("no JWT secret: tokens pass to the nodes unchecked and route roles are not enforced at the edge");
+            tracing::warn!("no JWT secret and no keyring: tokens pass to the nodes unchecked and route roles are not enforced at the edge");
         }
         let edge = access::EdgeAuth::new(tokens, config.access_rules.clone());
         let proxy = Arc::new(Proxy::new(&config, client, groups, edge));

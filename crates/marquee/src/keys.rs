@@ -103,6 +103,47 @@ pub async fn bootstrap(
         .context("loading the cluster's signing keys")
 }
 
+/// The cluster's keyring as the gateway needs it: read from the catalog database at
+/// `database_url` (never written: the nodes make the keys) and reloaded every `reload` for as
+/// long as the process runs, so keys rotated on the nodes verify at the edge before any node
+/// signs with them (a new key signs only after the propagation delay, 60 s by default).
+pub async fn edge_keyring(database_url: &str, reload: Duration) -> anyhow::Result<Keyring> {
+    let store = SqlCatalogStore::connect(
+        database_url,
+        marquee_store::StoreOptions {
+            max_connections: 2,
+            write_batches: 1,
+            ..marquee_store::StoreOptions::default()
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening the catalog at {} for its signing keys",
+            marquee_store::redact_url(database_url)
+        )
+    })?;
+    let keyring = Keyring::load(Arc::new(StoreKeys(Arc::new(store))))
+        .await
+        .context("loading the cluster's signing keys")?;
+    if keyring.current(Purpose::AccessTokens).is_none() {
+        tracing::warn!("the catalog has no access-token key yet (no node has started): every token is refused at the edge until one has");
+    }
+    let reloading = keyring.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(reload);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(error) = reloading.reload().await {
+                tracing::warn!(%error, "reloading the signing keys failed; keeping the loaded ones");
+            }
+        }
+    });
+    Ok(keyring)
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone)]
 pub struct Rotation {

@@ -66,6 +66,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "MARQUEE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
 
+    /// The nodes' catalog database: without --jwt-secret, tokens are verified at the edge with
+    /// the cluster's keyring kept there (read only, reloaded every 15 s).
+    #[arg(long, env = "MARQUEE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
     /// An extra route rule, repeatable: `"METHOD PATTERN=ROLES"` with `*` one path segment,
     /// a final `**` any rest, ROLES `signed-in` or `fan,organizer,admin`. Checked before the
     /// built-in rules the contract implies.
@@ -194,6 +199,14 @@ impl GatewayArgs {
             .map(|secret| marquee_auth::SigningSecret::new(secret.into_bytes()))
             .transpose()
             .context("MARQUEE_JWT_SECRET / --jwt-secret must be at least 32 bytes")?;
+        if config.jwt_secret.is_none() {
+            if let Some(url) = &self.database_url {
+                config.edge_keyring = Some(
+                    marquee::keys::edge_keyring(url, marquee::keys::DEFAULT_RELOAD_INTERVAL)
+                        .await?,
+                );
+            }
+        }
         let mut rules = self.access_rules;
         rules.extend(marquee_gateway::default_rules());
         config.access_rules = rules;

@@ -1107,6 +1107,81 @@ async fn nodes_without_a_configured_secret_share_one_and_accept_each_others_toke
     sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
 
+/// A gateway given the catalog database instead of a secret verifies the keyring's tokens at
+/// the edge: a node's token passes, a forged one and a fan on an organizer's route are refused
+/// by the gateway itself (its answers carry no node's `x-marquee-node`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_a_secret_checks_tokens_with_the_clusters_keyring() {
+    let schema = format!("api_{}", ulid_lower());
+    sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let url = format!("{}?options=-c%20search_path%3D{schema}", postgres_url());
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = marquee::ServerConfig::new(([127, 0, 0, 1], 0).into(), dir.path().into());
+    config.database_url = Some(url.clone());
+    let node = marquee::Server::start(config).await.expect("node starts");
+    let mut gateway = crate::gateway::gateway_config(&[node.url()]);
+    gateway.jwt_secret = None;
+    gateway.edge_keyring = Some(
+        marquee::keys::edge_keyring(&url, Duration::from_secs(15))
+            .await
+            .expect("keyring"),
+    );
+    let gateway = marquee_gateway::Gateway::start(gateway)
+        .await
+        .expect("gateway starts");
+
+    let client = reqwest::Client::new();
+    let email = format!("fan-{}@example.com", ulid_lower());
+    let registered: Value = client
+        .post(format!("{}/api/v1/auth/register", gateway.url()))
+        .json(&json!({"email": email, "password": "correct horse", "name": "Fan", "role": "fan"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("body");
+    let token = registered["token"].as_str().expect("token").to_string();
+    assert!(kid_of(&token).is_some(), "the node signed with the keyring");
+    let me = client
+        .get(format!("{}/api/v1/me", gateway.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), StatusCode::OK);
+
+    // The signature's last characters changed: the edge refuses it before any node sees it.
+    let mut forged = token.clone();
+    let last = forged.pop().expect("a character");
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let refused = client
+        .get(format!("{}/api/v1/me", gateway.url()))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .expect("forged");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        refused.headers().get("x-marquee-node").is_none(),
+        "the gateway answered, not a node"
+    );
+    // A fan on an organizer's route: the role comes from the verified token.
+    let forbidden = client
+        .post(format!("{}/api/v1/venues", gateway.url()))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("venue");
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert!(forbidden.headers().get("x-marquee-node").is_none());
+
+    gateway.shutdown().await;
+    node.shutdown().await.expect("shutdown");
+    sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
 fn kid_of(token: &str) -> Option<String> {
     jsonwebtoken::decode_header(token).expect("header").kid
 }
