@@ -15,14 +15,15 @@
 use crate::AppState;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use marquee_domain::{EventId, HoldId, HoldStatus, OrderId};
+use marquee_domain::{EventId, HoldId, HoldStatus, OrderId, UserId};
 use marquee_jobs::{
     Job, JobFailure, JobHandler, JobQueue, NewJob, Worker, WorkerSettings, MAX_BATCH,
 };
 use marquee_notify::{AddressPolicy, Email, Mailer, Transience, WebhookDelivery, WebhookSender};
 use marquee_push::Channel;
-use marquee_store::{ChangeKind, ChangeRecord};
+use marquee_store::{ChangeKind, ChangeRecord, WebhookEndpoint};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -255,9 +256,12 @@ async fn plan(
 ) -> Result<(Vec<NewJob>, i64), PlanError> {
     let mut jobs = Vec::new();
     let mut covered = records.first().map_or(0, |record| record.position - 1);
+    // An organizer's endpoints, read once per batch of changes rather than once per order: in
+    // an on-sale every change of the batch is the same organizer's.
+    let mut endpoints_of = HashMap::new();
     for record in records {
         let before = jobs.len();
-        plan_one(state, notifications, record, &mut jobs).await?;
+        plan_one(state, notifications, record, &mut endpoints_of, &mut jobs).await?;
         if jobs.len() > MAX_BATCH && before > 0 {
             jobs.truncate(before);
             break;
@@ -271,6 +275,7 @@ async fn plan_one(
     state: &AppState,
     notifications: &Notifications,
     record: &ChangeRecord,
+    endpoints_of: &mut HashMap<UserId, Vec<WebhookEndpoint>>,
     jobs: &mut Vec<NewJob>,
 ) -> Result<(), PlanError> {
     let attempts = notifications.settings.max_attempts;
@@ -324,7 +329,12 @@ async fn plan_one(
     let Some(event) = state.events.get(&event_id).await? else {
         return Ok(());
     };
-    let endpoints = state.store.webhooks_of(&event.owner_id).await?;
+    let endpoints = match endpoints_of.entry(event.owner_id.clone()) {
+        std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+        std::collections::hash_map::Entry::Vacant(unknown) => {
+            unknown.insert(state.store.webhooks_of(&event.owner_id).await?)
+        }
+    };
     for endpoint in endpoints
         .iter()
         .filter(|endpoint| endpoint.events.iter().any(|wanted| wanted == webhook_type))

@@ -52,9 +52,11 @@ pub async fn create_order(
                 return Ok((StatusCode::CREATED, OrderBody::from(&order)));
             }
         }
+        // The cached event, as the hold used: the order commits only while the stored event
+        // is still published, so a copy a moment stale cannot sell into a cancelled event.
         let event = state
-            .store
-            .event(&hold.event_id)
+            .events
+            .get(&hold.event_id)
             .await?
             .ok_or_else(|| ApiError::not_found("event"))?;
         let venue = state
