@@ -15,9 +15,14 @@ pub struct GatewayArgs {
     listen: SocketAddr,
 
     /// An operators' listener: `/metrics` (Prometheus), `/healthz` and `/upstreams` (the
-    /// balancer's view of every node), without authentication. Off unless given.
+    /// balancer's view of every node). Off unless given; see --operator-token.
     #[arg(long, env = "MARQUEE_GATEWAY_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+
+    /// Bearer token the operators' listener requires (`Authorization: Bearer <token>`);
+    /// without one it serves loopback peers only.
+    #[arg(long, env = "MARQUEE_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: Option<String>,
 
     /// A node, repeatable: `http://10.0.0.1:8080`, or `GROUP=URL` for a group other than
     /// `api` (e.g. `push=http://10.0.0.5:8080`). Env: comma-separated.
@@ -234,6 +239,7 @@ impl GatewayArgs {
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let admin_listen = args.admin_listen;
+    let operator_access = marquee_api::OperatorAccess::new(args.operator_token.as_deref());
     let metrics = match admin_listen {
         Some(_) => Some(marquee_telemetry::install_metrics()?),
         None => None,
@@ -267,12 +273,17 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                     let status = status.clone();
                     async move { axum::Json(status.upstreams()) }
                 }),
-            );
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                operator_access,
+                marquee_api::operator::require_operator,
+            ));
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("listening on {address}"))?;
         println!("  Operators: http://{address}/metrics, /upstreams");
         tokio::spawn(async move {
+            let admin = admin.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(error) = axum::serve(listener, admin).await {
                 tracing::error!(%error, "the operators' listener stopped");
             }

@@ -29,11 +29,17 @@ pub struct NodeFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
 
-    /// Address of an operators' listener serving /metrics, /healthz and /readyz without
-    /// authentication. Off unless given.
+    /// Address of an operators' listener serving /metrics, /healthz, /readyz and
+    /// /push/publish (see --operator-token). Off unless given.
     #[arg(long, env = "MARQUEE_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
+
+    /// Bearer token the operators' listener requires (`Authorization: Bearer <token>`);
+    /// without one it serves loopback peers only.
+    #[arg(long, env = "MARQUEE_OPERATOR_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<String>,
 
     /// Directory for embedded storage and the generated JWT secret [default: marquee-data].
     #[arg(long, env = "MARQUEE_DATA_DIR")]
@@ -127,6 +133,24 @@ pub struct AuthFlags {
         with = "humantime_serde::option"
     )]
     pub token_ttl: Option<Duration>,
+
+    /// Sign-ins and registrations per client IP per minute; 429 beyond [default: 30].
+    #[arg(long = "auth-attempts-per-ip", env = "MARQUEE_AUTH_ATTEMPTS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_per_ip: Option<u32>,
+
+    /// Sign-in and registration attempts per account (e-mail) per minute [default: 10].
+    #[arg(
+        long = "auth-attempts-per-account",
+        env = "MARQUEE_AUTH_ATTEMPTS_PER_ACCOUNT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_per_account: Option<u32>,
+
+    /// Password hashes computed at once; 0 means one per core [default: 0].
+    #[arg(long, env = "MARQUEE_HASHING_CONCURRENCY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hashing_concurrency: Option<usize>,
 }
 
 /// `[booking]`
@@ -466,6 +490,16 @@ pub async fn serve(flags: NodeFlags) -> anyhow::Result<()> {
 
 pub async fn demo(flags: NodeFlags) -> anyhow::Result<()> {
     let mut settings = flags.settings()?;
+    // The demo seeds an admin whose password is published in this very binary: seeded into a
+    // real database (MARQUEE_DATABASE_URL left over in a shell, a config file), that is a
+    // back door. It only ever runs on its own embedded store in its data dir.
+    if let Some(url) = &settings.database.url {
+        anyhow::bail!(
+            "`marquee demo` runs only on its own embedded store, not on {} \
+             (unset MARQUEE_DATABASE_URL / --database-url, or use `marquee serve`)",
+            marquee_store::redact_url(url)
+        );
+    }
     // A demo should not touch a production data dir by accident.
     if settings.data_dir == NodeSettings::default().data_dir {
         settings.data_dir = PathBuf::from("marquee-demo");
