@@ -930,12 +930,25 @@ async fn lean_sse_counts_the_clients_a_trusted_proxy_names() {
     .await;
     let query = format!("channel={}", seats_channel(&sale));
     let open = |client: &'static str| {
-        let request = sale
-            .app
-            .client
+        // A client of its own each time: a new connection, which the lean path takes (a
+        // pooled one would already be hyper's, and hyper's path reads the header right).
+        let request = reqwest::Client::new()
             .get(format!("{}/api/v1/push/sse?{query}", sale.app.url))
             .header("x-forwarded-for", client);
-        async move { request.send().await.expect("connect") }
+        async move {
+            let response = request.send().await.expect("connect");
+            if response.status() == StatusCode::OK {
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("connection")
+                        .map(|value| value.as_bytes()),
+                    Some(&b"close"[..]),
+                    "served by the lean path"
+                );
+            }
+            response
+        }
     };
     let first = open("198.51.100.1").await;
     assert_eq!(first.status(), StatusCode::OK);
