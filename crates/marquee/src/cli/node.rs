@@ -74,6 +74,8 @@ pub struct NodeFlags {
     pub rate_limits: Vec<String>,
 
     #[command(flatten)]
+    pub http: HttpFlags,
+    #[command(flatten)]
     pub database: DatabaseFlags,
     #[command(flatten)]
     pub auth: AuthFlags,
@@ -91,6 +93,41 @@ pub struct NodeFlags {
     pub notify: NotifyFlags,
     #[command(flatten)]
     pub live: LiveFlags,
+}
+
+/// `[http]`
+#[derive(Debug, Args, Serialize)]
+pub struct HttpFlags {
+    /// A request head must arrive whole within this of the connection's start or the previous
+    /// answer, on every listener (slowloris) [default: 10s].
+    #[arg(long, env = "MARQUEE_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub header_read_timeout: Option<Duration>,
+
+    /// A request body that stops arriving for this long fails its request [default: 30s].
+    #[arg(long, env = "MARQUEE_BODY_READ_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub body_read_timeout: Option<Duration>,
+
+    /// A connection on which nothing moves while the node waits on the client is closed after
+    /// this; keep it above the longest long poll (60s) [default: 2m].
+    #[arg(long, env = "MARQUEE_IDLE_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub idle_timeout: Option<Duration>,
+
+    /// Open connections per listener; more wait in the kernel's backlog [default: 100000].
+    #[arg(long, env = "MARQUEE_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// `[database]`
@@ -278,6 +315,16 @@ pub struct PushFlags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_per_user: Option<usize>,
+
+    /// Channels this node's push hub tracks at most; past it, channels nobody follows are
+    /// forgotten and a new subscription when all are followed is refused [default: 100000].
+    #[arg(
+        id = "push_max_channels",
+        long = "push-max-channels",
+        env = "MARQUEE_PUSH_MAX_CHANNELS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_channels: Option<usize>,
 
     /// Serve SSE connections on the lean path (a few KiB each) instead of through hyper.
     #[arg(id = "push_lean_sse", long = "push-lean-sse", env = "MARQUEE_PUSH_LEAN_SSE", action = clap::ArgAction::Set)]
