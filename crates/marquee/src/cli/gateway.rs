@@ -283,8 +283,14 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {address}"))?;
         println!("  Operators: http://{address}/metrics, /upstreams");
         tokio::spawn(async move {
-            let admin = admin.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(error) = axum::serve(listener, admin).await {
+            // The node's serve loop, so this listener has the same header, body and idle
+            // timeouts and connection cap as a node's (it lives as long as the process).
+            let limits = marquee_api::HttpLimits::default();
+            let (_never, stopped) = tokio::sync::watch::channel(false);
+            let listener = marquee_api::connections::limited(listener, &limits);
+            if let Err(error) =
+                marquee_api::connections::serve(listener, admin, limits, stopped).await
+            {
                 tracing::error!(%error, "the operators' listener stopped");
             }
         });
