@@ -114,9 +114,26 @@ impl ApiError {
         .with_detail("limit_bytes", limit_bytes)
     }
 
-    pub fn unavailable(dependency: &str, message: impl Into<String>) -> Self {
+    /// 503 naming the dependency that failed. The cause (a database, Redis, NATS or
+    /// object-store message: host names, file paths, library internals) is logged here with the
+    /// request id and never reaches the body, which says only which dependency and how to report.
+    pub fn unavailable(dependency: &'static str, cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(dependency, cause = %cause, "dependency unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "{dependency} is unavailable right now; retry later, and quote the request id if it persists"
+            ),
+        )
+        .with_detail("dependency", dependency)
+    }
+
+    /// 503 with a message of our own (never a lower error's text: hence `&'static str`), for
+    /// refusals the client can act on, such as a payment that timed out with the seats held.
+    pub fn unavailable_saying(dependency: &'static str, message: &'static str) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            .with_detail("dependency", dependency.to_string())
+            .with_detail("dependency", dependency)
     }
 
     /// 429 with `Retry-After` in whole seconds, rounded up (`0` would invite an immediate retry).
@@ -178,7 +195,7 @@ impl From<SearchError> for ApiError {
             }
             SearchError::NotFound => ApiError::not_found("event"),
             SearchError::Store(error) => ApiError::from(error),
-            SearchError::Changes(error) => ApiError::unavailable("changes", error.to_string()),
+            SearchError::Changes(error) => ApiError::unavailable("changes", error),
             SearchError::Index(_) | SearchError::Directory(_) | SearchError::Task(_) => {
                 ApiError::internal(&error)
             }
@@ -200,10 +217,7 @@ impl From<StoreError> for ApiError {
             .with_detail("expected_version", expected),
             StoreError::Unavailable(_)
             | StoreError::BatchUnavailable(_)
-            | StoreError::WriterStopped => {
-                tracing::warn!(error = %error, "store unavailable");
-                ApiError::unavailable("store", "the database is not answering")
-            }
+            | StoreError::WriterStopped => ApiError::unavailable("store", &error),
             StoreError::CapacityExceeded { section } => ApiError::conflict(
                 "seats_unavailable",
                 "not enough general-admission places left",
@@ -282,7 +296,7 @@ impl From<InventoryError> for ApiError {
                 "is not a payment token this provider accepts",
             ),
             InventoryError::PaymentFailed(PaymentError::TimedOut | PaymentError::Declined) => {
-                ApiError::unavailable(
+                ApiError::unavailable_saying(
                     "payments",
                     "the payment provider did not answer in time; your seats are still held",
                 )
@@ -303,10 +317,7 @@ impl From<LeaseError> for ApiError {
             LeaseError::NotHeld => {
                 ApiError::conflict("hold_expired", "the hold has expired or ended")
             }
-            LeaseError::Unavailable(_) => {
-                tracing::warn!(error = %error, "lease backend unavailable");
-                ApiError::unavailable("leases", "the lease backend is not answering")
-            }
+            LeaseError::Unavailable(_) => ApiError::unavailable("leases", &error),
             LeaseError::Invalid(_) => ApiError::internal(&error),
         }
     }
@@ -345,10 +356,7 @@ impl From<WaitroomError> for ApiError {
                     PassRefusal::Revoked => "revoked",
                 },
             ),
-            WaitroomError::Unavailable(_) => {
-                tracing::warn!(error = %error, "waiting-room backend unavailable");
-                ApiError::unavailable("waiting room", "the waiting-room backend is not answering")
-            }
+            WaitroomError::Unavailable(_) => ApiError::unavailable("waiting room", &error),
             WaitroomError::Invalid(_) => ApiError::internal(&error),
         }
     }

@@ -12,6 +12,7 @@
 //! path takes it. The media path can still hand a connection to hyper later, with the bytes
 //! it read ([`ZeroCopyStream::replaying`]), when a request on it is not one it serves.
 
+use crate::connections::{ConnectionCap, TimedIo};
 use crate::zero_copy::ZeroCopyStream;
 use crate::AppState;
 use std::net::SocketAddr;
@@ -32,22 +33,20 @@ pub struct LeanPaths {
 /// query or the end of the path follows).
 const SSE_PREFIX: &[u8] = b"GET /api/v1/push/sse";
 const MEDIA_PREFIX: &[u8] = b"GET /live/";
-/// A client that sends no request line within this is left to hyper (which times it out).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An axum [`Listener`](axum::serve::Listener) fed by the classifier: connections that are not
 /// served by a lean path, or were handed back by one. Their segment writes go out with
 /// `sendfile` (see [`crate::zero_copy`]).
 pub struct LeanListener {
-    others: mpsc::Receiver<(ZeroCopyStream, SocketAddr)>,
+    others: mpsc::Receiver<(TimedIo<ZeroCopyStream>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl axum::serve::Listener for LeanListener {
-    type Io = ZeroCopyStream;
+    type Io = TimedIo<ZeroCopyStream>;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (ZeroCopyStream, SocketAddr) {
+    async fn accept(&mut self) -> (TimedIo<ZeroCopyStream>, SocketAddr) {
         match self.others.recv().await {
             Some(connection) => connection,
             // The acceptor stopped (shutdown): accept nothing more.
@@ -66,6 +65,7 @@ enum Path {
     Sse,
     Media,
     Hyper,
+    Close,
 }
 
 /// Accepts on `listener`, serves the `paths` taken by the lean paths, and returns the listener
@@ -78,19 +78,25 @@ pub fn lean_listener(
     let local = listener.local_addr()?;
     let (sender, others) = mpsc::channel(1024);
     let mut shutdown = state.push.shutdown.clone();
+    // One cap for the listener, whichever path serves a connection: each holds its place
+    // until it closes, and past the cap nothing is accepted (connections wait in the backlog).
+    let cap = ConnectionCap::new(state.settings.http.max_connections);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = async {
+                    let place = cap.place().await;
+                    (listener.accept().await, place)
+                } => accepted,
                 _ = crate::push::stopping(&mut shutdown) => return,
             };
             match accepted {
-                Ok((stream, peer)) => {
+                (Ok((stream, peer)), place) => {
                     let sender = sender.clone();
                     let state = state.clone();
-                    tokio::spawn(classify(stream, peer, sender, state, paths));
+                    tokio::spawn(classify(stream, peer, sender, state, paths, place));
                 }
-                Err(error) => {
+                (Err(error), _) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -104,35 +110,43 @@ pub fn lean_listener(
 async fn classify(
     stream: TcpStream,
     peer: SocketAddr,
-    others: mpsc::Sender<(ZeroCopyStream, SocketAddr)>,
+    others: mpsc::Sender<(TimedIo<ZeroCopyStream>, SocketAddr)>,
     state: AppState,
     paths: LeanPaths,
+    place: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let handed_back = match path_of(&stream, paths).await {
+    // The request head is due within the header read timeout of the connection's start,
+    // however it is split between peeking here and reading on a lean path.
+    let deadline = tokio::time::Instant::now() + state.settings.http.header_read_timeout;
+    let idle = state.settings.http.idle_timeout;
+    let handed_back = match path_of(&stream, paths, deadline).await {
         Path::Sse => {
-            crate::push_listener::serve_sse(stream, peer, state).await;
+            crate::push_listener::serve_sse(stream, peer, state, deadline).await;
             None
         }
         Path::Media => crate::media_listener::serve(stream, peer, state).await,
         Path::Hyper => Some(ZeroCopyStream::new(stream)),
+        // Nothing (or nothing decidable) by the deadline: a slow client holds no place.
+        Path::Close => None,
     };
     if let Some(stream) = handed_back {
-        let _ = others.send((stream, peer)).await;
+        let _ = others
+            .send((TimedIo::new(stream, idle, Some(place)), peer))
+            .await;
     }
 }
 
 /// Peeks at the request line, without consuming it, until it tells which path serves it.
-async fn path_of(stream: &TcpStream, paths: LeanPaths) -> Path {
+async fn path_of(stream: &TcpStream, paths: LeanPaths, deadline: tokio::time::Instant) -> Path {
     let mut first = [0u8; SSE_PREFIX.len() + 1];
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     loop {
         let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
             Ok(Ok(peeked)) => peeked,
-            // Let hyper deal with whatever this is (it times out and closes too).
-            _ => return Path::Hyper,
+            // Closed, failed, or no request line by the deadline.
+            _ => return Path::Close,
         };
         if peeked == 0 {
-            return Path::Hyper;
+            return Path::Close;
         }
         match decide(&first[..peeked], paths) {
             Some(path) => return path,
@@ -140,7 +154,7 @@ async fn path_of(stream: &TcpStream, paths: LeanPaths) -> Path {
             None => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 if tokio::time::Instant::now() >= deadline {
-                    return Path::Hyper;
+                    return Path::Close;
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! ownership, JSON) → handler → [`ApiError`] for every failure.
 
 mod access;
+pub mod connections;
 mod error;
 pub mod extract;
 mod idempotency;
@@ -19,6 +20,7 @@ pub mod media_listener;
 mod middleware;
 pub mod notifications;
 mod openapi;
+pub mod operator;
 pub mod push;
 pub mod push_listener;
 pub mod queue;
@@ -29,13 +31,15 @@ mod state;
 pub mod wire;
 pub mod zero_copy;
 
+pub use connections::{ConnectionCap, HttpLimits, TimedIo};
 pub use error::ApiError;
 pub use lean_listener::{lean_listener, LeanListener, LeanPaths};
 pub use live::{spawn_status_recorder, Live, LiveSettings, RecordingKeeper, StreamKeyGate};
 pub use notifications::{spawn_notifications, NotificationSettings, Notifications};
+pub use operator::OperatorAccess;
 pub use push::{spawn_change_feed, Push, PushSettings};
 pub use queue::{spawn_queue_driver, Queue, QueueSettings};
-pub use rate_limit::RateLimits;
+pub use rate_limit::{AuthLimits, RateLimits};
 pub use request_context::current_request_id;
 pub use state::{
     ApiSettings, AppState, Dependency, EventCache, EventJson, SeatMapCache, SharedEvents,
@@ -194,7 +198,12 @@ pub fn admin_router(state: AppState) -> Router {
             "/push/publish",
             axum::routing::post(routes::push::operator_publish),
         )
-        .fallback(|| async { ApiError::not_found("route").into_response() });
+        .fallback(|| async { ApiError::not_found("route").into_response() })
+        // Inside the request-id layers, so a refusal carries a request id like any error.
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.operator_access.clone(),
+            operator::require_operator,
+        ));
     with_middleware(routes, &state).with_state(state)
 }
 
@@ -243,6 +252,11 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
                 middleware::client_address,
             ))
             .layer(CatchPanicLayer::custom(middleware::panic_response))
+            // A body that stops arriving fails its request rather than hold the handler (and
+            // the connection) open: the body read timeout runs per frame of the body.
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                state.settings.http.body_read_timeout,
+            ))
             .layer(DefaultBodyLimit::max(state.settings.body_limit_bytes)),
     )
 }

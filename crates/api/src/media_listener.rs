@@ -51,11 +51,6 @@ pub const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 2 * 1024;
-/// A request head begun must be complete within this.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// A keep-alive connection idle this long between requests is closed (nginx's default
-/// `keepalive_timeout`).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// A write the client takes nothing of within this ends the connection. Each write gets its
 /// own: a slow viewer may take longer than this for a whole segment, but not stall this long.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +70,11 @@ pub(crate) async fn serve(
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut shutdown = state.push.shutdown.clone();
     let mut connection = Connection::new(&state);
+    // A request head begun must be complete by its deadline (the whole head, not each read:
+    // otherwise a byte every few seconds would hold the connection forever); a keep-alive
+    // connection idle between requests is closed after the node's idle timeout.
+    let limits = state.settings.http;
+    let mut head_deadline: Option<tokio::time::Instant> = None;
     loop {
         match parse(&buffer) {
             Parsed::Media { request, len } => {
@@ -96,12 +96,16 @@ pub(crate) async fn serve(
             Parsed::Partial => {}
         }
         let idle = buffer.is_empty();
+        let deadline = if idle {
+            head_deadline = None;
+            tokio::time::Instant::now() + limits.idle_timeout
+        } else {
+            *head_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + limits.header_read_timeout)
+        };
         buffer.reserve(READ_CHUNK);
         let read = tokio::select! {
-            read = tokio::time::timeout(
-                if idle { IDLE_TIMEOUT } else { HEAD_TIMEOUT },
-                stream.read_buf(&mut buffer),
-            ) => read,
+            read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)) => read,
             // Between requests, a stopping node closes the connection; a request begun is
             // answered first.
             () = crate::push::stopping(&mut shutdown), if idle => return None,

@@ -70,6 +70,9 @@ pub async fn client_address(
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|axum::extract::ConnectInfo(peer)| *peer);
         if let Some(peer) = info {
+            // The socket's own peer stays available to checks that must not believe any
+            // header (the operators' listener admits loopback peers only, not loopback claims).
+            request.extensions_mut().insert(TcpPeer(peer));
             let client = trusted.client_addr(peer, request.headers());
             request
                 .extensions_mut()
@@ -78,3 +81,7 @@ pub async fn client_address(
     }
     next.run(request).await
 }
+
+/// The TCP peer of a request, before `X-Forwarded-For` from a trusted proxy replaced it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TcpPeer(pub std::net::SocketAddr);

@@ -240,7 +240,24 @@ pub async fn authorize_channel(
                 ))
             }
         },
-        ChannelKind::Queue => {}
+        ChannelKind::Queue => {
+            // The token is checked (its signature, then the place) before anything is
+            // subscribed: otherwise every made-up `queue:<name>` would cost the hub a channel.
+            // A forged token costs an HMAC and no lookup; an unknown place is a 404 either way.
+            match state
+                .queue
+                .room
+                .status(channel.subject(), crate::queue::now_ms())
+                .await
+            {
+                Ok(_) => {}
+                Err(
+                    marquee_waitroom::WaitroomError::MalformedToken
+                    | marquee_waitroom::WaitroomError::UnknownToken,
+                ) => return Err(ApiError::not_found("queue place")),
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
     Ok(channel)
 }
@@ -252,7 +269,14 @@ pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 }
 
 pub fn push_unavailable(error: marquee_push::PushError) -> ApiError {
-    ApiError::unavailable("push", error.to_string())
+    match error {
+        // The node's hub is full of followed channels: a load condition, not an outage.
+        marquee_push::PushError::TooManyChannels { .. } => ApiError::unavailable_saying(
+            "push",
+            "this node follows as many channels as it may; retry later",
+        ),
+        marquee_push::PushError::Backend(_) => ApiError::unavailable("push", error),
+    }
 }
 
 /// Follows the change stream from its current end and publishes what fans and users see:

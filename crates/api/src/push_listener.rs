@@ -26,8 +26,6 @@ use tokio::net::TcpStream;
 
 /// Largest request head accepted on this path (as hyper's default).
 const MAX_HEAD: usize = 8 * 1024;
-/// A client that sends no complete request head within this is dropped.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of already-waiting events put into one write.
 const COALESCE_BYTES: usize = 64 * 1024;
 /// A write the client does not take within this ends the connection.
@@ -39,7 +37,12 @@ struct Head {
     headers: HeaderMap,
 }
 
-async fn read_head(stream: &mut TcpStream) -> Result<Head, &'static str> {
+/// Reads the request head; a client that sends no complete head by `deadline` (the node's
+/// header read timeout after the connection's start) is dropped.
+async fn read_head(
+    stream: &mut TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<Head, &'static str> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let read = async {
@@ -57,7 +60,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Head, &'static str> {
             }
         }
     };
-    tokio::time::timeout(HEAD_TIMEOUT, read)
+    tokio::time::timeout_at(deadline, read)
         .await
         .map_err(|_| "head timed out")??;
     let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -71,15 +74,17 @@ async fn read_head(stream: &mut TcpStream) -> Result<Head, &'static str> {
     let mut headers = HeaderMap::new();
     for header in request.headers.iter() {
         let name = header.name.to_ascii_lowercase();
+        // `x-forwarded-for` is kept (every occurrence, in order) because behind a trusted
+        // proxy it names the client that the per-IP connection cap must count, not the proxy.
         if matches!(
             name.as_str(),
-            "authorization" | "last-event-id" | "x-request-id"
+            "authorization" | "last-event-id" | "x-request-id" | "x-forwarded-for"
         ) {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_bytes(header.value),
             ) {
-                headers.insert(name, value);
+                headers.append(name, value);
             }
         }
     }
@@ -93,10 +98,15 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> bool {
     )
 }
 
-pub(crate) async fn serve_sse(mut stream: TcpStream, peer: SocketAddr, state: AppState) {
+pub(crate) async fn serve_sse(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: AppState,
+    head_deadline: tokio::time::Instant,
+) {
     // Each event is one complete write that should leave now, not wait for an ACK (Nagle).
     let _ = stream.set_nodelay(true);
-    let head = match read_head(&mut stream).await {
+    let head = match read_head(&mut stream, head_deadline).await {
         Ok(head) => head,
         Err(reason) => {
             tracing::debug!(%peer, reason, "push: dropped an SSE request");

@@ -12,9 +12,29 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use marquee_ratelimit::{Decision, Quota, RateLimiter, Scope, ScopedQuota};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Sign-in and registration throttles. Always on, whatever `--rate-limit` says: each attempt
+/// costs an argon2 hash, so these are what keep password guessing and hashing floods slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// Sign-ins and registrations per client IP per minute (behind a trusted proxy, the client
+    /// it names).
+    pub attempts_per_ip_per_minute: u32,
+    /// Attempts per account (the e-mail given, known or not) per minute, from any address.
+    pub attempts_per_account_per_minute: u32,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            attempts_per_ip_per_minute: 30,
+            attempts_per_account_per_minute: 10,
+        }
+    }
+}
 
 /// The node's quotas and the limiter that counts them.
 #[derive(Clone)]
@@ -23,6 +43,7 @@ pub struct RateLimits {
     quotas: Arc<Vec<ScopedQuota>>,
     /// Whether a quota counts per user: only then is the bearer token verified here.
     per_user: bool,
+    auth: AuthLimits,
 }
 
 impl RateLimits {
@@ -31,6 +52,47 @@ impl RateLimits {
             limiter,
             per_user: quotas.iter().any(|quota| quota.scope == Scope::User),
             quotas: Arc::new(quotas),
+            auth: AuthLimits::default(),
+        }
+    }
+
+    pub fn with_auth_limits(mut self, auth: AuthLimits) -> RateLimits {
+        self.auth = auth;
+        self
+    }
+
+    /// Counts one sign-in or registration attempt from `ip` naming `email`; refused with 429
+    /// and `Retry-After` past either allowance. The account is keyed by the e-mail as given
+    /// (trimmed, lower-cased) whether or not it exists, so the answer for an unknown account
+    /// is the same as for a known one.
+    pub(crate) async fn check_auth_attempt(&self, ip: IpAddr, email: &str) -> Result<(), ApiError> {
+        let per_minute = |count: u32| Quota::new(count.max(1), Duration::from_secs(60));
+        // Bounded (an e-mail address is at most 254 characters), so a key costs little.
+        let account: String = email.trim().to_lowercase().chars().take(254).collect();
+        let checks = [
+            (
+                format!("auth:ip:{ip}"),
+                per_minute(self.auth.attempts_per_ip_per_minute),
+                "ip",
+            ),
+            (
+                format!("auth:account:{account}"),
+                per_minute(self.auth.attempts_per_account_per_minute),
+                "account",
+            ),
+        ];
+        let mut longest_wait: Option<Duration> = None;
+        for (key, quota, scope) in checks {
+            let Ok(quota) = quota else { continue };
+            if let Some(wait) = wait_required(self.limiter.as_ref(), &key, quota).await {
+                metrics::counter!("rate_limit_refusals_total", "scope" => format!("auth_{scope}"))
+                    .increment(1);
+                longest_wait = Some(longest_wait.map_or(wait, |longest| longest.max(wait)));
+            }
+        }
+        match longest_wait {
+            Some(wait) => Err(ApiError::rate_limited(wait)),
+            None => Ok(()),
         }
     }
 }

@@ -20,6 +20,10 @@ pub struct ApiSettings {
     /// The gateways or load balancers in front whose `X-Forwarded-For` names the client (for
     /// per-IP limits); nobody by default.
     pub trusted_proxies: marquee_gateway::TrustedProxies,
+    /// Who may use the operators' listener (see [`crate::operator`]).
+    pub operator_access: crate::OperatorAccess,
+    /// Timeouts and cap of the listeners, the lean paths' included.
+    pub http: crate::HttpLimits,
 }
 
 impl Default for ApiSettings {
@@ -29,6 +33,8 @@ impl Default for ApiSettings {
             hold_ttl: Duration::from_secs(600),
             node_id: "node-1".to_string(),
             trusted_proxies: marquee_gateway::TrustedProxies::default(),
+            operator_access: crate::OperatorAccess::default(),
+            http: crate::HttpLimits::default(),
         }
     }
 }

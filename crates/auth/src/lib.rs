@@ -43,5 +43,5 @@ mod token;
 pub use keyring::{
     Derivation, KeyRecord, KeySource, Keyring, KeyringError, Purpose, PurposeKeys, SigningKey,
 };
-pub use password::{hash_password, verify_password, PasswordError};
+pub use password::{hash_password, set_hashing_concurrency, verify_password, PasswordError};
 pub use token::{AccessClaims, SigningSecret, TokenError, TokenIssuer};

@@ -137,6 +137,8 @@ impl Target {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let child = Command::new(crate::product::marquee_binary()?)
+            // Benchmarks sign many fans in from one address: lift the sign-in throttle.
+            .env("MARQUEE_AUTH_ATTEMPTS_PER_IP", "1000000")
             .env("MARQUEE_RTMP_LISTEN", "off")
             .env("MARQUEE_SRT_LISTEN", "off")
             .args(["--log-filter", "warn", "serve", "--listen"])

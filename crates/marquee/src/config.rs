@@ -16,6 +16,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// A second listener for `/metrics` and probes without authentication.
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token the operators' listener requires; without one it serves loopback only.
+    pub operator_token: Option<String>,
+    /// Timeouts and connection cap of every HTTP listener.
+    pub http: marquee_api::HttpLimits,
+    /// Sign-in and registration throttles (always on; `--rate-limit` quotas come on top).
+    pub auth_limits: marquee_api::AuthLimits,
+    /// Password hashes computed at once; 0 means one per core.
+    pub hashing_concurrency: usize,
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; `None` means `marquee.db` in the data dir.
     pub database_url: Option<String>,

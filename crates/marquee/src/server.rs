@@ -3,6 +3,7 @@
 use crate::ServerConfig;
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use marquee_api::HttpLimits;
 use marquee_api::{ApiSettings, AppState, Push};
 use marquee_auth::TokenIssuer;
 use marquee_inventory::{Inventory, InventorySettings, TestPaymentProvider, TicketSigner};
@@ -64,6 +65,8 @@ impl Server {
         keyring: marquee_auth::Keyring,
     ) -> anyhow::Result<Server> {
         let metrics = marquee_telemetry::install_metrics()?;
+        // Before any hash: argon2 at most this many at once (0: one per core).
+        marquee_auth::set_hashing_concurrency(config.hashing_concurrency);
         let leases = open_leases(&config).await?;
         let inventory = Inventory::new(
             store.clone(),
@@ -177,6 +180,8 @@ impl Server {
                 trusted_proxies: marquee_gateway::TrustedProxies::new(
                     config.trusted_proxies.clone(),
                 ),
+                operator_access: marquee_api::OperatorAccess::new(config.operator_token.as_deref()),
+                http: config.http,
             }),
             push: Arc::new(Push::new(hub, config.push.clone(), stopped.clone())),
             search,
@@ -185,7 +190,8 @@ impl Server {
                 config.queue.clone(),
                 rate_limiter.clone(),
             )),
-            rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone()),
+            rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone())
+                .with_auth_limits(config.auth_limits),
             changes,
             dependencies: Arc::new(dependencies),
             notifications: Arc::new(open_notifications(&config, jobs_pool).await?),
@@ -239,8 +245,8 @@ impl Server {
         let router = marquee_api::router(state.clone()).merge(marquee_web::router());
         // Responses are written whole; Nagle would hold a small one back until the client's
         // delayed ACK of the previous one (tens of milliseconds on an idle keep-alive connection).
-        let nodelay = |stream: &mut marquee_api::ZeroCopyStream| {
-            let _ = stream.get_ref().set_nodelay(true);
+        let nodelay = |stream: &mut marquee_api::TimedIo<marquee_api::ZeroCopyStream>| {
+            let _ = stream.get_ref().get_ref().set_nodelay(true);
         };
         // Either way, cached live segments go out with sendfile (see `marquee_api::zero_copy`).
         let lean = marquee_api::LeanPaths {
@@ -250,11 +256,23 @@ impl Server {
         if lean.sse || lean.media {
             // SSE and media connections are served by lean paths of their own; the rest by
             // axum.
+            // The lean listener applies the cap and idle timeout itself, across its paths.
             let listener = marquee_api::lean_listener(listener, state.clone(), lean)?;
-            tasks.push(serve(listener.tap_io(nodelay), router, stopped.clone()));
+            tasks.push(serve(
+                listener.tap_io(nodelay),
+                router,
+                config.http,
+                stopped.clone(),
+            ));
         } else {
-            let listener = marquee_api::zero_copy(listener);
-            tasks.push(serve(listener.tap_io(nodelay), router, stopped.clone()));
+            let listener =
+                marquee_api::connections::limited(marquee_api::zero_copy(listener), &config.http);
+            tasks.push(serve(
+                listener.tap_io(nodelay),
+                router,
+                config.http,
+                stopped.clone(),
+            ));
         }
 
         let admin_addr = match config.admin_listen {
@@ -263,9 +281,16 @@ impl Server {
                     .await
                     .with_context(|| format!("binding admin listener {admin_listen}"))?;
                 let admin_addr = listener.local_addr()?;
+                if config.operator_token.is_none() && !admin_listen.ip().is_loopback() {
+                    tracing::warn!(
+                        %admin_addr,
+                        "no operator token: the operators' listener answers loopback peers only"
+                    );
+                }
                 tasks.push(serve(
-                    listener,
+                    marquee_api::connections::limited(listener, &config.http),
                     marquee_api::admin_router(state.clone()),
+                    config.http,
                     stopped.clone(),
                 ));
                 Some(admin_addr)
@@ -630,25 +655,21 @@ fn spawn_keyring_reload(
     });
 }
 
+/// Serves `router` under the listener's limits (header and body timeouts here; the cap and
+/// idle timeout come with the listener) until the node stops.
 fn serve<L>(
     listener: L,
     router: axum::Router,
-    mut stopped: watch::Receiver<bool>,
+    limits: HttpLimits,
+    stopped: watch::Receiver<bool>,
 ) -> JoinHandle<std::io::Result<()>>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
-    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        })
-        .await
-    })
+    tokio::spawn(marquee_api::connections::serve(
+        listener, router, limits, stopped,
+    ))
 }
 
 /// Ctrl-C or SIGTERM.

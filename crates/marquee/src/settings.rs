@@ -27,8 +27,11 @@ use std::time::Duration;
 pub struct NodeSettings {
     /// Address of the public HTTP listener.
     pub listen: SocketAddr,
-    /// The operators' listener (`/metrics`, probes); off unless given.
+    /// The operators' listener (`/metrics`, probes, `/push/publish`); off unless given.
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the operators' listener requires; without one it serves loopback peers
+    /// only.
+    pub operator_token: Option<String>,
     /// Embedded storage, the search index, recordings.
     pub data_dir: PathBuf,
     /// Sent as `x-marquee-node`; the host name when absent.
@@ -40,6 +43,7 @@ pub struct NodeSettings {
     /// Request quotas: `ip=50/s`, `user=600/m`, `route=POST /api/v1/orders=5/s`.
     #[serde(with = "as_strings")]
     pub rate_limits: Vec<marquee_ratelimit::ScopedQuota>,
+    pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub booking: BookingSettings,
@@ -49,6 +53,24 @@ pub struct NodeSettings {
     pub queue: QueueSettings,
     pub notify: NotifySettings,
     pub live: LiveSettings,
+}
+
+/// Connection limits of every HTTP listener (public, lean paths, operators'): slow or idle
+/// clients cannot hold connections (slowloris), and a flood cannot exhaust descriptors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Longest wait for a request head, from the connection (or the previous answer) on.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest a request body may take to arrive.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +94,12 @@ pub struct AuthSettings {
     pub jwt_secret: Option<String>,
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
+    /// Sign-ins and registrations per client IP per minute (429 beyond).
+    pub attempts_per_ip: u32,
+    /// Sign-ins per account (e-mail) per minute, whoever tries.
+    pub attempts_per_account: u32,
+    /// Password hashes computed at once; 0 means one per core.
+    pub hashing_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,6 +147,9 @@ pub struct PushSettings {
     pub buffer: usize,
     pub max_per_ip: usize,
     pub max_per_user: usize,
+    /// Channels one node's hub tracks at most; a subscription to a new one beyond it is
+    /// refused (each costs a broadcast ring while followed).
+    pub max_channels: usize,
     /// SSE on the lean listener path rather than through hyper.
     pub lean_sse: bool,
 }
@@ -229,14 +260,23 @@ impl Default for NodeSettings {
         let queue = marquee_api::QueueSettings::default();
         let room = marquee_waitroom::RoomTimings::default();
         let notifications = marquee_api::NotificationSettings::default();
+        let http = marquee_api::HttpLimits::default();
+        let auth_limits = marquee_api::AuthLimits::default();
         NodeSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
+            operator_token: None,
             data_dir: PathBuf::from("marquee-data"),
             node_id: None,
             body_limit: 1024 * 1024,
             trusted_proxies: Vec::new(),
             rate_limits: Vec::new(),
+            http: HttpSettings {
+                header_read_timeout: http.header_read_timeout,
+                body_read_timeout: http.body_read_timeout,
+                idle_timeout: http.idle_timeout,
+                max_connections: http.max_connections,
+            },
             database: DatabaseSettings {
                 url: None,
                 max_connections: 16,
@@ -246,6 +286,9 @@ impl Default for NodeSettings {
             auth: AuthSettings {
                 jwt_secret: None,
                 token_ttl: Duration::from_secs(24 * 3600),
+                attempts_per_ip: auth_limits.attempts_per_ip_per_minute,
+                attempts_per_account: auth_limits.attempts_per_account_per_minute,
+                hashing_concurrency: 0,
             },
             booking: BookingSettings {
                 hold_ttl: Duration::from_secs(600),
@@ -268,6 +311,7 @@ impl Default for NodeSettings {
                 buffer: hub.subscriber_buffer,
                 max_per_ip: push.max_connections_per_ip,
                 max_per_user: push.max_connections_per_user,
+                max_channels: hub.max_channels,
                 lean_sse: true,
             },
             queue: QueueSettings {
@@ -408,6 +452,9 @@ impl NodeSettings {
     /// The settings as TOML with every secret replaced, for `marquee config check`.
     pub fn redacted_toml(&self) -> anyhow::Result<String> {
         let mut shown = self.clone();
+        if shown.operator_token.is_some() {
+            shown.operator_token = Some("<redacted>".into());
+        }
         if shown.auth.jwt_secret.is_some() {
             shown.auth.jwt_secret = Some("<redacted>".into());
         }
@@ -432,6 +479,18 @@ impl NodeSettings {
         ServerConfig {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            operator_token: self.operator_token,
+            http: marquee_api::HttpLimits {
+                header_read_timeout: self.http.header_read_timeout,
+                body_read_timeout: self.http.body_read_timeout,
+                idle_timeout: self.http.idle_timeout,
+                max_connections: self.http.max_connections.max(1),
+            },
+            auth_limits: marquee_api::AuthLimits {
+                attempts_per_ip_per_minute: self.auth.attempts_per_ip,
+                attempts_per_account_per_minute: self.auth.attempts_per_account,
+            },
+            hashing_concurrency: self.auth.hashing_concurrency,
             data_dir: self.data_dir,
             database_url: self.database.url,
             hold_ttl: self.booking.hold_ttl,
@@ -457,6 +516,7 @@ impl NodeSettings {
                 history_len: self.push.history,
                 history_age: self.push.history_age,
                 subscriber_buffer: self.push.buffer,
+                max_channels: self.push.max_channels.max(1),
             },
             push_lean_sse: self.push.lean_sse,
             media_lean_http: self.live.media_lean_http,

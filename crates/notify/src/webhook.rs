@@ -92,8 +92,11 @@ pub fn verify(
 }
 
 /// True for addresses on the public internet; false for loopback, private (RFC 1918, unique
-/// local), link-local, CGNAT, documentation, benchmarking, multicast, broadcast, unspecified
-/// and the IPv4-mapped forms of all of them.
+/// local, the old site-local `fec0::/10`), link-local, CGNAT, documentation, benchmarking,
+/// multicast, broadcast, unspecified, the IPv4-mapped forms of all of them, and the IPv6
+/// forms that carry an IPv4 address to a translator or relay — IPv4-compatible `::a.b.c.d`,
+/// NAT64, 6to4 `2002::/16` and Teredo `2001::/32` — refused whole: all are deprecated or
+/// tunnels, and through them a "public" IPv6 address can reach an internal IPv4 one.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -121,7 +124,11 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link-local
+                || (first & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside)
                 || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
+                || first == 0x2001 && v6.segments()[1] == 0x0000 // Teredo
+                || first == 0x2002 // 6to4
+                || v6.segments()[..6] == [0; 6] // IPv4-compatible ::a.b.c.d
                 || first == 0x64 && v6.segments()[1] == 0xff9b) // NAT64 reaches IPv4 ranges
         }
     }
@@ -426,6 +433,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::7f00:1",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "feff::1",
         ] {
             let ip: IpAddr = address.parse().expect("address");
             assert!(!is_public(ip), "{address}");

@@ -130,6 +130,10 @@ pub struct HubLimits {
     pub history_age: Duration,
     /// Messages a subscriber may fall behind before it is a slow consumer.
     pub subscriber_buffer: usize,
+    /// Channels one node tracks at most. Past it, channels nobody follows are forgotten first
+    /// (oldest use first); a new subscription when every channel is followed is refused with
+    /// [`PushError::TooManyChannels`], so memory stays bounded whatever names clients make up.
+    pub max_channels: usize,
 }
 
 impl Default for HubLimits {
@@ -138,6 +142,7 @@ impl Default for HubLimits {
             history_len: 1_000,
             history_age: Duration::from_secs(600),
             subscriber_buffer: 1_024,
+            max_channels: 100_000,
         }
     }
 }
@@ -146,6 +151,9 @@ impl Default for HubLimits {
 pub enum PushError {
     #[error("push backend: {0}")]
     Backend(String),
+    /// The node tracks as many channels as it may, every one of them followed.
+    #[error("this node follows {limit} channels already")]
+    TooManyChannels { limit: usize },
 }
 
 impl From<redis::RedisError> for PushError {
@@ -193,6 +201,10 @@ pub trait PushHub: Send + Sync + 'static {
     /// Channels of `kind` with a live subscriber on this node (the waiting room counts a fan who
     /// listens to their `queue:{token}` channel as present, and sends them position updates).
     fn listened(&self, kind: ChannelKind) -> Vec<Channel>;
+
+    /// Channels this node's hub tracks right now (state kept in memory: history, offsets,
+    /// subscribers' rings). Bounded by [`HubLimits::max_channels`].
+    fn channel_count(&self) -> usize;
 
     /// Subscribes from `since` (the last offset the client has), or live when `None`.
     async fn subscribe(

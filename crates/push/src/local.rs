@@ -19,19 +19,28 @@ struct ChannelState {
     /// History covers the offsets in `(floor, last]`; a client behind `floor` needs a reset.
     floor: u64,
     history: VecDeque<(Instant, Arc<PushMessage>)>,
-    sender: broadcast::Sender<Arc<PushMessage>>,
+    /// The fan-out ring, made by the first subscriber: a ring preallocates its whole capacity
+    /// (`subscriber_buffer` slots), which a channel that only keeps history does not need.
+    sender: Option<broadcast::Sender<Arc<PushMessage>>>,
     touched: Instant,
 }
 
 impl ChannelState {
-    fn new(buffer: usize) -> Self {
+    fn new() -> Self {
         ChannelState {
             last: 0,
             floor: 0,
             history: VecDeque::new(),
-            sender: broadcast::channel(buffer.max(1)).0,
+            sender: None,
             touched: Instant::now(),
         }
+    }
+
+    /// True while someone on this node is subscribed.
+    fn followed(&self) -> bool {
+        self.sender
+            .as_ref()
+            .is_some_and(|sender| sender.receiver_count() > 0)
     }
 
     fn prune(&mut self, limits: &HubLimits, now: Instant) {
@@ -63,7 +72,9 @@ impl ChannelState {
         }
         self.prune(limits, now);
         // No receivers is not an error: nobody is listening right now.
-        let _ = self.sender.send(message);
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(message);
+        }
     }
 
     fn start_after(&mut self, since: Option<u64>, limits: &HubLimits) -> Start {
@@ -105,32 +116,78 @@ impl LocalChannels {
         }
     }
 
-    fn state(&self, channel: &Channel) -> Arc<Mutex<ChannelState>> {
+    /// The channel's state, made if new. At the cap, room is made by forgetting channels
+    /// nobody follows (aged-out ones, then the least recently used); when every channel is
+    /// followed, a new one is refused.
+    fn state(&self, channel: &Channel) -> Result<Arc<Mutex<ChannelState>>, PushError> {
         let mut channels = lock(&self.channels);
-        Arc::clone(channels.entry(channel.clone()).or_insert_with(|| {
-            Arc::new(Mutex::new(ChannelState::new(self.limits.subscriber_buffer)))
-        }))
+        if let Some(state) = channels.get(channel) {
+            return Ok(Arc::clone(state));
+        }
+        let limit = self.limits.max_channels.max(1);
+        if channels.len() >= limit {
+            let now = Instant::now();
+            let age = self.limits.history_age;
+            channels.retain(|_, state| {
+                let state = lock(state);
+                state.followed() || now.saturating_duration_since(state.touched) <= age
+            });
+        }
+        if channels.len() >= limit {
+            let oldest = channels
+                .iter()
+                .filter_map(|(name, state)| {
+                    let state = lock(state);
+                    (!state.followed()).then(|| (state.touched, name.clone()))
+                })
+                .min()
+                .map(|(_, name)| name);
+            match oldest {
+                Some(name) => {
+                    channels.remove(&name);
+                }
+                None => return Err(PushError::TooManyChannels { limit }),
+            }
+        }
+        let state = Arc::new(Mutex::new(ChannelState::new()));
+        channels.insert(channel.clone(), Arc::clone(&state));
+        Ok(state)
+    }
+
+    /// The channel's state if this node tracks it (never makes one).
+    fn existing(&self, channel: &Channel) -> Option<Arc<Mutex<ChannelState>>> {
+        lock(&self.channels).get(channel).map(Arc::clone)
+    }
+
+    /// Channels tracked right now.
+    pub(crate) fn count(&self) -> usize {
+        lock(&self.channels).len()
     }
 
     /// Numbers and appends a message; returns its offset.
-    pub(crate) fn publish(&self, channel: &Channel, kind: &str, data: &serde_json::Value) -> u64 {
-        let state = self.state(channel);
+    pub(crate) fn publish(
+        &self,
+        channel: &Channel,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<u64, PushError> {
+        let state = self.state(channel)?;
         let mut state = lock(&state);
         let offset = state.last + 1;
         let message = Arc::new(PushMessage::new(channel.clone(), offset, kind, data));
         state.append(message, &self.limits);
-        offset
+        Ok(offset)
     }
 
     /// Appends a message with its own offset unless the channel has it already.
-    pub(crate) fn deliver(&self, message: Arc<PushMessage>) -> bool {
-        let state = self.state(&message.channel);
+    pub(crate) fn deliver(&self, message: Arc<PushMessage>) -> Result<bool, PushError> {
+        let state = self.state(&message.channel)?;
         let mut state = lock(&state);
         if message.offset <= state.last {
-            return false;
+            return Ok(false);
         }
         state.append(message, &self.limits);
-        true
+        Ok(true)
     }
 
     /// The newest offset this node has seen on `channel`, if it has seen any.
@@ -144,7 +201,9 @@ impl LocalChannels {
 
     /// Forgets the newest offset seen on `channel`, so the next message starts it afresh.
     pub(crate) fn restart(&self, channel: &Channel) {
-        let state = self.state(channel);
+        let Some(state) = self.existing(channel) else {
+            return;
+        };
         let mut state = lock(&state);
         state.history.clear();
         state.last = 0;
@@ -156,30 +215,43 @@ impl LocalChannels {
         let channels = lock(&self.channels);
         channels
             .get(channel)
-            .is_some_and(|state| lock(state).sender.receiver_count() > 0)
+            .is_some_and(|state| lock(state).followed())
     }
 
-    pub(crate) fn seed(&self, channel: &Channel, offset: u64) {
-        let state = self.state(channel);
+    pub(crate) fn seed(&self, channel: &Channel, offset: u64) -> Result<(), PushError> {
+        if offset == 0 {
+            // Nothing to tell: a channel at zero is what an unknown channel already is.
+            return Ok(());
+        }
+        let state = self.state(channel)?;
         let mut state = lock(&state);
         if offset > state.last {
             state.history.clear();
             state.last = offset;
             state.floor = offset;
         }
+        Ok(())
     }
 
-    pub(crate) fn subscribe(&self, channel: &Channel, since: Option<u64>) -> Subscription {
-        let state = self.state(channel);
+    pub(crate) fn subscribe(
+        &self,
+        channel: &Channel,
+        since: Option<u64>,
+    ) -> Result<Subscription, PushError> {
+        let state = self.state(channel)?;
         let mut state = lock(&state);
         state.touched = Instant::now();
-        let live = state.sender.subscribe();
+        let buffer = self.limits.subscriber_buffer.max(1);
+        let live = state
+            .sender
+            .get_or_insert_with(|| broadcast::channel(buffer).0)
+            .subscribe();
         let start = state.start_after(since, &self.limits);
-        Subscription {
+        Ok(Subscription {
             channel: channel.clone(),
             start,
             live,
-        }
+        })
     }
 
     /// Channels of `kind` that someone on this node is subscribed to right now.
@@ -187,9 +259,7 @@ impl LocalChannels {
         let channels = lock(&self.channels);
         channels
             .iter()
-            .filter(|(channel, state)| {
-                channel.kind() == kind && lock(state).sender.receiver_count() > 0
-            })
+            .filter(|(channel, state)| channel.kind() == kind && lock(state).followed())
             .map(|(channel, _)| channel.clone())
             .collect()
     }
@@ -202,7 +272,7 @@ impl LocalChannels {
         let mut channels = lock(&self.channels);
         channels.retain(|_, state| {
             let state = lock(state);
-            state.sender.receiver_count() > 0 || now.saturating_duration_since(state.touched) <= age
+            state.followed() || now.saturating_duration_since(state.touched) <= age
         });
         channels.len()
     }
@@ -291,7 +361,7 @@ impl PushHub for InProcessHub {
         kind: &str,
         data: &serde_json::Value,
     ) -> Result<u64, PushError> {
-        Ok(self.channels.publish(channel, kind, data))
+        self.channels.publish(channel, kind, data)
     }
 
     async fn publish_unique(
@@ -304,7 +374,7 @@ impl PushHub for InProcessHub {
         if !lock(&self.recent).first(key) {
             return Ok(None);
         }
-        Ok(Some(self.channels.publish(channel, kind, data)))
+        self.channels.publish(channel, kind, data).map(Some)
     }
 
     async fn publish_at(
@@ -318,16 +388,19 @@ impl PushHub for InProcessHub {
             return Ok(false);
         }
         let message = Arc::new(PushMessage::new(channel.clone(), offset, kind, data));
-        Ok(self.channels.deliver(message))
+        self.channels.deliver(message)
     }
 
     async fn seed(&self, channel: &Channel, offset: u64) -> Result<(), PushError> {
-        self.channels.seed(channel, offset);
-        Ok(())
+        self.channels.seed(channel, offset)
     }
 
     fn listened(&self, kind: ChannelKind) -> Vec<Channel> {
         self.channels.listened(kind)
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.count()
     }
 
     async fn subscribe(
@@ -335,6 +408,67 @@ impl PushHub for InProcessHub {
         channel: &Channel,
         since: Option<u64>,
     ) -> Result<Subscription, PushError> {
-        Ok(self.channels.subscribe(channel, since))
+        self.channels.subscribe(channel, since)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_channels: usize) -> HubLimits {
+        HubLimits {
+            max_channels,
+            ..HubLimits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_channel_count_stays_under_the_cap_whatever_names_come() {
+        let hub = InProcessHub::new(limits(100));
+        let mut followed = Vec::new();
+        for index in 0..20_000 {
+            let channel = Channel::queue(&format!("made-up-{index}")).expect("name");
+            hub.publish(&channel, "note", &serde_json::json!({}))
+                .await
+                .expect("an unfollowed channel makes room");
+            if index < 10 {
+                followed.push(hub.subscribe(&channel, None).await.expect("subscribe"));
+            }
+            assert!(hub.channel_count() <= 100);
+        }
+        // The followed channels were never the ones forgotten.
+        for subscription in &followed {
+            assert!(hub.channels.has_receivers(&subscription.channel));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_channel_is_refused_when_every_tracked_one_is_followed() {
+        let hub = InProcessHub::new(limits(2));
+        let _a = hub
+            .subscribe(&Channel::user("a").expect("a"), None)
+            .await
+            .expect("a");
+        let _b = hub
+            .subscribe(&Channel::user("b").expect("b"), None)
+            .await
+            .expect("b");
+        let refused = hub.subscribe(&Channel::user("c").expect("c"), None).await;
+        assert!(matches!(
+            refused,
+            Err(PushError::TooManyChannels { limit: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_channel_without_subscribers_has_no_ring() {
+        let channels = LocalChannels::new(HubLimits::default());
+        let channel = Channel::user("a").expect("a");
+        channels
+            .publish(&channel, "note", &serde_json::json!({}))
+            .expect("publish");
+        let state = channels.existing(&channel).expect("tracked");
+        assert!(lock(&state).sender.is_none());
     }
 }

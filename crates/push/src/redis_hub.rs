@@ -246,7 +246,9 @@ impl RedisHub {
                     .await;
             }
         }
-        self.local.deliver(Arc::new(message));
+        if let Err(error) = self.local.deliver(Arc::new(message)) {
+            tracing::warn!(%error, "push: dropped a message for want of room");
+        }
     }
 
     /// Delivers the offsets `from..=to` of `channel` from the stream, when history has them.
@@ -264,12 +266,16 @@ impl RedisHub {
         match entries {
             Ok(entries) => {
                 for (offset, json) in pairs(channel, &entries) {
-                    self.local.deliver(Arc::new(PushMessage {
+                    let delivered = self.local.deliver(Arc::new(PushMessage {
                         channel: channel.clone(),
                         offset,
                         kind: kind_of(&json),
                         json,
                     }));
+                    if let Err(error) = delivered {
+                        tracing::warn!(%error, %channel, "push: could not fill a hole");
+                        return;
+                    }
                 }
             }
             Err(error) => tracing::warn!(%error, %channel, "push: could not fill a hole"),
@@ -395,6 +401,10 @@ impl PushHub for RedisHub {
         self.local.listened(kind)
     }
 
+    fn channel_count(&self) -> usize {
+        self.local.count()
+    }
+
     async fn subscribe(
         &self,
         channel: &Channel,
@@ -402,7 +412,7 @@ impl PushHub for RedisHub {
     ) -> Result<Subscription, PushError> {
         // Listen first (locally, then on Redis), then read: whatever is appended in between is
         // in both, and the subscriber skips live offsets it already has.
-        let mut subscription = self.local.subscribe(channel, None);
+        let mut subscription = self.local.subscribe(channel, None)?;
         if self.subscriber.subscribe(&self.topic(channel)).await? {
             // What this node last saw of the channel is from before it stopped following it:
             // a jump from there is not a hole anyone here waits to have filled.

@@ -761,9 +761,23 @@ async function dashboardPage() {
 
 // ---- sign in -----------------------------------------------------------------------------
 
+// Where `next` may lead after signing in: a path on this site, or home. A fan who has just
+// typed their password must not be sent elsewhere: `//host` and `/\host` are other sites to a
+// browser (and the URL parser drops tabs and newlines, so `/\t/host` is too), hence the check
+// on the origin the URL actually resolves to, not on the string.
+function safeNext(next, origin) {
+  if (!next || !next.startsWith("/")) return "/";
+  try {
+    const url = new URL(next, origin);
+    return url.origin === origin ? url.pathname + url.search + url.hash : "/";
+  } catch {
+    return "/";
+  }
+}
+
 function signIn() {
   const next = new URLSearchParams(location.search).get("next");
-  const done = () => { location.href = next && next.startsWith("/") ? next : "/"; };
+  const done = () => { location.href = safeNext(next, location.origin); };
   $("#login").addEventListener("submit", async (submit) => {
     submit.preventDefault();
     try {

@@ -4,11 +4,12 @@ use crate::extract::{CurrentUser, JsonBody};
 use crate::wire::accounts::{LoginRequest, RegisterRequest, Registration, SessionBody, UserBody};
 use crate::wire::ErrorBody;
 use crate::{ApiError, AppState};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
 use marquee_auth::{hash_password, verify_password};
 use marquee_domain::{Email, User, UserId};
+use std::net::SocketAddr;
 
 fn session(state: &AppState, user: &User) -> Result<SessionBody, ApiError> {
     let token = state.tokens.issue(&user.id, user.role)?;
@@ -30,12 +31,19 @@ fn session(state: &AppState, user: &User) -> Result<SessionBody, ApiError> {
         (status = 201, description = "Account created", body = SessionBody),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 409, description = "`email_taken`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this address or for this e-mail; `Retry-After` says when to try again", body = ErrorBody),
     )
 )]
 pub async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<SessionBody>), ApiError> {
+    // Before any hashing: the throttle is what keeps a flood from costing argon2 each.
+    state
+        .rate_limits
+        .check_auth_attempt(peer.ip(), &request.email)
+        .await?;
     let registration = Registration::try_from(request)?;
     let password_hash = hash_password(registration.password).await?;
     let user = User {
@@ -57,12 +65,18 @@ pub async fn register(
     responses(
         (status = 200, description = "Signed in", body = SessionBody),
         (status = 401, description = "`invalid_credentials`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this address or for this account (known or not: the answer is the same); `Retry-After` says when to try again", body = ErrorBody),
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Json<SessionBody>, ApiError> {
+    state
+        .rate_limits
+        .check_auth_attempt(peer.ip(), &request.email)
+        .await?;
     let stored = match Email::parse(&request.email) {
         Ok(email) => state.store.credentials_by_email(&email).await?,
         Err(_) => None,

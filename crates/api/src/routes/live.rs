@@ -222,7 +222,7 @@ pub async fn download_recording(
         .recordings
         .open(&recording.object_key)
         .await
-        .map_err(|error| ApiError::unavailable("recordings", error.to_string()))?;
+        .map_err(|error| ApiError::unavailable("recordings", error))?;
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("video/mp4")),
@@ -361,7 +361,7 @@ pub(crate) async fn serve_media(
             let mut growing = match state.live.edge.follow(&path).await {
                 Ok(Some(growing)) => growing,
                 Ok(None) => return Err(ApiError::not_found("media file")),
-                Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
+                Err(error) => return Err(ApiError::unavailable("media", error)),
             };
             if !growing.started().await {
                 return Err(ApiError::not_found("media file"));
@@ -379,7 +379,7 @@ pub(crate) async fn serve_media(
             while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
                 match chunk {
                     Ok(chunk) => whole.extend_from_slice(&chunk),
-                    Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
+                    Err(error) => return Err(ApiError::unavailable("media", error)),
                 }
             }
             return Ok((headers, bytes::Bytes::from(whole)).into_response());
@@ -387,7 +387,7 @@ pub(crate) async fn serve_media(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::not_found("media file"))
         }
-        Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
+        Err(error) => return Err(ApiError::unavailable("media", error)),
     };
     Ok((headers, bytes).into_response())
 }
@@ -397,11 +397,11 @@ fn playlist_error(error: llhls::PlaylistError) -> ApiError {
         llhls::PlaylistError::BadRequest(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
         }
-        llhls::PlaylistError::NotYet => ApiError::unavailable("media", error.to_string()),
+        llhls::PlaylistError::NotYet => ApiError::unavailable("media", error),
         llhls::PlaylistError::Io(error) if error.kind() == std::io::ErrorKind::NotFound => {
             ApiError::not_found("media file")
         }
-        llhls::PlaylistError::Io(error) => ApiError::unavailable("media", error.to_string()),
+        llhls::PlaylistError::Io(error) => ApiError::unavailable("media", error),
     }
 }
 
@@ -423,7 +423,7 @@ async fn part(
                 .edge
                 .fragments_of(path, Some(&segment))
                 .await
-                .map_err(|error| ApiError::unavailable("media", error.to_string()))?;
+                .map_err(|error| ApiError::unavailable("media", error))?;
             let end = fragments
                 .get(index)
                 .map(|fragment| fragment.end)
@@ -445,7 +445,7 @@ async fn part(
             let mut growing = match live.edge.follow(path).await {
                 Ok(Some(growing)) => growing,
                 Ok(None) => return Err(ApiError::not_found("media file")),
-                Err(error) => return Err(ApiError::unavailable("media", error.to_string())),
+                Err(error) => return Err(ApiError::unavailable("media", error)),
             };
             if !growing.started().await {
                 return Err(ApiError::not_found("media file"));
@@ -453,10 +453,10 @@ async fn part(
             match growing.fragment(index).await {
                 Ok(Some(part)) => Ok(part),
                 Ok(None) => Err(ApiError::not_found("media file")),
-                Err(error) => Err(ApiError::unavailable("media", error.to_string())),
+                Err(error) => Err(ApiError::unavailable("media", error)),
             }
         }
-        Err(error) => Err(ApiError::unavailable("media", error.to_string())),
+        Err(error) => Err(ApiError::unavailable("media", error)),
     }
 }
 

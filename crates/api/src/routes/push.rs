@@ -675,7 +675,11 @@ async fn handle_client_message(
                         serde_json::json!({"channel": channel.as_str(), "offset": offset}),
                     ))
                 }
-                Err(failure) => error("unavailable", failure.to_string()),
+                Err(failure) => {
+                    // Logged there; the client gets the code and our own words only.
+                    let refused = push_unavailable(failure);
+                    error(refused.code(), refused.message().to_string())
+                }
             }
         }
         (None, Some(raw)) => match Channel::parse(&raw) {

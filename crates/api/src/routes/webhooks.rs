@@ -85,7 +85,7 @@ impl From<WebhookUrlError> for ApiError {
 
 impl From<marquee_jobs::JobsError> for ApiError {
     fn from(error: marquee_jobs::JobsError) -> Self {
-        ApiError::unavailable("jobs", error.to_string())
+        ApiError::unavailable("jobs", error)
     }
 }
 

@@ -15,9 +15,14 @@ pub struct GatewayArgs {
     listen: SocketAddr,
 
     /// An operators' listener: `/metrics` (Prometheus), `/healthz` and `/upstreams` (the
-    /// balancer's view of every node), without authentication. Off unless given.
+    /// balancer's view of every node). Off unless given; see --operator-token.
     #[arg(long, env = "MARQUEE_GATEWAY_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+
+    /// Bearer token the operators' listener requires (`Authorization: Bearer <token>`);
+    /// without one it serves loopback peers only.
+    #[arg(long, env = "MARQUEE_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: Option<String>,
 
     /// A node, repeatable: `http://10.0.0.1:8080`, or `GROUP=URL` for a group other than
     /// `api` (e.g. `push=http://10.0.0.5:8080`). Env: comma-separated.
@@ -247,6 +252,7 @@ impl GatewayArgs {
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let admin_listen = args.admin_listen;
+    let operator_access = marquee_api::OperatorAccess::new(args.operator_token.as_deref());
     let metrics = match admin_listen {
         Some(_) => Some(marquee_telemetry::install_metrics()?),
         None => None,
@@ -280,13 +286,24 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                     let status = status.clone();
                     async move { axum::Json(status.upstreams()) }
                 }),
-            );
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                operator_access,
+                marquee_api::operator::require_operator,
+            ));
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("listening on {address}"))?;
         println!("  Operators: http://{address}/metrics, /upstreams");
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, admin).await {
+            // The node's serve loop, so this listener has the same header, body and idle
+            // timeouts and connection cap as a node's (it lives as long as the process).
+            let limits = marquee_api::HttpLimits::default();
+            let (_never, stopped) = tokio::sync::watch::channel(false);
+            let listener = marquee_api::connections::limited(listener, &limits);
+            if let Err(error) =
+                marquee_api::connections::serve(listener, admin, limits, stopped).await
+            {
                 tracing::error!(%error, "the operators' listener stopped");
             }
         });

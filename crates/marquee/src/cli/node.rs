@@ -29,11 +29,17 @@ pub struct NodeFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
 
-    /// Address of an operators' listener serving /metrics, /healthz and /readyz without
-    /// authentication. Off unless given.
+    /// Address of an operators' listener serving /metrics, /healthz, /readyz and
+    /// /push/publish (see --operator-token). Off unless given.
     #[arg(long, env = "MARQUEE_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
+
+    /// Bearer token the operators' listener requires (`Authorization: Bearer <token>`);
+    /// without one it serves loopback peers only.
+    #[arg(long, env = "MARQUEE_OPERATOR_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<String>,
 
     /// Directory for embedded storage and the generated JWT secret [default: marquee-data].
     #[arg(long, env = "MARQUEE_DATA_DIR")]
@@ -68,6 +74,8 @@ pub struct NodeFlags {
     pub rate_limits: Vec<String>,
 
     #[command(flatten)]
+    pub http: HttpFlags,
+    #[command(flatten)]
     pub database: DatabaseFlags,
     #[command(flatten)]
     pub auth: AuthFlags,
@@ -85,6 +93,41 @@ pub struct NodeFlags {
     pub notify: NotifyFlags,
     #[command(flatten)]
     pub live: LiveFlags,
+}
+
+/// `[http]`
+#[derive(Debug, Args, Serialize)]
+pub struct HttpFlags {
+    /// A request head must arrive whole within this of the connection's start or the previous
+    /// answer, on every listener (slowloris) [default: 10s].
+    #[arg(long, env = "MARQUEE_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub header_read_timeout: Option<Duration>,
+
+    /// A request body that stops arriving for this long fails its request [default: 30s].
+    #[arg(long, env = "MARQUEE_BODY_READ_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub body_read_timeout: Option<Duration>,
+
+    /// A connection on which nothing moves while the node waits on the client is closed after
+    /// this; keep it above the longest long poll (60s) [default: 2m].
+    #[arg(long, env = "MARQUEE_IDLE_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub idle_timeout: Option<Duration>,
+
+    /// Open connections per listener; more wait in the kernel's backlog [default: 100000].
+    #[arg(long, env = "MARQUEE_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// `[database]`
@@ -152,6 +195,24 @@ pub struct AuthFlags {
         with = "humantime_serde::option"
     )]
     pub token_ttl: Option<Duration>,
+
+    /// Sign-ins and registrations per client IP per minute; 429 beyond [default: 30].
+    #[arg(long = "auth-attempts-per-ip", env = "MARQUEE_AUTH_ATTEMPTS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_per_ip: Option<u32>,
+
+    /// Sign-in and registration attempts per account (e-mail) per minute [default: 10].
+    #[arg(
+        long = "auth-attempts-per-account",
+        env = "MARQUEE_AUTH_ATTEMPTS_PER_ACCOUNT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_per_account: Option<u32>,
+
+    /// Password hashes computed at once; 0 means one per core [default: 0].
+    #[arg(long, env = "MARQUEE_HASHING_CONCURRENCY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hashing_concurrency: Option<usize>,
 }
 
 /// `[booking]`
@@ -279,6 +340,16 @@ pub struct PushFlags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_per_user: Option<usize>,
+
+    /// Channels this node's push hub tracks at most; past it, channels nobody follows are
+    /// forgotten and a new subscription when all are followed is refused [default: 100000].
+    #[arg(
+        id = "push_max_channels",
+        long = "push-max-channels",
+        env = "MARQUEE_PUSH_MAX_CHANNELS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_channels: Option<usize>,
 
     /// Serve SSE connections on the lean path (a few KiB each) instead of through hyper.
     #[arg(id = "push_lean_sse", long = "push-lean-sse", env = "MARQUEE_PUSH_LEAN_SSE", action = clap::ArgAction::Set)]
@@ -491,6 +562,16 @@ pub async fn serve(flags: NodeFlags) -> anyhow::Result<()> {
 
 pub async fn demo(flags: NodeFlags) -> anyhow::Result<()> {
     let mut settings = flags.settings()?;
+    // The demo seeds an admin whose password is published in this very binary: seeded into a
+    // real database (MARQUEE_DATABASE_URL left over in a shell, a config file), that is a
+    // back door. It only ever runs on its own embedded store in its data dir.
+    if let Some(url) = &settings.database.url {
+        anyhow::bail!(
+            "`marquee demo` runs only on its own embedded store, not on {} \
+             (unset MARQUEE_DATABASE_URL / --database-url, or use `marquee serve`)",
+            marquee_store::redact_url(url)
+        );
+    }
     // A demo should not touch a production data dir by accident.
     if settings.data_dir == NodeSettings::default().data_dir {
         settings.data_dir = PathBuf::from("marquee-demo");

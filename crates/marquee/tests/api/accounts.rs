@@ -273,3 +273,156 @@ async fn admins_are_made_on_the_command_line() {
     assert!(!again.status.success(), "a short password is refused");
     app.stop().await;
 }
+
+/// A sign-in or registration attempt from `client` (named by `X-Forwarded-For`, which the node
+/// believes from its trusted proxy, 127.0.0.1).
+async fn attempt(
+    app: &TestApp,
+    path: &str,
+    client: &str,
+    body: serde_json::Value,
+) -> crate::support::Response {
+    app.post_with_headers(path, None, &[("x-forwarded-for", client)], body)
+        .await
+}
+
+/// Issue #33 (3): sign-in and registration are throttled by default, per client IP and per
+/// account; a refusal is 429 with `Retry-After` and the contract's error body, and an unknown
+/// account is refused exactly like a known one.
+#[tokio::test]
+async fn sign_ins_and_registrations_are_throttled_by_ip_and_by_account() {
+    let app = TestApp::spawn_with(|config| {
+        // The product's defaults, not the harness's lifted ones.
+        config.auth_limits = marquee_api::AuthLimits::default();
+        config.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+    .await;
+    let defaults = marquee_api::AuthLimits::default();
+    let per_account = defaults.attempts_per_account_per_minute;
+    let per_ip = defaults.attempts_per_ip_per_minute;
+    let known = format!("known-{}@example.com", crate::support::ulid_lower());
+    attempt(
+        &app,
+        "/api/v1/auth/register",
+        "198.51.100.200",
+        json!({"email": known, "password": "correct horse", "name": "K"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+
+    // Per account, whoever tries: each guess from a different address, a known and an
+    // unknown account alike. The allowance refills continuously (one attempt per 60/limit
+    // seconds), so a slow run may earn an attempt or two more than the limit, never fewer.
+    let unknown = format!("nobody-{}@example.com", crate::support::ulid_lower());
+    let mut refusals = Vec::new();
+    for (index, email) in [&known, &unknown].into_iter().enumerate() {
+        // The registration was the known account's first attempt.
+        let budget = if index == 0 {
+            per_account - 1
+        } else {
+            per_account
+        };
+        let started = std::time::Instant::now();
+        let mut admitted = 0;
+        let refused = loop {
+            let client = format!("198.51.{}.{}", index + 1, admitted + 1);
+            let response = attempt(
+                &app,
+                "/api/v1/auth/login",
+                &client,
+                json!({"email": email, "password": format!("guess {admitted}")}),
+            )
+            .await;
+            if response.status == StatusCode::TOO_MANY_REQUESTS {
+                break response;
+            }
+            response.expect_error(StatusCode::UNAUTHORIZED, "invalid_credentials");
+            admitted += 1;
+            assert!(
+                admitted <= budget + refilled(started, per_account),
+                "{email} never refused"
+            );
+        };
+        assert!(
+            admitted >= budget,
+            "{email} refused after {admitted} of {budget}"
+        );
+        refusals.push(refused);
+    }
+    for refused in &refusals {
+        refused.expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+        let retry_after: u64 = refused.headers["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        assert!(refused.body["error"]["request_id"].is_string());
+    }
+    let strip = |response: &crate::support::Response| {
+        let mut body = response.body.clone();
+        body["error"]["request_id"] = json!(null);
+        body["error"]["retry_after_seconds"] = json!(null);
+        (response.status, body)
+    };
+    assert_eq!(
+        strip(&refusals[0]),
+        strip(&refusals[1]),
+        "a known and an unknown account are refused alike"
+    );
+    // The right password does not get past the account's throttle either.
+    attempt(
+        &app,
+        "/api/v1/auth/login",
+        "198.51.100.201",
+        json!({"email": known, "password": "correct horse"}),
+    )
+    .await
+    .expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+
+    // Per IP, across accounts and across sign-in and registration.
+    let started = std::time::Instant::now();
+    let mut admitted = 0;
+    let email = loop {
+        let email = format!("ip-{admitted}-{}@example.com", crate::support::ulid_lower());
+        let path = if admitted % 2 == 0 {
+            "/api/v1/auth/login"
+        } else {
+            "/api/v1/auth/register"
+        };
+        let response = attempt(
+            &app,
+            path,
+            "203.0.113.9",
+            json!({"email": email, "password": "correct horse", "name": "I"}),
+        )
+        .await;
+        if response.status == StatusCode::TOO_MANY_REQUESTS {
+            response.expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+            break email;
+        }
+        admitted += 1;
+        assert!(
+            admitted <= per_ip + refilled(started, per_ip),
+            "the address never refused"
+        );
+    };
+    assert!(admitted >= per_ip, "refused after {admitted} of {per_ip}");
+    // Another address is not affected.
+    attempt(
+        &app,
+        "/api/v1/auth/register",
+        "203.0.113.10",
+        json!({"email": email, "password": "correct horse", "name": "I"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    app.stop().await;
+}
+
+/// Attempts a per-minute allowance of `limit` has earned back since `started`, plus one for
+/// the rounding of the moment the test reads the clock.
+fn refilled(started: std::time::Instant, limit: u32) -> u32 {
+    let per_attempt = 60.0 / f64::from(limit);
+    (started.elapsed().as_secs_f64() / per_attempt).ceil() as u32 + 1
+}

@@ -61,3 +61,42 @@ async fn the_demo_seeds_once_and_its_accounts_work() {
     assert!(categories.len() >= 5, "{categories:?}");
     app.stop().await;
 }
+
+/// Issue #33 (8): `marquee demo` seeds an admin with a published password, so it refuses any
+/// database but its own embedded store — a PostgreSQL URL in the environment is not seeded.
+#[tokio::test]
+async fn the_demo_refuses_a_database_it_was_pointed_at() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let schema = format!("demo_{}", crate::support::ulid_lower());
+    let url = format!(
+        "{}?options=-c%20search_path%3D{schema}",
+        crate::support::postgres_url()
+    );
+    crate::support::sqlx_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_marquee"))
+        .arg("demo")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .env("MARQUEE_DATABASE_URL", &url)
+        .env("MARQUEE_JWT_SECRET", crate::support::JWT_SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run marquee demo");
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await;
+    let _ = child.start_kill();
+    let seeded: i64 = crate::support::sqlx_scalar(&format!(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}'"
+    ))
+    .await;
+    crate::support::sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+    let status = exited
+        .expect("the demo stops at once instead of serving")
+        .expect("wait");
+    assert!(!status.success(), "the demo refuses to run");
+    assert_eq!(
+        seeded, 0,
+        "nothing was created in the database it was pointed at"
+    );
+}

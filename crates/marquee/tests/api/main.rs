@@ -16,6 +16,7 @@ mod push;
 mod queue;
 mod rate_limits;
 mod search;
+mod slowloris;
 mod stress;
 mod support;
 mod system;

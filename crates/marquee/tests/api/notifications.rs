@@ -733,3 +733,31 @@ async fn an_organizer_sees_a_failed_delivery_and_replays_it_once_the_receiver_is
     assert!(left.is_some_and(|left| left <= 1), "{listed}");
     app.stop().await;
 }
+
+/// Issue #33 (low): IPv6 forms that carry or reach IPv4 or private space are refused too —
+/// IPv4-compatible `::a.b.c.d`, 6to4 `2002::/16` (its relays reach the embedded IPv4), Teredo
+/// `2001::/32` and the old site-local `fec0::/10`.
+#[tokio::test]
+async fn webhook_urls_in_ipv6_tunnel_and_site_local_forms_are_refused() {
+    let app = TestApp::spawn().await;
+    let (organizer, _) = app.register("organizer").await;
+    for url in [
+        "http://[::127.0.0.1]/hook",
+        "http://[::a9fe:a9fe]/hook",
+        "http://[2002:7f00:1::1]/hook",
+        "http://[2002:c0a8:101::1]/hook",
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
+        "http://[fec0::1]/hook",
+    ] {
+        let response = app
+            .post("/api/v1/webhooks", Some(&organizer), json!({"url": url}))
+            .await;
+        assert_eq!(
+            (response.status, response.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "webhook_url_refused"),
+            "{url}: {}",
+            response.body
+        );
+    }
+    app.stop().await;
+}

@@ -705,11 +705,13 @@ async fn operators_publish_on_the_admin_listener_only() {
             (status, response.json::<Value>().await.expect("json"))
         }
     };
+    let (fan, fan_id) = app.register("fan").await;
     let (status, body) =
-        publish(json!({"channel": "queue:abc", "type": "note", "data": {"x": 1}})).await;
+        publish(json!({"channel": format!("user:{fan_id}"), "type": "note", "data": {"x": 1}}))
+            .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["offset"], 1);
-    let (_, messages) = poll(&app, "channel=queue:abc&since=0", None).await;
+    let (_, messages) = poll(&app, &format!("channel=user:{fan_id}&since=0"), Some(&fan)).await;
     assert_eq!(messages[0]["data"], json!({"x": 1}));
     let (status, body) = publish(json!({"channel": "event:x:seats", "type": "seats"})).await;
     assert_eq!(
@@ -738,9 +740,13 @@ async fn operators_publish_on_the_admin_listener_only() {
 async fn heartbeats_keep_quiet_connections_alive_on_both_transports() {
     let app =
         TestApp::spawn_with(|config| config.push.heartbeat = Duration::from_millis(100)).await;
+    let (fan, fan_id) = app.register("fan").await;
     let mut response = app
         .client
-        .get(format!("{}/api/v1/push/sse?channel=queue:quiet", app.url))
+        .get(format!(
+            "{}/api/v1/push/sse?channel=user:{fan_id}&access_token={fan}",
+            app.url
+        ))
         .send()
         .await
         .expect("connect");
@@ -867,19 +873,24 @@ async fn a_lapsed_hold_frees_its_seats_on_the_stream_by_itself() {
 #[tokio::test]
 async fn a_websocket_that_falls_behind_is_closed_as_a_slow_consumer() {
     let app = TestApp::spawn_with(|config| config.push_hub.subscriber_buffer = 8).await;
-    let ws_url = format!("{}/api/v1/push/ws", app.url.replacen("http", "ws", 1));
+    // A channel the client may follow (made-up queue tokens are refused).
+    let (fan, fan_id) = app.register("fan").await;
+    let ws_url = format!(
+        "{}/api/v1/push/ws?access_token={fan}",
+        app.url.replacen("http", "ws", 1)
+    );
     let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
         .expect("connect");
     socket
         .send(WsMessage::text(
-            json!({"subscribe": "queue:busy"}).to_string(),
+            json!({"subscribe": format!("user:{fan_id}")}).to_string(),
         ))
         .await
         .expect("send");
     assert_eq!(ws_receive(&mut socket).await["type"], "subscribed");
     let hub = app.server.as_ref().expect("server").state.push.hub.clone();
-    let channel = marquee_push::Channel::queue("busy").expect("channel");
+    let channel = marquee_push::Channel::user(&fan_id).expect("channel");
     let big = "x".repeat(64 * 1024);
     for n in 0..400 {
         hub.publish(&channel, "note", &json!({"n": n, "pad": big}))
@@ -901,5 +912,121 @@ async fn a_websocket_that_falls_behind_is_closed_as_a_slow_consumer() {
     let close = close.expect("a close frame with a code");
     assert_eq!(u16::from(close.code), 1008);
     assert_eq!(close.reason.as_str(), "slow_consumer");
+    app.stop().await;
+}
+
+/// Issue #33 (4): behind a trusted proxy the lean SSE path counts the clients the proxy names
+/// against the per-IP connection cap, not the proxy itself.
+#[tokio::test]
+async fn lean_sse_counts_the_clients_a_trusted_proxy_names() {
+    let sale = on_sale(
+        TestApp::spawn_with(|config| {
+            config.push.max_connections_per_ip = 1;
+            config.push_lean_sse = true;
+            config.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+        })
+        .await,
+    )
+    .await;
+    let query = format!("channel={}", seats_channel(&sale));
+    let open = |client: &'static str| {
+        // A client of its own each time: a new connection, which the lean path takes (a
+        // pooled one would already be hyper's, and hyper's path reads the header right).
+        let request = reqwest::Client::new()
+            .get(format!("{}/api/v1/push/sse?{query}", sale.app.url))
+            .header("x-forwarded-for", client);
+        async move {
+            let response = request.send().await.expect("connect");
+            if response.status() == StatusCode::OK {
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("connection")
+                        .map(|value| value.as_bytes()),
+                    Some(&b"close"[..]),
+                    "served by the lean path"
+                );
+            }
+            response
+        }
+    };
+    let first = open("198.51.100.1").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = open("198.51.100.2").await;
+    assert_eq!(
+        second.status(),
+        StatusCode::OK,
+        "another client behind the same proxy has a place of its own"
+    );
+    let third = open("198.51.100.1").await;
+    assert_eq!(
+        third.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the first client is at its cap"
+    );
+    drop((first, second, third));
+    sale.app.stop().await;
+}
+
+/// Issue #33 (1): channel names clients make up cost the hub nothing. 20,000 made-up
+/// `queue:` names over long polling (`timeout_s=0`, as fast as the client can send) and over
+/// one WebSocket looping subscribe/unsubscribe are refused before the hub sees them, and the
+/// hub's channel count stays where it was.
+#[tokio::test]
+async fn made_up_channel_names_do_not_grow_the_hub() {
+    let app = TestApp::spawn().await;
+    let hub = app.server.as_ref().expect("server").state.push.hub.clone();
+    let before = hub.channel_count();
+    let client = app.client.clone();
+    let url = app.url.clone();
+    let statuses: Vec<StatusCode> = futures::stream::iter(0..15_000)
+        .map(|index| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .get(format!(
+                        "{url}/api/v1/push/poll?channel=queue:made-up-{index}&timeout_s=0"
+                    ))
+                    .send()
+                    .await
+                    .expect("poll")
+                    .status()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(
+        statuses
+            .iter()
+            .all(|status| *status == StatusCode::NOT_FOUND),
+        "a made-up queue token is no place: {:?}",
+        statuses
+            .iter()
+            .find(|status| **status != StatusCode::NOT_FOUND)
+    );
+    let ws_url = format!("{}/api/v1/push/ws", app.url.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("connect");
+    for index in 0..5_000 {
+        let channel = format!("queue:ws-made-up-{index}");
+        socket
+            .send(WsMessage::text(json!({"subscribe": channel}).to_string()))
+            .await
+            .expect("send");
+        assert_eq!(ws_receive(&mut socket).await["data"]["code"], "not_found");
+        socket
+            .send(WsMessage::text(json!({"unsubscribe": channel}).to_string()))
+            .await
+            .expect("send");
+        let _ = ws_receive(&mut socket).await;
+    }
+    let after = hub.channel_count();
+    assert!(
+        after <= before + 1,
+        "the hub tracks {after} channels after 20,000 made-up names (before: {before})"
+    );
     app.stop().await;
 }

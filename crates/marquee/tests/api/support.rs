@@ -80,6 +80,12 @@ impl TestApp {
         let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), data_dir.path().into());
         config.jwt_secret = Some(JWT_SECRET.to_string());
         config.node_id = "test-node".to_string();
+        // Tests register many accounts from 127.0.0.1; the sign-in throttle's own tests set
+        // its allowances back down.
+        config.auth_limits = marquee_api::AuthLimits {
+            attempts_per_ip_per_minute: 1_000_000,
+            attempts_per_account_per_minute: 1_000_000,
+        };
         configure(&mut config);
         let server = Server::start(config).await.expect("server starts");
         TestApp {
@@ -302,4 +308,18 @@ pub fn event_body(venue_id: &str) -> Value {
         "waiting_room": {"enabled": true, "admit_per_minute": 600, "pass_ttl_seconds": 900},
         "streaming": {"enabled": true}
     })
+}
+
+/// One number from the shared test database (a count, to see what a test's schema holds).
+pub async fn sqlx_scalar(query: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&postgres_url())
+        .await
+        .expect("postgres reachable");
+    let value: i64 = sqlx::query_scalar(query)
+        .fetch_one(&pool)
+        .await
+        .expect("scalar query");
+    pool.close().await;
+    value
 }

@@ -298,3 +298,208 @@ async fn readiness_names_the_store_when_the_database_goes_away() {
         .await
         .expect("drop");
 }
+
+/// Issue #33 (9): with Redis gone, `/readyz` (and a request needing Redis) answers the error
+/// code, the dependency and a request id — not the Redis client's error text, which is logged.
+#[tokio::test]
+async fn a_dependency_down_answers_without_its_internal_message() {
+    let (relay, cut) = start_relay("127.0.0.1:6379").await;
+    let app = TestApp::spawn_with(|config| {
+        config.redis_url = Some(format!("redis://{relay}"));
+        config.redis_prefix = format!("t{}:", crate::support::ulid_lower());
+    })
+    .await;
+    app.get("/readyz", None).await.expect(StatusCode::OK);
+    cut.send(true).expect("cut");
+    let down = app.get("/readyz", None).await;
+    down.expect_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(down.body["error"]["dependency"], "redis");
+    assert!(
+        down.body["error"]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "a request id to quote: {}",
+        down.body
+    );
+    let message = down.body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_lowercase();
+    for internal in [
+        "error",
+        "refused",
+        "reset",
+        "broken",
+        "pipe",
+        "io ",
+        "os ",
+        "closed",
+        "timed",
+        "connection",
+        "6379",
+        "127.0.0.1",
+    ] {
+        assert!(
+            !message.contains(internal),
+            "no internal detail ({internal:?}) in {}",
+            down.body
+        );
+    }
+    app.stop().await;
+}
+
+/// This machine's address on its default route, if it has one that is not loopback (to reach
+/// a listener as a remote peer would).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Issue #33 (7): without an operator token the operators' listener answers loopback peers
+/// only, even when bound to every address.
+#[tokio::test]
+async fn the_operators_listener_serves_only_loopback_without_a_token() {
+    let Some(remote) = non_loopback_address() else {
+        eprintln!("skipped: this machine has no non-loopback address");
+        return;
+    };
+    let app = TestApp::spawn_with(|config| {
+        config.admin_listen = Some(([0, 0, 0, 0], 0).into());
+    })
+    .await;
+    let port = app
+        .server
+        .as_ref()
+        .and_then(|server| server.admin_addr)
+        .expect("admin listener")
+        .port();
+    let from_afar = format!("http://{}", std::net::SocketAddr::new(remote, port));
+    for path in ["/metrics", "/readyz"] {
+        let response = reqwest::get(format!("{from_afar}{path}"))
+            .await
+            .expect("sent");
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "{path} from {remote}"
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+    let publish = reqwest::Client::new()
+        .post(format!("{from_afar}/push/publish"))
+        .json(&json!({"channel": "queue:abc", "type": "note"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(publish.status(), StatusCode::FORBIDDEN);
+    let health = reqwest::get(format!("{from_afar}/healthz"))
+        .await
+        .expect("sent");
+    assert_eq!(health.status(), StatusCode::OK, "health probes stay open");
+    let local = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("sent");
+    assert_eq!(local.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+/// Issue #33 (7): with an operator token, the operators' listener wants it from everyone.
+#[tokio::test]
+async fn the_operators_listener_requires_its_token_when_one_is_set() {
+    let app = TestApp::spawn_with(|config| {
+        config.admin_listen = Some(([127, 0, 0, 1], 0).into());
+        config.operator_token = Some("operator-secret".into());
+    })
+    .await;
+    let admin = app
+        .server
+        .as_ref()
+        .and_then(|server| server.admin_addr)
+        .expect("admin listener");
+    let client = reqwest::Client::new();
+    for token in [None, Some("wrong"), Some("operator-secre")] {
+        for path in ["/metrics", "/readyz"] {
+            let mut request = client.get(format!("http://{admin}{path}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("sent");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} {token:?}"
+            );
+        }
+        let mut publish = client
+            .post(format!("http://{admin}/push/publish"))
+            .json(&json!({"channel": "queue:abc", "type": "note"}));
+        if let Some(token) = token {
+            publish = publish.bearer_auth(token);
+        }
+        assert_eq!(
+            publish.send().await.expect("sent").status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for path in ["/metrics", "/readyz"] {
+        let response = client
+            .get(format!("http://{admin}{path}"))
+            .bearer_auth("operator-secret")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let published = client
+        .post(format!("http://{admin}/push/publish"))
+        .bearer_auth("operator-secret")
+        .json(&json!({"channel": "queue:abc", "type": "note"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(published.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+/// Issue #33 (7): the gateway's operators' listener (`/upstreams`) wants the token too.
+#[tokio::test]
+async fn the_gateways_operators_listener_requires_its_token() {
+    let listen = crate::support::own_address();
+    let admin = crate::support::own_address();
+    let _gateway = crate::gateway_processes::marquee()
+        .args(["gateway", "--listen", &listen.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--operator-token", "gateway-operator-secret"])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .spawn()
+        .expect("marquee gateway starts");
+    let client = reqwest::Client::new();
+    let health = async {
+        loop {
+            if let Ok(response) = client.get(format!("http://{admin}/healthz")).send().await {
+                return response.status();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let health = tokio::time::timeout(Duration::from_secs(30), health)
+        .await
+        .expect("the operators' listener answers");
+    assert_eq!(health, StatusCode::OK);
+    let refused = client
+        .get(format!("http://{admin}/upstreams"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let allowed = client
+        .get(format!("http://{admin}/upstreams"))
+        .bearer_auth("gateway-operator-secret")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(allowed.status(), StatusCode::OK);
+}

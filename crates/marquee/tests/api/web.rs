@@ -131,3 +131,83 @@ async fn a_ticket_renders_as_a_qr_code_for_its_buyer_only() {
         .expect_error(StatusCode::NOT_FOUND, "not_found");
     sale.app.stop().await;
 }
+
+/// Issue #33 (low): pages forbid framing and sniffing and carry a content security policy
+/// that runs only the node's own scripts.
+#[tokio::test]
+async fn pages_carry_security_headers() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/",
+        "/signin",
+        "/me/orders",
+        "/events/01J0000000000000000000000Z/watch",
+    ] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .expect("page");
+        let headers = response.headers();
+        let csp = headers
+            .get("content-security-policy")
+            .unwrap_or_else(|| panic!("{path} has no content-security-policy"))
+            .to_str()
+            .expect("ascii");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-eval"), "{path}: {csp}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+    }
+    let script = asset(&app, "app.js", None).await;
+    assert_eq!(script.headers()["x-content-type-options"], "nosniff");
+    app.stop().await;
+}
+
+/// Issue #33 (low): after signing in, `next` may only lead to a path on this site; `//host`,
+/// `/\host` and absolute URLs lead home instead of to another site. The served app's own
+/// `safeNext` is run (in Node) on each.
+#[tokio::test]
+async fn sign_in_never_redirects_to_another_site() {
+    let app = TestApp::spawn().await;
+    let script = asset(&app, "app.js", None).await.text().await.expect("js");
+    let start = script
+        .find("function safeNext(")
+        .expect("app.js decides where `next` may lead in safeNext");
+    let end = start
+        + script[start..]
+            .find("\n}\n")
+            .expect("the function ends at column 0")
+        + 3;
+    let function = &script[start..end];
+    let cases = json!([
+        "//evil.example/x",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "",
+        "/me/orders?page=2#top",
+    ]);
+    let program = format!(
+        "{function}\nconst cases = {cases};\nconsole.log(JSON.stringify(cases.map((next) => safeNext(next, \"http://marquee.test\"))));"
+    );
+    let output = std::process::Command::new("node")
+        .args(["-e", &program])
+        .output()
+        .expect("node runs (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("json from node");
+    assert_eq!(
+        answers,
+        json!(["/", "/", "/", "/", "/", "/", "/me/orders?page=2#top"])
+    );
+    app.stop().await;
+}
