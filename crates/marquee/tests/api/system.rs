@@ -160,6 +160,33 @@ async fn the_openapi_document_describes_every_route() {
     app.stop().await;
 }
 
+/// The repository's copy of the OpenAPI document (`docs/openapi.json`, the API reference
+/// readers find without running a server) is the one the server serves. After changing the API,
+/// `MARQUEE_UPDATE_OPENAPI=1 cargo test -p marquee --test api openapi` writes it again.
+#[tokio::test]
+async fn the_committed_openapi_document_is_the_served_one() {
+    let app = TestApp::spawn().await;
+    let served = app
+        .get("/api/v1/openapi.json", None)
+        .await
+        .expect(StatusCode::OK);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let rendered = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&served).expect("render")
+    );
+    if std::env::var_os("MARQUEE_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &rendered).expect("write docs/openapi.json");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "docs/openapi.json is not what the server serves; run \
+         MARQUEE_UPDATE_OPENAPI=1 cargo test -p marquee --test api openapi"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_and_mistyped_bodies_get_precise_errors() {
     let app = TestApp::spawn().await;
