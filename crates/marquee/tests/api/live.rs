@@ -952,6 +952,31 @@ async fn a_hundred_viewers_through_the_nginx_pop_cost_about_one_origin_request_p
     );
     // One token check per viewer (cached), plus the refused one.
     assert!(auth <= 101.0 + 5.0, "token checks: {auth}");
+
+    // A valid token for another event cannot reach this event's cached media by path tricks:
+    // nginx resolves `..` (and decoded `%2F`) in the path it matches and keys the cache on,
+    // so the check must be made on the same values, and such paths are refused outright.
+    let other = tokens.sign("someotherevent", "intruder", expires);
+    for path in [
+        format!("/live/someotherevent/{other}/..%2F..%2F{event}%2F{other}%2Fmaster.m3u8"),
+        format!("/live/someotherevent/{other}/../../{event}/{other}/master.m3u8"),
+        format!("/live/someotherevent/{other}/%2e%2e/%2e%2e/{event}/{other}/master.m3u8"),
+    ] {
+        let response = client
+            .get(format!("{}{path}", pop.url))
+            .send()
+            .await
+            .expect("request");
+        assert_ne!(response.status(), StatusCode::OK, "{path} was served");
+    }
+    // And with the path taken literally, the other event's token is checked against this
+    // event and refused.
+    let crossed = client
+        .get(format!("{}/live/{event}/{other}/master.m3u8", pop.url))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(crossed.status(), StatusCode::FORBIDDEN);
     pop.stop().await;
     sale.app.stop().await;
 }
