@@ -68,6 +68,9 @@ enum BenchCommand {
     /// The waiting room: a million fans through the block's own API (joins/s, lookups/s,
     /// memory), the Redis room beside `redis-benchmark`, and joins over HTTP.
     Waitroom(WaitroomBenchArgs),
+    /// One node of `waitroom --nodes N` (started by it, not by hand).
+    #[command(hide = true)]
+    WaitroomNode(WaitroomNodeArgs),
     /// Many nodes: bookings/s with one, two and three `marquee serve` processes over the same
     /// PostgreSQL, Redis and NATS, on one hot event and on 30 events, the CPU time of every
     /// process, and the change stream's lag from a commit to every node, beside pgbench.
@@ -276,6 +279,34 @@ struct WaitroomBenchArgs {
     /// Concurrent tasks for Redis and connections for HTTP.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Most joins into one room per Redis script call (1: every join its own call).
+    #[arg(long, default_value_t = marquee_waitroom::DEFAULT_MAX_JOIN_BATCH)]
+    max_join_batch: usize,
+    /// Node processes joining one hot Redis room at once (0 to skip).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Fans each node process joins.
+    #[arg(long, default_value_t = 200_000)]
+    node_fans: usize,
+    /// Concurrent joining tasks in each node process (a node's concurrent requests).
+    #[arg(long, default_value_t = 512)]
+    node_concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+struct WaitroomNodeArgs {
+    #[arg(long)]
+    redis_url: String,
+    #[arg(long)]
+    prefix: String,
+    #[arg(long)]
+    event: ulid::Ulid,
+    #[arg(long)]
+    fans: usize,
+    #[arg(long)]
+    concurrency: usize,
+    #[arg(long)]
+    max_join_batch: usize,
 }
 
 #[derive(Debug, Args)]
@@ -383,6 +414,17 @@ async fn main() -> anyhow::Result<()> {
         BenchCommand::PushNodes(args) => bench_push_nodes(args).await,
         BenchCommand::Search(args) => bench_search(args, cli.use_existing_database).await,
         BenchCommand::Waitroom(args) => bench_waitroom(args).await,
+        BenchCommand::WaitroomNode(args) => {
+            waitroom::run_node(waitroom::NodeTask {
+                redis_url: args.redis_url,
+                prefix: args.prefix,
+                event: args.event,
+                fans: args.fans,
+                concurrency: args.concurrency.max(1),
+                max_join_batch: args.max_join_batch,
+            })
+            .await
+        }
         BenchCommand::Gateway(args) => bench_gateway(args).await,
         BenchCommand::Cache(args) => bench_cache(args),
         BenchCommand::Jobs(args) => jobs::run(args, cli.use_existing_database).await,
@@ -589,10 +631,62 @@ async fn bench_waitroom(args: WaitroomBenchArgs) -> anyhow::Result<()> {
         redis_fans: args.redis_fans,
         http_fans: args.http_fans,
         concurrency: args.concurrency,
+        max_join_batch: args.max_join_batch.max(1),
+        nodes: args.nodes,
+        node_fans: args.node_fans,
+        node_concurrency: args.node_concurrency.max(1),
     })
     .await?;
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let local = &report.in_process;
+    if let Some(local) = &report.in_process {
+        print_in_process(local);
+    }
+    if let Some(redis) = &report.redis {
+        print_redis(redis);
+    }
+    if let Some(nodes) = &report.nodes {
+        println!(
+            "\nRedis room, {} node processes × {} fans from {} tasks each, batches of at most {}",
+            nodes.nodes, nodes.fans_per_node, nodes.concurrency_per_node, nodes.max_join_batch
+        );
+        println!("| measure | value |\n|---|---|");
+        println!("| total joins/s | {:.0} |", nodes.joins_per_sec);
+        let each: Vec<String> = nodes
+            .per_node_joins_per_sec
+            .iter()
+            .map(|rate| format!("{rate:.0}"))
+            .collect();
+        println!("| each node's joins/s | {} |", each.join(", "));
+        println!(
+            "| script calls / joins | {} / {} ({:.1} joins per call) |",
+            nodes.join_calls,
+            nodes.joins,
+            nodes.joins as f64 / nodes.join_calls.max(1) as f64
+        );
+        println!(
+            "| places in the room (joins + warm-ups) | {} |",
+            nodes.places
+        );
+        if let Some(rate) = nodes.redis_benchmark_zadd {
+            println!(
+                "| redis-benchmark ZADD | {rate:.0} req/s (joins = {:.2}x) |",
+                nodes.joins_per_sec / rate
+            );
+        }
+    }
+    if let Some(http) = &report.http {
+        println!(
+            "\nHTTP: {} joins from {} connections: {:.0} joins/s ({} refused)",
+            http.fans, http.concurrency, http.joins_per_sec, http.refused
+        );
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn print_in_process(local: &crate::waitroom::InProcessReport) {
     println!("\nin-process room, {} fans", local.fans);
     println!("| measure | value |\n|---|---|");
     println!(
@@ -616,37 +710,37 @@ async fn bench_waitroom(args: WaitroomBenchArgs) -> anyhow::Result<()> {
         "| first-come joins/s after opening | {:.0} |",
         local.fifo_joins_per_sec
     );
-    if let Some(redis) = &report.redis {
-        println!(
-            "\nRedis room, {} fans from {} tasks",
-            redis.fans, redis.concurrency
-        );
-        println!("| measure | value |\n|---|---|");
-        println!("| joins/s | {:.0} |", redis.joins_per_sec);
-        println!("| position lookups/s | {:.0} |", redis.lookups_per_sec);
-        println!(
-            "| Redis memory growth | {:.1} MiB |",
-            mib(redis.redis_memory_growth_bytes)
-        );
-        for (name, rate) in [
-            ("redis-benchmark SET", redis.redis_benchmark_set),
-            ("redis-benchmark ZADD", redis.redis_benchmark_zadd),
-        ] {
-            if let Some(rate) = rate {
-                println!(
-                    "| {name} | {rate:.0} req/s (joins = {:.2}x) |",
-                    redis.joins_per_sec / rate
-                );
-            }
+}
+
+fn print_redis(redis: &crate::waitroom::RedisReport) {
+    println!(
+        "\nRedis room, {} fans from {} tasks",
+        redis.fans, redis.concurrency
+    );
+    println!("| measure | value |\n|---|---|");
+    println!("| joins/s | {:.0} |", redis.joins_per_sec);
+    println!(
+        "| script calls / joins | {} / {} ({:.1} joins per call) |",
+        redis.join_calls,
+        redis.fans,
+        redis.fans as f64 / redis.join_calls.max(1) as f64
+    );
+    println!("| position lookups/s | {:.0} |", redis.lookups_per_sec);
+    println!(
+        "| Redis memory growth | {:.1} MiB |",
+        mib(redis.redis_memory_growth_bytes)
+    );
+    for (name, rate) in [
+        ("redis-benchmark SET", redis.redis_benchmark_set),
+        ("redis-benchmark ZADD", redis.redis_benchmark_zadd),
+    ] {
+        if let Some(rate) = rate {
+            println!(
+                "| {name} | {rate:.0} req/s (joins = {:.2}x) |",
+                redis.joins_per_sec / rate
+            );
         }
     }
-    if let Some(http) = &report.http {
-        println!(
-            "\nHTTP: {} joins from {} connections: {:.0} joins/s ({} refused)",
-            http.fans, http.concurrency, http.joins_per_sec, http.refused
-        );
-    }
-    Ok(())
 }
 
 async fn bench_push_nodes(args: PushNodesArgs) -> anyhow::Result<()> {

@@ -8,7 +8,11 @@
 //! 2. **Redis**: the same joins and lookups through `RedisWaitingRoom` from many concurrent
 //!    tasks, beside `redis-benchmark` on the same server in the same run (`SET`, and `ZADD`
 //!    into one sorted set, the cheapest command a join contains).
-//! 3. **HTTP**: joins over `POST /api/v1/events/{id}/queue` against a node in this process,
+//! 3. **Redis, several nodes**: `nodes` OS processes (this binary's hidden `waitroom-node`
+//!    subcommand), each with its own `RedisWaitingRoom` batching its joins, join one hot room at
+//!    once; total joins/s from the first "go" to the last process done, then `redis-benchmark`'s
+//!    `ZADD` on the same server as the anchor.
+//! 4. **HTTP**: joins over `POST /api/v1/events/{id}/queue` against a node in this process,
 //!    each from its own signed-in fan.
 //!
 //! Clients run in the same process as what they measure, on the same two cores: figures are
@@ -24,6 +28,8 @@ use marquee_waitroom::{
 };
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +45,14 @@ pub struct WaitroomBench {
     pub redis_fans: usize,
     pub http_fans: usize,
     pub concurrency: usize,
+    /// Most joins per script call (1: no batching).
+    pub max_join_batch: usize,
+    /// Processes joining one hot Redis room (0 to skip).
+    pub nodes: usize,
+    /// Fans each of those processes joins.
+    pub node_fans: usize,
+    /// Concurrent joining tasks in each of those processes.
+    pub node_concurrency: usize,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +75,24 @@ pub struct RedisReport {
     pub redis_memory_growth_bytes: u64,
     pub redis_benchmark_set: Option<f64>,
     pub redis_benchmark_zadd: Option<f64>,
+    /// `JOIN` script calls that carried the joins.
+    pub join_calls: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct NodesReport {
+    pub nodes: usize,
+    pub fans_per_node: usize,
+    pub concurrency_per_node: usize,
+    pub max_join_batch: usize,
+    pub joins: u64,
+    pub joins_per_sec: f64,
+    /// Each process's own joins/s over its own run.
+    pub per_node_joins_per_sec: Vec<f64>,
+    pub join_calls: u64,
+    /// Places in the room afterwards (waiting + admitted): must equal the joins.
+    pub places: u64,
+    pub redis_benchmark_zadd: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -73,8 +105,9 @@ pub struct HttpReport {
 
 #[derive(Debug, Default)]
 pub struct WaitroomReport {
-    pub in_process: InProcessReport,
+    pub in_process: Option<InProcessReport>,
     pub redis: Option<RedisReport>,
+    pub nodes: Option<NodesReport>,
     pub http: Option<HttpReport>,
 }
 
@@ -99,12 +132,17 @@ fn timings() -> RoomTimings {
 }
 
 pub async fn run_waitroom(bench: &WaitroomBench) -> anyhow::Result<WaitroomReport> {
-    let mut report = WaitroomReport {
-        in_process: in_process(bench).await?,
-        ..WaitroomReport::default()
-    };
+    let mut report = WaitroomReport::default();
+    if bench.fans > 0 {
+        report.in_process = Some(in_process(bench).await?);
+    }
     if let Some(url) = &bench.redis_url {
-        report.redis = Some(on_redis(bench, url).await?);
+        if bench.redis_fans > 0 {
+            report.redis = Some(on_redis(bench, url).await?);
+        }
+        if bench.nodes > 0 {
+            report.nodes = Some(on_redis_nodes(bench, url).await?);
+        }
     }
     if bench.http_fans > 0 {
         report.http = Some(over_http(bench).await?);
@@ -277,11 +315,18 @@ fn redis_benchmark(args: &[&str], clients: usize, requests: usize) -> Option<f64
 async fn on_redis(bench: &WaitroomBench, url: &str) -> anyhow::Result<RedisReport> {
     let signer = RoomSigner::new(SECRET.as_bytes());
     let prefix = format!("bench:{}", Ulid::new());
-    let room: Arc<dyn WaitingRoom> = Arc::new(
-        RedisWaitingRoom::connect(url, &prefix, signer.clone(), timings())
-            .await
-            .context("connecting to Redis")?,
+    let concrete = Arc::new(
+        RedisWaitingRoom::connect_batching(
+            url,
+            &prefix,
+            signer.clone(),
+            timings(),
+            bench.max_join_batch,
+        )
+        .await
+        .context("connecting to Redis")?,
     );
+    let room: Arc<dyn WaitingRoom> = concrete.clone();
     let fans: Arc<Vec<Ulid>> = Arc::new((0..bench.redis_fans).map(|_| Ulid::new()).collect());
     let event = Ulid::new();
     let memory_before = redis_used_memory(url).await?;
@@ -293,6 +338,7 @@ async fn on_redis(bench: &WaitroomBench, url: &str) -> anyhow::Result<RedisRepor
         OPEN + 1 + i as u64 / 1000
     })
     .await?;
+    let join_calls = concrete.join_batches().calls;
     let redis_memory_growth_bytes = redis_used_memory(url).await?.saturating_sub(memory_before);
     println!("redis: {} position lookups", bench.lookups.min(200_000));
     let lookups_per_sec = look_up(
@@ -308,8 +354,24 @@ async fn on_redis(bench: &WaitroomBench, url: &str) -> anyhow::Result<RedisRepor
     println!("redis-benchmark on the same server");
     let requests = bench.redis_fans.max(100_000);
     let redis_benchmark_set = redis_benchmark(&["-t", "set"], bench.concurrency, requests);
+    let redis_benchmark_zadd = redis_benchmark_zadd(url, bench.concurrency, requests).await;
+    Ok(RedisReport {
+        fans: bench.redis_fans,
+        concurrency: bench.concurrency,
+        joins_per_sec,
+        lookups_per_sec,
+        redis_memory_growth_bytes,
+        redis_benchmark_set,
+        redis_benchmark_zadd,
+        join_calls,
+    })
+}
+
+/// `ZADD` into one sorted set, the cheapest command a join contains: `redis-benchmark`'s rate
+/// from `clients` connections, or None if it is absent.
+async fn redis_benchmark_zadd(url: &str, clients: usize, requests: usize) -> Option<f64> {
     let zkey = format!("bench:{}:zadd", Ulid::new());
-    let redis_benchmark_zadd = redis_benchmark(
+    let rate = redis_benchmark(
         &[
             "-r",
             "100000000",
@@ -318,17 +380,194 @@ async fn on_redis(bench: &WaitroomBench, url: &str) -> anyhow::Result<RedisRepor
             "__rand_int__",
             "__rand_int__",
         ],
-        bench.concurrency,
+        clients,
         requests,
     );
-    delete_prefix(url, &zkey).await?;
-    Ok(RedisReport {
-        fans: bench.redis_fans,
-        concurrency: bench.concurrency,
-        joins_per_sec,
-        lookups_per_sec,
-        redis_memory_growth_bytes,
-        redis_benchmark_set,
+    // The key is the bench's own; failing to delete it only leaves a few MiB behind.
+    if let Err(error) = delete_prefix(url, &zkey).await {
+        eprintln!("could not delete {zkey}: {error:#}");
+    }
+    rate
+}
+
+/// What one `waitroom-node` process is told to do.
+#[derive(Debug, Clone)]
+pub struct NodeTask {
+    pub redis_url: String,
+    pub prefix: String,
+    pub event: Ulid,
+    pub fans: usize,
+    pub concurrency: usize,
+    pub max_join_batch: usize,
+}
+
+/// The hidden `waitroom-node` subcommand: one node of [`on_redis_nodes`]. It connects, joins a
+/// warm-up fan (loading the script and the room secret, so the timed run starts warm), prints
+/// `ready`, waits for a line on stdin, joins its fans from `concurrency` tasks and prints
+/// `done <joins> <seconds> <calls>`.
+pub async fn run_node(task: NodeTask) -> anyhow::Result<()> {
+    let concrete = Arc::new(
+        RedisWaitingRoom::connect_batching(
+            &task.redis_url,
+            &task.prefix,
+            RoomSigner::new(SECRET.as_bytes()),
+            timings(),
+            task.max_join_batch,
+        )
+        .await
+        .context("connecting to Redis")?,
+    );
+    let room: Arc<dyn WaitingRoom> = concrete.clone();
+    let fans: Arc<Vec<Ulid>> = Arc::new((0..task.fans).map(|_| Ulid::new()).collect());
+    room.join(&config(task.event), Ulid::new(), OPEN + 1)
+        .await
+        .context("warm-up join")?;
+    let calls_before = concrete.join_batches().calls;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let read =
+        tokio::task::spawn_blocking(|| std::io::stdin().lock().read_line(&mut String::new()))
+            .await??;
+    // End of input instead of "go": the parent gave up, so do not load its Redis.
+    anyhow::ensure!(read > 0, "the bench ended before the run started");
+    let started = Instant::now();
+    join_all(&room, task.event, &fans, task.concurrency, |i| {
+        OPEN + 1 + i as u64 / 1000
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "done {} {seconds} {}",
+        fans.len(),
+        concrete.join_batches().calls - calls_before
+    );
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// A `waitroom-node` child: its stdin (the "go" line) and its stdout's lines.
+struct NodeProcess {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+/// A child left running when the bench fails is ended, so no stray process keeps loading Redis.
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl NodeProcess {
+    fn expect_line(&mut self, starts: &str) -> anyhow::Result<String> {
+        let line = self.lines.next().context("a node process ended early")??;
+        anyhow::ensure!(
+            line.starts_with(starts),
+            "a node process said {line:?}, not {starts:?}"
+        );
+        Ok(line)
+    }
+}
+
+/// `bench.nodes` processes, each its own `RedisWaitingRoom`, join one hot room at once.
+async fn on_redis_nodes(bench: &WaitroomBench, url: &str) -> anyhow::Result<NodesReport> {
+    let prefix = format!("bench:{}", Ulid::new());
+    let event = Ulid::new();
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    println!(
+        "redis, {} node processes: {} fans each from {} tasks into one room",
+        bench.nodes, bench.node_fans, bench.node_concurrency
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..bench.nodes {
+        let mut child = Command::new(&exe)
+            .arg("waitroom-node")
+            .args(["--redis-url", url, "--prefix", &prefix])
+            .args(["--event", &event.to_string()])
+            .args(["--fans", &bench.node_fans.to_string()])
+            .args(["--concurrency", &bench.node_concurrency.to_string()])
+            .args(["--max-join-batch", &bench.max_join_batch.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a waitroom-node process")?;
+        let stdin = child.stdin.take().context("the node's stdin")?;
+        let stdout = child.stdout.take().context("the node's stdout")?;
+        nodes.push(NodeProcess {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        });
+    }
+    // Blocking reads and writes on the children's pipes, off the runtime's workers.
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        for node in &mut nodes {
+            node.expect_line("ready")?;
+        }
+        let started = Instant::now();
+        for node in &mut nodes {
+            node.stdin.write_all(b"go\n")?;
+            node.stdin.flush()?;
+        }
+        let mut done = Vec::new();
+        for node in &mut nodes {
+            let line = node.expect_line("done")?;
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let parse = |i: usize| -> anyhow::Result<f64> {
+                fields
+                    .get(i)
+                    .and_then(|field| field.parse().ok())
+                    .with_context(|| format!("a node's report {line:?}"))
+            };
+            done.push((parse(1)? as u64, parse(2)?, parse(3)? as u64));
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        for node in &mut nodes {
+            let status = node.child.wait()?;
+            anyhow::ensure!(status.success(), "a node process failed: {status}");
+        }
+        Ok((done, elapsed))
+    })
+    .await??;
+    let (done, elapsed) = outcome;
+    let joins: u64 = done.iter().map(|(joins, _, _)| joins).sum();
+    let join_calls: u64 = done.iter().map(|(_, _, calls)| calls).sum();
+    // The room must hold every fan exactly once: the warm-up fans too.
+    let checker =
+        RedisWaitingRoom::connect(url, &prefix, RoomSigner::new(SECRET.as_bytes()), timings())
+            .await
+            .context("connecting to Redis")?;
+    let stats = checker
+        .stats(event, OPEN + 1)
+        .await?
+        .context("the hot room is missing")?;
+    let places = stats.waiting + stats.admitted_total;
+    anyhow::ensure!(
+        places == joins + bench.nodes as u64,
+        "the room holds {places} places after {joins} joins and {} warm-up joins",
+        bench.nodes
+    );
+    delete_prefix(url, &prefix).await?;
+    println!("redis-benchmark ZADD on the same server");
+    let redis_benchmark_zadd =
+        redis_benchmark_zadd(url, bench.concurrency, (joins as usize).max(100_000)).await;
+    Ok(NodesReport {
+        nodes: bench.nodes,
+        fans_per_node: bench.node_fans,
+        concurrency_per_node: bench.node_concurrency,
+        max_join_batch: bench.max_join_batch,
+        joins,
+        joins_per_sec: joins as f64 / elapsed,
+        per_node_joins_per_sec: done
+            .iter()
+            .map(|(joins, seconds, _)| *joins as f64 / seconds)
+            .collect(),
+        join_calls,
+        places,
         redis_benchmark_zadd,
     })
 }

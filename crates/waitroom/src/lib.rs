@@ -28,19 +28,22 @@
 //! agree because each admission step accrues credit from the time of the previous one.
 //!
 //! Two implementations pass one conformance suite (`tests/conformance.rs`):
-//! [`InProcessWaitingRoom`] for one node and [`RedisWaitingRoom`] (sorted sets; join, admit and
-//! every other change one Lua script each) so every node sees one queue.
+//! [`InProcessWaitingRoom`] for one node and [`RedisWaitingRoom`] (sorted sets; admit and every
+//! other change one Lua script each, and each node's concurrent joins into a room one script
+//! call per batch, run in order) so every node sees one queue.
 //!
 //! **Boundary:** ids are ULIDs; this crate knows nothing of HTTP, events or seats.
 
 mod fenwick;
+mod group_commit;
 mod in_process;
 mod pacing;
 mod redis_room;
 mod signing;
 
+pub use group_commit::BatchStats;
 pub use in_process::InProcessWaitingRoom;
-pub use redis_room::RedisWaitingRoom;
+pub use redis_room::{RedisWaitingRoom, DEFAULT_MAX_JOIN_BATCH};
 pub use signing::{PassClaims, RoomSigner};
 
 use async_trait::async_trait;

@@ -8,6 +8,11 @@
 //! over those keys, so admission is atomic however many nodes drive the room: credit accrues
 //! from the time of the previous step, whoever took it.
 //!
+//! Joins are batched per node and room (`group_commit`): concurrent joins queue in the node
+//! and one `JOIN` call runs a batch of them in order, each exactly as it would run alone, so a
+//! hot room pays the round trip and the room state's load and save once per batch, not per
+//! fan. A lone join is sent at once; batches form only while one is in flight.
+//!
 //! Keys: `<prefix>:wr:{<event>}:room` (and `:wait`, `:seen`, `:adm`, `:users`, `:slots`,
 //! `:gone`; braces literal), all tagged by the event, so on a Redis Cluster a room's scripts run
 //! on the one node owning its slot and rooms spread over the cluster. The set of rooms the
@@ -20,6 +25,7 @@
 //! The pre-queue draw is `HMAC(room secret, user)`, computed here: the secret is created once
 //! per room (`HSETNX`) and cached by each node, since it never changes.
 
+use crate::group_commit::{BatchStats, GroupCommit};
 use crate::pacing::Pacer;
 use crate::signing::{order_key, FIFO_BASE};
 use crate::{
@@ -174,59 +180,77 @@ local function stats()
 end
 "#;
 
-/// ARGV: now, user, event, opens_at, join_from, apm, ttl, max_active, closes_at, draw.
-/// A place that asks for the room to be listed ends in `list` (see `RedisWaitingRoom::list`).
+/// Fields per join in `JOIN`'s ARGV.
+const JOIN_FIELDS: usize = 9;
+
+/// A batch of joins into one room, run in ARGV order as if each were its own script (the room
+/// state is loaded once and saved once, which is most of what batching saves). ARGV: per join,
+/// `JOIN_FIELDS` values: now, user, opens_at, join_from, apm, ttl, max_active, closes_at, draw.
+/// Returns `{{'list'} or {}, row, row, …}`: whether the room must be listed (see
+/// `RedisWaitingRoom::list`), then each join's place, or `{'early', join_from}`.
 const JOIN: &str = r#"
-local now = tonumber(ARGV[1])
-local user = ARGV[2]
 load()
-configure(tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
-  tonumber(ARGV[8]), tonumber(ARGV[9]))
-if now < r.join_from then
-  -- Nothing is stored: the first join that is let in creates the room and lists it.
-  return {'early', string.format('%.17g', r.join_from)}
-end
 local unlisted = redis.call('HEXISTS', room, 'listed') == 0
-local function reply(row)
-  if unlisted then row[#row + 1] = 'list' end
-  return row
-end
-open_if_due(now)
--- Expired passes are swept by the driver's steps; here an expiry is compared where it matters.
-local seq = redis.call('HGET', users, user)
-if seq then
-  local expires = redis.call('ZSCORE', adm, seq)
-  if redis.call('ZSCORE', wait, seq) or (expires and tonumber(expires) > now) then
-    touch(seq, now)
-    let_through_if_ended(seq, now)
-    save()
-    return reply(place(seq, now))
+-- Whether any join was let in: a batch of early joins stores nothing, like one early join.
+local joined = false
+local function join(now, user, opens_at, join_from, apm, ttl, max_active, closes_at, draw)
+  -- What configure() would leave in r.join_from (fixed once opened), compared before it runs:
+  -- an early join changes nothing, while the joins batched with it keep their changes.
+  local from = join_from
+  if r.opened == 1 then from = r.join_from end
+  if now < from then
+    -- Nothing is stored: the first join that is let in creates the room and lists it.
+    return {'early', string.format('%.17g', from)}
   end
-end
-seq = tostring(r.seq)
-r.seq = r.seq + 1
-redis.call('HSET', users, user, seq)
-redis.call('HSET', slots, seq, user)
-redis.call('ZADD', seen, now, seq)
-if r.opened == 1 then
-  if r.state == 2 then
-    accrue(now)
-    if r.credit < 1 then r.state = 0 end
+  joined = true
+  configure(opens_at, join_from, apm, ttl, max_active, closes_at)
+  open_if_due(now)
+  -- Expired passes are swept by the driver's steps; here an expiry is compared where it matters.
+  local seq = redis.call('HGET', users, user)
+  if seq then
+    local expires = redis.call('ZSCORE', adm, seq)
+    if redis.call('ZSCORE', wait, seq) or (expires and tonumber(expires) > now) then
+      touch(seq, now)
+      let_through_if_ended(seq, now)
+      return place(seq, now)
+    end
   end
-  redis.call('ZADD', wait, FIFO_BASE + tonumber(seq), seq)
-  if r.state == 0 then
-    if redis.call('ZCARD', wait) == 1 then admit(now, {}) end
-  elseif r.state == 2 then
-    r.credit = r.credit - 1
-    admit_one(seq, now, {})
-  elseif r.state == 3 then
-    admit_one(seq, now, {})
+  seq = tostring(r.seq)
+  r.seq = r.seq + 1
+  redis.call('HSET', users, user, seq)
+  redis.call('HSET', slots, seq, user)
+  redis.call('ZADD', seen, now, seq)
+  if r.opened == 1 then
+    if r.state == 2 then
+      accrue(now)
+      if r.credit < 1 then r.state = 0 end
+    end
+    redis.call('ZADD', wait, FIFO_BASE + tonumber(seq), seq)
+    if r.state == 0 then
+      if redis.call('ZCARD', wait) == 1 then admit(now, {}) end
+    elseif r.state == 2 then
+      r.credit = r.credit - 1
+      admit_one(seq, now, {})
+    elseif r.state == 3 then
+      admit_one(seq, now, {})
+    end
+  else
+    redis.call('ZADD', wait, draw, seq)
   end
-else
-  redis.call('ZADD', wait, tonumber(ARGV[10]), seq)
+  return place(seq, now)
 end
-save()
-return reply(place(seq, now))
+local out = {{}}
+for i = 0, #ARGV / JOIN_FIELDS - 1 do
+  local a = i * JOIN_FIELDS
+  out[#out + 1] = join(tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3]),
+    tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]),
+    tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]))
+end
+if joined then
+  save()
+  if unlisted then out[1] = {'list'} end
+end
+return out
 "#;
 
 /// ARGV: now, seq.
@@ -335,8 +359,11 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Scripts {
-        let with_prelude =
-            |body: &str| Script::new(&format!("local FIFO_BASE = {FIFO_BASE}\n{PRELUDE}{body}"));
+        let with_prelude = |body: &str| {
+            Script::new(&format!(
+                "local FIFO_BASE = {FIFO_BASE}\nlocal JOIN_FIELDS = {JOIN_FIELDS}\n{PRELUDE}{body}"
+            ))
+        };
         Scripts {
             join: with_prelude(JOIN),
             status: with_prelude(STATUS),
@@ -348,6 +375,18 @@ impl Scripts {
     }
 }
 
+/// Joins one batch carries at most by default: 256 joins run in a few milliseconds of the room's
+/// Redis core, short enough not to stall the other rooms on that core.
+pub const DEFAULT_MAX_JOIN_BATCH: usize = 256;
+
+/// One fan's join, waiting for its room's next batch.
+struct JoinRequest {
+    config: RoomConfig,
+    user: Ulid,
+    now: Millis,
+    draw: u64,
+}
+
 /// Waiting rooms in Redis.
 pub struct RedisWaitingRoom {
     connection: RedisConnection,
@@ -357,6 +396,8 @@ pub struct RedisWaitingRoom {
     scripts: Scripts,
     /// Room secrets never change once created, so each node reads each one once.
     secrets: Mutex<HashMap<Ulid, [u8; 32]>>,
+    /// This node's joins, one `JOIN` call per batch per room (see `group_commit`).
+    joins: GroupCommit<JoinRequest, Vec<String>>,
 }
 
 fn number<T: std::str::FromStr>(raw: Option<&String>) -> Result<T> {
@@ -381,6 +422,92 @@ fn whole(raw: Option<&String>) -> Result<u64> {
     }
 }
 
+/// A room's keys, all tagged by the event so each script's keys share a cluster slot.
+fn room_keys(prefix: &str, event: Ulid) -> [String; 7] {
+    let p = prefix;
+    [
+        format!("{p}:wr:{{{event}}}:room"),
+        format!("{p}:wr:{{{event}}}:wait"),
+        format!("{p}:wr:{{{event}}}:seen"),
+        format!("{p}:wr:{{{event}}}:adm"),
+        format!("{p}:wr:{{{event}}}:users"),
+        format!("{p}:wr:{{{event}}}:slots"),
+        format!("{p}:wr:{{{event}}}:gone"),
+    ]
+}
+
+/// The set of rooms the drivers step. It is a key of its own, so no script touches it (a
+/// script's keys must share one slot): joins and controls list a room after their script, and
+/// ticks unlist it after retiring it.
+fn rooms_key(prefix: &str) -> String {
+    format!("{prefix}:wr:rooms")
+}
+
+fn invoke<'a>(script: &'a Script, prefix: &str, event: Ulid) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for key in room_keys(prefix, event) {
+        invocation.key(key);
+    }
+    invocation
+}
+
+/// Lists a room, then marks it listed (in that order, so "listed" never lies and a failure in
+/// between is repaired by the next join).
+async fn list(mut connection: RedisConnection, prefix: &str, event: Ulid) -> Result<()> {
+    let _: i64 = redis::cmd("SADD")
+        .arg(rooms_key(prefix))
+        .arg(event.to_string())
+        .query_async(&mut connection)
+        .await?;
+    let _: i64 = redis::cmd("HSET")
+        .arg(&room_keys(prefix, event)[0])
+        .arg("listed")
+        .arg(1)
+        .query_async(&mut connection)
+        .await?;
+    Ok(())
+}
+
+/// One `JOIN` call for a batch of joins into `event`'s room; one row per join, in order.
+async fn send_joins(
+    mut connection: RedisConnection,
+    prefix: &str,
+    script: &Script,
+    event: Ulid,
+    batch: Vec<JoinRequest>,
+) -> Result<Vec<Result<Vec<String>>>> {
+    let mut invocation = invoke(script, prefix, event);
+    for join in &batch {
+        let config = &join.config;
+        invocation
+            .arg(join.now)
+            .arg(join.user.to_string())
+            .arg(config.opens_at)
+            .arg(config.join_from)
+            .arg(config.admit_per_minute)
+            .arg(config.pass_ttl_ms)
+            .arg(config.max_active.unwrap_or(0))
+            .arg(config.closes_at)
+            .arg(join.draw);
+    }
+    let mut reply: Vec<Vec<String>> = invocation.invoke_async(&mut connection).await?;
+    if reply.len() != batch.len() + 1 {
+        return Err(WaitroomError::Unavailable(format!(
+            "a batch of {} joins got {} rows",
+            batch.len(),
+            reply.len().saturating_sub(1)
+        )));
+    }
+    let rows = reply.split_off(1);
+    let flags = reply.concat();
+    if flags.first().map(String::as_str) == Some("list") {
+        // Every fan of the batch is in the room; a failure here fails their joins, as it did
+        // one join at a time, and the next join lists the room again.
+        list(connection, prefix, event).await?;
+    }
+    Ok(rows.into_iter().map(Ok).collect())
+}
+
 fn pacer(rate: f64, busy_ms: f64) -> Pacer {
     Pacer {
         rate,
@@ -398,54 +525,63 @@ impl RedisWaitingRoom {
         signer: RoomSigner,
         timings: RoomTimings,
     ) -> Result<Self> {
+        Self::connect_batching(url, prefix, signer, timings, DEFAULT_MAX_JOIN_BATCH).await
+    }
+
+    /// As [`connect`](Self::connect), sending at most `max_join_batch` joins into one room per
+    /// script call (1 turns batching off: every join is its own call, as before batching).
+    pub async fn connect_batching(
+        url: &str,
+        prefix: &str,
+        signer: RoomSigner,
+        timings: RoomTimings,
+        max_join_batch: usize,
+    ) -> Result<Self> {
         let connection = marquee_redis::connect(url).await?;
+        let scripts = Scripts::new();
+        let joins = {
+            let connection = connection.clone();
+            let prefix = prefix.to_string();
+            let script = scripts.join.clone();
+            GroupCommit::new(
+                max_join_batch,
+                Box::new(move |event, batch: Vec<JoinRequest>| {
+                    let connection = connection.clone();
+                    let prefix = prefix.clone();
+                    let script = script.clone();
+                    Box::pin(
+                        async move { send_joins(connection, &prefix, &script, event, batch).await },
+                    )
+                }),
+            )
+        };
         Ok(RedisWaitingRoom {
             connection,
             prefix: prefix.to_string(),
             signer,
             timings,
-            scripts: Scripts::new(),
+            scripts,
             secrets: Mutex::new(HashMap::new()),
+            joins,
         })
     }
 
-    /// A room's keys, all tagged by the event so each script's keys share a cluster slot.
+    /// Join script calls made by this instance and the joins they carried: fewer calls than
+    /// joins means joins were batched.
+    pub fn join_batches(&self) -> BatchStats {
+        self.joins.stats()
+    }
+
     fn keys(&self, event: Ulid) -> [String; 7] {
-        let p = &self.prefix;
-        [
-            format!("{p}:wr:{{{event}}}:room"),
-            format!("{p}:wr:{{{event}}}:wait"),
-            format!("{p}:wr:{{{event}}}:seen"),
-            format!("{p}:wr:{{{event}}}:adm"),
-            format!("{p}:wr:{{{event}}}:users"),
-            format!("{p}:wr:{{{event}}}:slots"),
-            format!("{p}:wr:{{{event}}}:gone"),
-        ]
+        room_keys(&self.prefix, event)
     }
 
-    /// The set of rooms the drivers step. It is a key of its own, so no script touches it (a
-    /// script's keys must share one slot): joins and controls list a room after their script,
-    /// and ticks unlist it after retiring it.
     fn rooms_key(&self) -> String {
-        format!("{}:wr:rooms", self.prefix)
+        rooms_key(&self.prefix)
     }
 
-    /// Lists a room, then marks it listed (in that order, so "listed" never lies and a failure
-    /// in between is repaired by the next join).
     async fn list(&self, event: Ulid) -> Result<()> {
-        let mut connection = self.connection.clone();
-        let _: i64 = redis::cmd("SADD")
-            .arg(self.rooms_key())
-            .arg(event.to_string())
-            .query_async(&mut connection)
-            .await?;
-        let _: i64 = redis::cmd("HSET")
-            .arg(&self.keys(event)[0])
-            .arg("listed")
-            .arg(1)
-            .query_async(&mut connection)
-            .await?;
-        Ok(())
+        list(self.connection.clone(), &self.prefix, event).await
     }
 
     async fn secret(&self, event: Ulid) -> Result<[u8; 32]> {
@@ -482,11 +618,7 @@ impl RedisWaitingRoom {
     }
 
     fn invoke<'a>(&self, script: &'a Script, event: Ulid) -> redis::ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
-        for key in self.keys(event) {
-            invocation.key(key);
-        }
-        invocation
+        invoke(script, &self.prefix, event)
     }
 
     fn place(&self, event: Ulid, row: &[String], now: Millis) -> Result<Place> {
@@ -580,24 +712,19 @@ impl WaitingRoom for RedisWaitingRoom {
 
     async fn join(&self, config: &RoomConfig, user: Ulid, now: Millis) -> Result<Place> {
         let draw = order_key(&self.secret(config.event).await?, user);
-        let mut invocation = self.invoke(&self.scripts.join, config.event);
-        invocation
-            .arg(now)
-            .arg(user.to_string())
-            .arg(config.event.to_string());
-        Self::config_args(&mut invocation, config);
-        invocation.arg(draw);
-        let row: Vec<String> = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await?;
+        let request = JoinRequest {
+            config: config.clone(),
+            user,
+            now,
+            draw,
+        };
+        let row = self.joins.submit(config.event, request).await?;
         if row.first().map(String::as_str) == Some("early") {
             return Err(WaitroomError::NotJoinableYet {
                 join_from: whole(row.get(1))?,
             });
         }
-        if row.last().map(String::as_str) == Some("list") {
-            self.list(config.event).await?;
-        }
+        // Tokens and passes are signed here, in the caller's task, not in the batch's sender.
         self.place(config.event, &row, now)
     }
 

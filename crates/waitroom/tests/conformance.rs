@@ -849,3 +849,244 @@ async fn idle_places_are_swept_on_time_in_any_order(room: Arc<dyn WaitingRoom>) 
         Standing::Expired
     );
 }
+
+/// Redis only: joins batched per node (one script call per batch per room, see
+/// `RedisWaitingRoom::join_batches`) keep every join's meaning, on one server and on the cluster.
+mod batched_joins {
+    use super::*;
+    use marquee_waitroom::BatchStats;
+
+    /// `nodes` rooms over one Redis and one key prefix, as separate nodes would have.
+    async fn nodes(url: &str, nodes: usize) -> Vec<Arc<RedisWaitingRoom>> {
+        let prefix = format!("test:{}", Ulid::new());
+        let mut rooms = Vec::new();
+        for _ in 0..nodes {
+            rooms.push(Arc::new(
+                RedisWaitingRoom::connect(url, &prefix, RoomSigner::new(SECRET), timings())
+                    .await
+                    .expect("redis"),
+            ));
+        }
+        rooms
+    }
+
+    fn total(rooms: &[Arc<RedisWaitingRoom>]) -> BatchStats {
+        rooms.iter().fold(BatchStats::default(), |sum, room| {
+            let stats = room.join_batches();
+            BatchStats {
+                calls: sum.calls + stats.calls,
+                requests: sum.requests + stats.requests,
+            }
+        })
+    }
+
+    /// 3 nodes × 400 fans join one room at once; every fourth fan joins twice at once (the two
+    /// land next to each other in the node's queue, usually in one batch), and a few joins come
+    /// before the window. Every fan gets one place, the places are 0 (the first fan, straight
+    /// through) then 1, 2, … with no gap or duplicate, a double join answers the same place
+    /// twice, and early joins are refused without disturbing the batch they rode in.
+    async fn several_nodes_get_consecutive_places(url: &str) {
+        let rooms = nodes(url, 3).await;
+        let config = config(1);
+        let per_node = 400;
+        let mut tasks = Vec::new();
+        for room in &rooms {
+            for i in 0..per_node {
+                let room = room.clone();
+                let config = config.clone();
+                tasks.push(tokio::spawn(async move {
+                    let fan = Ulid::new();
+                    if i % 50 == 7 {
+                        let early = room.join(&config, fan, config.join_from - 1).await;
+                        assert_eq!(
+                            early,
+                            Err(WaitroomError::NotJoinableYet {
+                                join_from: config.join_from
+                            })
+                        );
+                    }
+                    if i % 4 == 0 {
+                        let (first, again) = tokio::join!(
+                            room.join(&config, fan, OPEN + 1),
+                            room.join(&config, fan, OPEN + 1)
+                        );
+                        let (first, again) = (first.expect("join"), again.expect("again"));
+                        assert_eq!(first.token, again.token);
+                        assert_eq!(first.standing.position(), again.standing.position());
+                        (fan, first)
+                    } else {
+                        (fan, room.join(&config, fan, OPEN + 1).await.expect("join"))
+                    }
+                }));
+            }
+        }
+        let mut places = Vec::new();
+        let mut tokens = HashSet::new();
+        let mut fans = Vec::new();
+        for task in tasks {
+            let (fan, place) = task.await.expect("task");
+            assert!(tokens.insert(place.token.clone()), "a token twice");
+            places.push(place.standing.position().expect("a place"));
+            fans.push((fan, place.token));
+        }
+        places.sort_unstable();
+        let expected: Vec<u64> = (0..(3 * per_node) as u64).collect();
+        assert_eq!(places, expected);
+        // Joining again later, from another node, returns the same place.
+        for (n, (fan, token)) in fans.iter().enumerate().step_by(97) {
+            let room = &rooms[(n + 1) % rooms.len()];
+            let again = room.join(&config, *fan, OPEN + 2).await.expect("again");
+            assert_eq!(&again.token, token);
+        }
+        let stats = room_stats(&rooms[0], config.event).await;
+        assert_eq!(stats.waiting + stats.admitted_total, (3 * per_node) as u64);
+        assert!(rooms[0]
+            .rooms()
+            .await
+            .expect("rooms")
+            .contains(&config.event));
+    }
+
+    async fn room_stats(room: &Arc<RedisWaitingRoom>, event: Ulid) -> marquee_waitroom::RoomStats {
+        room.stats(event, OPEN + 3)
+            .await
+            .expect("stats")
+            .expect("room")
+    }
+
+    /// A lone join is one call of its own; 500 joins at once from one node share calls.
+    async fn concurrent_joins_share_script_calls(url: &str) {
+        let rooms = nodes(url, 1).await;
+        let room = rooms[0].clone();
+        let config = config(60);
+        room.join(&config, Ulid::new(), OPEN).await.expect("lone");
+        assert_eq!(
+            room.join_batches(),
+            BatchStats {
+                calls: 1,
+                requests: 1
+            }
+        );
+        let joins: Vec<_> = (0..500)
+            .map(|_| {
+                let room = room.clone();
+                let config = config.clone();
+                tokio::spawn(async move { room.join(&config, Ulid::new(), OPEN + 1).await })
+            })
+            .collect();
+        for join in joins {
+            join.await.expect("task").expect("join");
+        }
+        let stats = total(&rooms);
+        assert_eq!(stats.requests, 501);
+        assert!(
+            stats.calls < stats.requests,
+            "joins were not batched: {stats:?}"
+        );
+    }
+
+    /// One fan joining ten times at once, between other fans: on a single-threaded runtime the
+    /// batch's sender cannot run before all twenty joins are queued (in one poll), so they
+    /// travel in one call, and the script, running them in order, gives the fan one place and
+    /// every other fan a place of its own.
+    async fn a_fan_joining_again_within_a_batch_keeps_one_place(url: &str) {
+        let rooms = nodes(url, 1).await;
+        let room = rooms[0].clone();
+        let config = config(1);
+        // Straight through, and caches the room secret so the joins below queue at once.
+        room.join(&config, Ulid::new(), OPEN).await.expect("first");
+        let before = room.join_batches();
+        let fan = Ulid::new();
+        let others: Vec<Ulid> = (0..10).map(|_| Ulid::new()).collect();
+        let joins = others
+            .iter()
+            .flat_map(|other| [fan, *other])
+            .map(|user| room.join(&config, user, OPEN + 1));
+        let places: Vec<_> = futures::future::join_all(joins)
+            .await
+            .into_iter()
+            .map(|place| place.expect("join"))
+            .collect();
+        let after = room.join_batches();
+        assert_eq!(after.requests - before.requests, 20);
+        assert_eq!(after.calls - before.calls, 1, "{before:?} → {after:?}");
+        let mine: Vec<_> = places.iter().step_by(2).collect();
+        assert!(mine.iter().all(|place| place.token == mine[0].token));
+        assert!(mine.iter().all(|place| place.standing == mine[0].standing));
+        // The fan queued first (place 1), the others after it in order.
+        let positions: Vec<u64> = places
+            .iter()
+            .map(|place| place.standing.position().expect("a place"))
+            .collect();
+        let expected: Vec<u64> = (2..12).flat_map(|other| [1, other]).collect();
+        assert_eq!(positions, expected);
+    }
+
+    /// With batching off (batches of one), every join is a call: the counter counts calls.
+    async fn batches_of_one_are_one_call_per_join(url: &str) {
+        let room = Arc::new(
+            RedisWaitingRoom::connect_batching(
+                url,
+                &format!("test:{}", Ulid::new()),
+                RoomSigner::new(SECRET),
+                timings(),
+                1,
+            )
+            .await
+            .expect("redis"),
+        );
+        let config = config(60);
+        let joins: Vec<_> = (0..50)
+            .map(|_| {
+                let room = room.clone();
+                let config = config.clone();
+                tokio::spawn(async move { room.join(&config, Ulid::new(), OPEN + 1).await })
+            })
+            .collect();
+        for join in joins {
+            join.await.expect("task").expect("join");
+        }
+        assert_eq!(
+            room.join_batches(),
+            BatchStats {
+                calls: 50,
+                requests: 50
+            }
+        );
+    }
+
+    macro_rules! on_both {
+        ($($test:ident),* $(,)?) => {
+            mod redis {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() { super::$test(&marquee_testkit::redis_url()).await })*
+            }
+            mod redis_cluster {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() { super::$test(&marquee_testkit::redis_cluster_url()).await })*
+            }
+        };
+    }
+
+    // Single-threaded on purpose (see the test): the queueing order is then exact.
+    mod in_one_batch {
+        #[tokio::test(flavor = "current_thread")]
+        async fn redis() {
+            super::a_fan_joining_again_within_a_batch_keeps_one_place(&marquee_testkit::redis_url())
+                .await
+        }
+        #[tokio::test(flavor = "current_thread")]
+        async fn redis_cluster() {
+            super::a_fan_joining_again_within_a_batch_keeps_one_place(
+                &marquee_testkit::redis_cluster_url(),
+            )
+            .await
+        }
+    }
+
+    on_both!(
+        several_nodes_get_consecutive_places,
+        concurrent_joins_share_script_calls,
+        batches_of_one_are_one_call_per_join,
+    );
+}
