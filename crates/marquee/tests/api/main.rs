@@ -2,6 +2,7 @@
 //! own SQLite file (or its own PostgreSQL schema) and speaks HTTP to it.
 
 mod accounts;
+mod authz;
 mod cluster;
 mod demo;
 mod events;
