@@ -76,6 +76,7 @@ pub async fn create_event(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventListParams {
     /// `true`: the caller's own events in every status (organizers and admins).
     #[serde(default)]
