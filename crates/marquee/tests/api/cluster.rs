@@ -1075,17 +1075,10 @@ async fn nodes_without_a_configured_secret_share_one_and_accept_each_others_toke
         start(dirs[1].path().to_path_buf())
     );
     let client = reqwest::Client::new();
-    let email = format!("fan-{}@example.com", ulid_lower());
-    let registered: Value = client
-        .post(format!("{}/api/v1/auth/register", first.url()))
-        .json(&json!({"email": email, "password": "correct horse", "name": "Fan", "role": "fan"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("body");
-    let token = registered["token"].as_str().expect("token").to_string();
+    let token = registered(&client, &first.url()).await["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
     let third = start(dirs[2].path().to_path_buf()).await;
     for node in [&first, &second, &third] {
         let response = client
@@ -1131,17 +1124,10 @@ async fn a_gateway_without_a_secret_checks_tokens_with_the_clusters_keyring() {
         .expect("gateway starts");
 
     let client = reqwest::Client::new();
-    let email = format!("fan-{}@example.com", ulid_lower());
-    let registered: Value = client
-        .post(format!("{}/api/v1/auth/register", gateway.url()))
-        .json(&json!({"email": email, "password": "correct horse", "name": "Fan", "role": "fan"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("body");
-    let token = registered["token"].as_str().expect("token").to_string();
+    let token = registered(&client, &gateway.url()).await["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
     assert!(kid_of(&token).is_some(), "the node signed with the keyring");
     let me = client
         .get(format!("{}/api/v1/me", gateway.url()))
@@ -1307,17 +1293,22 @@ async fn a_rotated_key_reaches_every_node_and_what_was_signed_before_still_verif
     sqlx_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
 
-async fn register(client: &reqwest::Client, node: &marquee::Server) -> UserId {
+/// A new fan registered at `base_url`: the answer's `{"user", "token"}`.
+async fn registered(client: &reqwest::Client, base_url: &str) -> Value {
     let email = format!("fan-{}@example.com", ulid_lower());
-    let registered: Value = client
-        .post(format!("{}/api/v1/auth/register", node.url()))
+    client
+        .post(format!("{base_url}/api/v1/auth/register"))
         .json(&json!({"email": email, "password": "correct horse", "name": "Fan", "role": "fan"}))
         .send()
         .await
         .expect("register")
         .json()
         .await
-        .expect("body");
+        .expect("body")
+}
+
+async fn register(client: &reqwest::Client, node: &marquee::Server) -> UserId {
+    let registered = registered(client, &node.url()).await;
     UserId::from_string(
         registered["user"]["id"]
             .as_str()
