@@ -10,6 +10,7 @@
 //! ownership, JSON) → handler → [`ApiError`] for every failure.
 
 mod access;
+mod booking_limit;
 mod error;
 pub mod extract;
 mod idempotency;
@@ -29,6 +30,7 @@ mod state;
 pub mod wire;
 pub mod zero_copy;
 
+pub use booking_limit::BookingLimit;
 pub use error::ApiError;
 pub use lean_listener::{lean_listener, LeanListener, LeanPaths};
 pub use live::{spawn_status_recorder, Live, LiveSettings, RecordingKeeper, StreamKeyGate};
@@ -149,6 +151,12 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         // After routing, so route quotas see the matched path; before the handlers.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            booking_limit::enforce,
+        ))
+        // Outermost of the two: a request over its quota is refused without taking a booking
+        // slot.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::enforce,

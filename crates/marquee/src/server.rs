@@ -186,6 +186,7 @@ impl Server {
                 rate_limiter.clone(),
             )),
             rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone()),
+            booking_limit: marquee_api::BookingLimit::new(config.booking_max_in_flight),
             changes,
             dependencies: Arc::new(dependencies),
             notifications: Arc::new(open_notifications(&config, jobs_pool).await?),
