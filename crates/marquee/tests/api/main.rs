@@ -18,6 +18,7 @@ mod rate_limits;
 mod search;
 mod stress;
 mod support;
+mod surge;
 mod system;
 mod venues;
 mod web;
