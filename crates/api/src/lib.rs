@@ -53,6 +53,7 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -231,6 +232,27 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
             .layer(
                 TraceLayer::new_for_http()
                     .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                    // 503s are refusals the node chose (shedding, a dependency down); `observe`
+                    // logs the ones that are not shedding, once. Logging each shed request at
+                    // error level would add work exactly when the node has none to spare.
+                    .on_failure(
+                        |class: ServerErrorsFailureClass,
+                         latency: std::time::Duration,
+                         _span: &tracing::Span| {
+                            if !matches!(
+                                class,
+                                ServerErrorsFailureClass::StatusCode(
+                                    StatusCode::SERVICE_UNAVAILABLE
+                                )
+                            ) {
+                                tracing::error!(
+                                    classification = %class,
+                                    latency = ?latency,
+                                    "response failed"
+                                );
+                            }
+                        },
+                    )
                     .make_span_with(|request: &Request<_>| {
                         let request_id = request
                             .headers()
