@@ -150,6 +150,20 @@ impl ApiError {
         error
     }
 
+    /// 503 `overloaded` with `Retry-After: 1`: the node is at its booking capacity and refused
+    /// the request before doing any of it (a retry under the same idempotency key starts
+    /// afresh).
+    pub fn overloaded() -> Self {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "this node is at capacity; retry after the time in Retry-After",
+        )
+        .with_detail("retry_after_seconds", 1);
+        error.retry_after_secs = Some(1);
+        error
+    }
+
     /// A failure that is our fault. The cause is logged here and kept out of the body.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %cause, "internal error");

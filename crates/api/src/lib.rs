@@ -10,6 +10,7 @@
 //! ownership, JSON) → handler → [`ApiError`] for every failure.
 
 mod access;
+mod booking_limit;
 pub mod connections;
 mod error;
 pub mod extract;
@@ -31,6 +32,7 @@ mod state;
 pub mod wire;
 pub mod zero_copy;
 
+pub use booking_limit::BookingLimit;
 pub use connections::{ConnectionCap, HttpLimits, TimedIo};
 pub use error::ApiError;
 pub use lean_listener::{lean_listener, LeanListener, LeanPaths};
@@ -55,6 +57,7 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -155,6 +158,12 @@ pub fn router(state: AppState) -> Router {
         // After routing, so route quotas see the matched path; before the handlers.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            booking_limit::enforce,
+        ))
+        // Outermost of the two: a request over its quota is refused without taking a booking
+        // slot.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             rate_limit::enforce,
         ))
         .fallback(|| async { ApiError::not_found("route") })
@@ -232,6 +241,27 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
             .layer(
                 TraceLayer::new_for_http()
                     .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                    // 503s are refusals the node chose (shedding, a dependency down); `observe`
+                    // logs the ones that are not shedding, once. Logging each shed request at
+                    // error level would add work exactly when the node has none to spare.
+                    .on_failure(
+                        |class: ServerErrorsFailureClass,
+                         latency: std::time::Duration,
+                         _span: &tracing::Span| {
+                            if !matches!(
+                                class,
+                                ServerErrorsFailureClass::StatusCode(
+                                    StatusCode::SERVICE_UNAVAILABLE
+                                )
+                            ) {
+                                tracing::error!(
+                                    classification = %class,
+                                    latency = ?latency,
+                                    "response failed"
+                                );
+                            }
+                        },
+                    )
                     .make_span_with(|request: &Request<_>| {
                         let request_id = request
                             .headers()

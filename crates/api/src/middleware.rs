@@ -36,7 +36,14 @@ pub(crate) async fn observe(request: Request, next: Next) -> Response {
     metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels).increment(1);
     metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, &labels)
         .record(started.elapsed().as_secs_f64());
-    if response.status().is_server_error() {
+    // A 503 with `Retry-After` is a refusal the node chose (shedding past its booking limit):
+    // counted (`marquee_booking_shed_total`), not logged, or an overload would also flood
+    // the logs.
+    if response.status().is_server_error()
+        && !response
+            .headers()
+            .contains_key(axum::http::header::RETRY_AFTER)
+    {
         tracing::warn!(status = response.status().as_u16(), "request failed");
     }
     response

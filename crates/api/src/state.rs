@@ -260,6 +260,8 @@ pub struct AppState {
     pub queue: Arc<crate::Queue>,
     /// The `--rate-limit` quotas.
     pub rate_limits: crate::RateLimits,
+    /// The node's booking slots (`booking.max_in_flight`): past them, 503 at once.
+    pub booking_limit: crate::BookingLimit,
     /// The change stream this node's followers read (the outbox, or JetStream on many nodes).
     pub changes: Arc<dyn marquee_changes::ChangeFeed>,
     /// What else the node needs besides its store (Redis, NATS), for `/readyz`.

@@ -75,6 +75,10 @@ enum BenchCommand {
     /// PostgreSQL, Redis and NATS, on one hot event and on 30 events, the CPU time of every
     /// process, and the change stream's lag from a commit to every node, beside pgbench.
     Cluster(ClusterBenchArgs),
+    /// The surge end to end: fans through a waiting room, holding with the pass and paying, on
+    /// three nodes behind a gateway, at capacity and at twice it (plus fans without a pass
+    /// hammering holds): admissions/s, bookings/s, p50/p99 per step, shed tries, beside pgbench.
+    Surge(SurgeBenchArgs),
     /// Cache policies: hit ratio of LRU, LFU, FIFO and TinyLFU on a Zipf(1.0) trace at 1%, 5%
     /// and 10% of the key space.
     Cache(CacheBenchArgs),
@@ -227,6 +231,49 @@ struct ClusterBenchArgs {
     )]
     redis_url: String,
     /// NATS with JetStream shared by the nodes (each run makes a stream of its own).
+    #[arg(
+        long,
+        env = "MARQUEE_BENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    nats_url: String,
+}
+
+#[derive(Debug, Args)]
+struct SurgeBenchArgs {
+    /// Fans of the run at capacity; the 2× run has twice as many, plus a third as many without
+    /// a pass.
+    #[arg(long, default_value_t = 600)]
+    fans: usize,
+    /// Admissions a second of the waiting room at capacity (twice it at 2×).
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Every node's `--booking-max-in-flight`; the product's default when absent.
+    #[arg(long)]
+    booking_max_in_flight: Option<usize>,
+    /// Rounds of both runs, each followed by pgbench; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// pgbench's clients and run length.
+    #[arg(long, default_value_t = 64)]
+    pgbench_clients: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pgbench_duration: Duration,
+    #[arg(
+        long,
+        env = "MARQUEE_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    postgres_url: String,
+    #[arg(
+        long,
+        env = "MARQUEE_BENCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis_url: String,
     #[arg(
         long,
         env = "MARQUEE_BENCH_NATS_URL",
@@ -464,6 +511,31 @@ async fn main() -> anyhow::Result<()> {
                 nats_url: args.nats_url,
             };
             let outcome = cluster::run_cluster(&bench).await.map(|_| ());
+            database.drop_database().await?;
+            outcome
+        }
+        BenchCommand::Surge(args) => {
+            let database =
+                ScratchDatabase::create(&args.postgres_url, cli.use_existing_database).await?;
+            let bench = cluster::surge::SurgeBench {
+                cluster: cluster::ClusterBench {
+                    max_nodes: 3,
+                    workloads: Vec::new(),
+                    rounds: args.rounds.max(1),
+                    clients: args.pgbench_clients.max(1),
+                    duration: args.pgbench_duration,
+                    lag_samples: 0,
+                    best_available: false,
+                    cpu_quota: None,
+                    database_url: database.url.clone(),
+                    redis_url: args.redis_url,
+                    nats_url: args.nats_url,
+                },
+                fans: args.fans.max(3),
+                rate: args.rate.max(1),
+                booking_max_in_flight: args.booking_max_in_flight,
+            };
+            let outcome = cluster::surge::run_surge(&bench).await.map(|_| ());
             database.drop_database().await?;
             outcome
         }

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub payment_timeout: Duration,
     /// How long an idempotency key's response is kept for replay.
     pub idempotency_retention: Duration,
+    /// Booking requests handled at once; past it, 503 with `Retry-After`.
+    pub booking_max_in_flight: usize,
     /// Push transports' limits and heartbeat.
     pub push: marquee_api::PushSettings,
     /// Push channels' history and buffers (on Redis too when `redis_url` is set).

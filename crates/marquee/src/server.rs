@@ -192,6 +192,7 @@ impl Server {
             )),
             rate_limits: marquee_api::RateLimits::new(rate_limiter, config.rate_limits.clone())
                 .with_auth_limits(config.auth_limits),
+            booking_limit: marquee_api::BookingLimit::new(config.booking_max_in_flight),
             changes,
             dependencies: Arc::new(dependencies),
             notifications: Arc::new(open_notifications(&config, jobs_pool).await?),

@@ -114,6 +114,9 @@ pub struct BookingSettings {
     /// How long a request's answer is kept for a retry under its idempotency key.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
+    /// Booking requests (holds, hold changes, orders) this node handles at once; past it, 503
+    /// with `Retry-After` at once rather than a growing queue.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -295,6 +298,10 @@ impl Default for NodeSettings {
                 payment_timeout: Duration::from_secs(10),
                 idempotency_retention: marquee_inventory::InventorySettings::default()
                     .idempotency_retention,
+                // Four write batches of up to ~50 requests each in flight, and as many again
+                // waiting for the next ones: a request past that would wait longer than it takes
+                // a client to be told to come back.
+                max_in_flight: 512,
             },
             redis: RedisSettings {
                 url: None,
@@ -434,6 +441,9 @@ impl NodeSettings {
                     .into(),
             );
         }
+        if self.booking.max_in_flight == 0 {
+            return invalid("booking.max_in_flight must be at least 1".into());
+        }
         if !(1..=100).contains(&self.notify.job_attempts) {
             return invalid("notify.job_attempts must be between 1 and 100".into());
         }
@@ -506,6 +516,7 @@ impl NodeSettings {
             redis_prefix: self.redis.prefix,
             payment_timeout: self.booking.payment_timeout,
             idempotency_retention: self.booking.idempotency_retention,
+            booking_max_in_flight: self.booking.max_in_flight,
             push: marquee_api::PushSettings {
                 heartbeat: self.push.heartbeat,
                 max_connections_per_ip: self.push.max_per_ip,

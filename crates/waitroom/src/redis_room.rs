@@ -117,7 +117,10 @@ end
 local function admit_one(seq, now, out)
   redis.call('ZREM', wait, seq)
   redis.call('ZREM', seen, seq)
-  local expires = now + r.ttl
+  -- Nodes step a room with their own `now`, read before the script runs, so one may step it
+  -- just after another with a slightly earlier time: date an admission no earlier than any
+  -- before it (credit_at is the latest step's time), so admission times follow queue order.
+  local expires = math.max(now, r.credit_at) + r.ttl
   redis.call('ZADD', adm, expires, seq)
   r.admitted_total = r.admitted_total + 1
   out[#out + 1] = seq

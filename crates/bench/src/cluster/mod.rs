@@ -30,6 +30,7 @@
 mod anchor;
 mod cpu;
 mod report;
+pub mod surge;
 mod workload;
 
 pub use workload::Workload;
@@ -128,10 +129,12 @@ async fn stop_nodes(children: &mut Vec<Child>, groups: &mut Vec<CpuGroup>) {
     }
 }
 
+/// `nodes` nodes over a fresh schema, prefix and stream, each started with `node_args` too.
 async fn start_cluster(
     bench: &ClusterBench,
     cap: Option<&CpuCap>,
     nodes: usize,
+    node_args: &[String],
     client: &reqwest::Client,
     dir: &std::path::Path,
 ) -> anyhow::Result<Cluster> {
@@ -164,6 +167,7 @@ async fn start_cluster(
                 .args(["--redis-prefix", &format!("bench:{suffix}:")])
                 .args(["--nats-url", &bench.nats_url])
                 .args(["--nats-stream", &stream])
+                .args(node_args)
                 .env("MARQUEE_JWT_SECRET", SECRET)
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true);
@@ -308,7 +312,7 @@ async fn rounds(
     for round in 1..=bench.rounds {
         for &workload in &bench.workloads {
             for nodes in 1..=bench.max_nodes {
-                let cluster = start_cluster(bench, cap, nodes, &client, dir.path()).await?;
+                let cluster = start_cluster(bench, cap, nodes, &[], &client, dir.path()).await?;
                 let outcome =
                     measure(bench, &cluster, &client, workload, round, ticks_per_sec).await;
                 stop_cluster(bench, cluster).await?;

@@ -137,7 +137,7 @@ pub async fn fixture(
     })
 }
 
-fn user(role: Role, kind: &str) -> anyhow::Result<User> {
+pub(super) fn user(role: Role, kind: &str) -> anyhow::Result<User> {
     let id = UserId::generate();
     Ok(User {
         email: Email::parse(&format!("{kind}-{id}@bench.test")).map_err(anyhow::Error::msg)?,

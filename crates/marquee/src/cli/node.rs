@@ -242,6 +242,12 @@ pub struct BookingFlags {
         with = "humantime_serde::option"
     )]
     pub idempotency_retention: Option<Duration>,
+
+    /// Booking requests (holds, hold changes, orders) this node handles at once; more are
+    /// answered 503 with `Retry-After` at once instead of queueing [default: 512].
+    #[arg(long = "booking-max-in-flight", env = "MARQUEE_BOOKING_MAX_IN_FLIGHT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// `[redis]`

@@ -339,6 +339,12 @@ pub(crate) struct Sale {
 pub(crate) const STANDING_CAPACITY: u64 = 200;
 
 pub(crate) async fn on_sale(app: &TestApp) -> Sale {
+    on_sale_with(app, None).await
+}
+
+/// [`on_sale`], with the waiting room described by `waiting_room` (open at once: the event is
+/// on sale from its creation).
+pub(crate) async fn on_sale_with(app: &TestApp, waiting_room: Option<Value>) -> Sale {
     let (organizer, _) = app.register("organizer").await;
     let rows: Vec<Value> = (0..10)
         .map(|row| json!({"label": format!("R{row}"), "seats": 50}))
@@ -360,17 +366,17 @@ pub(crate) async fn on_sale(app: &TestApp) -> Sale {
         .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
         .filter_map(|seat| seat["id"].as_str().map(str::to_string))
         .collect();
+    let mut body = json!({"title": "Cluster Night", "venue_id": venue["id"], "category": "concert",
+           "starts_at": "2031-01-01T20:00:00Z",
+           "limits": {"max_seats_per_order": 4},
+           "price_tiers": [
+               {"name": "Bowl", "price_cents": 5000, "currency": "GBP", "sections": ["Bowl"]},
+               {"name": "Floor", "price_cents": 3000, "currency": "GBP", "sections": ["Floor"]}]});
+    if let Some(waiting_room) = waiting_room {
+        body["waiting_room"] = waiting_room;
+    }
     let event = app
-        .post(
-            "/api/v1/events",
-            Some(&organizer),
-            json!({"title": "Cluster Night", "venue_id": venue["id"], "category": "concert",
-                   "starts_at": "2031-01-01T20:00:00Z",
-                   "limits": {"max_seats_per_order": 4},
-                   "price_tiers": [
-                       {"name": "Bowl", "price_cents": 5000, "currency": "GBP", "sections": ["Bowl"]},
-                       {"name": "Floor", "price_cents": 3000, "currency": "GBP", "sections": ["Floor"]}]}),
-        )
+        .post("/api/v1/events", Some(&organizer), body)
         .await
         .expect(StatusCode::CREATED);
     let event_id = event["id"].as_str().expect("id").to_string();
@@ -426,6 +432,9 @@ pub(crate) struct FanOutcome {
     pub(crate) hold_body: Value,
     pub(crate) order_request: Option<Value>,
     pub(crate) order_body: Option<Value>,
+    /// The waiting-room pass the hold was asked with (`x-marquee-pass`), which a hold asked
+    /// again under its key needs too: the pass is checked before the idempotent part.
+    pub(crate) pass: Option<String>,
 }
 
 /// The statuses a fan's client tries again on, with the same idempotency key: no answer (0),
@@ -516,6 +525,7 @@ pub(crate) async fn race_retrying(
                     hold_body: hold.clone(),
                     order_request: None,
                     order_body: None,
+                    pass: None,
                 };
                 if hold_status == 201 {
                     let request = json!({"hold_id": hold["id"], "payment": {"method": "card", "token": "tok_visa"}});
@@ -571,30 +581,88 @@ pub(crate) async fn send(
     key: &str,
     retry_on: &[u16],
 ) -> (u16, Value) {
+    let sent = send_with(client, url, token, &[], body, key, retry_on).await;
+    (sent.status, sent.body)
+}
+
+/// One try of a [`send_with`]: its status (0: no answer), its `Retry-After` in seconds, and
+/// how long it took.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) elapsed: Duration,
+}
+
+/// What [`send_with`] ended with, and every try on the way.
+pub(crate) struct Sent {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+    pub(crate) attempts: Vec<Attempt>,
+}
+
+/// [`send`] with extra headers, keeping every try. A refusal with `Retry-After` is tried again
+/// after that wait, as a well-behaved client does (else after 100 ms).
+pub(crate) async fn send_with(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+    key: &str,
+    retry_on: &[u16],
+) -> Sent {
     let deadline = Instant::now() + PATIENCE;
-    let mut last = (0, Value::Null);
+    let mut sent = Sent {
+        status: 0,
+        body: Value::Null,
+        attempts: Vec::new(),
+    };
     while Instant::now() < deadline {
-        let response = client
+        let mut request = client
             .post(url)
             .bearer_auth(token)
             .header("idempotency-key", key)
-            .json(body)
-            .send()
-            .await;
-        match response {
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut wait = Duration::from_millis(100);
+        let started = Instant::now();
+        match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<u64>().ok());
                 let body: Value = response.json().await.unwrap_or(Value::Null);
+                sent.attempts.push(Attempt {
+                    status,
+                    retry_after,
+                    elapsed: started.elapsed(),
+                });
+                (sent.status, sent.body) = (status, body);
                 if !retry_on.contains(&status) {
-                    return (status, body);
+                    return sent;
                 }
-                last = (status, body);
+                if let Some(seconds) = retry_after {
+                    wait = wait.max(Duration::from_secs(seconds));
+                }
             }
-            Err(_) => last = (0, Value::Null),
+            Err(_) => {
+                sent.attempts.push(Attempt {
+                    status: 0,
+                    retry_after: None,
+                    elapsed: started.elapsed(),
+                });
+                (sent.status, sent.body) = (0, Value::Null);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(wait).await;
     }
-    last
+    sent
 }
 
 /// No seat in two confirmed orders, standing within capacity, and the database agreeing: every

@@ -13,8 +13,8 @@
 //! Run them alone: `cargo nextest run -p marquee --test api faults::` (as root).
 
 use crate::cluster::{
-    assert_nothing_sold_twice, fans, on_sale, progress, race_retrying, ready, send, tally, Cluster,
-    ClusterOptions, FanOutcome, Placement, Sale,
+    assert_nothing_sold_twice, fans, on_sale, progress, race_retrying, ready, send, send_with,
+    tally, Cluster, ClusterOptions, FanOutcome, Placement, Sale, Sent,
 };
 use crate::gateway::gateway_config;
 use crate::support::network::{service_address, Clock, Network, Relay};
@@ -294,9 +294,26 @@ async fn scenario(fault: Fault) {
     harness.stop().await;
 }
 
-/// Every answer final and clean, nothing sold twice, nothing confirmed lost, every keyed
-/// request answering the same again.
 async fn check(harness: &Harness, outcomes: &[FanOutcome], name: &str) {
+    check_sale(
+        &harness.cluster,
+        &harness.sale,
+        &harness.tokens,
+        outcomes,
+        name,
+    )
+    .await;
+}
+
+/// Every answer final and clean, nothing sold twice, nothing confirmed lost, every keyed
+/// request answering the same again, on every node of `cluster` (fan `i` has `tokens[i]`).
+pub(crate) async fn check_sale(
+    cluster: &Cluster,
+    sale: &Sale,
+    tokens: &[String],
+    outcomes: &[FanOutcome],
+    name: &str,
+) {
     let tally = tally(outcomes);
     for outcome in outcomes {
         assert!(
@@ -315,11 +332,9 @@ async fn check(harness: &Harness, outcomes: &[FanOutcome], name: &str) {
         tally.get("order 201").copied().unwrap_or(0) > 0,
         "{name}: orders were confirmed: {tally:?}"
     );
-    let sale = &harness.sale;
-
     // PostgreSQL: one valid ticket per seat, and the seats with one are exactly those of the
     // orders the fans saw confirmed.
-    let store = harness.cluster.database_url.clone();
+    let store = cluster.database_url.clone();
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&store).await.expect("database");
     let twice: Vec<(String, i64)> = sqlx::query_as(
@@ -352,7 +367,7 @@ async fn check(harness: &Harness, outcomes: &[FanOutcome], name: &str) {
         in_database, confirmed_seats,
         "{name}: the database's sold seats are the confirmed orders' seats"
     );
-    assert_nothing_sold_twice(outcomes, &harness.cluster.client(0), sale).await;
+    assert_nothing_sold_twice(outcomes, &cluster.client(0), sale).await;
 
     // Every node: each confirmed order is there, and each keyed request asked again answers
     // what the fan was answered.
@@ -368,8 +383,8 @@ async fn check(harness: &Harness, outcomes: &[FanOutcome], name: &str) {
         futures::StreamExt::collect::<Vec<Option<String>>>(futures::StreamExt::buffer_unordered(
             futures::stream::iter(checks.map(|(fan, outcome, node)| {
                 let client = client.clone();
-                let url = harness.cluster.url(node);
-                let token = harness.tokens[fan].clone();
+                let url = cluster.url(node);
+                let token = tokens[fan].clone();
                 let event_id = sale.event_id.clone();
                 async move {
                     same_answers(&client, &url, &token, &event_id, fan, outcome)
@@ -400,13 +415,21 @@ async fn same_answers(
     fan: usize,
     outcome: &FanOutcome,
 ) -> Result<(), String> {
-    let (status, body) = send(
+    let pass: Vec<(&str, &str)> = outcome
+        .pass
+        .as_deref()
+        .map(|pass| ("x-marquee-pass", pass))
+        .into_iter()
+        .collect();
+    let Sent { status, body, .. } = send_with(
         client,
         &format!("{url}/api/v1/events/{event_id}/holds"),
         token,
+        &pass,
         &outcome.hold_request,
         &format!("hold-{fan}"),
-        &[],
+        // A node at its booking limit sheds before doing anything: ask again.
+        &[503],
     )
     .await;
     if (status, &body) != (outcome.hold, &outcome.hold_body) {
@@ -424,7 +447,7 @@ async fn same_answers(
             token,
             request,
             &format!("order-{fan}"),
-            &[],
+            &[503],
         )
         .await;
         if (status, &body) != (order, first) {

@@ -20,6 +20,7 @@ mod search;
 mod slowloris;
 mod stress;
 mod support;
+mod surge;
 mod system;
 mod venues;
 mod web;
