@@ -45,6 +45,7 @@ fn parse_request(body: &HoldRequestBody) -> Result<HoldRequest, ApiError> {
         (status = 404, description = "No such event", body = ErrorBody),
         (status = 409, description = "`seats_unavailable`, with `seat_ids`", body = ErrorBody),
         (status = 422, description = "`limit_exceeded`, `not_on_sale`, `idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "`overloaded`: the node is at its booking limit; nothing was done, retry after `Retry-After` (same key)", body = ErrorBody),
     )
 )]
 pub async fn create_hold(

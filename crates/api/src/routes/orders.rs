@@ -23,6 +23,7 @@ use marquee_domain::{Event, HoldId, Order, OrderId};
         (status = 404, description = "No such hold, or not yours", body = ErrorBody),
         (status = 409, description = "`hold_expired`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "`overloaded`: the node is at its booking limit; nothing was done, retry after `Retry-After` (same key). `unavailable` (`dependency: payments`): the payment timed out, the hold stays", body = ErrorBody),
     )
 )]
 pub async fn create_order(
