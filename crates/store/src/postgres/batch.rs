@@ -284,11 +284,19 @@ async fn execute(pool: &AnyPool, batch: Vec<Pending>, assigner: &Notify) {
 }
 
 async fn send(pool: &AnyPool, operations: &Value) -> Result<Vec<Answer>, sqlx::Error> {
+    // In a transaction of its own rather than as one autocommitted statement: a pooled
+    // connection can come back still inside a transaction that a cancelled request began (the
+    // fault suite caught one: `there is already a transaction in progress`), and a batch run
+    // there as "autocommit" would answer success for writes that commit only if, and when,
+    // that stray transaction does — or vanish when the server ends it. Our own COMMIT is the
+    // only success we report.
+    let mut transaction = pool.begin().await?;
     // Text in, text out: the `Any` driver speaks neither JSON nor JSONB.
     let row = sqlx::query("SELECT marquee_booking_batch($1::jsonb)::text AS answers")
         .bind(operations.to_string())
-        .fetch_one(pool)
+        .fetch_one(&mut *transaction)
         .await?;
+    transaction.commit().await?;
     let answers: String = row.try_get("answers")?;
     serde_json::from_str(&answers).map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }

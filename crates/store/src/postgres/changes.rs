@@ -32,11 +32,21 @@ pub(crate) async fn assign(connection: &mut AnyConnection) -> Result<i64, StoreE
     Ok(row.try_get("assigned")?)
 }
 
+/// Runs the assigner in an explicit transaction: its numbering holds the assigner's lock until
+/// commit, and a pooled connection left inside a stray transaction (a cancelled request's)
+/// would otherwise keep the lock, and the numbers uncommitted, until that transaction ends.
+pub(crate) async fn assign_committed(pool: &sqlx::AnyPool) -> Result<i64, StoreError> {
+    let mut transaction = pool.begin().await?;
+    let assigned = assign(&mut transaction).await?;
+    transaction.commit().await?;
+    Ok(assigned)
+}
+
 impl PostgresStore {
-    /// Runs the assigner on a connection of the pool.
+    /// Runs the assigner on a connection of the pool, in a transaction of its own (see
+    /// [`assign_committed`]).
     pub(crate) async fn assign_positions(&self) -> Result<i64, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        assign(&mut connection).await
+        assign_committed(&self.pool).await
     }
 }
 

@@ -120,8 +120,8 @@ impl BookingEngine for PostgresStore {
     }
 
     async fn seat_version(&self, event: &EventId) -> Result<i64, StoreError> {
+        self.assign_positions().await?;
         let mut connection = self.pool.acquire().await?;
-        assign(&mut connection).await?;
         reads::seat_version(&mut connection, SEAT_VERSION, event).await
     }
 

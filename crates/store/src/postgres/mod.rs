@@ -220,10 +220,7 @@ async fn listen(url: String, changes: Weak<watch::Sender<u64>>) {
 async fn run_assigner(pool: AnyPool, wake: Arc<Notify>, signal: Weak<watch::Sender<u64>>) {
     loop {
         wake.notified().await;
-        let assigned = match pool.acquire().await {
-            Ok(mut connection) => changes::assign(&mut connection).await,
-            Err(error) => Err(error.into()),
-        };
+        let assigned = changes::assign_committed(&pool).await;
         match assigned {
             Ok(0) => {}
             Ok(_) => match signal.upgrade() {
