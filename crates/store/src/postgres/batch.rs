@@ -7,7 +7,7 @@
 //! statements one fan at a time. Here every hold, hold end, order and idempotent answer of a
 //! node goes through one queue. A task takes from it whatever has queued, up to
 //! [`MAX_BATCH`] operations, and sends them as one JSON array to `marquee_booking_batch()`
-//! (migration 0013): one statement, one transaction, one commit for the batch, each operation
+//! (migration 0013): one call in one transaction, one commit for the batch, each operation
 //! in a subtransaction of its own so a refused one undoes only itself. While
 //! [`BatchOptions::in_flight`] batches are running, new operations wait and form the next
 //! batch: under light load a batch is one operation and costs one round trip; under a surge
