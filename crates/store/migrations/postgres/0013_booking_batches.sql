@@ -2,9 +2,9 @@
 --
 -- Each node gathers the holds, hold ends, orders and idempotent answers its requests ask for
 -- while earlier batches are in flight, and sends them as one JSON array to
--- `marquee_booking_batch`, called as a single statement outside any explicit transaction: the
--- whole batch is one transaction, so PostgreSQL parses, plans, logs and flushes once per batch
--- instead of once per statement of every fan. Each operation runs in a subtransaction of its
+-- `marquee_booking_batch`, called once in a transaction of its own: the whole batch is one
+-- transaction, so PostgreSQL parses, plans, logs and flushes once per batch instead of once per
+-- statement of every fan. Each operation runs in a subtransaction of its
 -- own (the EXCEPTION block), so a refused operation (seats already sold, hold expired) undoes
 -- only itself and is answered as such, and the rest of the batch commits.
 --
