@@ -14,7 +14,6 @@
 //!
 //! The anchor is `redis-benchmark -t set` on the same machine in the same run, if installed.
 
-use anyhow::Context;
 use marquee::{Server, ServerConfig};
 use marquee_auth::{SigningSecret, TokenIssuer};
 use marquee_domain::{DisplayName, Email, Role, User, UserId};
@@ -79,27 +78,13 @@ async fn fixture(server: &Server, fans: usize) -> anyhow::Result<Fixture> {
     let rows: Vec<Value> = (0..50)
         .map(|r| json!({"label": format!("R{r}"), "seats": 100}))
         .collect();
-    let venue = crate::product::post_json(
-        &client,
-        &url,
-        "/api/v1/venues",
-        &organizer_token,
-        &json!({"name": "Bench Arena", "city": "Leeds", "country": "GB", "lat": 53.8,
-                      "lon": -1.55, "sections": [{"name": "Bowl", "rows": rows}]}),
-    )
-    .await?;
-    let seats: Vec<String> = venue["sections"][0]["rows"]
-        .as_array()
-        .context("rows")?
-        .iter()
-        .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
-        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
-        .collect();
+    let (venue_id, seats) =
+        crate::product::venue_seats(&client, &url, &organizer_token, "Bench Arena", rows).await?;
     let event_id = crate::product::publish_event(
         &client,
         &url,
         &organizer_token,
-        &json!({"title": "Bench Night", "venue_id": venue["id"], "category": "concert",
+        &json!({"title": "Bench Night", "venue_id": venue_id, "category": "concert",
                       "starts_at": "2031-01-01T20:00:00Z",
                       "price_tiers": [{"name": "Bowl", "price_cents": 5000, "currency": "GBP",
                                        "sections": ["Bowl"]}]}),

@@ -134,3 +134,49 @@ pub async fn publish_event(
         .error_for_status()?;
     Ok(event_id)
 }
+
+/// Creates a venue of one reserved section, `rows` as the API takes them, through the API;
+/// answers its id and the ids of its seats in seat-map order.
+pub async fn venue_seats(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    name: &str,
+    rows: Vec<serde_json::Value>,
+) -> anyhow::Result<(serde_json::Value, Vec<String>)> {
+    use anyhow::Context;
+    let venue = post_json(
+        client,
+        url,
+        "/api/v1/venues",
+        token,
+        &serde_json::json!({"name": name, "city": "Leeds", "country": "GB", "lat": 53.8,
+                "lon": -1.55, "sections": [{"name": "Bowl", "rows": rows}]}),
+    )
+    .await?;
+    let seats = venue["sections"][0]["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
+        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
+        .collect();
+    Ok((venue["id"].clone(), seats))
+}
+
+/// Takes the complete Server-Sent Events in `buffer` (what has arrived so far) out of it and
+/// answers the JSON of each one's `data:` line; a partial event stays for the next chunk.
+pub fn take_sse_messages(buffer: &mut String) -> Vec<serde_json::Value> {
+    let mut messages = Vec::new();
+    while let Some(end) = buffer.find("\n\n") {
+        let block: String = buffer.drain(..end + 2).collect();
+        if let Some(message) = block
+            .lines()
+            .find_map(|line| line.strip_prefix("data:"))
+            .and_then(|data| serde_json::from_str(data.trim()).ok())
+        {
+            messages.push(message);
+        }
+    }
+    messages
+}

@@ -264,15 +264,7 @@ async fn follow_seats(
             while let Ok(Some(chunk)) = response.chunk().await {
                 let now = Instant::now();
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    let Some(data) = block.lines().find_map(|line| line.strip_prefix("data:"))
-                    else {
-                        continue;
-                    };
-                    let Ok(message) = serde_json::from_str::<Value>(data.trim()) else {
-                        continue;
-                    };
+                for message in crate::product::take_sse_messages(&mut buffer) {
                     let status = message["data"]["status"].as_str().unwrap_or("").to_string();
                     let Ok(mut arrivals) = arrivals.lock() else {
                         return;
@@ -363,27 +355,13 @@ async fn surge(
         .map(|row| json!({"label": format!("R{row}"), "seats": per_row}))
         .collect();
     let url = &cluster.urls[0];
-    let venue = crate::product::post_json(
-        client,
-        url,
-        "/api/v1/venues",
-        &token,
-        &json!({"name": "Surge Arena", "city": "Leeds", "country": "GB", "lat": 53.8,
-                "lon": -1.55, "sections": [{"name": "Bowl", "rows": rows}]}),
-    )
-    .await?;
-    let seats: Vec<String> = venue["sections"][0]["rows"]
-        .as_array()
-        .context("rows")?
-        .iter()
-        .flat_map(|row| row["seats"].as_array().cloned().unwrap_or_default())
-        .filter_map(|seat| seat["id"].as_str().map(str::to_string))
-        .collect();
+    let (venue_id, seats) =
+        crate::product::venue_seats(client, url, &token, "Surge Arena", rows).await?;
     let event_id = crate::product::publish_event(
         client,
         url,
         &token,
-        &json!({"title": "Surge Night", "venue_id": venue["id"], "category": "concert",
+        &json!({"title": "Surge Night", "venue_id": venue_id, "category": "concert",
                 "starts_at": "2031-01-01T20:00:00Z",
                 "waiting_room": {"enabled": true, "admit_per_minute": rate * 60,
                                  "pass_ttl_seconds": 900},

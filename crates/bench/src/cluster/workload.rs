@@ -276,15 +276,7 @@ pub async fn lag(
             while let Ok(Some(chunk)) = response.chunk().await {
                 let now = Instant::now();
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    let Some(data) = block.lines().find_map(|line| line.strip_prefix("data:"))
-                    else {
-                        continue;
-                    };
-                    let Ok(message) = serde_json::from_str::<Value>(data.trim()) else {
-                        continue;
-                    };
+                for message in crate::product::take_sse_messages(&mut buffer) {
                     if message["data"]["status"] != "held" {
                         continue;
                     }
